@@ -1,0 +1,158 @@
+//! Image encoder backends. The CPU backend (ONNX Runtime) is the reference; CUDA and TensorRT
+//! backends implement the same trait.
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::costmap::{EmbeddingMap, l2_normalize};
+use crate::error::{EngineError, Result};
+use crate::manifest::{EmbeddingOutput, Layout, Manifest};
+use crate::preprocess::NetInput;
+use crate::runtime;
+
+/// Runs the image encoder: network input -> L2-normalised pixel embeddings per level.
+pub trait ImageBackend: Send {
+    /// Short name for logs, diagnostics and JSON reports ("cpu", "cuda", ...).
+    fn name(&self) -> &'static str;
+    /// One map per manifest output, ordered coarse to fine.
+    fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>>;
+}
+
+/// Which backend the caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Auto,
+    Cpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" | "tensorrt" => Err(EngineError::Runtime(format!(
+                "backend {s:?} is not available in this build (available: auto, cpu)"
+            ))),
+            other => Err(EngineError::Runtime(format!("unknown backend {other:?} (expected auto or cpu)"))),
+        }
+    }
+}
+
+/// ONNX Runtime on the CPU.
+pub struct CpuBackend {
+    session: Session,
+    path: PathBuf,
+    input_name: String,
+    levels: Vec<EmbeddingOutput>,
+    dim: usize,
+}
+
+impl CpuBackend {
+    pub fn load(dir: &Path, manifest: &Manifest, threads: usize) -> Result<Self> {
+        let spec = &manifest.image_encoder;
+        let path = dir.join(&spec.file);
+        let session = runtime::open_session(&path, threads)?;
+        check_image_io(&session, &path, manifest)?;
+        Ok(CpuBackend {
+            session,
+            path,
+            input_name: spec.input.name.clone(),
+            levels: manifest.levels_coarse_to_fine(),
+            dim: manifest.embedding_dim,
+        })
+    }
+}
+
+/// The encoder's input must be 4-D with 3 channels where the layout says, and each output
+/// 4-D NCHW with `embedding_dim` channels.
+fn check_image_io(session: &Session, path: &Path, manifest: &Manifest) -> Result<()> {
+    let input = &manifest.image_encoder.input;
+    let shape = runtime::tensor_shape(session, path, &input.name, true)?;
+    let channel_axis = match input.layout {
+        Layout::Nchw => 1,
+        Layout::Nhwc => 3,
+    };
+    if shape.len() != 4 || shape[channel_axis] != 3 {
+        return Err(EngineError::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "input {:?} has shape {shape:?}; manifest layout {:?} needs 3 channels on axis {channel_axis} of 4",
+                input.name, input.layout
+            ),
+        });
+    }
+    if let Some([w, h]) = input.size {
+        let (hw, ww) = match input.layout {
+            Layout::Nchw => (shape[2], shape[3]),
+            Layout::Nhwc => (shape[1], shape[2]),
+        };
+        if (hw >= 0 && hw != h as i64) || (ww >= 0 && ww != w as i64) {
+            return Err(EngineError::ModelFile {
+                path: path.to_path_buf(),
+                reason: format!("input {:?} is {ww}x{hw}, manifest size is {w}x{h}", input.name),
+            });
+        }
+    }
+    for out in &manifest.image_encoder.outputs {
+        let shape = runtime::tensor_shape(session, path, &out.name, false)?;
+        if shape.len() != 4 || (shape[1] >= 0 && shape[1] as usize != manifest.embedding_dim) {
+            return Err(EngineError::ModelFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "output {:?} has shape {shape:?}; expected NCHW with {} channels (manifest embedding_dim)",
+                    out.name, manifest.embedding_dim
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl ImageBackend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+        let shape = match input.layout {
+            Layout::Nchw => [1i64, 3, input.height as i64, input.width as i64],
+            Layout::Nhwc => [1i64, input.height as i64, input.width as i64, 3],
+        };
+        let tensor = TensorRef::from_array_view((shape, input.data.as_slice()))?;
+        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor])?;
+        let mut maps = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let value = outputs.get(level.name.as_str()).ok_or_else(|| EngineError::ModelFile {
+                path: self.path.clone(),
+                reason: format!("run produced no output {:?}", level.name),
+            })?;
+            let (shape, data) = value.try_extract_tensor::<f32>()?;
+            let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            if dims.len() != 4 || dims[0] != 1 || dims[1] != self.dim {
+                return Err(EngineError::ModelFile {
+                    path: self.path.clone(),
+                    reason: format!("output {:?} came out {dims:?}, expected [1, {}, h, w]", level.name, self.dim),
+                });
+            }
+            maps.push(nchw_to_pixel_major(data, self.dim, dims[2], dims[3], level));
+        }
+        Ok(maps)
+    }
+}
+
+/// Transposes `D x H x W` to pixel-major and L2-normalises each pixel (cosine cost map).
+pub fn nchw_to_pixel_major(data: &[f32], dim: usize, height: usize, width: usize, level: &EmbeddingOutput) -> EmbeddingMap {
+    let plane = height * width;
+    let mut out = vec![0.0f32; plane * dim];
+    for d in 0..dim {
+        for p in 0..plane {
+            out[p * dim + d] = data[d * plane + p];
+        }
+    }
+    for v in out.chunks_mut(dim) {
+        l2_normalize(v);
+    }
+    EmbeddingMap { stride: level.stride, offset: level.center_offset(), width, height, dim, data: out }
+}

@@ -1,0 +1,326 @@
+//! Cost map (pixel embedding . label embedding), coarse-to-fine fusion with category early
+//! rejection, and per-cell softmax: the CPU reference and CPU backend of these stages.
+//!
+//! Reductions use a fixed 8-lane order ([`dot`]) so that a GPU kernel can reproduce the sums
+//! bit for bit.
+use rayon::prelude::*;
+
+use crate::labels::LabelSet;
+
+/// Dense embeddings at one level, pixel-major (`height x width x dim`), each pixel L2-normalised.
+#[derive(Debug, Clone)]
+pub struct EmbeddingMap {
+    pub stride: u32,
+    /// Input-pixel position of cell 0's centre (see `EmbeddingOutput::center_offset`).
+    pub offset: f32,
+    pub width: usize,
+    pub height: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl EmbeddingMap {
+    pub fn pixel(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// Per cell, the labels still in play and their scores (logits or probabilities).
+/// Cell `i` holds `count[i]` entries at `i * capacity ..`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreField {
+    pub stride: u32,
+    pub offset: f32,
+    pub width: usize,
+    pub height: usize,
+    pub capacity: usize,
+    pub count: Vec<u32>,
+    pub label: Vec<u32>,
+    pub score: Vec<f32>,
+}
+
+impl ScoreField {
+    pub fn cell(&self, i: usize) -> (&[u32], &[f32]) {
+        let n = self.count[i] as usize;
+        let at = i * self.capacity;
+        (&self.label[at..at + n], &self.score[at..at + n])
+    }
+}
+
+/// Dot product with eight partial sums added pairwise at the end (a fixed, GPU-reproducible order).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 1e-12 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Cost of label `k` at a pixel: `scale * (gain_k * cos + bias_k)` (the per-label affine
+/// calibration is the identity unless the model provides anchors).
+#[inline]
+pub fn label_cost(pixel: &[f32], labels: &LabelSet, k: usize, scale: f32) -> f32 {
+    scale * (labels.gain[k] * dot(pixel, labels.embedding(k)) + labels.bias[k])
+}
+
+/// Cost of every label at every cell of the coarsest level.
+pub fn dense_cost(level: &EmbeddingMap, labels: &LabelSet, scale: f32) -> ScoreField {
+    let num_labels = labels.len();
+    let cells = level.width * level.height;
+    let mut score = vec![0.0f32; cells * num_labels];
+    score.par_chunks_mut(num_labels).enumerate().for_each(|(i, row)| {
+        let p = level.pixel(i);
+        for (k, s) in row.iter_mut().enumerate() {
+            *s = label_cost(p, labels, k, scale);
+        }
+    });
+    ScoreField {
+        stride: level.stride,
+        offset: level.offset,
+        width: level.width,
+        height: level.height,
+        capacity: num_labels,
+        count: vec![num_labels as u32; cells],
+        label: (0..cells).flat_map(|_| 0..num_labels as u32).collect(),
+        score,
+    }
+}
+
+/// Bilinear neighbours of input-pixel position `pos` on an axis of `n` cells whose centres sit at
+/// `offset + i * stride`: the two cells and the weight of the second (clamped at the borders).
+#[inline]
+pub fn bilinear_axis(pos: f32, offset: f32, stride: u32, n: usize) -> (usize, usize, f32) {
+    let c = ((pos - offset) / stride as f32).clamp(0.0, (n - 1) as f32);
+    let i0 = c.floor() as usize;
+    let i1 = (i0 + 1).min(n - 1);
+    (i0, i1, c - i0 as f32)
+}
+
+/// Keeps, per cell, the `k` best-scoring labels (ties: lower label id first).
+pub fn keep_top_k(field: &ScoreField, k: usize) -> ScoreField {
+    let cells = field.width * field.height;
+    let cap = k.min(field.capacity).max(1);
+    let mut out = ScoreField {
+        capacity: cap,
+        count: vec![0; cells],
+        label: vec![0; cells * cap],
+        score: vec![0.0; cells * cap],
+        ..field.clone()
+    };
+    for i in 0..cells {
+        let (labels, scores) = field.cell(i);
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(labels[a].cmp(&labels[b])));
+        order.truncate(cap);
+        out.count[i] = order.len() as u32;
+        for (j, &o) in order.iter().enumerate() {
+            out.label[i * cap + j] = labels[o];
+            out.score[i * cap + j] = scores[o];
+        }
+    }
+    out
+}
+
+/// One top-down fusion step: each fine cell scores only the labels that survived early
+/// rejection in its 2x2 coarse neighbourhood, as `w_coarse * upsampled coarse + w_fine * fine`.
+/// A label absent from a neighbour contributes that neighbour's lowest kept score (a bound, so
+/// rejected labels are never favoured by the upsampling).
+pub fn fuse_level(
+    coarse: &ScoreField,
+    fine: &EmbeddingMap,
+    labels: &LabelSet,
+    scale: f32,
+    w_coarse: f32,
+    w_fine: f32,
+) -> ScoreField {
+    let cells = fine.width * fine.height;
+    let cap = (coarse.capacity * 4).max(1);
+    let mut count = vec![0u32; cells];
+    let mut label = vec![0u32; cells * cap];
+    let mut score = vec![0.0f32; cells * cap];
+    count
+        .par_iter_mut()
+        .zip(label.par_chunks_mut(cap))
+        .zip(score.par_chunks_mut(cap))
+        .enumerate()
+        .for_each(|(i, ((n, lab), sc))| {
+            let centre = |j: usize| fine.offset + (j * fine.stride as usize) as f32;
+            let (y0, y1, fy) = bilinear_axis(centre(i / fine.width), coarse.offset, coarse.stride, coarse.height);
+            let (x0, x1, fx) = bilinear_axis(centre(i % fine.width), coarse.offset, coarse.stride, coarse.width);
+            let corners = [
+                (y0 * coarse.width + x0, (1.0 - fx) * (1.0 - fy)),
+                (y0 * coarse.width + x1, fx * (1.0 - fy)),
+                (y1 * coarse.width + x0, (1.0 - fx) * fy),
+                (y1 * coarse.width + x1, fx * fy),
+            ];
+            // Union of the corners' candidates, in first-seen order (deterministic).
+            let mut used = 0usize;
+            for &(c, _) in &corners {
+                for &l in coarse.cell(c).0 {
+                    if !lab[..used].contains(&l) {
+                        lab[used] = l;
+                        used += 1;
+                    }
+                }
+            }
+            let p = fine.pixel(i);
+            for j in 0..used {
+                let l = lab[j];
+                let mut up = 0.0f32;
+                for &(c, w) in &corners {
+                    let (cl, cs) = coarse.cell(c);
+                    let v = match cl.iter().position(|&x| x == l) {
+                        Some(at) => cs[at],
+                        None => cs.iter().copied().fold(f32::INFINITY, f32::min),
+                    };
+                    up += w * v;
+                }
+                sc[j] = w_coarse * up + w_fine * label_cost(p, labels, l as usize, scale);
+            }
+            *n = used as u32;
+        });
+    ScoreField { stride: fine.stride, offset: fine.offset, width: fine.width, height: fine.height, capacity: cap, count, label, score }
+}
+
+/// Turns each cell's logits into probabilities over its candidates (rejected labels get 0).
+pub fn softmax_in_place(field: &mut ScoreField) {
+    let cap = field.capacity;
+    field.score.par_chunks_mut(cap).zip(field.count.par_iter()).for_each(|(s, &n)| {
+        let s = &mut s[..n as usize];
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        s.iter_mut().for_each(|x| *x /= sum);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label_set(embeddings: &[f32], dim: usize) -> LabelSet {
+        let n = embeddings.len() / dim;
+        LabelSet {
+            names: (0..n).map(|i| format!("l{i}")).collect(),
+            embeddings: embeddings.to_vec(),
+            dim,
+            colors: vec![[0, 0, 0]; n],
+            gain: vec![1.0; n],
+            bias: vec![0.0; n],
+        }
+    }
+
+    fn map(stride: u32, w: usize, h: usize, dim: usize, f: impl Fn(usize) -> Vec<f32>) -> EmbeddingMap {
+        let data = (0..w * h).flat_map(|i| {
+            let mut v = f(i);
+            l2_normalize(&mut v);
+            v
+        });
+        EmbeddingMap { stride, offset: stride as f32 / 2.0, width: w, height: h, dim, data: data.collect() }
+    }
+
+    #[test]
+    fn dot_matches_naive_sum_closely() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert!((dot(&a, &b) as f64 - naive).abs() < 1e-5);
+    }
+
+    #[test]
+    fn dense_cost_is_scaled_cosine() {
+        let level = map(32, 2, 1, 2, |i| if i == 0 { vec![1.0, 0.0] } else { vec![0.0, 1.0] });
+        let mut labels = label_set(&[1.0, 0.0, 0.0, 1.0, 0.6, 0.8], 2);
+        let f = dense_cost(&level, &labels, 10.0);
+        assert_eq!(f.cell(0).1, &[10.0, 0.0, 6.0]);
+        assert_eq!(f.cell(1).1, &[0.0, 10.0, 8.0]);
+        let top = keep_top_k(&f, 2);
+        assert_eq!(top.cell(0).0, &[0, 2]);
+        assert_eq!(top.cell(1).0, &[1, 2]);
+        // Calibration is an affine map per label.
+        labels.gain[2] = 2.0;
+        labels.bias[2] = -0.5;
+        let f = dense_cost(&level, &labels, 10.0);
+        assert!((f.cell(0).1[2] - 10.0 * (2.0 * 0.6 - 0.5)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one() {
+        let level = map(32, 3, 2, 4, |i| vec![i as f32, 1.0, 0.5, -1.0]);
+        let labels: Vec<f32> = (0..5 * 4).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        let mut f = dense_cost(&level, &label_set(&labels, 4), 3.0);
+        softmax_in_place(&mut f);
+        for i in 0..6 {
+            let s: f32 = f.cell(i).1.iter().sum();
+            assert!((s - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn fusion_with_all_labels_kept_equals_weighted_sum() {
+        // With no rejection the fused logit is exactly w_c * bilinear(coarse) + w_f * fine.
+        let coarse_map = map(32, 2, 2, 3, |i| vec![1.0, i as f32, 0.5]);
+        let fine_map = map(16, 4, 4, 3, |i| vec![(i % 3) as f32, 1.0, (i / 4) as f32]);
+        let raw = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let labels = label_set(&raw, 3);
+        let coarse = dense_cost(&coarse_map, &labels, 5.0);
+        let fused = fuse_level(&coarse, &fine_map, &labels, 5.0, 0.5, 2.0);
+        for i in 0..16 {
+            let centre = |j: usize| 8.0 + 16.0 * j as f32;
+            let (y0, y1, fy) = bilinear_axis(centre(i / 4), 16.0, 32, 2);
+            let (x0, x1, fx) = bilinear_axis(centre(i % 4), 16.0, 32, 2);
+            let (ls, ss) = fused.cell(i);
+            assert_eq!(ls.len(), 3);
+            for (&l, &s) in ls.iter().zip(ss) {
+                let c = |y: usize, x: usize| coarse.cell(y * 2 + x).1[l as usize];
+                let up = (1.0 - fx) * (1.0 - fy) * c(y0, x0) + fx * (1.0 - fy) * c(y0, x1) + (1.0 - fx) * fy * c(y1, x0) + fx * fy * c(y1, x1);
+                let want = 0.5 * up + 2.0 * 5.0 * dot(fine_map.pixel(i), &raw[l as usize * 3..l as usize * 3 + 3]);
+                assert!((s - want).abs() < 1e-5, "cell {i} label {l}: {s} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn early_rejection_limits_candidates_to_coarse_neighbourhood() {
+        let coarse_map = map(32, 1, 1, 2, |_| vec![1.0, 0.0]);
+        let fine_map = map(16, 2, 2, 2, |_| vec![0.0, 1.0]);
+        // Label 1 matches the fine level perfectly but was rejected at the coarse level.
+        let labels = label_set(&[1.0, 0.0, 0.0, 1.0, 0.7, 0.7], 2);
+        let coarse = keep_top_k(&dense_cost(&coarse_map, &labels, 1.0), 2);
+        let fused = fuse_level(&coarse, &fine_map, &labels, 1.0, 1.0, 1.0);
+        for i in 0..4 {
+            let mut ls = fused.cell(i).0.to_vec();
+            ls.sort();
+            assert_eq!(ls, vec![0, 2]);
+        }
+    }
+
+    #[test]
+    fn bilinear_axis_centres() {
+        // Fine cell centres at 8, 24, 40, 56 px; coarse centres at 16, 48 px.
+        assert_eq!(bilinear_axis(8.0, 16.0, 32, 2), (0, 1, 0.0));
+        assert_eq!(bilinear_axis(24.0, 16.0, 32, 2), (0, 1, 0.25));
+        assert_eq!(bilinear_axis(40.0, 16.0, 32, 2), (0, 1, 0.75));
+        assert_eq!(bilinear_axis(56.0, 16.0, 32, 2), (1, 1, 0.0));
+        // SAME_UPPER-padded backbones put cell 0 at stride - 0.5.
+        assert_eq!(bilinear_axis(31.5 + 16.0, 31.5, 32, 3), (0, 1, 0.5));
+    }
+}

@@ -1,0 +1,46 @@
+//! Errors of the engine. Every variant names the file, field or value at fault.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file {path}: {reason}")]
+    ModelFile { path: PathBuf, reason: String },
+
+    #[error("model manifest {path}: field `{field}`: {reason}")]
+    Manifest { path: PathBuf, field: String, reason: String },
+
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+
+    #[error("frame: field `{field}` = {value}: {reason}")]
+    Frame { field: &'static str, value: String, reason: String },
+
+    #[error("labels: {0}")]
+    Labels(String),
+
+    #[error("{context}: {source}")]
+    Io { context: String, #[source] source: std::io::Error },
+
+    #[error("model fetch: {0}")]
+    Fetch(String),
+
+    #[error("label set was built for embedding dim {labels}, model produces {model}")]
+    DimMismatch { labels: usize, model: usize },
+}
+
+impl EngineError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        EngineError::Io { context: context.into(), source }
+    }
+    pub fn frame(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
+        EngineError::Frame { field, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+impl<R> From<ort::Error<R>> for EngineError {
+    fn from(e: ort::Error<R>) -> Self {
+        EngineError::Runtime(e.to_string())
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,25 @@
+//! Open-vocabulary segmentation engine: free-text labels in, per-pixel labels out.
+//! Knows nothing of ROS; the node and the CLI are thin shells around [`Pipeline`].
+pub mod backend;
+pub mod colors;
+pub mod costmap;
+pub mod error;
+pub mod frame;
+pub mod handoff;
+pub mod labels;
+pub mod manifest;
+pub mod paths;
+pub mod pipeline;
+pub mod post;
+pub mod preprocess;
+pub mod runtime;
+pub mod text;
+pub mod zoo;
+
+pub use backend::{BackendKind, ImageBackend};
+pub use error::{EngineError, Result};
+pub use frame::{Frame, PixelFormat};
+pub use labels::{LabelBank, LabelSet, LabelSpec};
+pub use manifest::Manifest;
+pub use pipeline::{Model, Pipeline, SegmentOptions, Segmentation, StageTimings};
+pub use post::{LabelMap, UNKNOWN};

@@ -1,0 +1,98 @@
+//! ONNX Runtime, loaded at run time from a shared library (so the build needs none).
+//!
+//! Where the library comes from, first match wins: the path given by the caller,
+//! `ORT_DYLIB_PATH`, the copy `ovseg models fetch` unpacks into the cache.
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::ValueType;
+
+use crate::error::{EngineError, Result};
+use crate::paths;
+
+static ENVIRONMENT: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// The library file used when nothing else is configured.
+pub fn default_dylib_path() -> PathBuf {
+    paths::runtime_dir().join(crate::zoo::ORT_LIBRARY_FILE)
+}
+
+/// Where the library will be loaded from.
+pub fn resolve_dylib_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => default_dylib_path(),
+    }
+}
+
+/// Loads ONNX Runtime once per process; later calls return the path loaded first.
+pub fn init(explicit: Option<&Path>) -> Result<PathBuf> {
+    environment(explicit).map(|(path, _)| path.clone())
+}
+
+fn environment(explicit: Option<&Path>) -> Result<&'static (PathBuf, ort::environment::Environment)> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    // Only success is remembered, so a library fetched after a failed attempt still loads.
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let path = resolve_dylib_path(explicit);
+    if !path.is_file() {
+        return Err(EngineError::Runtime(format!(
+            "library {} not found (run `ovseg models fetch`, or set ORT_DYLIB_PATH)",
+            path.display()
+        )));
+    }
+    let env = ort::init_from(&path)
+        .map_err(|e| EngineError::Runtime(format!("loading {}: {e}", path.display())))?
+        .with_name("ovseg")
+        .build()
+        .map_err(|e| EngineError::Runtime(format!("creating environment from {}: {e}", path.display())))?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(ENVIRONMENT.get_or_init(|| (path, env)))
+}
+
+/// Opens an ONNX file on the CPU with `threads` intra-op threads.
+pub fn open_session(path: &Path, threads: usize) -> Result<Session> {
+    let (_, env) = environment(None)?;
+    let model_error = |e: ort::Error<_>| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() };
+    let builder = Session::builder(env)
+        .map_err(|e| EngineError::Runtime(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(model_error)?
+        .with_intra_threads(threads.max(1))
+        .map_err(model_error)?
+        .with_inter_threads(1)
+        .map_err(model_error)?;
+    let mut builder = builder;
+    builder.commit_from_file(path).map_err(|e| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Shape of a named tensor input or output (-1 for dynamic dims), or an error naming file and tensor.
+pub fn tensor_shape(session: &Session, path: &Path, name: &str, is_input: bool) -> Result<Vec<i64>> {
+    let outlets = if is_input { session.inputs() } else { session.outputs() };
+    let kind = if is_input { "input" } else { "output" };
+    let Some(outlet) = outlets.iter().find(|o| o.name() == name) else {
+        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+        return Err(EngineError::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!("no {kind} named {name:?} (the graph has {names:?})"),
+        });
+    };
+    match outlet.dtype() {
+        ValueType::Tensor { shape, .. } => Ok(shape.iter().copied().collect()),
+        other => Err(EngineError::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!("{kind} {name:?} is {other:?}, expected a tensor"),
+        }),
+    }
+}

