@@ -149,7 +149,7 @@ pub fn fuse_level(
     w_fine: f32,
 ) -> ScoreField {
     let cells = fine.width * fine.height;
-    let cap = (coarse.capacity * 4).max(1);
+    let cap = (coarse.capacity * 4).min(labels.len()).max(1);
     let mut count = vec![0u32; cells];
     let mut label = vec![0u32; cells * cap];
     let mut score = vec![0.0f32; cells * cap];
@@ -158,42 +158,53 @@ pub fn fuse_level(
         .zip(label.par_chunks_mut(cap))
         .zip(score.par_chunks_mut(cap))
         .enumerate()
-        .for_each(|(i, ((n, lab), sc))| {
-            let centre = |j: usize| fine.offset + (j * fine.stride as usize) as f32;
-            let (y0, y1, fy) = bilinear_axis(centre(i / fine.width), coarse.offset, coarse.stride, coarse.height);
-            let (x0, x1, fx) = bilinear_axis(centre(i % fine.width), coarse.offset, coarse.stride, coarse.width);
-            let corners = [
-                (y0 * coarse.width + x0, (1.0 - fx) * (1.0 - fy)),
-                (y0 * coarse.width + x1, fx * (1.0 - fy)),
-                (y1 * coarse.width + x0, (1.0 - fx) * fy),
-                (y1 * coarse.width + x1, fx * fy),
-            ];
-            // Union of the corners' candidates, in first-seen order (deterministic).
-            let mut used = 0usize;
-            for &(c, _) in &corners {
-                for &l in coarse.cell(c).0 {
-                    if !lab[..used].contains(&l) {
-                        lab[used] = l;
-                        used += 1;
+        // Per-thread scratch: each corner's scores by label id (NaN = not kept there).
+        .for_each_init(
+            || vec![f32::NAN; 4 * labels.len()],
+            |scratch, (i, ((n, lab), sc))| {
+                let centre = |j: usize| fine.offset + (j * fine.stride as usize) as f32;
+                let (y0, y1, fy) = bilinear_axis(centre(i / fine.width), coarse.offset, coarse.stride, coarse.height);
+                let (x0, x1, fx) = bilinear_axis(centre(i % fine.width), coarse.offset, coarse.stride, coarse.width);
+                let corners = [
+                    (y0 * coarse.width + x0, (1.0 - fx) * (1.0 - fy)),
+                    (y0 * coarse.width + x1, fx * (1.0 - fy)),
+                    (y1 * coarse.width + x0, (1.0 - fx) * fy),
+                    (y1 * coarse.width + x1, fx * fy),
+                ];
+                let k = labels.len();
+                // Union of the corners' candidates in first-seen order (deterministic).
+                let mut used = 0usize;
+                let mut floor = [0.0f32; 4];
+                for (c, &(cell, _)) in corners.iter().enumerate() {
+                    let (ls, ss) = coarse.cell(cell);
+                    floor[c] = ss.iter().copied().fold(f32::INFINITY, f32::min);
+                    for (&l, &s) in ls.iter().zip(ss) {
+                        let l = l as usize;
+                        if (0..4).all(|cc| scratch[cc * k + l].is_nan()) {
+                            lab[used] = l as u32;
+                            used += 1;
+                        }
+                        scratch[c * k + l] = s;
                     }
                 }
-            }
-            let p = fine.pixel(i);
-            for j in 0..used {
-                let l = lab[j];
-                let mut up = 0.0f32;
-                for &(c, w) in &corners {
-                    let (cl, cs) = coarse.cell(c);
-                    let v = match cl.iter().position(|&x| x == l) {
-                        Some(at) => cs[at],
-                        None => cs.iter().copied().fold(f32::INFINITY, f32::min),
-                    };
-                    up += w * v;
+                let p = fine.pixel(i);
+                for j in 0..used {
+                    let l = lab[j] as usize;
+                    let mut up = 0.0f32;
+                    for (c, &(_, w)) in corners.iter().enumerate() {
+                        let v = scratch[c * k + l];
+                        up += w * if v.is_nan() { floor[c] } else { v };
+                    }
+                    sc[j] = w_coarse * up + w_fine * label_cost(p, labels, l, scale);
                 }
-                sc[j] = w_coarse * up + w_fine * label_cost(p, labels, l as usize, scale);
-            }
-            *n = used as u32;
-        });
+                for j in 0..used {
+                    for c in 0..4 {
+                        scratch[c * k + lab[j] as usize] = f32::NAN;
+                    }
+                }
+                *n = used as u32;
+            },
+        );
     ScoreField { stride: fine.stride, offset: fine.offset, width: fine.width, height: fine.height, capacity: cap, count, label, score }
 }
 

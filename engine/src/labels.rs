@@ -123,7 +123,8 @@ pub struct LabelBank {
     templates: Vec<String>,
     /// Reference embeddings (`n x dim`) against which each label's similarities are z-scored.
     anchors: Option<Vec<f32>>,
-    memory: HashMap<[u8; 32], Vec<f32>>,
+    /// Embedding and its calibration (gain, bias), by content hash.
+    memory: HashMap<[u8; 32], (Vec<f32>, f32, f32)>,
     disk_dir: Option<PathBuf>,
     stats: CacheStats,
 }
@@ -180,7 +181,7 @@ impl LabelBank {
                 self.stats.memory_hits += 1;
             } else if let Some(v) = self.read_disk(key, dim) {
                 self.stats.disk_hits += 1;
-                self.memory.insert(*key, v);
+                self.remember(*key, v);
             } else {
                 missing.push(i);
             }
@@ -189,11 +190,13 @@ impl LabelBank {
             self.encode_missing(specs, &keys, &missing)?;
         }
         let mut embeddings = Vec::with_capacity(specs.len() * dim);
+        let (mut gain, mut bias) = (Vec::with_capacity(specs.len()), Vec::with_capacity(specs.len()));
         for key in &keys {
-            let v = self.memory.get(key).ok_or_else(|| EngineError::Labels("internal: embedding missing after encoding".into()))?;
+            let (v, g, b) = self.memory.get(key).ok_or_else(|| EngineError::Labels("internal: embedding missing after encoding".into()))?;
             embeddings.extend_from_slice(v);
+            gain.push(*g);
+            bias.push(*b);
         }
-        let (gain, bias) = calibrate(&embeddings, dim, self.anchors.as_deref());
         Ok(LabelSet {
             names: specs.iter().map(|s| s.name.trim().to_string()).collect(),
             embeddings,
@@ -237,10 +240,16 @@ impl LabelBank {
         for (i, mut v) in sums {
             l2_normalize(&mut v);
             self.write_disk(&keys[i], &v);
-            self.memory.insert(keys[i], v);
+            self.remember(keys[i], v);
             self.stats.encoded += 1;
         }
         Ok(())
+    }
+
+    /// Calibration depends only on the embedding and this bank's anchors, so it is cached too.
+    fn remember(&mut self, key: [u8; 32], embedding: Vec<f32>) {
+        let (g, b) = calibrate(&embedding, embedding.len(), self.anchors.as_deref());
+        self.memory.insert(key, (embedding, g[0], b[0]));
     }
 
     fn cache_key(&self, spec: &LabelSpec) -> [u8; 32] {

@@ -270,11 +270,74 @@ impl Manifest {
     /// Outputs sorted coarse to fine.
     pub fn levels_coarse_to_fine(&self) -> Vec<EmbeddingOutput> {
         let mut levels = self.image_encoder.outputs.clone();
-        levels.sort_by(|a, b| b.stride.cmp(&a.stride));
+        levels.sort_by_key(|l| std::cmp::Reverse(l.stride));
         levels
     }
 
     pub fn file(&self, dir: &Path, relative: &str) -> PathBuf {
         dir.join(relative)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) {
+        std::fs::write(dir.join(MANIFEST_FILE), text).unwrap();
+    }
+
+    fn valid_yaml() -> String {
+        serde_yaml_ng::to_string(&crate::zoo::build::default_manifest()).unwrap()
+    }
+
+    #[test]
+    fn default_manifest_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &valid_yaml());
+        assert_eq!(Manifest::read(dir.path()).unwrap(), crate::zoo::build::default_manifest());
+    }
+
+    #[test]
+    fn missing_manifest_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("manifest.yaml") && e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn yaml_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &valid_yaml().replace("embedding_dim: 384", "embedding_dim: lots"));
+        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("manifest.yaml") && e.contains("embedding_dim"), "{e}");
+        write(dir.path(), &valid_yaml().replace("  tokenizer: tokenizer.json\n", ""));
+        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder") && e.contains("tokenizer"), "{e}");
+        write(dir.path(), &valid_yaml().replace("layout: NCHW", "layout: CHWN"));
+        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("layout") && e.contains("CHWN"), "{e}");
+    }
+
+    #[test]
+    fn values_are_checked_and_named() {
+        let cases = [
+            ("format_version: 1", "format_version: 7", "format_version"),
+            ("embedding_dim: 384", "embedding_dim: 0", "embedding_dim"),
+            ("stride: 16", "stride: 12", "image_encoder.outputs[1].stride"),
+            ("stride: 16", "stride: 32", "appears twice"),
+            ("logit_scale: 2.0", "logit_scale: -1.0", "segmentation.logit_scale"),
+            ("unknown_threshold: 0.0", "unknown_threshold: 1.5", "segmentation.unknown_threshold"),
+            ("size_multiple: 32", "size_multiple: 0", "image_encoder.input.size_multiple"),
+            ("- a photo of a {}.", "- a photo of a thing.", "prompt_templates"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (from, to, needle) in cases {
+            let yaml = valid_yaml();
+            assert!(yaml.contains(from), "test setup: {from:?} not in the default manifest");
+            write(dir.path(), &yaml.replacen(from, to, 1));
+            let e = Manifest::read(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{to:?}: {e}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `ovseg`: open-vocabulary segmentation from the command line.
 mod bench;
+mod eval;
 mod model;
 mod render;
 mod samples;
@@ -51,6 +52,8 @@ enum Command {
     Models(ModelsCommand),
     /// Per-stage timings as JSON (preprocess, image encoder, label encoding, cost map, post).
     Bench(bench::BenchArgs),
+    /// mIoU and pixel accuracy on an annotated set (e.g. tests/data/eval/annotations.json).
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
     let outcome: Result<ExitCode> = match cli.command {
         Command::Segment(args) => segment::run(&cli.common, threads, args),
         Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Fetch { force }) => model::fetch(force).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Path) => model::print_path(&cli.common, threads).map(|_| ExitCode::SUCCESS),
     };

@@ -1,5 +1,5 @@
 //! `ovseg segment`: images in, mask / overlay / JSON out.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -53,7 +53,6 @@ struct Input {
 
 pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<ExitCode> {
     let inputs = collect_inputs(&args.inputs)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating output directory {}", args.out.display()))?;
 
     let (model, mut pipeline, mut bank) = model::load(common, threads)?;
     let mut options: SegmentOptions = pipeline.options().clone();
@@ -74,12 +73,13 @@ pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<Exi
     let labels = bank.build(&specs).context("encoding labels")?;
     let label_ms = t.elapsed().as_secs_f64() * 1000.0;
     eprintln!("{} labels encoded in {label_ms:.0} ms; backend {}", labels.len(), pipeline.backend_name());
+    // Only now: a run refused for its labels or model leaves no directory behind.
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating output directory {}", args.out.display()))?;
 
     let mut failed = 0usize;
-    let mut used_names: HashMap<String, usize> = HashMap::new();
-    for input in inputs {
-        let stem = unique_stem(&input.name, &mut used_names);
-        match process_one(&mut pipeline, &labels, &input, &stem, &args.out, label_ms, &options, &model.manifest.name) {
+    let stems = unique_stems(inputs.iter().map(|i| i.name.as_str()));
+    for (input, stem) in inputs.iter().zip(stems) {
+        match process_one(&mut pipeline, &labels, input, &stem, &args.out, label_ms, &options, &model.manifest.name) {
             Ok(summary) => println!("{}: {summary}", input.source),
             Err(e) => {
                 failed += 1;
@@ -166,11 +166,21 @@ fn has_image_extension(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()).map(str::to_lowercase).as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
-/// `name`, or `name-2`, `name-3`... when two inputs share a file stem.
-fn unique_stem(name: &str, used: &mut HashMap<String, usize>) -> String {
-    let n = used.entry(name.to_string()).or_insert(0);
-    *n += 1;
-    if *n == 1 { name.to_string() } else { format!("{name}-{n}") }
+/// Output stems, one per input: its file stem, or `stem-2`, `stem-3`... when an earlier input
+/// has it, never colliding with any other input's own stem.
+fn unique_stems<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
+    let mut taken: HashSet<String> = names.clone().map(String::from).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    names
+        .map(|name| {
+            if seen.insert(name) {
+                return name.to_string();
+            }
+            let stem = (2..).map(|n| format!("{name}-{n}")).find(|s| !taken.contains(s)).unwrap_or_default();
+            taken.insert(stem.clone());
+            stem
+        })
+        .collect()
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Frame> {
@@ -253,12 +263,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeated_stems_get_suffixes() {
-        let mut used = HashMap::new();
-        assert_eq!(unique_stem("a", &mut used), "a");
-        assert_eq!(unique_stem("a", &mut used), "a-2");
-        assert_eq!(unique_stem("b", &mut used), "b");
-        assert_eq!(unique_stem("a", &mut used), "a-3");
+    fn repeated_stems_get_suffixes_that_collide_with_nothing() {
+        let names = ["a", "a", "b", "a-2", "a"];
+        assert_eq!(unique_stems(names.iter().copied()), vec!["a", "a-3", "b", "a-2", "a-4"]);
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! The real `ovseg` binary end to end: `ovseg segment` on the test photos with the default model.
+//!
+//! The environment is passed through unchanged, so `OVSEG_CACHE_DIR` (or the user cache) decides
+//! where the model lives; the binary builds it there with pip when it is missing (file-locked, so
+//! parallel tests build it once).
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::DynamicImage;
+use serde_json::Value;
+
+fn images() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/images")
+}
+
+fn image(name: &str) -> PathBuf {
+    images().join(name)
+}
+
+/// Runs `ovseg segment ARGS`.
+fn segment(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovseg"));
+    cmd.arg("segment").args(args);
+    cmd.output().expect("running ovseg")
+}
+
+fn segment_paths(inputs: &[&Path], extra: &[&str], out: &Path) -> Output {
+    let mut args: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    segment(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the exit code, printing the binary's output when it differs.
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit status {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
+}
+
+fn files_in(dir: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+fn outputs_for(stems: &[&str]) -> BTreeSet<String> {
+    stems.iter().flat_map(|s| [format!("{s}.mask.png"), format!("{s}.overlay.png"), format!("{s}.json")]).collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn open(path: &Path) -> DynamicImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A small copy of chelsea.jpg as PNG (fast to segment), written into `dir`.
+fn small_image(dir: &Path) -> PathBuf {
+    let img = open(&image("chelsea.jpg")).to_rgb8();
+    let small = image::imageops::resize(&img, 90, 60, image::imageops::FilterType::Triangle);
+    let path = dir.join("small.png");
+    small.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn segment_writes_mask_overlay_and_report() {
+    let out = tempfile::tempdir().unwrap();
+    let o = segment_paths(&[&image("chelsea.jpg")], &["--labels", "cat,sofa"], out.path());
+    assert_exit(&o, 0);
+    assert_eq!(files_in(out.path()), outputs_for(&["chelsea"]));
+
+    let mask = match open(&out.path().join("chelsea.mask.png")) {
+        DynamicImage::ImageLuma8(m) => m,
+        other => panic!("mask is {:?}, expected 8-bit grey", other.color()),
+    };
+    assert_eq!(mask.dimensions(), (451, 300));
+    let overlay = open(&out.path().join("chelsea.overlay.png")).to_rgb8();
+    // The overlay is the image with the legend below it.
+    assert!(overlay.width() >= 451 && overlay.height() > 300, "overlay {:?}", overlay.dimensions());
+
+    let report = read_json(&out.path().join("chelsea.json"));
+    assert_eq!(report["labels"], serde_json::json!(["cat", "sofa"]));
+    assert_eq!(report["mask_bits"], 8);
+    assert_eq!(report["unknown_value"], 255);
+    assert_eq!(report["mask"], "chelsea.mask.png");
+    assert_eq!((report["width"].as_u64(), report["height"].as_u64()), (Some(451), Some(300)));
+    assert_eq!(report["backend"], "cpu");
+    assert!(report["image"].as_str().unwrap().ends_with("chelsea.jpg"), "{}", report["image"]);
+    for stage in ["preprocess", "image_encoder", "cost_map", "post", "label_encoding"] {
+        let ms = report["timings_ms"][stage].as_f64().unwrap_or_else(|| panic!("timings_ms.{stage} missing"));
+        assert!(ms.is_finite() && ms >= 0.0, "timings_ms.{stage} = {ms}");
+    }
+
+    // Shares in the report: they sum to 1 with the unknown share and match the mask's pixels.
+    let shares = report["pixel_share"].as_object().expect("pixel_share object");
+    let unknown = report["unknown_share"].as_f64().unwrap();
+    let total: f64 = shares.values().map(|v| v.as_f64().unwrap()).sum::<f64>() + unknown;
+    assert!((total - 1.0).abs() < 1e-6, "shares sum to {total}");
+    let n = mask.len() as f64;
+    for (id, name) in ["cat", "sofa"].iter().enumerate() {
+        let count = mask.pixels().filter(|p| p.0[0] == id as u8).count() as f64;
+        let reported = shares[*name].as_f64().unwrap();
+        assert!((count / n - reported).abs() < 1e-9, "{name}: mask share {} vs reported {reported}", count / n);
+    }
+    assert!(mask.pixels().all(|p| matches!(p.0[0], 0 | 1 | 255)), "mask holds ids beyond the two labels");
+    // Measured: cat ~85% of the picture with these labels.
+    assert!(shares["cat"].as_f64().unwrap() > 0.5, "cat share {}", shares["cat"]);
+}
+
+#[test]
+fn a_directory_input_processes_every_image_in_it() {
+    let input = tempfile::tempdir().unwrap();
+    std::fs::copy(image("coffee.jpg"), input.path().join("a.jpg")).unwrap();
+    std::fs::copy(image("china.jpg"), input.path().join("b.JPEG")).unwrap();
+    small_image(input.path());
+    std::fs::write(input.path().join("notes.txt"), "not an image").unwrap();
+    std::fs::create_dir(input.path().join("sub")).unwrap();
+    std::fs::copy(image("chelsea.jpg"), input.path().join("sub/c.jpg")).unwrap(); // not recursive
+
+    let out = tempfile::tempdir().unwrap();
+    let o = segment_paths(&[input.path()], &["--labels", "cup,table,sky,tree"], out.path());
+    assert_exit(&o, 0);
+    assert_eq!(files_in(out.path()), outputs_for(&["a", "b", "small"]));
+    assert_eq!(open(&out.path().join("a.mask.png")).to_luma8().dimensions(), (600, 400));
+    assert_eq!(open(&out.path().join("b.mask.png")).to_luma8().dimensions(), (640, 427));
+    assert_eq!(open(&out.path().join("small.mask.png")).to_luma8().dimensions(), (90, 60));
+}
+
+#[test]
+fn a_corrupt_file_fails_alone_with_exit_code_3() {
+    let out = tempfile::tempdir().unwrap();
+    let corrupt = images().join("bad/corrupt.jpg");
+    let text = images().join("bad/not_an_image.jpg");
+    let o = segment_paths(&[&corrupt, &image("chelsea.jpg"), &text], &["--labels", "cat,sofa"], out.path());
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert!(err.contains(&corrupt.display().to_string()), "stderr does not name the corrupt file:\n{err}");
+    assert!(err.contains(&text.display().to_string()), "stderr does not name the text file:\n{err}");
+    assert!(err.contains("2 image(s) failed"), "{err}");
+    // The good image in between was still written, and nothing for the bad ones.
+    assert_eq!(files_in(out.path()), outputs_for(&["chelsea"]));
+    assert_eq!(read_json(&out.path().join("chelsea.json"))["labels"], serde_json::json!(["cat", "sofa"]));
+}
+
+#[test]
+fn a_missing_input_fails_with_exit_code_3_naming_it() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = images().join("no_such_image.jpg");
+    let o = segment_paths(&[&missing], &["--labels", "cat"], out.path());
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert!(err.contains(&missing.display().to_string()), "stderr does not name the missing file:\n{err}");
+    assert!(files_in(out.path()).is_empty(), "{:?}", files_in(out.path()));
+}
+
+fn labels_file(dir: &Path, n: usize) -> PathBuf {
+    let mut text = String::from("# generated labels\n\n");
+    for i in 0..n {
+        text.push_str(&format!("object kind {i}\n"));
+    }
+    let path = dir.join(format!("labels-{n}.txt"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn mask_depth_is_8_bit_up_to_255_labels_and_16_bit_beyond() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = small_image(dir.path());
+    for (n, bits) in [(255usize, 8u64), (256, 16)] {
+        let out = dir.path().join(format!("out-{n}"));
+        let file = labels_file(dir.path(), n);
+        let o = segment_paths(&[&input], &["--labels-file", file.to_str().unwrap()], &out);
+        assert_exit(&o, 0);
+        let report = read_json(&out.join("small.json"));
+        assert_eq!(report["labels"].as_array().unwrap().len(), n, "comment and blank lines must be skipped");
+        assert_eq!(report["mask_bits"], bits);
+        let mask = open(&out.join("small.mask.png"));
+        assert_eq!((mask.width(), mask.height()), (90, 60));
+        match (bits, mask) {
+            (8, DynamicImage::ImageLuma8(m)) => {
+                assert_eq!(report["unknown_value"], 255);
+                assert!(m.pixels().all(|p| (p.0[0] as usize) < n || p.0[0] == 255));
+            }
+            (16, DynamicImage::ImageLuma16(m)) => {
+                assert_eq!(report["unknown_value"], 65535);
+                assert!(m.pixels().all(|p| (p.0[0] as usize) < n || p.0[0] == 65535));
+            }
+            (_, other) => panic!("{n} labels: mask is {:?}, expected {bits}-bit grey", other.color()),
+        }
+    }
+}
+
+#[test]
+fn threshold_one_makes_every_pixel_unknown() {
+    // Unknown means "probability below the threshold"; measured on chelsea with cat,sofa no
+    // pixel reaches exactly 1.0 (on coffee.jpg some saturate in f32 and rightly stay labelled).
+    let out = tempfile::tempdir().unwrap();
+    let o = segment_paths(&[&image("chelsea.jpg")], &["--labels", "cat,sofa", "--threshold", "1.0"], out.path());
+    assert_exit(&o, 0);
+    let mask = open(&out.path().join("chelsea.mask.png")).to_luma8();
+    let labelled = mask.pixels().filter(|p| p.0[0] != 255).count();
+    assert_eq!(labelled, 0, "{labelled} pixels are not unknown at --threshold 1.0");
+    let report = read_json(&out.path().join("chelsea.json"));
+    assert_eq!(report["unknown_share"], 1.0);
+    assert_eq!(report["unknown_threshold"], 1.0);
+}
+
+#[test]
+fn bad_labels_exit_1_and_write_nothing() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--labels", "cat,,dog"], &["empty", "#1 \"\""]),
+        (&["--labels", "cat, ,dog"], &["empty", "#1 \"\""]),
+        (&["--labels", "cat,dog,Cat"], &["duplicate", "\"Cat\" (#0 and #2)"]),
+        (&["--labels", "cat", "--threshold", "1.5"], &["--threshold", "1.5"]),
+    ];
+    for (args, expected) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let o = segment_paths(&[&image("chelsea.jpg")], args, out.path());
+        assert_exit(&o, 1);
+        let err = stderr(&o);
+        for e in *expected {
+            assert!(err.contains(e), "{args:?}: stderr lacks {e:?}:\n{err}");
+        }
+        assert!(files_in(out.path()).is_empty(), "{args:?} wrote {:?}", files_in(out.path()));
+    }
+}
+
+#[test]
+fn no_inputs_segments_the_built_in_samples() {
+    let out = tempfile::tempdir().unwrap();
+    let o = segment_paths(&[], &[], out.path());
+    assert_exit(&o, 0);
+    let stems = ["astronaut", "chelsea", "china", "coffee"];
+    assert_eq!(files_in(out.path()), outputs_for(&stems));
+    for stem in stems {
+        let report = read_json(&out.path().join(format!("{stem}.json")));
+        assert_eq!(report["image"], format!("sample:{stem}"));
+        // The model's default labels (engine::zoo::build::DEFAULT_LABELS).
+        let labels = report["labels"].as_array().unwrap();
+        assert!(labels.len() >= 10 && labels.contains(&Value::from("cat")), "{labels:?}");
+        let mask = open(&out.path().join(format!("{stem}.mask.png")));
+        assert_eq!((mask.width() as u64, mask.height() as u64), (report["width"].as_u64().unwrap(), report["height"].as_u64().unwrap()));
+    }
+}
+
+#[test]
+fn segment_help_lists_the_main_options() {
+    let o = segment(&["--help"]);
+    assert_exit(&o, 0);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in ["--labels", "--labels-file", "--threshold", "--out", "--top-k"] {
+        assert!(help.contains(flag), "segment --help lacks {flag}:\n{help}");
+    }
+}
+
+/// The suffix given to a repeated stem (`a` -> `a-2`) must not collide with another input's own
+/// stem (`a-2.jpg`).
+#[test]
+fn repeated_stems_never_overwrite_each_other() {
+    let input = tempfile::tempdir().unwrap();
+    for (src, dst) in [("chelsea.jpg", "d1/a.jpg"), ("coffee.jpg", "d2/a.jpg"), ("china.jpg", "a-2.jpg")] {
+        let dst = input.path().join(dst);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(image(src), dst).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let p = |s: &str| input.path().join(s);
+    let o = segment_paths(&[&p("d1/a.jpg"), &p("d2/a.jpg"), &p("a-2.jpg")], &["--labels", "cat,cup"], out.path());
+    assert_exit(&o, 0);
+    let reports: BTreeSet<String> = files_in(out.path())
+        .iter()
+        .filter(|f| f.ends_with(".json"))
+        .map(|f| read_json(&out.path().join(f))["image"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reports.len(), 3, "three inputs, reports for only {reports:?}");
+}
