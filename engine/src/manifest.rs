@@ -3,7 +3,7 @@
 //! A model directory holds this manifest, an ONNX image encoder producing dense pixel embeddings
 //! at one or more strides, an ONNX sentence encoder and its `tokenizer.json`. Any model that
 //! follows it loads, e.g. a CLIP-style dense model exported to ONNX.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -272,10 +272,6 @@ impl Manifest {
         let mut levels = self.image_encoder.outputs.clone();
         levels.sort_by_key(|l| std::cmp::Reverse(l.stride));
         levels
-    }
-
-    pub fn file(&self, dir: &Path, relative: &str) -> PathBuf {
-        dir.join(relative)
     }
 }
 

@@ -26,7 +26,7 @@ pub struct BenchArgs {
 }
 
 pub fn label_list(text: &str) -> Vec<LabelSpec> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(LabelSpec::new).collect()
+    segment::content_lines(text).into_iter().map(LabelSpec::new).collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -135,10 +135,5 @@ pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
         },
         "configs": configs,
     });
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(path) = &args.json {
-        crate::render::write_file(path, text.as_bytes())?;
-    }
-    Ok(())
+    crate::render::emit_json(&report, args.json.as_deref())
 }

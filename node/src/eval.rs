@@ -125,12 +125,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: EvalArgs) -> Result<()> {
         },
         "images": rows,
     });
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(path) = &args.json {
-        crate::render::write_file(path, text.as_bytes())?;
-    }
-    Ok(())
+    crate::render::emit_json(&report, args.json.as_deref())
 }
 
 #[cfg(test)]

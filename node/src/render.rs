@@ -34,6 +34,16 @@ pub fn save_rgb(img: &RgbImage, path: &Path) -> Result<()> {
     write_file(path, png.get_ref())
 }
 
+/// Prints a JSON report to stdout and, if asked, writes it to a file too.
+pub fn emit_json(report: &serde_json::Value, also_to: Option<&Path>) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    println!("{text}");
+    match also_to {
+        Some(path) => write_file(path, text.as_bytes()),
+        None => Ok(()),
+    }
+}
+
 /// Temp file + rename: an interrupted run never leaves a half-written output behind.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     engine::labels::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))

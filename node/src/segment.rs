@@ -121,10 +121,14 @@ fn label_specs(args: &SegmentArgs, defaults: &[String]) -> Result<Vec<LabelSpec>
         .collect())
 }
 
-/// Non-empty, non-comment lines.
+/// Non-empty, non-comment lines, trimmed (label and template files).
+pub fn content_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+}
+
 fn read_lines(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
+    Ok(content_lines(&text))
 }
 
 fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
