@@ -33,6 +33,13 @@ fn load_error(dir: &Path) -> String {
     }
 }
 
+/// The load error of a default-model copy whose manifest has `from` replaced by `to`.
+fn error_with(from: &str, to: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    altered(dir.path(), from, to);
+    load_error(dir.path())
+}
+
 #[test]
 fn the_default_model_loads() {
     let m = model();
@@ -42,33 +49,25 @@ fn the_default_model_loads() {
 
 #[test]
 fn wrong_embedding_dim_names_the_image_encoder_and_output() {
-    let dir = tempfile::tempdir().unwrap();
-    altered(dir.path(), "embedding_dim: 384", "embedding_dim: 512");
-    let e = load_error(dir.path());
+    let e = error_with("embedding_dim: 384", "embedding_dim: 512");
     assert!(e.contains("image_encoder.onnx") && e.contains("embed_s32") && e.contains("512"), "{e}");
 }
 
 #[test]
 fn wrong_input_layout_names_the_input() {
-    let dir = tempfile::tempdir().unwrap();
-    altered(dir.path(), "layout: NCHW", "layout: NHWC");
-    let e = load_error(dir.path());
+    let e = error_with("layout: NCHW", "layout: NHWC");
     assert!(e.contains("image_encoder.onnx") && e.contains("\"image\"") && e.contains("3 channels on axis 3"), "{e}");
 }
 
 #[test]
 fn unknown_tensor_names_are_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    altered(dir.path(), "output: last_hidden_state", "output: pooled_output");
-    let e = load_error(dir.path());
+    let e = error_with("output: last_hidden_state", "output: pooled_output");
     assert!(e.contains("text_encoder.onnx") && e.contains("pooled_output") && e.contains("last_hidden_state"), "{e}");
 }
 
 #[test]
 fn missing_files_name_the_field_and_path() {
-    let dir = tempfile::tempdir().unwrap();
-    altered(dir.path(), "tokenizer: tokenizer.json", "tokenizer: vocab.json");
-    let e = load_error(dir.path());
+    let e = error_with("tokenizer: tokenizer.json", "tokenizer: vocab.json");
     assert!(e.contains("text_encoder.tokenizer") && e.contains("vocab.json"), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
