@@ -9,6 +9,12 @@ pub enum PixelFormat {
     Rgba8,
     Bgra8,
     Mono8,
+    /// YUV 4:2:2 packed as Y0 U Y1 V (`yuyv`, ROS `yuv422_yuy2`).
+    Yuyv,
+    /// YUV 4:2:2 packed as U Y0 V Y1 (ROS `yuv422`, also `uyvy`).
+    Uyvy,
+    /// YUV 4:2:0: a full-size Y plane, then a half-size interleaved UV plane, both with `step`.
+    Nv12,
 }
 
 impl PixelFormat {
@@ -16,8 +22,15 @@ impl PixelFormat {
         match self {
             PixelFormat::Rgb8 | PixelFormat::Bgr8 => 3,
             PixelFormat::Rgba8 | PixelFormat::Bgra8 => 4,
-            PixelFormat::Mono8 => 1,
+            PixelFormat::Yuyv | PixelFormat::Uyvy => 2,
+            // Bytes per pixel in the Y plane; the UV plane follows it.
+            PixelFormat::Mono8 | PixelFormat::Nv12 => 1,
         }
+    }
+
+    /// Whether width must be even (chroma shared by pixel pairs); NV12 needs an even height too.
+    fn chroma_subsampled(self) -> bool {
+        matches!(self, PixelFormat::Yuyv | PixelFormat::Uyvy | PixelFormat::Nv12)
     }
 
     /// The `sensor_msgs/Image` encoding string.
@@ -28,6 +41,9 @@ impl PixelFormat {
             PixelFormat::Rgba8 => "rgba8",
             PixelFormat::Bgra8 => "bgra8",
             PixelFormat::Mono8 => "mono8",
+            PixelFormat::Yuyv => "yuyv",
+            PixelFormat::Uyvy => "yuv422",
+            PixelFormat::Nv12 => "nv12",
         }
     }
 
@@ -38,11 +54,14 @@ impl PixelFormat {
             "rgba8" => PixelFormat::Rgba8,
             "bgra8" => PixelFormat::Bgra8,
             "mono8" | "8UC1" => PixelFormat::Mono8,
+            "yuyv" | "yuv422_yuy2" => PixelFormat::Yuyv,
+            "yuv422" | "uyvy" => PixelFormat::Uyvy,
+            "nv12" => PixelFormat::Nv12,
             other => {
                 return Err(EngineError::frame(
                     "encoding",
                     other,
-                    "unsupported; expected one of rgb8, bgr8, rgba8, bgra8, mono8",
+                    "unsupported; expected one of rgb8, bgr8, rgba8, bgra8, mono8, yuyv (yuv422_yuy2), yuv422 (uyvy), nv12",
                 ));
             }
         })
@@ -97,7 +116,17 @@ impl Frame {
                 format!("shorter than width * {} bytes = {row}", self.format.bytes_per_pixel()),
             ));
         }
-        let needed = self.step * (self.height as usize - 1) + row;
+        if self.format.chroma_subsampled() && !self.width.is_multiple_of(2) {
+            return Err(EngineError::frame("width", self.width, format!("must be even for {}", self.format.encoding())));
+        }
+        if self.format == PixelFormat::Nv12 && !self.height.is_multiple_of(2) {
+            return Err(EngineError::frame("height", self.height, "must be even for nv12"));
+        }
+        let rows = match self.format {
+            PixelFormat::Nv12 => self.height as usize * 3 / 2,
+            _ => self.height as usize,
+        };
+        let needed = self.step * (rows - 1) + row;
         if self.data.len() < needed {
             return Err(EngineError::frame(
                 "data",
@@ -118,6 +147,20 @@ impl Frame {
             PixelFormat::Rgb8 | PixelFormat::Rgba8 => [p[0], p[1], p[2]],
             PixelFormat::Bgr8 | PixelFormat::Bgra8 => [p[2], p[1], p[0]],
             PixelFormat::Mono8 => [p[0], p[0], p[0]],
+            PixelFormat::Yuyv => {
+                let pair = y * self.step + (x & !1) * 2;
+                let d = &self.data[pair..pair + 4];
+                yuv_to_rgb(d[(x & 1) * 2], d[1], d[3])
+            }
+            PixelFormat::Uyvy => {
+                let pair = y * self.step + (x & !1) * 2;
+                let d = &self.data[pair..pair + 4];
+                yuv_to_rgb(d[1 + (x & 1) * 2], d[0], d[2])
+            }
+            PixelFormat::Nv12 => {
+                let uv = (self.height as usize + y / 2) * self.step + (x & !1);
+                yuv_to_rgb(p[0], self.data[uv], self.data[uv + 1])
+            }
         }
     }
 
@@ -132,6 +175,17 @@ impl Frame {
         }
         out
     }
+}
+
+/// BT.601 video range (Y 16..235) to RGB in integer arithmetic (the usual camera convention),
+/// so every implementation of this conversion can agree to the bit.
+#[inline]
+pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
+    let c = 298 * (y as i32 - 16);
+    let d = u as i32 - 128;
+    let e = v as i32 - 128;
+    let clamp = |x: i32| ((x + 128) >> 8).clamp(0, 255) as u8;
+    [clamp(c + 409 * e), clamp(c - 100 * d - 208 * e), clamp(c + 516 * d)]
 }
 
 #[cfg(test)]
@@ -166,7 +220,28 @@ mod tests {
         assert!(e.contains("`width` = 0"), "{e}");
         let f = Frame { width: 4, height: 1, format: PixelFormat::Rgb8, step: 5, data: vec![0; 12] };
         assert!(f.validate().unwrap_err().to_string().contains("`step` = 5"));
-        let e = PixelFormat::from_encoding("yuv422").unwrap_err().to_string();
-        assert!(e.contains("`encoding` = yuv422"), "{e}");
+        let e = PixelFormat::from_encoding("yuv444").unwrap_err().to_string();
+        assert!(e.contains("`encoding` = yuv444"), "{e}");
+        let e = Frame::packed(3, 2, PixelFormat::Yuyv, vec![0; 12]).unwrap_err().to_string();
+        assert!(e.contains("`width` = 3") && e.contains("even"), "{e}");
+        let e = Frame::packed(4, 4, PixelFormat::Nv12, vec![0; 16]).unwrap_err().to_string();
+        assert!(e.contains("needs 24"), "{e}");
+    }
+
+    #[test]
+    fn yuv_layouts_decode_the_same_pixels() {
+        // Two pixels: white-ish and a saturated red, as BT.601 video-range YUV.
+        let (white, red) = ([235u8, 128, 128], [81u8, 90, 240]);
+        assert_eq!(yuv_to_rgb(white[0], white[1], white[2]), [255, 255, 255]);
+        let r = yuv_to_rgb(red[0], red[1], red[2]);
+        assert!(r[0] > 250 && r[1] < 5 && r[2] < 5, "{r:?}");
+        // One pixel pair sharing chroma (u, v) = (128, 128): pure greys.
+        let yuyv = Frame::packed(2, 1, PixelFormat::Yuyv, vec![16, 128, 235, 128]).unwrap();
+        assert_eq!(yuyv.to_rgb8(), vec![0, 0, 0, 255, 255, 255]);
+        let uyvy = Frame::packed(2, 1, PixelFormat::Uyvy, vec![128, 16, 128, 235]).unwrap();
+        assert_eq!(uyvy.to_rgb8(), vec![0, 0, 0, 255, 255, 255]);
+        // 2x2 NV12: Y plane then one UV pair for the whole 2x2 block.
+        let nv12 = Frame::packed(2, 2, PixelFormat::Nv12, vec![81, 81, 81, 81, 90, 240]).unwrap();
+        assert!(nv12.to_rgb8().chunks(3).all(|p| p == r));
     }
 }

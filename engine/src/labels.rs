@@ -77,6 +77,23 @@ pub fn parse_descriptions<'a>(lines: impl IntoIterator<Item = &'a str>) -> Resul
     Ok(map)
 }
 
+/// Label specs for `names`, each with its description if one is given; descriptions of labels
+/// that are not in the list are an error (usually a typo).
+pub fn with_descriptions(names: Vec<String>, descriptions: &HashMap<String, String>) -> Result<Vec<LabelSpec>> {
+    let mut stray: Vec<&String> = descriptions.keys().filter(|k| !names.iter().any(|n| n.trim() == k.as_str())).collect();
+    if !stray.is_empty() {
+        stray.sort();
+        return Err(EngineError::Labels(format!("descriptions given for labels not in the label list: {stray:?}")));
+    }
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let description = descriptions.get(name.trim()).cloned();
+            LabelSpec { name, description }
+        })
+        .collect())
+}
+
 /// Rejects empty, whitespace-only and duplicate labels, naming each offender.
 pub fn validate(specs: &[LabelSpec]) -> Result<()> {
     if specs.is_empty() {

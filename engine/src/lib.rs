@@ -22,4 +22,4 @@ pub use frame::{Frame, PixelFormat};
 pub use labels::{LabelBank, LabelSet, LabelSpec};
 pub use manifest::Manifest;
 pub use pipeline::{Model, Pipeline, SegmentOptions, Segmentation, StageTimings};
-pub use post::{LabelMap, UNKNOWN};
+pub use post::{LabelMap, MaskPixels, UNKNOWN};

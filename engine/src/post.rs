@@ -107,7 +107,25 @@ pub fn upsample_argmax(field: &ScoreField, content: ContentRect, width: u32, hei
     LabelMap { width, height, labels, confidence }
 }
 
+/// A label map as mask pixels: 8-bit while label ids fit (unknown = 255), else 16-bit
+/// (unknown = 65535).
+pub enum MaskPixels {
+    Mono8(Vec<u8>),
+    Mono16(Vec<u16>),
+}
+
+/// Labels that fit an 8-bit mask: ids 0..=254, 255 is unknown.
+pub const MAX_LABELS_8BIT: usize = 255;
+
 impl LabelMap {
+    pub fn mask_pixels(&self, num_labels: usize) -> MaskPixels {
+        if num_labels <= MAX_LABELS_8BIT {
+            MaskPixels::Mono8(self.labels.iter().map(|&l| if l == UNKNOWN { 255 } else { l as u8 }).collect())
+        } else {
+            MaskPixels::Mono16(self.labels.clone())
+        }
+    }
+
     /// Share of pixels per label id (index = label), plus the unknown share.
     pub fn shares(&self, num_labels: usize) -> (Vec<f64>, f64) {
         let mut counts = vec![0u64; num_labels];

@@ -3,6 +3,8 @@ mod bench;
 mod eval;
 mod model;
 mod render;
+mod replay;
+mod ros;
 mod samples;
 mod segment;
 
@@ -54,6 +56,21 @@ enum Command {
     Bench(bench::BenchArgs),
     /// mIoU and pixel accuracy on an annotated set (e.g. tests/data/eval/annotations.json).
     Eval(eval::EvalArgs),
+    /// Run as a ROS 2 node (pure-Rust DDS; no ROS install needed). ROS arguments follow
+    /// `--ros-args`: `-r from:=to` remaps, `-r __node:=name`, `-r __ns:=/ns`, `-p name:=value`,
+    /// `--params-file file.yaml`. Honours ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+    /// and ROS_LOCALHOST_ONLY=1.
+    ///
+    /// Subscribes `image`, `camera_info`, `depth_registered`; publishes `mask`, `mask_color`,
+    /// `overlay`, `confidence`, `depth`, `points` (each only while subscribed), `label_info`
+    /// and `/diagnostics`.
+    #[command(after_long_help = ros::params::help_text())]
+    Node,
+    /// Run the node's pipeline over a recorded ROS 2 bag (mcap) without DDS and write every
+    /// output topic into a new mcap (viewable in Foxglove). Parameters as for `node`
+    /// (`--ros-args -p ...` / `--params-file`).
+    #[command(after_long_help = ros::params::help_text())]
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -69,7 +86,14 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (argv, ros_args) = match ros::args::split_ros_args(std::env::args_os()) {
+        Ok(split) => split,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.common.verbose);
     let threads = cli.common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // One pool for our pixel loops; ONNX Runtime gets the same count for its own.
@@ -82,6 +106,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Fetch { force }) => model::fetch(force).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Path) => model::print_path(&cli.common, threads).map(|_| ExitCode::SUCCESS),
+        Command::Node => ros::run(&cli.common, threads, ros_args).map(|_| ExitCode::SUCCESS),
+        Command::Replay(args) => replay::run(&cli.common, threads, args, ros_args).map(|_| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

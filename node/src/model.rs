@@ -1,5 +1,5 @@
 //! Finding, fetching and opening the model for a command.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -29,9 +29,9 @@ pub fn fetch(force: bool) -> Result<PathBuf> {
 }
 
 /// The model directory for this run: `--model-dir` as given, else the default (fetched if missing).
-pub fn resolve(common: &CommonArgs) -> Result<PathBuf> {
-    match &common.model_dir {
-        Some(dir) => Ok(dir.clone()),
+pub fn resolve(model_dir: Option<&Path>) -> Result<PathBuf> {
+    match model_dir {
+        Some(dir) => Ok(dir.to_path_buf()),
         None if engine::zoo::build::default_model_ready() => Ok(engine::paths::default_model_dir()),
         None => {
             eprintln!("no model found; building the default model (one time, a few minutes)");
@@ -42,7 +42,12 @@ pub fn resolve(common: &CommonArgs) -> Result<PathBuf> {
 
 /// Opens the model, making sure ONNX Runtime is there (it is fetched with the default model).
 pub fn open(common: &CommonArgs) -> Result<Model> {
-    let dir = resolve(common)?;
+    open_dir(common.model_dir.as_deref())
+}
+
+/// Opens the model in `model_dir` (None: the default model, built on first use).
+pub fn open_dir(model_dir: Option<&Path>) -> Result<Model> {
+    let dir = resolve(model_dir)?;
     let uses_our_copy = engine::runtime::resolve_dylib_path(None) == engine::runtime::default_dylib_path();
     if engine::runtime::init(None).is_err() && uses_our_copy {
         eprintln!("ONNX Runtime library not found; fetching it");

@@ -3,26 +3,25 @@ use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use engine::{Frame, LabelMap, LabelSet, UNKNOWN};
+use engine::{Frame, LabelMap, LabelSet, MaskPixels};
 use font8x8::UnicodeFonts;
 use image::{ImageBuffer, ImageFormat, Luma, Rgb, RgbImage};
-
-/// Labels that fit an 8-bit mask: ids 0..=254, 255 is unknown.
-pub const MAX_LABELS_8BIT: usize = 255;
 
 /// Writes the label-id mask: 8-bit with up to 255 labels, else 16-bit. Returns the bit depth.
 pub fn write_mask(map: &LabelMap, num_labels: usize, path: &Path) -> Result<u8> {
     let (w, h) = (map.width, map.height);
     let mut png = Cursor::new(Vec::new());
-    let bits = if num_labels <= MAX_LABELS_8BIT {
-        let data: Vec<u8> = map.labels.iter().map(|&l| if l == UNKNOWN { 255 } else { l as u8 }).collect();
-        let img: ImageBuffer<Luma<u8>, _> = ImageBuffer::from_raw(w, h, data).context("mask buffer size")?;
-        img.write_to(&mut png, ImageFormat::Png)?;
-        8
-    } else {
-        let img: ImageBuffer<Luma<u16>, _> = ImageBuffer::from_raw(w, h, map.labels.clone()).context("mask buffer size")?;
-        img.write_to(&mut png, ImageFormat::Png)?;
-        16
+    let bits = match map.mask_pixels(num_labels) {
+        MaskPixels::Mono8(data) => {
+            let img: ImageBuffer<Luma<u8>, _> = ImageBuffer::from_raw(w, h, data).context("mask buffer size")?;
+            img.write_to(&mut png, ImageFormat::Png)?;
+            8
+        }
+        MaskPixels::Mono16(data) => {
+            let img: ImageBuffer<Luma<u16>, _> = ImageBuffer::from_raw(w, h, data).context("mask buffer size")?;
+            img.write_to(&mut png, ImageFormat::Png)?;
+            16
+        }
     };
     write_file(path, png.get_ref())?;
     Ok(bits)
@@ -136,6 +135,7 @@ fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::UNKNOWN;
 
     fn map(labels: Vec<u16>) -> LabelMap {
         let n = labels.len();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use engine::labels::{LabelSpec, parse_descriptions, split_list};
+use engine::labels::{LabelSpec, parse_descriptions, split_list, with_descriptions};
 use engine::{Frame, LabelSet, Pipeline, SegmentOptions, Segmentation};
 use serde_json::json;
 
@@ -108,17 +108,7 @@ fn label_specs(args: &SegmentArgs, defaults: &[String]) -> Result<Vec<LabelSpec>
         }
         None => HashMap::new(),
     };
-    let known: Vec<&String> = descriptions.keys().filter(|k| !names.iter().any(|n| n.trim() == k.as_str())).collect();
-    if !known.is_empty() {
-        bail!("descriptions given for labels not in the label list: {known:?}");
-    }
-    Ok(names
-        .into_iter()
-        .map(|name| {
-            let description = descriptions.get(name.trim()).cloned();
-            LabelSpec { name, description }
-        })
-        .collect())
+    Ok(with_descriptions(names, &descriptions)?)
 }
 
 /// Non-empty, non-comment lines, trimmed (label and template files).

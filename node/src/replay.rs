@@ -1,0 +1,203 @@
+//! `ovseg replay`: runs the node's pipeline over a recorded ROS 2 mcap bag, no DDS involved,
+//! and writes every output topic (plus the inputs) as ROS 2 CDR into a new mcap.
+use std::collections::BTreeMap;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::CommonArgs;
+use crate::ros::args::RosArgs;
+use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType, Time};
+use crate::ros::outputs::{OutMsg, Topic};
+use crate::ros::param_state::ParamState;
+use crate::ros::processor::{FrameOutcome, Processor};
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Recorded bag (ROS 2 mcap with CDR messages).
+    pub input: PathBuf,
+    /// Bag to write (must not exist unless --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Colour image topic in the bag (sensor_msgs/Image).
+    #[arg(long, default_value = "/image")]
+    pub image_topic: String,
+    #[arg(long, default_value = "/camera_info")]
+    pub camera_info_topic: String,
+    /// Registered depth topic (used when the depth_mode parameter is rgbd).
+    #[arg(long, default_value = "/depth_registered")]
+    pub depth_topic: String,
+    /// Namespace the output topics are written under (`<ns>/mask`, ...).
+    #[arg(long, default_value = "/")]
+    pub output_namespace: String,
+    /// Do not copy the bag's own messages into the output.
+    #[arg(long)]
+    pub outputs_only: bool,
+}
+
+/// Writes messages into an mcap, one channel per topic.
+struct Recorder {
+    writer: mcap::Writer<BufWriter<std::fs::File>>,
+    channels: BTreeMap<String, u16>,
+    schemas: BTreeMap<String, u16>,
+    counts: BTreeMap<String, u64>,
+}
+
+impl Recorder {
+    fn channel(&mut self, topic: &str, schema: &str, definition: &[u8]) -> Result<u16> {
+        if let Some(id) = self.channels.get(topic) {
+            return Ok(*id);
+        }
+        let schema_id = match self.schemas.get(schema) {
+            Some(id) => *id,
+            None => {
+                let id = self.writer.add_schema(schema, "ros2msg", definition)?;
+                self.schemas.insert(schema.to_string(), id);
+                id
+            }
+        };
+        let id = self.writer.add_channel(schema_id, topic, "cdr", &BTreeMap::new())?;
+        self.channels.insert(topic.to_string(), id);
+        Ok(id)
+    }
+
+    fn write_raw(&mut self, topic: &str, schema: &str, definition: &[u8], time_ns: u64, cdr: &[u8]) -> Result<()> {
+        let channel_id = self.channel(topic, schema, definition)?;
+        let count = self.counts.entry(topic.to_string()).or_insert(0);
+        *count += 1;
+        let header = mcap::records::MessageHeader { channel_id, sequence: *count as u32, log_time: time_ns, publish_time: time_ns };
+        self.writer.write_to_known_channel(&header, cdr)?;
+        Ok(())
+    }
+
+    fn write<M: RosType + serde::Serialize>(&mut self, topic: &str, message: &M, time_ns: u64) -> Result<()> {
+        let cdr = msgs::to_cdr(message).with_context(|| format!("serializing {topic}"))?;
+        self.write_raw(topic, &M::schema_name(), M::DEFINITION.as_bytes(), time_ns, &cdr)
+    }
+}
+
+fn out_topic(namespace: &str, name: &str) -> String {
+    format!("{}/{name}", namespace.trim_end_matches('/'))
+}
+
+pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) -> Result<()> {
+    if args.out.exists() && !args.force {
+        bail!("{} exists; pass --force to overwrite it", args.out.display());
+    }
+    if args.out == args.input {
+        bail!("--out must differ from the input bag");
+    }
+    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let fqn = crate::ros::args::fully_qualified_node_name(
+        ros.namespace.as_deref().unwrap_or("/"),
+        ros.node_name.as_deref().unwrap_or(crate::ros::DEFAULT_NODE_NAME),
+    );
+    let overrides = ros.parameter_overrides(&fqn).context("parameters")?;
+    let (updates, _) = crossbeam_channel::unbounded();
+    let (state, initial) = ParamState::start(common, overrides, threads, updates)?;
+    let settings = state.settings();
+    let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
+
+    // Depth and camera_info first, so each image finds its depth whatever the order in the bag.
+    let mut depth_index: Vec<(Time, Vec<u8>)> = Vec::new();
+    let mut images = 0usize;
+    for message in mcap::MessageStream::new(&bytes).context("reading the input bag")? {
+        let message = message.context("reading the input bag")?;
+        if message.channel.topic == args.depth_topic {
+            let depth: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
+            depth_index.push((depth.header.stamp, message.data.to_vec()));
+        } else if message.channel.topic == args.image_topic {
+            images += 1;
+        }
+    }
+    if images == 0 {
+        bail!("no messages on {} in {} (set --image-topic)", args.image_topic, args.input.display());
+    }
+
+    // Temp file + rename: a failed replay never leaves a truncated bag at --out.
+    let partial = args.out.with_extension("mcap.partial");
+    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let writer = mcap::WriteOptions::new()
+        .profile("ros2")
+        .compression(Some(mcap::Compression::Zstd))
+        .create(BufWriter::new(file))
+        .context("starting the output bag")?;
+    let mut rec = Recorder { writer, channels: BTreeMap::new(), schemas: BTreeMap::new(), counts: BTreeMap::new() };
+
+    let bar = ProgressBar::new(images as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} frames {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let started = Instant::now();
+    let mut processed = 0u64;
+    for message in mcap::MessageStream::new(&bytes)? {
+        let message = message?;
+        let topic = message.channel.topic.as_str();
+        if !args.outputs_only
+            && let Some(schema) = &message.channel.schema
+        {
+            rec.write_raw(topic, &schema.name, &schema.data, message.log_time, &message.data)?;
+        }
+        if topic == args.camera_info_topic {
+            match msgs::from_cdr::<CameraInfo>(&message.data) {
+                Ok(info) => processor.set_camera_info(info),
+                Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
+            }
+        } else if topic == args.image_topic {
+            let image: Image = match msgs::from_cdr(&message.data) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!("{topic}: unreadable message skipped: {e}");
+                    continue;
+                }
+            };
+            if let Some((_, cdr)) = depth_index
+                .iter()
+                .min_by_key(|(stamp, _)| (stamp.as_nanos() - image.header.stamp.as_nanos()).unsigned_abs())
+                && let Ok(depth) = msgs::from_cdr::<Image>(cdr)
+            {
+                processor.depth.push(depth);
+            }
+            if let Some(info) = processor.take_label_info(image.header.stamp) {
+                rec.write::<LabelInfo>(&out_topic(&args.output_namespace, "label_info"), &info, message.log_time)?;
+            }
+            if let FrameOutcome::Published(outputs) = processor.process(image, Instant::now(), |_| true) {
+                for out in outputs {
+                    let name = out_topic(&args.output_namespace, out.topic().name());
+                    match out {
+                        OutMsg::Image(_, image) => rec.write::<Image>(&name, &image, message.log_time)?,
+                        OutMsg::Points(cloud) => rec.write::<PointCloud2>(&name, &cloud, message.log_time)?,
+                    }
+                }
+            }
+            processed += 1;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    rec.writer.finish().context("finishing the output bag")?;
+    drop(rec.writer);
+    std::fs::rename(&partial, &args.out).with_context(|| format!("moving {} to {}", partial.display(), args.out.display()))?;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let outputs: BTreeMap<&str, u64> = Topic::ALL
+        .iter()
+        .filter_map(|t| rec.counts.get(&out_topic(&args.output_namespace, t.name())).map(|n| (t.name(), *n)))
+        .collect();
+    let report = json!({
+        "input": args.input.display().to_string(),
+        "output": args.out.display().to_string(),
+        "frames": images,
+        "frames_processed": processed,
+        "frames_rejected": processor.rejects.by_kind(),
+        "outputs": outputs,
+        "ms_per_frame": if processed > 0 { elapsed * 1000.0 / processed as f64 } else { 0.0 },
+    });
+    crate::render::emit_json(&report, None)
+}

@@ -1,0 +1,173 @@
+//! Incoming messages to engine inputs, with every rejection naming the field and its value.
+use std::collections::BTreeMap;
+
+use engine::{Frame, PixelFormat};
+
+use super::msgs::{CameraInfo, Image};
+
+/// Why a message was skipped. `kind` groups rejections for counting and log-once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+fn reject(kind: &'static str, message: impl Into<String>) -> Rejected {
+    Rejected { kind, message: message.into() }
+}
+
+/// An `image` message as a frame (its pixel buffer moves into the frame); `info` (if any) must
+/// describe the same size.
+pub fn frame(msg: &mut Image, info: Option<&CameraInfo>) -> Result<Frame, Rejected> {
+    if msg.width == 0 || msg.height == 0 {
+        return Err(reject("zero_size", format!("image: `width` x `height` = {}x{}; both must be > 0", msg.width, msg.height)));
+    }
+    if let Some(info) = info
+        && (info.width, info.height) != (0, 0)
+        && (info.width, info.height) != (msg.width, msg.height)
+    {
+        return Err(reject(
+            "size_mismatch",
+            format!(
+                "image: {}x{} but camera_info `width` x `height` = {}x{} (frame {:?})",
+                msg.width, msg.height, info.width, info.height, msg.header.frame_id
+            ),
+        ));
+    }
+    let format = PixelFormat::from_encoding(&msg.encoding).map_err(|e| reject("encoding", format!("image: {e}")))?;
+    let frame = Frame { width: msg.width, height: msg.height, format, step: msg.step as usize, data: std::mem::take(&mut msg.data) };
+    frame.validate().map_err(|e| {
+        let kind = if e.to_string().contains("`step`") { "step" } else { "size" };
+        reject(kind, format!("image: {e}"))
+    })?;
+    Ok(frame)
+}
+
+/// Reads one depth sample (raw bytes, big-endian?) as metres.
+type ReadDepth = fn([u8; 4], bool) -> f32;
+
+/// A registered depth image in metres (NaN where there is no measurement), resampled by
+/// nearest neighbour to `width` x `height` if it has another size.
+pub fn depth_metres(msg: &Image, width: u32, height: u32) -> Result<Vec<f32>, Rejected> {
+    let (w, h) = (msg.width as usize, msg.height as usize);
+    if w == 0 || h == 0 {
+        return Err(reject("depth_zero_size", format!("depth_registered: `width` x `height` = {w}x{h}")));
+    }
+    let (bytes, read): (usize, ReadDepth) = match msg.encoding.as_str() {
+        "16UC1" | "mono16" => (2, |b, be| {
+            let mm = if be { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) };
+            if mm == 0 { f32::NAN } else { mm as f32 / 1000.0 }
+        }),
+        "32FC1" => (4, |b, be| {
+            let m = if be { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) };
+            if m.is_finite() && m > 0.0 { m } else { f32::NAN }
+        }),
+        other => {
+            return Err(reject(
+                "depth_encoding",
+                format!("depth_registered: `encoding` = {other:?}; expected 16UC1 (millimetres) or 32FC1 (metres)"),
+            ));
+        }
+    };
+    let step = msg.step as usize;
+    if step < w * bytes {
+        return Err(reject("depth_step", format!("depth_registered: `step` = {step}, shorter than width * {bytes} = {}", w * bytes)));
+    }
+    if msg.data.len() < step * (h - 1) + w * bytes {
+        return Err(reject(
+            "depth_size",
+            format!("depth_registered: `data` is {} bytes; {w}x{h} with step {step} needs {}", msg.data.len(), step * (h - 1) + w * bytes),
+        ));
+    }
+    let big_endian = msg.is_bigendian != 0;
+    let (ow, oh) = (width as usize, height as usize);
+    let mut out = Vec::with_capacity(ow * oh);
+    for y in 0..oh {
+        let sy = y * h / oh;
+        for x in 0..ow {
+            let sx = x * w / ow;
+            let i = sy * step + sx * bytes;
+            let mut b = [0u8; 4];
+            b[..bytes].copy_from_slice(&msg.data[i..i + bytes]);
+            out.push(read(b, big_endian));
+        }
+    }
+    Ok(out)
+}
+
+/// Counts skipped messages per kind and says which kinds are new (to be logged once).
+#[derive(Debug, Default, Clone)]
+pub struct RejectCounter {
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl RejectCounter {
+    /// Counts `r`; true the first time its kind is seen.
+    pub fn count(&mut self, r: &Rejected) -> bool {
+        let n = self.counts.entry(r.kind).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn by_kind(&self) -> &BTreeMap<&'static str, u64> {
+        &self.counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(w: u32, h: u32, encoding: &str, step: u32, len: usize) -> Image {
+        Image { height: h, width: w, encoding: encoding.into(), step, data: vec![7; len], ..Default::default() }
+    }
+
+    #[test]
+    fn good_frames_decode_and_bad_ones_name_field_and_value() {
+        assert!(frame(&mut image(4, 2, "rgb8", 12, 24), None).is_ok());
+        let r = frame(&mut image(4, 2, "rgb8", 10, 24), None).unwrap_err();
+        assert_eq!(r.kind, "step");
+        assert!(r.message.contains("`step` = 10"), "{}", r.message);
+        let r = frame(&mut image(4, 2, "rgb8", 12, 20), None).unwrap_err();
+        assert_eq!(r.kind, "size");
+        assert!(r.message.contains("20 bytes"), "{}", r.message);
+        let r = frame(&mut image(4, 2, "bayer_rggb8", 4, 8), None).unwrap_err();
+        assert_eq!(r.kind, "encoding");
+        assert!(r.message.contains("bayer_rggb8"), "{}", r.message);
+        let r = frame(&mut image(0, 2, "rgb8", 0, 0), None).unwrap_err();
+        assert_eq!(r.kind, "zero_size");
+        let info = CameraInfo { width: 640, height: 480, ..Default::default() };
+        let r = frame(&mut image(4, 2, "rgb8", 12, 24), Some(&info)).unwrap_err();
+        assert_eq!(r.kind, "size_mismatch");
+        assert!(r.message.contains("640x480"), "{}", r.message);
+        assert!(frame(&mut image(4, 2, "nv12", 4, 12), None).is_ok());
+    }
+
+    #[test]
+    fn depth_converts_units_marks_holes_and_resamples() {
+        let mut mm = image(2, 1, "16UC1", 4, 4);
+        mm.data = [1500u16.to_le_bytes(), 0u16.to_le_bytes()].concat();
+        let d = depth_metres(&mm, 2, 1).unwrap();
+        assert_eq!(d[0], 1.5);
+        assert!(d[1].is_nan());
+        let mut m = image(1, 1, "32FC1", 4, 4);
+        m.data = 2.25f32.to_le_bytes().to_vec();
+        assert_eq!(depth_metres(&m, 2, 2).unwrap(), vec![2.25; 4]);
+        let r = depth_metres(&image(1, 1, "rgb8", 3, 3), 1, 1).unwrap_err();
+        assert!(r.message.contains("\"rgb8\""), "{}", r.message);
+    }
+
+    #[test]
+    fn each_kind_is_reported_once() {
+        let mut c = RejectCounter::default();
+        let r = reject("step", "x");
+        assert!(c.count(&r));
+        assert!(!c.count(&r));
+        assert!(c.count(&reject("size", "y")));
+        assert_eq!(c.total(), 3);
+    }
+}

@@ -1,0 +1,309 @@
+//! `ovseg node`: the ROS 2 node. Three threads: this one takes messages off DDS and never blocks
+//! on processing (latest frame wins); a processing thread segments and publishes; a parameter
+//! thread validates changes and encodes labels or loads models off the camera path.
+pub mod args;
+pub mod decode;
+pub mod msgs;
+pub mod outputs;
+mod param_server;
+pub mod param_state;
+pub mod params;
+pub mod processor;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use crossbeam_channel::Receiver;
+use engine::handoff::{LatestReceiver, latest};
+use ros2_client::qos::{Durability, History, WhenFull};
+use ros2_client::{Context, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher, QosProfile, Subscription};
+use rustdds::DomainParticipantBuilder;
+use rustdds::mio1::{Events, Interest, Poll, Token};
+
+use crate::CommonArgs;
+use args::RosArgs;
+use msgs::{CameraInfo, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, Time};
+use outputs::{OutMsg, Topic};
+use param_state::ParamState;
+use processor::{FrameOutcome, Processor, Update};
+
+pub const DEFAULT_NODE_NAME: &str = "segmenter";
+
+/// How long shutdown waits for a thread before leaving it behind.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What the DDS thread hands to the processing thread besides frames.
+enum Side {
+    CameraInfo(Box<CameraInfo>),
+    Depth(Image),
+}
+
+struct Incoming {
+    image: Image,
+    received: Instant,
+}
+
+pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
+    let env = args::dds_env().context("ROS environment")?;
+    let node_name = ros.node_name.clone().unwrap_or_else(|| DEFAULT_NODE_NAME.to_string());
+    let namespace = ros.namespace.clone().unwrap_or_else(|| "/".to_string());
+    let fqn = args::fully_qualified_node_name(&namespace, &node_name);
+    let overrides = ros.parameter_overrides(&fqn).context("parameters")?;
+
+    let (update_tx, update_rx) = crossbeam_channel::unbounded::<Update>();
+    let (state, initial) = ParamState::start(common, overrides, threads, update_tx)?;
+    let settings = state.settings();
+    tracing::info!("{fqn}: {} labels, backend {}", initial.labels.len(), initial.pipeline.backend_name());
+
+    let participant = {
+        let mut builder = DomainParticipantBuilder::new(env.domain_id);
+        if env.localhost_only {
+            builder = builder.with_only_networks([Ipv4Addr::LOCALHOST]);
+        }
+        builder.build().context("creating the DDS participant")?
+    };
+    let context = Context::from_domain_participant(participant).context("ROS context")?;
+    let options = NodeOptions::new().enable_rosout(true).start_parameter_services(false);
+    let mut node = context
+        .new_node(NodeName::new(&namespace, &node_name).map_err(|e| anyhow!("node name {fqn}: {e:?}"))?, options)
+        .context("creating the node")?;
+    if settings.use_sim_time {
+        node.set_parameter("use_sim_time", ros2_client::ParameterValue::Boolean(true)).map_err(|e| anyhow!("use_sim_time: {e}"))?;
+    }
+
+    let resolve = |name: &str| -> Result<Name> {
+        let full = args::resolve_topic(name, &namespace, &node_name, &ros.remaps).with_context(|| format!("topic {name}"))?;
+        Name::parse(&full).map_err(|e| anyhow!("topic {full}: {e:?}"))
+    };
+    let depth = settings.queue_depth;
+    let input_qos = match settings.image_qos.as_str() {
+        "reliable" => QosProfile::publisher_default().reliability_reliable(WhenFull::DEFAULT),
+        _ => QosProfile::subscription_default(),
+    }
+    .history(History::KeepLast { depth });
+    // Reliable writers match both reliable and best-effort readers (REP 2003); never wait on a
+    // slow reader: a full window drops that sample for it.
+    let output_qos = QosProfile::publisher_default().reliability_reliable(WhenFull::Fail).history(History::KeepLast { depth });
+    let latched_qos = QosProfile::publisher_default().durability(Durability::TransientLocal).history(History::KeepLast { depth: 1 });
+    let diagnostics_qos = QosProfile::publisher_default().history(History::KeepLast { depth: 10 });
+
+    let mut image_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("image")?, &input_qos)?;
+    let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
+    let mut depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth_registered")?, &input_qos)?;
+
+    let mut outputs = BTreeMap::new();
+    for topic in Topic::ALL {
+        let name = resolve(topic.name())?;
+        let publisher = if topic == Topic::Points {
+            OutputPublisher::Points(advertise::<PointCloud2>(&mut node, name, &output_qos)?)
+        } else {
+            OutputPublisher::Image(advertise::<Image>(&mut node, name, &output_qos)?)
+        };
+        outputs.insert(topic, publisher);
+    }
+    let label_info = advertise::<LabelInfo>(&mut node, resolve("label_info")?, &latched_qos)?;
+    let diagnostics = advertise::<DiagnosticArray>(&mut node, resolve("/diagnostics")?, &diagnostics_qos)?;
+    let serve_parameters = param_server::create(&mut node)?;
+
+    let spinner = node.spinner().context("node spinner")?;
+    let node = Arc::new(node);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+
+    // Discovery, graph bookkeeping (subscriber counts) and /clock run in the spinner.
+    std::thread::Builder::new().name("ros-spinner".into()).spawn(move || {
+        if let Err(e) = futures::executor::block_on(spinner.spin()) {
+            tracing::error!("spinner stopped: {e:?}");
+        }
+    })?;
+    let params_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("parameters".into()).spawn(move || serve_parameters(state, stop))?
+    };
+
+    let (frame_tx, frame_rx) = latest::<Incoming>();
+    let (side_tx, side_rx) = crossbeam_channel::bounded::<Side>(64);
+    let worker = {
+        let processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
+        let publishers = Publishers { node: node.clone(), outputs, label_info, diagnostics, name: fqn.clone() };
+        std::thread::Builder::new()
+            .name("processing".into())
+            .spawn(move || process_loop(processor, publishers, frame_rx, side_rx, update_rx))?
+    };
+    eprintln!("{fqn} running on ROS domain {} (loopback only: {}); Ctrl-C to stop", env.domain_id, env.localhost_only);
+
+    let mut poll = Poll::new()?;
+    poll.registry().register(&mut image_sub, Token(0), Interest::READABLE)?;
+    poll.registry().register(&mut info_sub, Token(1), Interest::READABLE)?;
+    poll.registry().register(&mut depth_sub, Token(2), Interest::READABLE)?;
+    let mut events = Events::with_capacity(8);
+    let mut side_dropped = 0u64;
+    while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
+        if let Err(e) = poll.poll(&mut events, Some(POLL)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!("poll: {e}");
+            }
+            continue;
+        }
+        // The newest frame wins; older ones waiting are counted as dropped.
+        while let Some(image) = take(&image_sub, "image") {
+            frame_tx.offer(Incoming { image, received: Instant::now() });
+        }
+        while let Some(info) = take(&info_sub, "camera_info") {
+            side_dropped += side_tx.try_send(Side::CameraInfo(Box::new(info))).is_err() as u64;
+        }
+        while let Some(depth) = take(&depth_sub, "depth_registered") {
+            side_dropped += side_tx.try_send(Side::Depth(depth)).is_err() as u64;
+        }
+    }
+    if side_dropped > 0 {
+        tracing::warn!("{side_dropped} camera_info/depth messages dropped while processing lagged");
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(frame_tx);
+    let _ = worker.join();
+    let _ = params_thread.join();
+    node.stop_spinner();
+    eprintln!("{fqn} stopped");
+    Ok(())
+}
+
+fn subscribe<M: RosType + 'static>(node: &mut Node, name: Name, qos: &QosProfile) -> Result<Subscription<M>> {
+    let topic = node.create_topic(&name, MessageTypeName::new(M::PACKAGE, M::NAME), qos)?;
+    Ok(node.create_subscription::<M>(&topic, Some(qos.clone()))?)
+}
+
+fn advertise<M: RosType>(node: &mut Node, name: Name, qos: &QosProfile) -> Result<Publisher<M>> {
+    let topic = node.create_topic(&name, MessageTypeName::new(M::PACKAGE, M::NAME), qos)?;
+    Ok(node.create_publisher::<M>(&topic, Some(qos.clone()))?)
+}
+
+/// Next message, or None when none is waiting; a message that does not deserialize is logged
+/// and skipped (the stream goes on).
+fn take<M: 'static + serde::de::DeserializeOwned>(sub: &Subscription<M>, what: &str) -> Option<M> {
+    loop {
+        match sub.take() {
+            Ok(Some((m, _))) => return Some(m),
+            Ok(None) => return None,
+            Err(e) => tracing::warn!("{what}: unreadable message skipped: {e:?}"),
+        }
+    }
+}
+
+enum OutputPublisher {
+    Image(Publisher<Image>),
+    Points(Publisher<PointCloud2>),
+}
+
+struct Publishers {
+    node: Arc<Node>,
+    outputs: BTreeMap<Topic, OutputPublisher>,
+    label_info: Publisher<LabelInfo>,
+    diagnostics: Publisher<DiagnosticArray>,
+    name: String,
+}
+
+impl Publishers {
+    fn has_subscribers(&self, topic: Topic) -> bool {
+        match self.outputs.get(&topic) {
+            Some(OutputPublisher::Image(p)) => p.get_subscription_count(&self.node) > 0,
+            Some(OutputPublisher::Points(p)) => p.get_subscription_count(&self.node) > 0,
+            None => false,
+        }
+    }
+
+    /// Publishes; false if the middleware refused (counted as a failed publish).
+    fn publish(&self, msg: OutMsg) -> bool {
+        match (self.outputs.get(&msg.topic()), msg) {
+            (Some(OutputPublisher::Image(p)), OutMsg::Image(_, image)) => p.publish(image).is_ok(),
+            (Some(OutputPublisher::Points(p)), OutMsg::Points(cloud)) => p.publish(cloud).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_nanos(self.node.time_now().to_nanos())
+    }
+}
+
+/// How long a frame that needs depth waits for its depth image to arrive.
+const DEPTH_WAIT: Duration = Duration::from_millis(100);
+
+fn process_loop(
+    mut processor: Processor,
+    publishers: Publishers,
+    frames: LatestReceiver<Incoming>,
+    side: Receiver<Side>,
+    updates: Receiver<Update>,
+) {
+    let mut last_diagnostics = Instant::now();
+    let mut failed_publishes = 0u64;
+    loop {
+        // Parameter changes land between frames: a frame never mixes two label sets.
+        for update in updates.try_iter() {
+            processor.apply(update);
+        }
+        drain_side(&mut processor, &side);
+        if processor.settings().publishes("publish_label_info")
+            && let Some(info) = processor.take_label_info(publishers.now())
+            && publishers.label_info.publish(info).is_err()
+        {
+            failed_publishes += 1;
+        }
+        match frames.take(POLL) {
+            Ok(incoming) => {
+                let stamp = incoming.image.header.stamp;
+                if processor.settings().depth_mode == params::DepthMode::Rgbd {
+                    wait_for_depth(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
+                }
+                let outcome = processor.process(incoming.image, incoming.received, |t| publishers.has_subscribers(t));
+                if let FrameOutcome::Published(msgs) = outcome {
+                    for msg in msgs {
+                        failed_publishes += !publishers.publish(msg) as u64;
+                    }
+                }
+            }
+            Err(true) => break,
+            Err(false) => {}
+        }
+        if last_diagnostics.elapsed().as_secs_f64() >= processor.settings().diagnostics_period {
+            last_diagnostics = Instant::now();
+            let mut status = processor.diagnostics(&publishers.name, frames.dropped());
+            status.values.push(msgs::KeyValue { key: "failed_publishes".into(), value: failed_publishes.to_string() });
+            let array = DiagnosticArray { header: Header { stamp: publishers.now(), frame_id: String::new() }, status: vec![status] };
+            let _ = publishers.diagnostics.publish(array);
+        }
+    }
+}
+
+fn drain_side(processor: &mut Processor, side: &Receiver<Side>) {
+    for msg in side.try_iter() {
+        apply_side(processor, msg);
+    }
+}
+
+fn apply_side(processor: &mut Processor, msg: Side) {
+    match msg {
+        Side::CameraInfo(info) => processor.set_camera_info(*info),
+        Side::Depth(depth) => processor.depth.push(depth),
+    }
+}
+
+/// Camera drivers publish colour and depth at nearly the same time, in either order.
+fn wait_for_depth(processor: &mut Processor, side: &Receiver<Side>, stamp: Time, deadline: Instant) {
+    let tolerance = processor.settings().depth_sync_tolerance;
+    while processor.depth.closest(stamp, tolerance).is_none() {
+        match side.recv_deadline(deadline) {
+            Ok(msg) => apply_side(processor, msg),
+            Err(_) => return,
+        }
+    }
+}
+

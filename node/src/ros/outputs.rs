@@ -1,0 +1,198 @@
+//! Output messages built from one segmented frame; shared by the live node and replay.
+use calibration::PinholeCamera;
+use engine::{Frame, LabelMap, LabelSet, MaskPixels};
+use nalgebra::Point2;
+
+use super::msgs::{Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
+
+/// The per-frame output topics (label_info and diagnostics are published on change / on a timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    Mask,
+    MaskColor,
+    Overlay,
+    Confidence,
+    Depth,
+    Points,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 6] = [Topic::Mask, Topic::MaskColor, Topic::Overlay, Topic::Confidence, Topic::Depth, Topic::Points];
+
+    /// Relative topic name (remappable).
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::Mask => "mask",
+            Topic::MaskColor => "mask_color",
+            Topic::Overlay => "overlay",
+            Topic::Confidence => "confidence",
+            Topic::Depth => "depth",
+            Topic::Points => "points",
+        }
+    }
+
+    /// The parameter that switches it on or off.
+    pub fn toggle(self) -> &'static str {
+        match self {
+            Topic::Mask => "publish_mask",
+            Topic::MaskColor => "publish_mask_color",
+            Topic::Overlay => "publish_overlay",
+            Topic::Confidence => "publish_confidence",
+            Topic::Depth => "publish_depth",
+            Topic::Points => "publish_points",
+        }
+    }
+
+    pub fn needs_depth(self) -> bool {
+        matches!(self, Topic::Depth | Topic::Points)
+    }
+}
+
+/// One output message, ready to publish or record.
+#[derive(Debug, Clone)]
+pub enum OutMsg {
+    Image(Topic, Image),
+    Points(PointCloud2),
+}
+
+impl OutMsg {
+    pub fn topic(&self) -> Topic {
+        match self {
+            OutMsg::Image(t, _) => *t,
+            OutMsg::Points(_) => Topic::Points,
+        }
+    }
+}
+
+fn image(header: &Header, width: u32, height: u32, encoding: &str, bytes_per_pixel: u32, data: Vec<u8>) -> Image {
+    Image { header: header.clone(), height, width, encoding: encoding.into(), is_bigendian: 0, step: width * bytes_per_pixel, data }
+}
+
+/// Label ids: mono8 (unknown 255) up to 255 labels, else mono16 little-endian (unknown 65535).
+pub fn mask(header: &Header, map: &LabelMap, num_labels: usize) -> Image {
+    match map.mask_pixels(num_labels) {
+        MaskPixels::Mono8(data) => image(header, map.width, map.height, "mono8", 1, data),
+        MaskPixels::Mono16(ids) => {
+            let data = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+            image(header, map.width, map.height, "mono16", 2, data)
+        }
+    }
+}
+
+pub fn mask_color(header: &Header, map: &LabelMap, labels: &LabelSet) -> Image {
+    image(header, map.width, map.height, "rgb8", 3, map.colorize(&labels.colors))
+}
+
+pub fn overlay(header: &Header, frame: &Frame, map: &LabelMap, labels: &LabelSet, alpha: f32) -> Image {
+    image(header, map.width, map.height, "rgb8", 3, map.overlay(&frame.to_rgb8(), &labels.colors, alpha))
+}
+
+/// Probability of the winning label per pixel.
+pub fn confidence(header: &Header, map: &LabelMap) -> Image {
+    image(header, map.width, map.height, "32FC1", 4, floats(&map.confidence))
+}
+
+/// Depth in metres (NaN = no measurement), aligned pixel for pixel with the mask.
+pub fn depth(header: &Header, map: &LabelMap, metres: &[f32]) -> Image {
+    image(header, map.width, map.height, "32FC1", 4, floats(metres))
+}
+
+fn floats(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Bytes per point: x, y, z (f32), label (u16, padded to 4), confidence (f32).
+const POINT_STEP: u32 = 20;
+
+/// Points in the camera frame (x right, y down, z forward) for every `stride`-th pixel with a
+/// depth measurement, each with its label id (mask value) and confidence.
+pub fn points(header: &Header, map: &LabelMap, metres: &[f32], camera: &PinholeCamera, stride: usize, num_labels: usize) -> PointCloud2 {
+    let w = map.width as usize;
+    let ids = map.mask_pixels(num_labels);
+    let mut data = Vec::new();
+    for y in (0..map.height as usize).step_by(stride.max(1)) {
+        for x in (0..w).step_by(stride.max(1)) {
+            let i = y * w + x;
+            let z = metres[i];
+            if !z.is_finite() {
+                continue;
+            }
+            let ray = camera.unproject(&Point2::new(x as f64, y as f64));
+            // Depth images hold z (distance along the optical axis), not range along the ray.
+            let scale = z as f64 / ray.z;
+            let label = match &ids {
+                MaskPixels::Mono8(m) => m[i] as u16,
+                MaskPixels::Mono16(m) => m[i],
+            };
+            for v in [ray.x * scale, ray.y * scale, z as f64] {
+                data.extend_from_slice(&(v as f32).to_le_bytes());
+            }
+            data.extend_from_slice(&label.to_le_bytes());
+            data.extend_from_slice(&[0, 0]);
+            data.extend_from_slice(&map.confidence[i].to_le_bytes());
+        }
+    }
+    let count = (data.len() / POINT_STEP as usize) as u32;
+    let field = |name: &str, offset: u32, datatype: u8| PointField { name: name.into(), offset, datatype, count: 1 };
+    PointCloud2 {
+        header: header.clone(),
+        height: 1,
+        width: count,
+        fields: vec![
+            field("x", 0, PointField::FLOAT32),
+            field("y", 4, PointField::FLOAT32),
+            field("z", 8, PointField::FLOAT32),
+            field("label", 12, PointField::UINT16),
+            field("confidence", 16, PointField::FLOAT32),
+        ],
+        is_bigendian: false,
+        point_step: POINT_STEP,
+        row_step: POINT_STEP * count,
+        data,
+        is_dense: true,
+    }
+}
+
+/// Label ids and names (the mask's legend); unknown is the id past the last label's range.
+pub fn label_info(header: &Header, labels: &LabelSet, threshold: f32) -> LabelInfo {
+    let mut class_map: Vec<VisionClass> =
+        labels.names.iter().enumerate().map(|(i, n)| VisionClass { class_id: i as u16, class_name: n.clone() }).collect();
+    let unknown_id = if labels.len() <= engine::post::MAX_LABELS_8BIT { 255 } else { engine::UNKNOWN };
+    class_map.push(VisionClass { class_id: unknown_id, class_name: "unknown".into() });
+    LabelInfo { header: header.clone(), class_map, threshold }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> LabelMap {
+        LabelMap { width: 2, height: 2, labels: vec![0, 1, engine::UNKNOWN, 1], confidence: vec![0.9, 0.8, 0.1, 0.7] }
+    }
+
+    #[test]
+    fn mask_switches_to_mono16_past_255_labels() {
+        let h = Header::default();
+        let m = mask(&h, &map(), 2);
+        assert_eq!((m.encoding.as_str(), m.step, m.data.clone()), ("mono8", 2, vec![0, 1, 255, 1]));
+        let m = mask(&h, &map(), 300);
+        assert_eq!((m.encoding.as_str(), m.step), ("mono16", 4));
+        assert_eq!(&m.data[4..6], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn points_skip_holes_and_carry_label_and_confidence() {
+        let camera = PinholeCamera::new(1.0, 1.0, 0.0, 0.0, 2, 2).unwrap();
+        let metres = [2.0, f32::NAN, 1.0, 4.0];
+        let cloud = points(&Header::default(), &map(), &metres, &camera, 1, 2);
+        assert_eq!(cloud.width, 3);
+        assert_eq!(cloud.data.len(), 60);
+        let f = |i: usize, o: usize| f32::from_le_bytes(cloud.data[i * 20 + o..i * 20 + o + 4].try_into().unwrap());
+        // pixel (1,1) at 4 m: x = y = 4 * (1 - 0) / 1
+        assert_eq!((f(2, 0), f(2, 4), f(2, 8)), (4.0, 4.0, 4.0));
+        assert_eq!(u16::from_le_bytes([cloud.data[2 * 20 + 12], cloud.data[2 * 20 + 13]]), 1);
+        assert_eq!(f(2, 16), 0.7);
+        // the unknown pixel keeps its mask value 255
+        assert_eq!(u16::from_le_bytes([cloud.data[20 + 12], cloud.data[20 + 13]]), 255);
+    }
+}

@@ -1,0 +1,157 @@
+//! Parameter values and what a change does: validate, then encode labels or load a model off
+//! the camera path, and hand the result to the processing thread as one [`Update`].
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use crossbeam_channel::Sender;
+use engine::{BackendKind, LabelBank, LabelSet, Model, Pipeline, SegmentOptions};
+use ros2_client::ParameterValue;
+
+use super::params::{self, Settings};
+use super::processor::Update;
+
+/// What the processing thread starts with.
+pub struct Initial {
+    pub pipeline: Pipeline,
+    pub labels: Arc<LabelSet>,
+}
+
+pub struct ParamState {
+    values: BTreeMap<String, ParameterValue>,
+    bank: LabelBank,
+    /// Options of the loaded model that are not parameters (e.g. its logit scale).
+    base_options: SegmentOptions,
+    threads: usize,
+    updates: Sender<Update>,
+}
+
+/// The model directory a `model_dir` value names ("" = the built-in default).
+fn model_dir(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| PathBuf::from(value))
+}
+
+/// Model, pipeline, label bank and encoded labels for these settings.
+fn load(settings: &Settings, threads: usize) -> Result<(Pipeline, LabelBank, Arc<LabelSet>)> {
+    let model = crate::model::open_dir(model_dir(&settings.model_dir).as_deref())?;
+    load_model(&model, settings, threads)
+}
+
+fn load_model(model: &Model, settings: &Settings, threads: usize) -> Result<(Pipeline, LabelBank, Arc<LabelSet>)> {
+    let kind: BackendKind = settings.backend.parse().context("backend")?;
+    let mut pipeline = Pipeline::new(model, model.image_backend(kind, threads)?);
+    pipeline.set_options(options(settings, pipeline.options())).context("unknown_threshold / early_rejection_top_k")?;
+    let mut bank = model.label_bank(threads, Some(engine::paths::label_cache_dir()))?;
+    let labels = encode(&mut bank, settings)?;
+    Ok((pipeline, bank, labels))
+}
+
+fn options(settings: &Settings, base: &SegmentOptions) -> SegmentOptions {
+    SegmentOptions {
+        unknown_threshold: settings.unknown_threshold,
+        early_rejection_top_k: settings.early_rejection_top_k,
+        ..base.clone()
+    }
+}
+
+fn encode(bank: &mut LabelBank, settings: &Settings) -> Result<Arc<LabelSet>> {
+    if bank.templates() != settings.prompt_templates.as_slice() {
+        bank.set_templates(settings.prompt_templates.clone()).context("prompt_templates")?;
+    }
+    let descriptions = engine::labels::parse_descriptions(settings.label_descriptions.iter().map(String::as_str))
+        .context("label_descriptions")?;
+    let specs = engine::labels::with_descriptions(settings.labels.clone(), &descriptions).context("labels")?;
+    Ok(Arc::new(bank.build(&specs).context("encoding labels")?))
+}
+
+impl ParamState {
+    /// Applies start-up overrides (from `-p` and params files) over the defaults (the model's,
+    /// and `--model-dir` / `--backend` of the command line) and loads everything. A bad
+    /// override is an error naming the parameter.
+    pub fn start(
+        cli: &crate::CommonArgs,
+        overrides: Vec<(String, ParameterValue)>,
+        threads: usize,
+        updates: Sender<Update>,
+    ) -> Result<(ParamState, Initial)> {
+        let cli_dir = cli.model_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+        let dir = match overrides.iter().rev().find(|(n, _)| n == "model_dir") {
+            Some((_, ParameterValue::String(d))) => d.clone(),
+            _ => cli_dir,
+        };
+        let model = crate::model::open_dir(model_dir(&dir).as_deref())?;
+        let mut values = params::defaults(&model.manifest);
+        values.insert("model_dir".into(), ParameterValue::String(dir));
+        values.insert("backend".into(), ParameterValue::String(cli.backend.clone()));
+        for (name, value) in overrides {
+            let current = values.get(&name).ok_or_else(|| anyhow::anyhow!("parameter override: no parameter named '{name}'"))?;
+            params::check(&name, &value, current).map_err(|e| anyhow::anyhow!("parameter override: {e}"))?;
+            let value = params::coerce(&value, current);
+            values.insert(name, value);
+        }
+        let settings = Settings::from_values(&values);
+        let threads = if settings.threads > 0 { settings.threads } else { threads };
+        let (pipeline, bank, labels) = load_model(&model, &settings, threads)?;
+        let base_options = pipeline.options().clone();
+        Ok((ParamState { values, bank, base_options, threads, updates }, Initial { pipeline, labels }))
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::from_values(&self.values)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ParameterValue> {
+        self.values.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.values.keys()
+    }
+
+    /// Sets all of `changes` or none. On success the processing thread has been sent the
+    /// update, so the next frame it starts uses the new values.
+    pub fn set(&mut self, changes: Vec<(String, ParameterValue)>) -> Result<(), String> {
+        let mut next = self.values.clone();
+        for (name, value) in &changes {
+            let spec = params::find(name).ok_or_else(|| format!("no parameter named '{name}'"))?;
+            let current = &self.values[spec.name];
+            let value = params::coerce(value, current);
+            if spec.read_only && value != *current {
+                return Err(format!("'{name}' is read-only: set it at start with -p or --params-file and restart the node"));
+            }
+            params::check(name, &value, current)?;
+            next.insert(name.clone(), value);
+        }
+        let (old, new) = (self.settings(), Settings::from_values(&next));
+        let mut sent = Vec::new();
+        if (&old.backend, &old.model_dir) != (&new.backend, &new.model_dir) {
+            let (pipeline, bank, labels) = load(&new, self.threads).map_err(|e| format!("{e:#}"))?;
+            self.bank = bank;
+            self.base_options = pipeline.options().clone();
+            sent.push(Update::Pipeline(Box::new(pipeline), labels));
+        } else {
+            if (&old.labels, &old.label_descriptions, &old.prompt_templates) != (&new.labels, &new.label_descriptions, &new.prompt_templates) {
+                let labels = encode(&mut self.bank, &new).map_err(|e| {
+                    // Keep the bank consistent with the values that stay in force.
+                    let _ = self.bank.set_templates(old.prompt_templates.clone());
+                    format!("{e:#}")
+                })?;
+                sent.push(Update::Labels(labels));
+            }
+            if (old.unknown_threshold, old.early_rejection_top_k) != (new.unknown_threshold, new.early_rejection_top_k) {
+                let options = options(&new, &self.base_options);
+                options.validate().map_err(|e| e.to_string())?;
+                sent.push(Update::Options(options));
+            }
+        }
+        if old.output != new.output {
+            sent.push(Update::Output(new.output.clone()));
+        }
+        for update in sent {
+            self.updates.send(update).map_err(|_| "the processing thread has stopped".to_string())?;
+        }
+        self.values = next;
+        Ok(())
+    }
+}

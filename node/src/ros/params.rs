@@ -1,0 +1,452 @@
+//! The node's parameters: one table of names, descriptions, constraints and defaults, the
+//! validation every set goes through, and the typed settings the rest of the node reads.
+use std::collections::BTreeMap;
+
+use engine::Manifest;
+use ros2_client::ParameterValue;
+use ros2_client::parameters::raw;
+
+/// Longest accepted label text; longer ones are almost certainly a mistake (a pasted file).
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Longest accepted `label: sentence` description or prompt template.
+pub const MAX_SENTENCE_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Range {
+    None,
+    Int(i64, i64),
+    Float(f64, f64),
+}
+
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Plain-text constraints beyond the range (shown by `ros2 param describe`).
+    pub constraints: &'static str,
+    pub range: Range,
+    /// Fixed after start: set with `-p` or a params file.
+    pub read_only: bool,
+    /// Allowed values of a string parameter.
+    pub choices: &'static [&'static str],
+}
+
+const fn spec(name: &'static str, description: &'static str) -> ParamSpec {
+    ParamSpec { name, description, constraints: "", range: Range::None, read_only: false, choices: &[] }
+}
+
+pub const PUBLISH_TOGGLES: [&str; 7] = [
+    "publish_mask",
+    "publish_mask_color",
+    "publish_overlay",
+    "publish_confidence",
+    "publish_depth",
+    "publish_points",
+    "publish_label_info",
+];
+
+pub const DEPTH_MODES: &[&str] = &["none", "rgbd"];
+pub const BACKENDS: &[&str] = &["auto", "cpu"];
+pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
+
+/// Every parameter the node declares, in the order `--help` and `ros2 param list` show them.
+pub static SPECS: &[ParamSpec] = &[
+    ParamSpec {
+        constraints: "1 to 10000 distinct, non-blank labels of at most 256 bytes",
+        ..spec("labels", "Free-text labels to segment; mask value i is labels[i]. Live from the next frame.")
+    },
+    ParamSpec {
+        constraints: "'label: sentence' entries; each label must be in `labels`",
+        ..spec("label_descriptions", "Sentences describing labels, averaged into their text embeddings.")
+    },
+    ParamSpec {
+        constraints: "each contains '{}' exactly once; at most 1024 bytes",
+        ..spec("prompt_templates", "Sentence templates the label text is put into ('{}' is the label).")
+    },
+    ParamSpec {
+        range: Range::Float(0.0, 1.0),
+        ..spec("unknown_threshold", "Pixels whose top label probability is below this are unknown (255 / 65535).")
+    },
+    ParamSpec {
+        range: Range::Int(0, 64),
+        ..spec("early_rejection_top_k", "Labels kept per coarse cell for the fine level; 0 scores every label everywhere.")
+    },
+    ParamSpec { range: Range::Float(0.0, 1.0), ..spec("overlay_alpha", "Weight of the label colour in `overlay`.") },
+    ParamSpec {
+        choices: BACKENDS,
+        constraints: "auto or cpu; a change reloads the model",
+        ..spec("backend", "Inference backend.")
+    },
+    ParamSpec {
+        constraints: "a directory with manifest.yaml; a change reloads the model and re-encodes the labels",
+        ..spec("model_dir", "Model directory; empty = the built-in default model in the user cache.")
+    },
+    ParamSpec {
+        range: Range::Int(0, 256),
+        read_only: true,
+        ..spec("threads", "CPU threads for inference and pixel loops; 0 = all cores.")
+    },
+    ParamSpec {
+        choices: DEPTH_MODES,
+        constraints: "none: no depth outputs; rgbd: `depth_registered` (16UC1 mm or 32FC1 m, registered to `image`)",
+        ..spec("depth_mode", "Where `depth` and `points` come from.")
+    },
+    ParamSpec {
+        range: Range::Float(0.0, 1.0),
+        ..spec("depth_sync_tolerance", "Largest stamp difference (s) between an image and the depth image used with it.")
+    },
+    ParamSpec {
+        range: Range::Int(1, 64),
+        ..spec("points_stride", "Publish one point per stride x stride pixels in `points`.")
+    },
+    ParamSpec {
+        choices: QOS_PROFILES,
+        read_only: true,
+        constraints: "sensor_data: best effort, keep last queue_depth (REP 2003); reliable: reliable, keep last queue_depth",
+        ..spec("image_qos", "QoS of the image, camera_info and depth_registered subscriptions.")
+    },
+    ParamSpec {
+        range: Range::Int(1, 100),
+        read_only: true,
+        ..spec("queue_depth", "History depth of the subscriptions and publishers (keep last N).")
+    },
+    spec("publish_mask", "Publish `mask` (mono8, or mono16 past 255 labels) while it has subscribers."),
+    spec("publish_mask_color", "Publish `mask_color` (rgb8) while it has subscribers."),
+    spec("publish_overlay", "Publish `overlay` (rgb8) while it has subscribers."),
+    spec("publish_confidence", "Publish `confidence` (32FC1, top label probability) while it has subscribers."),
+    spec("publish_depth", "Publish `depth` (32FC1 metres, aligned with `mask`) while it has subscribers."),
+    spec("publish_points", "Publish `points` (PointCloud2 x y z label confidence) while it has subscribers."),
+    spec("publish_label_info", "Publish `label_info` (vision_msgs/LabelInfo, transient local) on every label change."),
+    ParamSpec {
+        range: Range::Float(0.1, 60.0),
+        ..spec("diagnostics_period", "Seconds between /diagnostics messages.")
+    },
+    spec("use_sim_time", "Stamp diagnostics with /clock time instead of the system clock."),
+];
+
+pub fn find(name: &str) -> Option<&'static ParamSpec> {
+    SPECS.iter().find(|s| s.name == name)
+}
+
+/// Default values; those the model decides come from its manifest.
+pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
+    use ParameterValue::*;
+    let seg = &manifest.segmentation;
+    let mut values = BTreeMap::new();
+    let mut put = |name: &str, value: ParameterValue| {
+        values.insert(name.to_string(), value);
+    };
+    put("labels", StringArray(seg.default_labels.clone()));
+    put("label_descriptions", StringArray(vec![]));
+    put("prompt_templates", StringArray(seg.prompt_templates.clone()));
+    put("unknown_threshold", Double(seg.unknown_threshold as f64));
+    put("early_rejection_top_k", Integer(seg.early_rejection_top_k as i64));
+    put("overlay_alpha", Double(0.5));
+    put("backend", String("auto".into()));
+    put("model_dir", String("".into()));
+    put("threads", Integer(0));
+    put("depth_mode", String("none".into()));
+    put("depth_sync_tolerance", Double(0.02));
+    put("points_stride", Integer(4));
+    put("image_qos", String("sensor_data".into()));
+    put("queue_depth", Integer(2));
+    for toggle in PUBLISH_TOGGLES {
+        put(toggle, Boolean(true));
+    }
+    put("diagnostics_period", Double(1.0));
+    put("use_sim_time", Boolean(false));
+    values
+}
+
+/// Checks one value against its parameter's type, range and rules; the error says why.
+/// `current` gives the type the parameter has (types never change).
+pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Result<(), String> {
+    let spec = find(name).ok_or_else(|| format!("no parameter named '{name}'"))?;
+    let value = &coerce(value, current);
+    if std::mem::discriminant(value) != std::mem::discriminant(current) {
+        return Err(format!(
+            "'{name}' is {}, got {}",
+            type_name(current.to_parameter_type() as u8),
+            type_name(value.to_parameter_type() as u8)
+        ));
+    }
+    match (spec.range, value) {
+        (Range::Int(lo, hi), ParameterValue::Integer(v)) if !(lo..=hi).contains(v) => {
+            return Err(format!("'{name}' must be in {lo}..={hi}, got {v}"));
+        }
+        (Range::Float(lo, hi), ParameterValue::Double(v)) if !(lo..=hi).contains(v) => {
+            return Err(format!("'{name}' must be in {lo}..={hi}, got {v}"));
+        }
+        _ => {}
+    }
+    if let ParameterValue::String(s) = value
+        && !spec.choices.is_empty()
+        && !spec.choices.contains(&s.as_str())
+    {
+        return Err(format!("'{name}' must be one of {}, got '{s}'", spec.choices.join(", ")));
+    }
+    match (name, value) {
+        ("labels", ParameterValue::StringArray(labels)) => check_labels(labels),
+        ("label_descriptions", ParameterValue::StringArray(lines)) => {
+            too_long(name, lines, MAX_SENTENCE_BYTES)?;
+            engine::labels::parse_descriptions(lines.iter().map(String::as_str)).map(|_| ()).map_err(|e| e.to_string())
+        }
+        ("prompt_templates", ParameterValue::StringArray(templates)) => {
+            if templates.is_empty() {
+                return Err("'prompt_templates' is empty; give at least one, e.g. ['{}']".into());
+            }
+            too_long(name, templates, MAX_SENTENCE_BYTES)?;
+            match templates.iter().find(|t| t.matches("{}").count() != 1) {
+                Some(bad) => Err(format!("prompt template {bad:?} must contain '{{}}' exactly once")),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_labels(labels: &[String]) -> Result<(), String> {
+    too_long("labels", labels, MAX_LABEL_BYTES)?;
+    let specs: Vec<engine::LabelSpec> = labels.iter().map(engine::LabelSpec::new).collect();
+    engine::labels::validate(&specs).map_err(|e| e.to_string())
+}
+
+fn too_long(name: &str, items: &[String], max: usize) -> Result<(), String> {
+    match items.iter().enumerate().find(|(_, s)| s.len() > max) {
+        Some((i, s)) => {
+            let head: String = s.chars().take(40).collect();
+            Err(format!("'{name}'[{i}] is {} bytes (\"{head}...\"); at most {max} are accepted", s.len()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// An integer given where a double is expected is taken as that double (`-p x:=1`), and an
+/// empty array of any type as an empty string array (YAML `[]` has no element type).
+pub fn coerce(value: &ParameterValue, current: &ParameterValue) -> ParameterValue {
+    match (value, current) {
+        (ParameterValue::Integer(i), ParameterValue::Double(_)) => ParameterValue::Double(*i as f64),
+        (ParameterValue::IntegerArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
+        (ParameterValue::DoubleArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
+        (ParameterValue::BooleanArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
+        _ => value.clone(),
+    }
+}
+
+pub fn type_name(ptype: u8) -> &'static str {
+    match ptype {
+        raw::ParameterType::BOOL => "a bool",
+        raw::ParameterType::INTEGER => "an integer",
+        raw::ParameterType::DOUBLE => "a double",
+        raw::ParameterType::STRING => "a string",
+        raw::ParameterType::BYTE_ARRAY => "a byte array",
+        raw::ParameterType::BOOL_ARRAY => "a bool array",
+        raw::ParameterType::INTEGER_ARRAY => "an integer array",
+        raw::ParameterType::DOUBLE_ARRAY => "a double array",
+        raw::ParameterType::STRING_ARRAY => "a string array",
+        _ => "not set",
+    }
+}
+
+/// The descriptor `ros2 param describe` shows.
+pub fn descriptor(spec: &ParamSpec, value: &ParameterValue) -> raw::ParameterDescriptor {
+    let (floating_point_range, integer_range) = match spec.range {
+        Range::Float(from_value, to_value) => (vec![raw::FloatingPointRange { from_value, to_value, step: 0.0 }], vec![]),
+        Range::Int(from_value, to_value) => (vec![], vec![raw::IntegerRange { from_value, to_value, step: 1 }]),
+        Range::None => (vec![], vec![]),
+    };
+    let mut constraints = spec.constraints.to_string();
+    if !spec.choices.is_empty() && constraints.is_empty() {
+        constraints = format!("one of: {}", spec.choices.join(", "));
+    }
+    raw::ParameterDescriptor {
+        name: spec.name.to_string(),
+        r#type: value.to_parameter_type() as u8,
+        description: spec.description.to_string(),
+        additional_constraints: constraints,
+        read_only: spec.read_only,
+        dynamic_typing: false,
+        floating_point_range,
+        integer_range,
+    }
+}
+
+/// Parameters as typed settings. Built only from values that passed [`check`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub labels: Vec<String>,
+    pub label_descriptions: Vec<String>,
+    pub prompt_templates: Vec<String>,
+    pub unknown_threshold: f32,
+    pub early_rejection_top_k: usize,
+    pub backend: String,
+    pub model_dir: String,
+    pub threads: usize,
+    pub image_qos: String,
+    pub queue_depth: usize,
+    pub output: OutputSettings,
+    pub use_sim_time: bool,
+}
+
+/// What the processing thread needs besides the model and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSettings {
+    pub overlay_alpha: f32,
+    pub depth_mode: DepthMode,
+    pub depth_sync_tolerance: f64,
+    pub points_stride: usize,
+    pub diagnostics_period: f64,
+    pub publish: BTreeMap<&'static str, bool>,
+}
+
+impl OutputSettings {
+    pub fn publishes(&self, toggle: &str) -> bool {
+        self.publish.get(toggle).copied().unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthMode {
+    None,
+    Rgbd,
+}
+
+impl Settings {
+    pub fn from_values(values: &BTreeMap<String, ParameterValue>) -> Settings {
+        let strings = |n: &str| match values.get(n) {
+            Some(ParameterValue::StringArray(v)) => v.clone(),
+            _ => vec![],
+        };
+        let string = |n: &str| match values.get(n) {
+            Some(ParameterValue::String(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let double = |n: &str| match values.get(n) {
+            Some(ParameterValue::Double(v)) => *v,
+            _ => 0.0,
+        };
+        let int = |n: &str| match values.get(n) {
+            Some(ParameterValue::Integer(v)) => *v,
+            _ => 0,
+        };
+        let boolean = |n: &str| matches!(values.get(n), Some(ParameterValue::Boolean(true)));
+        Settings {
+            labels: strings("labels"),
+            label_descriptions: strings("label_descriptions"),
+            prompt_templates: strings("prompt_templates"),
+            unknown_threshold: double("unknown_threshold") as f32,
+            early_rejection_top_k: int("early_rejection_top_k").max(0) as usize,
+            backend: string("backend"),
+            model_dir: string("model_dir"),
+            threads: int("threads").max(0) as usize,
+            image_qos: string("image_qos"),
+            queue_depth: int("queue_depth").max(1) as usize,
+            output: OutputSettings {
+                overlay_alpha: double("overlay_alpha") as f32,
+                depth_mode: if string("depth_mode") == "rgbd" { DepthMode::Rgbd } else { DepthMode::None },
+                depth_sync_tolerance: double("depth_sync_tolerance"),
+                points_stride: int("points_stride").max(1) as usize,
+                diagnostics_period: double("diagnostics_period"),
+                publish: PUBLISH_TOGGLES.iter().map(|t| (*t, boolean(t))).collect(),
+            },
+            use_sim_time: boolean("use_sim_time"),
+        }
+    }
+}
+
+/// One line per parameter for `--help`.
+pub fn help_text() -> String {
+    let mut out = String::from("ROS parameters (set with --ros-args -p name:=value or --params-file; live unless read-only):\n");
+    for spec in SPECS {
+        let mut extra = Vec::new();
+        match spec.range {
+            Range::Int(lo, hi) => extra.push(format!("{lo}..={hi}")),
+            Range::Float(lo, hi) => extra.push(format!("{lo}..={hi}")),
+            Range::None => {}
+        }
+        if !spec.choices.is_empty() {
+            extra.push(spec.choices.join("|"));
+        }
+        if spec.read_only {
+            extra.push("read-only".into());
+        }
+        let extra = if extra.is_empty() { String::new() } else { format!(" [{}]", extra.join(", ")) };
+        out.push_str(&format!("  {:<24}{}{extra}\n", spec.name, spec.description));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ParameterValue::*;
+
+    fn strings(v: &[&str]) -> ParameterValue {
+        StringArray(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn every_spec_has_a_default_and_every_default_a_spec() {
+        let manifest = engine::zoo::build::default_manifest();
+        let values = defaults(&manifest);
+        for spec in SPECS {
+            let v = values.get(spec.name).unwrap_or_else(|| panic!("{} has no default", spec.name));
+            check(spec.name, v, v).unwrap_or_else(|e| panic!("default of {} is refused: {e}", spec.name));
+        }
+        assert_eq!(values.len(), SPECS.len());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        let labels = strings(&["a"]);
+        let e = check("labels", &strings(&[]), &labels).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = check("labels", &IntegerArray(vec![1, 2]), &labels).unwrap_err();
+        assert!(e.contains("string array") && e.contains("integer array"), "{e}");
+        let long = "x".repeat(100_000);
+        let e = check("labels", &StringArray(vec!["road".into(), long]), &labels).unwrap_err();
+        assert!(e.contains("'labels'[1] is 100000 bytes"), "{e}");
+        let e = check("labels", &strings(&["Road", "road "]), &labels).unwrap_err();
+        assert!(e.contains("duplicate"), "{e}");
+        let e = check("unknown_threshold", &Double(1.5), &Double(0.5)).unwrap_err();
+        assert!(e.contains("0..=1") && e.contains("1.5"), "{e}");
+        let e = check("early_rejection_top_k", &Integer(-1), &Integer(8)).unwrap_err();
+        assert!(e.contains("-1"), "{e}");
+        let e = check("backend", &String("gpu".into()), &String("auto".into())).unwrap_err();
+        assert!(e.contains("auto, cpu") && e.contains("'gpu'"), "{e}");
+        let e = check("prompt_templates", &strings(&["a photo"]), &strings(&["{}"])).unwrap_err();
+        assert!(e.contains("exactly once"), "{e}");
+        let e = check("label_descriptions", &strings(&["no colon"]), &strings(&[])).unwrap_err();
+        assert!(!e.is_empty());
+        assert!(check("nonexistent", &Integer(1), &Integer(1)).unwrap_err().contains("no parameter named"));
+    }
+
+    #[test]
+    fn integers_pass_for_doubles_and_empty_lists_for_string_arrays() {
+        check("overlay_alpha", &Integer(1), &Double(0.5)).unwrap();
+        assert_eq!(coerce(&Integer(1), &Double(0.5)), Double(1.0));
+        check("label_descriptions", &IntegerArray(vec![]), &strings(&[])).unwrap();
+    }
+
+    #[test]
+    fn settings_read_the_values() {
+        let manifest = engine::zoo::build::default_manifest();
+        let mut values = defaults(&manifest);
+        values.insert("depth_mode".into(), String("rgbd".into()));
+        values.insert("publish_overlay".into(), Boolean(false));
+        let s = Settings::from_values(&values);
+        assert_eq!(s.labels, manifest.segmentation.default_labels);
+        assert_eq!(s.output.depth_mode, DepthMode::Rgbd);
+        assert!(!s.output.publishes("publish_overlay") && s.output.publishes("publish_mask"));
+        assert_eq!(s.queue_depth, 2);
+    }
+
+    #[test]
+    fn descriptors_carry_ranges_and_read_only() {
+        let d = descriptor(find("queue_depth").unwrap(), &Integer(2));
+        assert!(d.read_only);
+        assert_eq!(d.integer_range[0].to_value, 100);
+        let d = descriptor(find("backend").unwrap(), &String("auto".into()));
+        assert!(d.additional_constraints.contains("auto or cpu"));
+        assert!(help_text().lines().count() > SPECS.len());
+    }
+}

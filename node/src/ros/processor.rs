@@ -1,0 +1,249 @@
+//! One frame's way from an `image` message to output messages, shared by the live node and
+//! replay: decode, pick the depth image, segment, build what is wanted, keep latency stats.
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use calibration::PinholeCamera;
+use engine::{LabelSet, Pipeline, SegmentOptions};
+
+use super::decode::{self, RejectCounter, Rejected};
+use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
+use super::outputs::{self, OutMsg, Topic};
+use super::params::{DepthMode, OutputSettings};
+use super::stats::Latencies;
+
+/// A change made through parameters, applied between frames so a frame never mixes states.
+pub enum Update {
+    Labels(Arc<LabelSet>),
+    Options(SegmentOptions),
+    Output(OutputSettings),
+    /// A new model or backend, with the labels encoded by its text encoder.
+    Pipeline(Box<Pipeline>, Arc<LabelSet>),
+}
+
+/// Recent depth images, matched to colour frames by stamp.
+pub struct DepthBuffer {
+    images: VecDeque<Image>,
+}
+
+const DEPTH_BUFFER: usize = 8;
+
+impl DepthBuffer {
+    pub fn new() -> Self {
+        DepthBuffer { images: VecDeque::with_capacity(DEPTH_BUFFER) }
+    }
+
+    pub fn push(&mut self, image: Image) {
+        if self.images.len() == DEPTH_BUFFER {
+            self.images.pop_front();
+        }
+        self.images.push_back(image);
+    }
+
+    /// The depth image closest in time to `stamp`, if within `tolerance` seconds.
+    pub fn closest(&self, stamp: Time, tolerance: f64) -> Option<&Image> {
+        let gap = |d: &Image| (d.header.stamp.as_nanos() - stamp.as_nanos()).unsigned_abs();
+        self.images.iter().min_by_key(|d| gap(d)).filter(|d| gap(d) as f64 <= tolerance * 1e9)
+    }
+}
+
+/// What happened to one frame.
+pub enum FrameOutcome {
+    Published(Vec<OutMsg>),
+    Skipped,
+}
+
+pub struct Processor {
+    pipeline: Pipeline,
+    labels: Arc<LabelSet>,
+    settings: OutputSettings,
+    camera_info: Option<CameraInfo>,
+    pub depth: DepthBuffer,
+    pub rejects: RejectCounter,
+    pub latency: Latencies,
+    /// Set when labels change, so the owner republishes `label_info`.
+    labels_changed: bool,
+    frames: u64,
+    last_error: Option<String>,
+}
+
+impl Processor {
+    pub fn new(pipeline: Pipeline, labels: Arc<LabelSet>, settings: OutputSettings) -> Self {
+        Processor {
+            pipeline,
+            labels,
+            settings,
+            camera_info: None,
+            depth: DepthBuffer::new(),
+            rejects: RejectCounter::default(),
+            latency: Latencies::default(),
+            labels_changed: true,
+            frames: 0,
+            last_error: None,
+        }
+    }
+
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Labels(labels) => {
+                self.labels = labels;
+                self.labels_changed = true;
+            }
+            Update::Options(options) => {
+                if let Err(e) = self.pipeline.set_options(options) {
+                    // Values are checked before they get here; keep the old options if not.
+                    tracing::error!("segmentation options refused: {e}");
+                }
+            }
+            Update::Output(settings) => self.settings = settings,
+            Update::Pipeline(pipeline, labels) => {
+                self.pipeline = *pipeline;
+                self.labels = labels;
+                self.labels_changed = true;
+            }
+        }
+    }
+
+    pub fn set_camera_info(&mut self, info: CameraInfo) {
+        self.camera_info = Some(info);
+    }
+
+    pub fn settings(&self) -> &OutputSettings {
+        &self.settings
+    }
+
+    /// `label_info` for the current labels if they changed since the last call.
+    pub fn take_label_info(&mut self, stamp: Time) -> Option<LabelInfo> {
+        if !std::mem::take(&mut self.labels_changed) {
+            return None;
+        }
+        let header = Header { stamp, frame_id: String::new() };
+        Some(outputs::label_info(&header, &self.labels, self.pipeline.options().unknown_threshold))
+    }
+
+    /// Segments `image` and builds the outputs `wants` asks for (already filtered by the
+    /// publish toggles). Bad input is counted and logged once per kind.
+    pub fn process(&mut self, mut image: Image, received: Instant, wants: impl Fn(Topic) -> bool) -> FrameOutcome {
+        let wanted: Vec<Topic> = Topic::ALL.into_iter().filter(|t| self.settings.publishes(t.toggle()) && wants(*t)).collect();
+        let header = image.header.clone();
+        let frame = match decode::frame(&mut image, self.camera_info.as_ref()) {
+            Ok(f) => f,
+            Err(r) => return self.skip(r),
+        };
+        let needs_depth = self.settings.depth_mode == DepthMode::Rgbd && wanted.iter().any(|t| t.needs_depth());
+        let metres = if needs_depth {
+            match self.depth.closest(header.stamp, self.settings.depth_sync_tolerance) {
+                Some(d) => match decode::depth_metres(d, frame.width, frame.height) {
+                    Ok(m) => Some(m),
+                    Err(r) => return self.skip(r),
+                },
+                None => {
+                    let r = Rejected {
+                        kind: "no_depth",
+                        message: format!(
+                            "no depth_registered image within {} s of image stamp {}.{:09}; depth and points skipped",
+                            self.settings.depth_sync_tolerance, header.stamp.sec, header.stamp.nanosec
+                        ),
+                    };
+                    self.note(&r);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let segmentation = match self.pipeline.process(&frame, &self.labels) {
+            Ok(s) => {
+                self.last_error = None;
+                s
+            }
+            Err(e) => {
+                let r = Rejected { kind: "engine", message: format!("segmentation failed: {e}") };
+                self.last_error = Some(r.message.clone());
+                return self.skip(r);
+            }
+        };
+        let started = Instant::now();
+        let camera = if wanted.contains(&Topic::Points) && metres.is_some() { self.camera() } else { None };
+        let map = &segmentation.map;
+        let labels = &self.labels;
+        let mut out = Vec::with_capacity(wanted.len());
+        for topic in wanted {
+            let msg = match topic {
+                Topic::Mask => OutMsg::Image(topic, outputs::mask(&header, map, labels.len())),
+                Topic::MaskColor => OutMsg::Image(topic, outputs::mask_color(&header, map, labels)),
+                Topic::Overlay => OutMsg::Image(topic, outputs::overlay(&header, &frame, map, labels, self.settings.overlay_alpha)),
+                Topic::Confidence => OutMsg::Image(topic, outputs::confidence(&header, map)),
+                Topic::Depth => match &metres {
+                    Some(m) => OutMsg::Image(topic, outputs::depth(&header, map, m)),
+                    None => continue,
+                },
+                Topic::Points => match (&metres, &camera) {
+                    (Some(m), Some(camera)) => {
+                        OutMsg::Points(outputs::points(&header, map, m, camera, self.settings.points_stride, labels.len()))
+                    }
+                    _ => continue,
+                },
+            };
+            out.push(msg);
+        }
+        let mut timings = segmentation.timings;
+        timings.post_ms += started.elapsed().as_secs_f64() * 1000.0;
+        self.latency.record(&timings, received.elapsed().as_secs_f64() * 1000.0);
+        self.frames += 1;
+        FrameOutcome::Published(out)
+    }
+
+    /// The pinhole model from the last camera_info, if there is a usable one.
+    fn camera(&mut self) -> Option<PinholeCamera> {
+        let info = match &self.camera_info {
+            Some(info) => info,
+            None => {
+                self.note(&Rejected { kind: "no_camera_info", message: "no camera_info received yet; points skipped".into() });
+                return None;
+            }
+        };
+        match PinholeCamera::from_k(&info.k, info.width, info.height) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let message = format!("camera_info: {e}; points skipped");
+                self.note(&Rejected { kind: "camera_info", message });
+                None
+            }
+        }
+    }
+
+    fn skip(&mut self, r: Rejected) -> FrameOutcome {
+        self.note(&r);
+        FrameOutcome::Skipped
+    }
+
+    fn note(&mut self, r: &Rejected) {
+        if self.rejects.count(r) {
+            tracing::warn!("{} (logged once; counted in /diagnostics as rejected.{})", r.message, r.kind);
+        }
+    }
+
+    /// The node's status for /diagnostics.
+    pub fn diagnostics(&self, name: &str, dropped: u64) -> DiagnosticStatus {
+        let kv = |key: &str, value: String| KeyValue { key: key.into(), value };
+        let mut values = vec![
+            kv("backend", self.pipeline.backend_name().into()),
+            kv("labels", self.labels.len().to_string()),
+            kv("frames_processed", self.frames.to_string()),
+            kv("frames_dropped", dropped.to_string()),
+            kv("frames_rejected", self.rejects.total().to_string()),
+        ];
+        for (kind, n) in self.rejects.by_kind() {
+            values.push(kv(&format!("rejected.{kind}"), n.to_string()));
+        }
+        values.extend(self.latency.summary().into_iter().map(|(k, v)| kv(&k, format!("{v:.2}"))));
+        let (level, message) = match &self.last_error {
+            Some(e) => (DiagnosticStatus::ERROR, e.clone()),
+            None if self.frames == 0 => (DiagnosticStatus::WARN, "no frame processed yet".to_string()),
+            None => (DiagnosticStatus::OK, format!("{} frames processed", self.frames)),
+        };
+        DiagnosticStatus { level, name: name.into(), message, hardware_id: "ovseg".into(), values }
+    }
+}
