@@ -73,6 +73,7 @@ from rcl_interfaces.srv import (DescribeParameters, GetParameters,  # noqa: E402
 from rclpy.executors import ExternalShutdownException  # noqa: E402
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: E402
                        ReliabilityPolicy)
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 _T0 = time.monotonic()
@@ -284,6 +285,24 @@ class InputFrame:
 
     def camera_info(self, header):
         return camera_info_fields(header, self.height, self.width)
+
+
+BAD_KINDS = ["step", "encoding", "zero_size", "size_mismatch"]
+
+
+def bad_frames(frame):
+    """One malformed input per kind the node must count and skip, as
+    (kind, camera_info fields or None, image fields) with stamps 500+i."""
+    w, h = frame.width, frame.height
+    header = lambda i: header_fields(500 + i, 0, "camera")  # noqa: E731
+    rgb = bytes(w * h * 3)
+    return [
+        ("step", None, image_fields(header(0), h, w, "rgb8", w * 3 - 1, rgb)),
+        ("encoding", None, image_fields(header(1), h, w, "bayer_rggb8", w, rgb)),
+        ("zero_size", None, image_fields(header(2), 0, 0, "rgb8", 0, b"")),
+        ("size_mismatch", camera_info_fields(header(3), h * 2, w * 2),
+         image_fields(header(3), h, w, "rgb8", w * 3, rgb)),
+    ]
 
 
 def input_stamp(index):
@@ -500,6 +519,14 @@ def cmd_pubsub(a):
         subs[topic] = node.create_subscription(
             msg_type, topic, lambda m, t=topic: on_message(t, m), sensor_qos())
     label_reader = label_info_reader() if "label_info" in a.collect else None
+    diagnostics = {}
+    if a.diagnostics:
+        def on_diagnostics(msg):
+            for status in msg.status:
+                diagnostics.clear()
+                diagnostics.update({kv.key: kv.value for kv in status.values})
+        subs["/diagnostics"] = node.create_subscription(
+            DiagnosticArray, "/diagnostics", on_diagnostics, input_qos())
 
     def take_label_info():
         if label_reader is None:
@@ -521,6 +548,7 @@ def cmd_pubsub(a):
                            "stamps": r["stamps"]} for t, r in received.items()},
             "label_info": label_infos[-1] if label_infos else None,
             "label_info_count": len(label_infos),
+            "diagnostics": diagnostics if a.diagnostics else None,
             "out_dir": str(out_dir) if out_dir else None,
             "unmatched": unmatched(),
             "elapsed_s": round(time.monotonic() - _T0, 3),
@@ -539,6 +567,8 @@ def cmd_pubsub(a):
         take_label_info()
         if any(len(r["matched"]) < a.expect for r in received.values()):
             return False
+        if a.bad_frames and int(diagnostics.get("frames_rejected", 0)) < len(BAD_KINDS):
+            return False
         return label_reader is None or bool(label_infos)
 
     try:
@@ -553,6 +583,13 @@ def cmd_pubsub(a):
             log(f"going on without: {unmatched()}")
         log("matched; publishing")
         period = 1.0 / a.rate_hz
+        if a.bad_frames:
+            for kind, info, image in bad_frames(frames[0]):
+                log(f"publishing a bad frame: {kind}")
+                if info is not None:
+                    pubs["camera_info"].publish(fill(CameraInfo(), info))
+                pubs["image"].publish(fill(Image(), image))
+                spin_for(executor, period)
         next_at = time.monotonic()
         for index, frame in enumerate(frames * a.repeat):
             if (image_topics or label_reader) and done():
@@ -575,6 +612,7 @@ def cmd_pubsub(a):
         if image_topics or label_reader:
             wanted = [f"{a.expect} stamp-matched message(s) on {t}" for t in image_topics]
             wanted += ["label_info"] if label_reader else []
+            wanted += ["/diagnostics counting the bad frames"] if a.bad_frames else []
             wait_until(executor, done, deadline, ", ".join(wanted))
         else:
             # Nothing to collect: give reliable delivery a moment before exiting.
@@ -1003,6 +1041,11 @@ def build_parser():
                    help="stop after N messages with a published stamp on each collected topic")
     s.add_argument("--timeout", type=float, default=60.0)
     s.add_argument("--out", metavar="DIR", help="write <topic>_<sec>_<nanosec>.json/.bin here")
+    s.add_argument("--diagnostics", action="store_true",
+                   help="report the node's latest /diagnostics key/values")
+    s.add_argument("--bad-frames", action="store_true",
+                   help="first publish one malformed frame per kind (needs --camera-info "
+                   "and --diagnostics; waits until /diagnostics counts them)")
 
     s = sub.add_parser("params", parents=[ros], help="parameter services of a node")
     s.add_argument("--node", default="/segmenter")

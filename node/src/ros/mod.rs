@@ -152,15 +152,16 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
             }
             continue;
         }
-        // The newest frame wins; older ones waiting are counted as dropped.
-        while let Some(image) = take(&image_sub, "image") {
-            frame_tx.offer(Incoming { image, received: Instant::now() });
-        }
+        // camera_info and depth first: a frame should find what was sent along with it.
         while let Some(info) = take(&info_sub, "camera_info") {
             side_dropped += side_tx.try_send(Side::CameraInfo(Box::new(info))).is_err() as u64;
         }
         while let Some(depth) = take(&depth_sub, "depth_registered") {
             side_dropped += side_tx.try_send(Side::Depth(depth)).is_err() as u64;
+        }
+        // The newest frame wins; older ones waiting are counted as dropped.
+        while let Some(image) = take(&image_sub, "image") {
+            frame_tx.offer(Incoming { image, received: Instant::now() });
         }
     }
     if side_dropped > 0 {
@@ -250,7 +251,6 @@ fn process_loop(
         for update in updates.try_iter() {
             processor.apply(update);
         }
-        drain_side(&mut processor, &side);
         if processor.settings().publishes("publish_label_info")
             && let Some(info) = processor.take_label_info(publishers.now())
             && publishers.label_info.publish(info).is_err()
@@ -259,6 +259,8 @@ fn process_loop(
         }
         match frames.take(POLL) {
             Ok(incoming) => {
+                // What was sent before this frame is in the side channel by now.
+                drain_side(&mut processor, &side);
                 let stamp = incoming.image.header.stamp;
                 if processor.settings().depth_mode == params::DepthMode::Rgbd {
                     wait_for_depth(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
@@ -271,7 +273,7 @@ fn process_loop(
                 }
             }
             Err(true) => break,
-            Err(false) => {}
+            Err(false) => drain_side(&mut processor, &side),
         }
         if last_diagnostics.elapsed().as_secs_f64() >= processor.settings().diagnostics_period {
             last_diagnostics = Instant::now();

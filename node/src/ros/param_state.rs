@@ -59,8 +59,10 @@ fn encode(bank: &mut LabelBank, settings: &Settings) -> Result<Arc<LabelSet>> {
     if bank.templates() != settings.prompt_templates.as_slice() {
         bank.set_templates(settings.prompt_templates.clone()).context("prompt_templates")?;
     }
-    let descriptions = engine::labels::parse_descriptions(settings.label_descriptions.iter().map(String::as_str))
+    let mut descriptions = engine::labels::parse_descriptions(settings.label_descriptions.iter().map(String::as_str))
         .context("label_descriptions")?;
+    // Operators keep descriptions for labels they switch in and out; unused ones wait.
+    descriptions.retain(|label, _| settings.labels.iter().any(|l| l.trim() == label));
     let specs = engine::labels::with_descriptions(settings.labels.clone(), &descriptions).context("labels")?;
     Ok(Arc::new(bank.build(&specs).context("encoding labels")?))
 }

@@ -1,0 +1,385 @@
+//! The ROS 2 node against real peers: rclpy (ROS 2 Jazzy wheels) and Cyclone DDS publish and
+//! subscribe over DDS on loopback, each test on its own random domain id. Replay bags are
+//! checked with the Python `mcap-ros2-support` reader.
+//!
+//! The Python side (`tests/ros/peer.py`) runs in a virtual environment made from
+//! `tests/ros/requirements.txt`, created on first use under the cargo target directory
+//! (about 35 s, 340 MB) and shared by later runs.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The venv's python, creating the venv once (file-locked: test processes may run in parallel).
+fn python() -> PathBuf {
+    let requirements = repo().join("tests/ros/requirements.txt");
+    let text = std::fs::read_to_string(&requirements).expect("reading tests/ros/requirements.txt");
+    // A changed requirements file gets a fresh venv.
+    let tag = format!("{:016x}", text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)));
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ros-venv-{tag}"));
+    let python = root.join("bin/python");
+    let ready = root.join(".ready");
+    std::fs::create_dir_all(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
+    let lock = File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ros-venv-{tag}.lock"))).unwrap();
+    lock.lock().expect("locking the venv");
+    if !ready.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        let status = Command::new("python3").args(["-m", "venv"]).arg(&root).status().expect("running python3 -m venv");
+        assert!(status.success(), "python3 -m venv {} failed", root.display());
+        let out = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "-r"])
+            .arg(&requirements)
+            .output()
+            .expect("running pip");
+        assert!(out.status.success(), "pip install -r tests/ros/requirements.txt failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        File::create(&ready).unwrap();
+    }
+    python
+}
+
+/// A domain id no other test of this run uses (0..=101 are safe on Linux).
+fn domain_id() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let seed = (std::process::id() as u64 ^ clock) % 60;
+    1 + ((seed as u16 + NEXT.fetch_add(7, std::sync::atomic::Ordering::Relaxed)) % 100)
+}
+
+fn ros_env(cmd: &mut Command, domain: u16) -> &mut Command {
+    cmd.env("ROS_DOMAIN_ID", domain.to_string())
+        .env("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        .env_remove("ROS_LOCALHOST_ONLY")
+        .env_remove("RMW_IMPLEMENTATION")
+}
+
+/// Runs `peer.py ARGS`, returning its JSON (which says `ok`).
+fn peer(domain: u16, args: &[&str]) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/ros/peer.py")).args(args);
+    let out = ros_env(&mut cmd, domain).output().expect("running peer.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("peer.py printed no JSON ({e}):\n{text}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn ok(v: Value) -> Value {
+    assert_eq!(v["ok"], true, "peer.py failed: {v:#}");
+    v
+}
+
+/// The node as a child process, stopped with SIGTERM when dropped.
+struct NodeProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    fn start(domain: u16, ros_args: &[&str], log_dir: &Path) -> NodeProcess {
+        let log = log_dir.join("node.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovseg"));
+        cmd.args(["node", "-v", "--ros-args"]).args(ros_args);
+        ros_env(&mut cmd, domain).stdout(Stdio::null()).stderr(File::create(&log).unwrap());
+        NodeProcess { child: cmd.spawn().expect("starting ovseg node"), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the node exited:\n{}", self.log());
+    }
+
+    /// SIGTERM, then the exit status (within 20 s).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("the node did not stop within 20 s of SIGTERM:\n{}", self.log());
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Small copies of test photos (loopback-friendly sizes), written as PNG so the node (fed by
+/// the peer) and `ovseg segment` see the very same pixels.
+fn test_pngs(dir: &Path, names: &[&str], size: (u32, u32)) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|name| {
+            let img = image::open(repo().join("tests/data/images").join(name)).unwrap().to_rgb8();
+            let small = image::imageops::resize(&img, size.0, size.1, image::imageops::FilterType::Triangle);
+            let path = dir.join(name.replace(".jpg", ".png"));
+            small.save(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Masks `ovseg segment` writes for `images` with `labels`, by file stem.
+fn segment_masks(images: &[PathBuf], labels: &str, out: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovseg"));
+    cmd.arg("segment").args(images).args(["--labels", labels, "--out"]).arg(out);
+    let o: Output = cmd.output().unwrap();
+    assert!(o.status.success(), "ovseg segment failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    images
+        .iter()
+        .map(|p| {
+            let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let mask = image::open(out.join(format!("{stem}.mask.png"))).unwrap().to_luma8().into_raw();
+            (stem, mask)
+        })
+        .collect()
+}
+
+/// The image file each published stamp carried: `(sec) -> stem`.
+fn published_stems(result: &Value) -> BTreeMap<i64, String> {
+    result["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["sec"].as_i64().unwrap(), Path::new(p["image"].as_str().unwrap()).file_stem().unwrap().to_string_lossy().into_owned()))
+        .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+const SIZE: (u32, u32) = (160, 120);
+
+#[test]
+fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["astronaut.jpg", "coffee.jpg"], SIZE);
+    let labels = "person,sky,cup,table,wall";
+    let label_list = format!("labels:={:?}", labels.split(',').collect::<Vec<_>>());
+    let mut node = NodeProcess::start(domain, &["-p", &label_list, "-p", "depth_mode:=rgbd", "-p", "points_stride:=8"], tmp.path());
+
+    let out = tmp.path().join("received");
+    let mut args = vec!["pubsub", "--images"];
+    let png_args: Vec<String> = pngs.iter().map(|p| p.display().to_string()).collect();
+    args.extend(png_args.iter().map(String::as_str));
+    args.extend(["--camera-info", "--depth-mm", "--repeat", "2", "--rate-hz", "4", "--expect", "4", "--timeout", "90"]);
+    args.extend(["--collect", "mask", "depth", "confidence", "points", "label_info", "--out", out.to_str().unwrap()]);
+    let result = ok(peer(domain, &args));
+    node.assert_running();
+
+    let expected = segment_masks(&pngs, labels, &tmp.path().join("segment"));
+    let stems = published_stems(&result);
+    let (w, h) = SIZE;
+    let mut compared = 0;
+    for (sec, stem) in &stems {
+        let meta = read_json(&out.join(format!("mask_{sec}_0.json")));
+        assert_eq!((meta["width"].as_u64(), meta["height"].as_u64()), (Some(w as u64), Some(h as u64)));
+        assert_eq!(meta["encoding"], "mono8");
+        assert_eq!(meta["step"], w);
+        assert_eq!(meta["frame_id"], "camera");
+        let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+        assert!(mask == expected[stem], "mask of {stem} (stamp {sec}) differs from `ovseg segment`");
+        compared += 1;
+
+        let meta = read_json(&out.join(format!("depth_{sec}_0.json")));
+        assert_eq!((meta["encoding"].as_str(), meta["step"].as_u64()), (Some("32FC1"), Some(4 * w as u64)));
+        let depth = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap();
+        for (i, px) in depth.chunks(4).enumerate() {
+            let (row, col) = (i / w as usize, i % w as usize);
+            let m = f32::from_le_bytes(px.try_into().unwrap());
+            // The peer's synthetic depth: 0 (no measurement) on every 17th column.
+            if col % 17 == 0 {
+                assert!(m.is_nan(), "pixel ({col},{row}) has no measurement but depth {m}");
+            } else {
+                let mm = 1000 + 4 * row + col % 7;
+                assert_eq!(m, mm as f32 / 1000.0, "depth at ({col},{row})");
+            }
+        }
+        let conf = std::fs::read(out.join(format!("confidence_{sec}_0.bin"))).unwrap();
+        assert_eq!(conf.len(), (w * h * 4) as usize);
+        assert!(conf.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).all(|p| (0.0..=1.0).contains(&p)));
+        let points = read_json(&out.join(format!("points_{sec}_0.json")));
+        let fields: Vec<&str> = points["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(fields, ["x", "y", "z", "label", "confidence"]);
+        assert!(points["width"].as_u64().unwrap() > 100, "{points}");
+    }
+    assert_eq!(compared, 4);
+
+    let info = &result["label_info"];
+    let names: Vec<&str> = info["class_map"].as_array().unwrap().iter().map(|c| c["class_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["person", "sky", "cup", "table", "wall", "unknown"]);
+    assert_eq!(info["class_map"][5]["class_id"], 255);
+
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM should stop the node cleanly, got {status}:\n{}", node.log());
+    assert!(node.log().contains("stopped"), "{}", node.log());
+}
+
+#[test]
+fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["chelsea.jpg"], SIZE);
+    let mut node = NodeProcess::start(domain, &[], tmp.path());
+
+    let long = format!("labels=[\"cat\", \"{}\"]", "x".repeat(100_000));
+    let result = ok(peer(
+        domain,
+        &[
+            "params",
+            "--timeout",
+            "60",
+            "--set",
+            "labels=[\"cat\", \"grass\", \"sky\"]",
+            "labels=[]",
+            "labels=[1, 2]",
+            &long,
+            "unknown_threshold=1.5",
+            "queue_depth=5",
+            "backend=\"gpu\"",
+            "--get",
+            "labels",
+            "--describe",
+            "labels",
+            "unknown_threshold",
+            "queue_depth",
+        ],
+    ));
+    let sets = result["set"].as_array().unwrap_or_else(|| panic!("{result:#}"));
+    assert_eq!(sets[0]["successful"], true, "{:#}", sets[0]);
+    let refused = |i: usize, needle: &str| {
+        assert_eq!(sets[i]["successful"], false, "{:#}", sets[i]);
+        let reason = sets[i]["reason"].as_str().unwrap();
+        assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}");
+    };
+    refused(1, "empty");
+    refused(2, "string array");
+    refused(3, "100000 bytes");
+    refused(4, "0..=1");
+    refused(5, "read-only");
+    refused(6, "auto, cpu");
+    assert_eq!(result["get"]["labels"], serde_json::json!(["cat", "grass", "sky"]), "{result:#}");
+    let describe = &result["describe"];
+    assert!(describe["labels"]["description"].as_str().unwrap().contains("Free-text labels"), "{describe:#}");
+    assert_eq!(describe["queue_depth"]["read_only"], true, "{describe:#}");
+    node.assert_running();
+
+    // The next frames use the new label ids: the same mask as `segment` with these labels.
+    let out = tmp.path().join("received");
+    let png = pngs[0].display().to_string();
+    let args = ["pubsub", "--images", &png, "--expect", "1", "--repeat", "3", "--rate-hz", "3", "--timeout", "60"];
+    let result = ok(peer(domain, &[&args[..], &["--collect", "mask", "label_info", "--out", out.to_str().unwrap()]].concat()));
+    let expected = segment_masks(&pngs, "cat,grass,sky", &tmp.path().join("segment"));
+    let sec = result["topics"]["mask"]["stamps"][0][0].as_i64().unwrap();
+    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    assert!(mask == expected["chelsea"], "mask after the labels change differs from `ovseg segment --labels cat,grass,sky`");
+    let names: Vec<&str> =
+        result["label_info"]["class_map"].as_array().unwrap().iter().map(|c| c["class_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cat", "grass", "sky", "unknown"]);
+    node.assert_running();
+}
+
+#[test]
+fn bad_frames_are_counted_logged_once_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    let mut node = NodeProcess::start(domain, &["-p", "diagnostics_period:=0.2"], tmp.path());
+    let png = pngs[0].display().to_string();
+    let args = ["pubsub", "--images", &png, "--camera-info", "--bad-frames", "--diagnostics", "--repeat", "4", "--rate-hz", "4"];
+    let result = ok(peer(domain, &[&args[..], &["--expect", "1", "--timeout", "60", "--collect", "mask"]].concat()));
+    let diagnostics = &result["diagnostics"];
+    for kind in ["step", "encoding", "zero_size", "size_mismatch"] {
+        assert_eq!(diagnostics[format!("rejected.{kind}")], "1", "{diagnostics:#}");
+    }
+    assert_eq!(diagnostics["backend"], "cpu");
+    assert!(diagnostics["latency_ms.total.p50"].as_str().is_some(), "{diagnostics:#}");
+    node.assert_running();
+    let log = node.log();
+    assert!(log.contains("`step` = 479"), "the step rejection should name field and value:\n{log}");
+    assert!(log.contains("bayer_rggb8"), "{log}");
+    assert!(log.contains("camera_info `width` x `height` = 320x240"), "{log}");
+    assert_eq!(log.matches("bayer_rggb8").count(), 1, "each kind is logged once:\n{log}");
+}
+
+#[test]
+fn replay_writes_a_bag_python_decodes_and_reads_a_bag_python_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pngs = test_pngs(tmp.path(), &["astronaut.jpg", "rocket.jpg", "coffee.jpg"], SIZE);
+    let bag = tmp.path().join("in.mcap");
+    let mut args = vec!["mcap-make".to_string(), "--out".into(), bag.display().to_string(), "--camera-info".into(), "--depth-mm".into()];
+    args.push("--images".into());
+    args.extend(pngs.iter().map(|p| p.display().to_string()));
+    ok(peer(0, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    let out_bag = tmp.path().join("out.mcap");
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
+        .args(["replay", bag.to_str().unwrap(), "--out", out_bag.to_str().unwrap(), "--ros-args", "-p", "depth_mode:=rgbd"])
+        .args(["-p", "labels:=[person, rocket, cup, sky]"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "replay failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["frames_processed"], 3, "{report:#}");
+
+    let check = ok(peer(0, &["mcap-check", "--file", out_bag.to_str().unwrap()]));
+    let topics = &check["topics"];
+    for topic in ["/mask", "/mask_color", "/overlay", "/confidence", "/depth", "/points", "/image"] {
+        assert_eq!(topics[topic]["count"], 3, "{topic}: {topics:#}");
+    }
+    assert_eq!(topics["/label_info"]["count"], 1, "{topics:#}");
+    assert_eq!(topics["/mask"]["schema"], "sensor_msgs/msg/Image");
+    assert_eq!(topics["/points"]["schema"], "sensor_msgs/msg/PointCloud2");
+    assert_eq!(check["errors"].as_array().map(Vec::len), Some(0), "{check:#}");
+
+    // Refuses to overwrite without --force, and leaves the existing bag alone.
+    let before = std::fs::read(&out_bag).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["replay", bag.to_str().unwrap(), "--out", out_bag.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert!(std::fs::read(&out_bag).unwrap() == before);
+}
+
+#[test]
+fn launch_profiles_start_the_node_and_every_parameter_is_in_help() {
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["node", "--help"]).output().unwrap();
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    let tmp = tempfile::tempdir().unwrap();
+    for profile in ["field_robot.yaml", "vehicle.yaml"] {
+        let path = repo().join("launch").join(profile);
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let params = yaml["/**"]["ros__parameters"].as_mapping().unwrap_or_else(|| panic!("{profile}: no /**: ros__parameters"));
+        assert!(params.len() >= 20, "{profile}");
+        for name in params.keys() {
+            let name = name.as_str().unwrap();
+            assert!(help.contains(&format!("  {name} ")), "{profile}: parameter {name} is not in `ovseg node --help`:\n{help}");
+        }
+        // The profile is accepted as it ships: the node gets to the point of spinning.
+        let mut node = NodeProcess::start(domain_id(), &["--params-file", path.to_str().unwrap()], tmp.path());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !node.log().contains("running on ROS domain") {
+            node.assert_running();
+            assert!(Instant::now() < deadline, "{profile}: node not up after 120 s:\n{}", node.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(node.terminate().success(), "{}", node.log());
+    }
+}
