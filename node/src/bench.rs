@@ -16,13 +16,23 @@ pub const LABELS_21: &str = include_str!("../data/labels-21.txt");
 pub const LABELS_150: &str = include_str!("../data/labels-150.txt");
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub target: Option<BenchTarget>,
     /// Timed frames per configuration (after 2 warm-up frames).
     #[arg(long, default_value_t = 15)]
     pub frames: usize,
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchTarget {
+    /// Publish -> receive latency of `ovseg node` over DDS on loopback vs an rclpy pass-through
+    /// node, same peer, same run.
+    Ros(crate::bench_ros::RosBenchArgs),
 }
 
 pub fn label_list(text: &str) -> Vec<LabelSpec> {

@@ -1,5 +1,6 @@
 //! `ovseg`: open-vocabulary segmentation from the command line.
 mod bench;
+mod bench_ros;
 mod eval;
 mod model;
 mod render;
@@ -102,6 +103,9 @@ fn main() -> ExitCode {
     }
     let outcome: Result<ExitCode> = match cli.command {
         Command::Segment(args) => segment::run(&cli.common, threads, args),
+        Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Ros(args)), .. }) => {
+            bench_ros::run(args).map(|_| ExitCode::SUCCESS)
+        }
         Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Fetch { force }) => model::fetch(force).map(|_| ExitCode::SUCCESS),

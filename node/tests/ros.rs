@@ -294,6 +294,15 @@ fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
     let names: Vec<&str> =
         result["label_info"]["class_map"].as_array().unwrap().iter().map(|c| c["class_name"].as_str().unwrap()).collect();
     assert_eq!(names, ["cat", "grass", "sky", "unknown"]);
+
+    // Switching the backend at run time reloads the model and keeps the labels.
+    let result = ok(peer(domain, &["params", "--timeout", "60", "--set", "backend=\"cpu\"", "--get", "backend", "labels"]));
+    assert_eq!(result["set"][0]["successful"], true, "{result:#}");
+    assert_eq!(result["get"]["labels"], serde_json::json!(["cat", "grass", "sky"]), "{result:#}");
+    let out = tmp.path().join("after-reload");
+    let result = ok(peer(domain, &[&args[..], &["--collect", "mask", "--out", out.to_str().unwrap()]].concat()));
+    let sec = result["topics"]["mask"]["stamps"][0][0].as_i64().unwrap();
+    assert!(std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap() == expected["chelsea"]);
     node.assert_running();
 }
 
@@ -304,7 +313,8 @@ fn bad_frames_are_counted_logged_once_and_skipped() {
     let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
     let mut node = NodeProcess::start(domain, &["-p", "diagnostics_period:=0.2"], tmp.path());
     let png = pngs[0].display().to_string();
-    let args = ["pubsub", "--images", &png, "--camera-info", "--bad-frames", "--diagnostics", "--repeat", "4", "--rate-hz", "4"];
+    // The good frames go as YUYV, which the node converts (BT.601).
+    let args = ["pubsub", "--images", &png, "--encoding", "yuyv", "--camera-info", "--bad-frames", "--diagnostics", "--repeat", "4", "--rate-hz", "4"];
     let result = ok(peer(domain, &[&args[..], &["--expect", "1", "--timeout", "60", "--collect", "mask"]].concat()));
     let diagnostics = &result["diagnostics"];
     for kind in ["step", "encoding", "zero_size", "size_mismatch"] {

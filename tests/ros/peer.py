@@ -816,6 +816,8 @@ def cmd_latency(a):
     node, executor = make_node("ovseg_latency_peer")
 
     pub = node.create_publisher(Image, "image", input_qos(depth=2))
+    depth_pub = node.create_publisher(Image, "depth_registered", input_qos(depth=2)) \
+        if a.depth_mm else None
     lat = {t: [] for t in a.topics}
     seen = {t: set() for t in a.topics}
     sent = []
@@ -840,6 +842,7 @@ def cmd_latency(a):
     log("matched; publishing")
 
     msg = fill(Image(), frame.image(header_fields(0, 0, a.frame_id)))
+    depth_msg = fill(Image(), frame.depth(header_fields(0, 0, a.frame_id)))
 
     def publisher():
         # A thread of its own keeps the publishing rate independent of the
@@ -851,6 +854,9 @@ def cmd_latency(a):
             now = time.time_ns()
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
             published_stamps.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            if depth_pub is not None:
+                depth_msg.header.stamp = msg.header.stamp
+                depth_pub.publish(depth_msg)
             pub.publish(msg)
             sent.append(now)
             next_at += period
@@ -1064,6 +1070,8 @@ def build_parser():
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--topics", nargs="+", default=["mask", "depth"],
                    choices=[t for t in OUTPUT_TOPICS if t != "label_info"])
+    s.add_argument("--depth-mm", action="store_true",
+                   help="also publish synthetic 16UC1 depth_registered with each frame")
     s.add_argument("--match-timeout", type=float, default=30.0)
     s.add_argument("--drain", type=float, default=1.0,
                    help="seconds to keep receiving after the last frame")
