@@ -117,7 +117,7 @@ impl ParamState {
         let mut next = self.values.clone();
         for (name, value) in &changes {
             let spec = params::find(name).ok_or_else(|| format!("no parameter named '{name}'"))?;
-            let current = &self.values[spec.name];
+            let current = self.values.get(spec.name).ok_or_else(|| format!("'{name}' has no value"))?;
             let value = params::coerce(value, current);
             if spec.read_only && value != *current {
                 return Err(format!("'{name}' is read-only: set it at start with -p or --params-file and restart the node"));

@@ -120,7 +120,7 @@ pub static SPECS: &[ParamSpec] = &[
         range: Range::Float(0.1, 60.0),
         ..spec("diagnostics_period", "Seconds between /diagnostics messages.")
     },
-    spec("use_sim_time", "Stamp diagnostics with /clock time instead of the system clock."),
+    ParamSpec { read_only: true, ..spec("use_sim_time", "Stamp diagnostics and label_info with /clock time instead of the system clock.") },
 ];
 
 pub fn find(name: &str) -> Option<&'static ParamSpec> {
