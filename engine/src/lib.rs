@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod colors;
 pub mod costmap;
+pub mod depth;
 pub mod error;
 pub mod frame;
 pub mod handoff;

@@ -174,7 +174,11 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
     let pngs = test_pngs(tmp.path(), &["astronaut.jpg", "coffee.jpg"], SIZE);
     let labels = "person,sky,cup,table,wall";
     let label_list = format!("labels:={:?}", labels.split(',').collect::<Vec<_>>());
-    let mut node = NodeProcess::start(domain, &["-p", &label_list, "-p", "depth_mode:=rgbd", "-p", "points_stride:=8"], tmp.path());
+    // Filtering and hole filling off, so depth can be checked value for value; "table" (in
+    // both photos) is declared a label without depth.
+    let depth_args =
+        ["-p", "depth_mode:=rgbd", "-p", "depth_filter_radius:=0", "-p", "depth_fill_radius:=0", "-p", "depth_invalid_labels:=[table]"];
+    let mut node = NodeProcess::start(domain, &[&["-p", &label_list, "-p", "points_stride:=8"][..], &depth_args].concat(), tmp.path());
 
     let out = tmp.path().join("received");
     let mut args = vec!["pubsub", "--images"];
@@ -202,12 +206,14 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
         let meta = read_json(&out.join(format!("depth_{sec}_0.json")));
         assert_eq!((meta["encoding"].as_str(), meta["step"].as_u64()), (Some("32FC1"), Some(4 * w as u64)));
         let depth = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap();
+        let table = 3;
+        assert!(mask.contains(&table), "{stem}: the test needs some 'table' to check that it gets no depth");
         for (i, px) in depth.chunks(4).enumerate() {
             let (row, col) = (i / w as usize, i % w as usize);
             let m = f32::from_le_bytes(px.try_into().unwrap());
             // The peer's synthetic depth: 0 (no measurement) on every 17th column.
-            if col % 17 == 0 {
-                assert!(m.is_nan(), "pixel ({col},{row}) has no measurement but depth {m}");
+            if col % 17 == 0 || mask[i] == table {
+                assert!(m.is_nan(), "pixel ({col},{row}) has no measurement or is 'table' but depth {m}");
             } else {
                 let mm = 1000 + 4 * row + col % 7;
                 assert_eq!(m, mm as f32 / 1000.0, "depth at ({col},{row})");
@@ -311,7 +317,7 @@ fn bad_frames_are_counted_logged_once_and_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let domain = domain_id();
     let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
-    let mut node = NodeProcess::start(domain, &["-p", "diagnostics_period:=0.2"], tmp.path());
+    let mut node = NodeProcess::start(domain, &["-p", "diagnostics_period:=0.2", "-p", "image_qos:=reliable"], tmp.path());
     let png = pngs[0].display().to_string();
     // The good frames go as YUYV, which the node converts (BT.601).
     let args = ["pubsub", "--images", &png, "--encoding", "yuyv", "--camera-info", "--bad-frames", "--diagnostics", "--repeat", "4", "--rate-hz", "4"];
@@ -377,10 +383,19 @@ fn launch_profiles_start_the_node_and_every_parameter_is_in_help() {
         let path = repo().join("launch").join(profile);
         let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let params = yaml["/**"]["ros__parameters"].as_mapping().unwrap_or_else(|| panic!("{profile}: no /**: ros__parameters"));
-        assert!(params.len() >= 20, "{profile}");
-        for name in params.keys() {
-            let name = name.as_str().unwrap();
-            assert!(help.contains(&format!("  {name} ")), "{profile}: parameter {name} is not in `ovseg node --help`:\n{help}");
+        let in_profile: Vec<&str> = params.keys().map(|k| k.as_str().unwrap()).collect();
+        let in_help: Vec<&str> = help
+            .lines()
+            .skip_while(|l| !l.starts_with("ROS parameters"))
+            .skip(1)
+            .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+            .collect();
+        assert!(in_help.len() >= 20, "{help}");
+        for name in &in_profile {
+            assert!(in_help.contains(name), "{profile}: parameter {name} is not in `ovseg node --help`:\n{help}");
+        }
+        for name in &in_help {
+            assert!(in_profile.contains(name), "{profile} does not set parameter {name}");
         }
         // The profile is accepted as it ships: the node gets to the point of spinning.
         let mut node = NodeProcess::start(domain_id(), &["--params-file", path.to_str().unwrap()], tmp.path());

@@ -584,6 +584,9 @@ def cmd_pubsub(a):
         log("matched; publishing")
         period = 1.0 / a.rate_hz
         if a.bad_frames:
+            # Each bad frame is sent once and must be counted once: give the node's
+            # side of discovery a moment so none is lost before its reader matches.
+            spin_for(executor, 1.0)
             for kind, info, image in bad_frames(frames[0]):
                 log(f"publishing a bad frame: {kind}")
                 if info is not None:

@@ -91,6 +91,18 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("depth_mode", "Where `depth` and `points` come from.")
     },
     ParamSpec {
+        constraints: "label texts as in `labels`; unknown pixels never get depth",
+        ..spec("depth_invalid_labels", "Labels whose pixels get no depth (NaN), e.g. sky: never obstacles.")
+    },
+    ParamSpec {
+        range: Range::Int(0, 5),
+        ..spec("depth_filter_radius", "Half-size of the median filter applied to depth within each label; 0 = off.")
+    },
+    ParamSpec {
+        range: Range::Int(0, 10),
+        ..spec("depth_fill_radius", "Half-size of the window depth holes are filled from, within their label; 0 = off.")
+    },
+    ParamSpec {
         range: Range::Float(0.0, 1.0),
         ..spec("depth_sync_tolerance", "Largest stamp difference (s) between an image and the depth image used with it.")
     },
@@ -145,6 +157,9 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("model_dir", String("".into()));
     put("threads", Integer(0));
     put("depth_mode", String("none".into()));
+    put("depth_invalid_labels", StringArray(vec!["sky".into()]));
+    put("depth_filter_radius", Integer(1));
+    put("depth_fill_radius", Integer(2));
     put("depth_sync_tolerance", Double(0.02));
     put("points_stride", Integer(4));
     put("image_qos", String("sensor_data".into()));
@@ -293,6 +308,9 @@ pub struct OutputSettings {
     pub overlay_alpha: f32,
     pub depth_mode: DepthMode,
     pub depth_sync_tolerance: f64,
+    /// Lower-cased, trimmed label texts that get no depth.
+    pub depth_invalid_labels: Vec<String>,
+    pub depth_conditioning: engine::depth::DepthConditioning,
     pub points_stride: usize,
     pub diagnostics_period: f64,
     pub publish: BTreeMap<&'static str, bool>,
@@ -344,6 +362,12 @@ impl Settings {
                 overlay_alpha: double("overlay_alpha") as f32,
                 depth_mode: if string("depth_mode") == "rgbd" { DepthMode::Rgbd } else { DepthMode::None },
                 depth_sync_tolerance: double("depth_sync_tolerance"),
+                depth_invalid_labels: strings("depth_invalid_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
+                depth_conditioning: engine::depth::DepthConditioning {
+                    median_radius: int("depth_filter_radius").max(0) as usize,
+                    fill_radius: int("depth_fill_radius").max(0) as usize,
+                    ..Default::default()
+                },
                 points_stride: int("points_stride").max(1) as usize,
                 diagnostics_period: double("diagnostics_period"),
                 publish: PUBLISH_TOGGLES.iter().map(|t| (*t, boolean(t))).collect(),

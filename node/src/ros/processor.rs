@@ -165,6 +165,7 @@ impl Processor {
             }
         };
         let started = Instant::now();
+        let metres = metres.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, frame.width as usize));
         let camera = if wanted.contains(&Topic::Points) && metres.is_some() { self.camera() } else { None };
         let map = &segmentation.map;
         let labels = &self.labels;
@@ -193,6 +194,14 @@ impl Processor {
         self.latency.record(&timings, received.elapsed().as_secs_f64() * 1000.0);
         self.frames += 1;
         FrameOutcome::Published(out)
+    }
+
+    /// Depth with no value where the label rules it out, filtered and filled within labels.
+    fn conditioned_depth(&self, metres: &[f32], labels: &[u16], width: usize) -> Vec<f32> {
+        let _s = tracing::debug_span!("depth").entered();
+        let no_depth: Vec<bool> =
+            self.labels.names.iter().map(|n| self.settings.depth_invalid_labels.contains(&n.trim().to_lowercase())).collect();
+        engine::depth::condition(metres, labels, width, &no_depth, &self.settings.depth_conditioning)
     }
 
     /// The pinhole model from the last camera_info, if there is a usable one.
