@@ -3,7 +3,7 @@ use calibration::PinholeCamera;
 use engine::{Frame, LabelMap, LabelSet, MaskPixels};
 use nalgebra::Point2;
 
-use super::msgs::{Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
+use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
 
 /// The per-frame output topics (label_info and diagnostics are published on change / on a timer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,6 +101,17 @@ fn floats(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The pinhole model of rectified pixels. As in ROS image_geometry, rectified images follow P
+/// (K and D describe the raw image); K is used when P is not filled in.
+pub fn rectified_camera(info: &CameraInfo) -> Result<PinholeCamera, calibration::CalibrationError> {
+    let p = &info.p;
+    if p.iter().all(|&v| v == 0.0) {
+        PinholeCamera::from_k(&info.k, info.width, info.height)
+    } else {
+        PinholeCamera::new(p[0], p[5], p[2], p[6], info.width, info.height)
+    }
+}
+
 /// Bytes per point: x, y, z (f32), label (u16, padded to 4), confidence (f32).
 const POINT_STEP: u32 = 20;
 
@@ -178,6 +189,19 @@ mod tests {
         let m = mask(&h, &map(), 300);
         assert_eq!((m.encoding.as_str(), m.step), ("mono16", 4));
         assert_eq!(&m.data[4..6], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn rectified_pixels_follow_p_and_fall_back_to_k() {
+        let mut info = CameraInfo { width: 640, height: 480, ..Default::default() };
+        info.k = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0];
+        let c = rectified_camera(&info).unwrap();
+        assert_eq!((c.fx, c.fy, c.cx, c.cy), (500.0, 510.0, 320.0, 240.0));
+        info.p = [480.0, 0.0, 315.0, 0.0, 0.0, 480.0, 238.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        let c = rectified_camera(&info).unwrap();
+        assert_eq!((c.fx, c.fy, c.cx, c.cy), (480.0, 480.0, 315.0, 238.0));
+        info.p[0] = -1.0;
+        assert!(rectified_camera(&info).unwrap_err().to_string().contains("fx"));
     }
 
     #[test]

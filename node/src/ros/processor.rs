@@ -204,7 +204,7 @@ impl Processor {
         engine::depth::condition(metres, labels, width, &no_depth, &self.settings.depth_conditioning)
     }
 
-    /// The pinhole model from the last camera_info, if there is a usable one.
+    /// The pinhole model of the (rectified) image from the last camera_info, if usable.
     fn camera(&mut self) -> Option<PinholeCamera> {
         let info = match &self.camera_info {
             Some(info) => info,
@@ -213,7 +213,7 @@ impl Processor {
                 return None;
             }
         };
-        match PinholeCamera::from_k(&info.k, info.width, info.height) {
+        match outputs::rectified_camera(info) {
             Ok(c) => Some(c),
             Err(e) => {
                 let message = format!("camera_info: {e}; points skipped");
