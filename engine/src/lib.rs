@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod post;
 pub mod preprocess;
 pub mod runtime;
+pub mod stereo;
 pub mod text;
 pub mod zoo;
 

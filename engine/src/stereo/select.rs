@@ -1,0 +1,122 @@
+//! Stage 4: disparity selection from the aggregated costs S, row by row.
+//!
+//! In this order, per left pixel: winner-take-all (lowest S, ties to the smaller disparity);
+//! uniqueness test; parabola through S(d-1), S(d), S(d+1) for the subpixel offset (not at
+//! d = 0 or D-1); then the left-right check against the right image's winner-take-all
+//! disparities, read from the same S (right pixel x at disparity d is left pixel x + d).
+//! Invalid pixels are NaN.
+use rayon::prelude::*;
+
+use super::isa::{Isa, dispatch};
+
+#[derive(Clone, Copy)]
+pub(crate) struct Select {
+    pub width: usize,
+    pub disps: usize,
+    pub uniqueness: u8,
+    pub lr_max_diff: Option<u16>,
+}
+
+pub(crate) fn select(isa: Isa, sum: &[u16], sel: Select, out: &mut [f32]) {
+    let row_len = sel.width * sel.disps;
+    out.par_chunks_mut(sel.width)
+        .zip(sum.par_chunks(row_len))
+        .for_each_init(|| vec![0u32; sel.width], |rbest, (o, s)| select_row(isa, &sel, s, o, rbest));
+}
+
+dispatch!(fn select_row => select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], rbest: &mut [u32]));
+
+#[inline(always)]
+fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], rbest: &mut [u32]) {
+    let nd = sel.disps;
+    for (x, o) in out.iter_mut().enumerate() {
+        let s = &sum[x * nd..][..nd];
+        let (min, best) = argmin(s);
+        *o = if best > x || !unique(s, best, min, sel.uniqueness) { f32::NAN } else { subpixel(s, best) };
+    }
+    let Some(max_diff) = sel.lr_max_diff else { return };
+    // Right image: right pixel xr at disparity d is left pixel xr + d. Stored mirrored
+    // (entry w-1-xr) so that a left pixel's costs update a forward run of entries.
+    let w = out.len();
+    rbest.fill(u32::MAX);
+    for x in 0..w {
+        let m = nd.min(x + 1);
+        let (s, rb) = (&sum[x * nd..][..m], &mut rbest[w - 1 - x..][..m]);
+        for d in 0..m {
+            rb[d] = rb[d].min(pack(s[d], d));
+        }
+    }
+    for (x, o) in out.iter_mut().enumerate() {
+        if o.is_nan() {
+            continue;
+        }
+        // Round half up, written out so that the GPU port can do the same (floorf(d + 0.5f)).
+        let d = (*o + 0.5).floor() as usize;
+        if d > x || ((rbest[w - 1 - (x - d)] & 0xFFFF) as u16).abs_diff(d as u16) > max_diff {
+            *o = f32::NAN;
+        }
+    }
+}
+
+/// Cost in the high half, level in the low half: the smallest packed value is the lowest cost
+/// and, among equal costs, the smallest disparity (one vectorisable min, no search).
+#[inline(always)]
+fn pack(v: u16, d: usize) -> u32 {
+    (u32::from(v) << 16) | d as u32
+}
+
+/// (lowest cost, its smallest disparity).
+#[inline(always)]
+fn argmin(s: &[u16]) -> (u16, usize) {
+    let mut best = u32::MAX;
+    for (d, &v) in s.iter().enumerate() {
+        best = best.min(pack(v, d));
+    }
+    ((best >> 16) as u16, (best & 0xFFFF) as usize)
+}
+
+/// OpenCV's rule: every level more than one away from the best must cost at least
+/// best * 100 / (100 - uniqueness).
+#[inline(always)]
+fn unique(s: &[u16], best: usize, min: u16, uniqueness: u8) -> bool {
+    if uniqueness == 0 {
+        return true;
+    }
+    let (below, above) = (&s[..best.saturating_sub(1)], s.get(best + 2..).unwrap_or(&[]));
+    let second = below.iter().copied().fold(u16::MAX, u16::min).min(above.iter().copied().fold(u16::MAX, u16::min));
+    u32::from(second) * (100 - u32::from(uniqueness)) >= u32::from(min) * 100
+}
+
+#[inline(always)]
+fn subpixel(s: &[u16], best: usize) -> f32 {
+    if best == 0 || best + 1 == s.len() {
+        return best as f32;
+    }
+    let (c0, c1, c2) = (f32::from(s[best - 1]), f32::from(s[best]), f32::from(s[best + 1]));
+    let denom = c0 - 2.0 * c1 + c2;
+    // c1 is the minimum, so denom >= 0 and the offset lies in [-0.5, 0.5].
+    if denom > 0.0 { best as f32 + (c0 - c2) / (2.0 * denom) } else { best as f32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parabola_vertex() {
+        // S = 16 (d - 2.25)^2 sampled at 1, 2, 3 -> vertex at 2.25.
+        let s = [100, 25, 1, 9, 100, 100, 100, 100];
+        let v = subpixel(&s, 2);
+        assert!((v - 2.25).abs() < 1e-6, "{v}");
+        assert_eq!(subpixel(&s, 0), 0.0);
+    }
+
+    #[test]
+    fn uniqueness_needs_a_margin_away_from_the_neighbours() {
+        let s = [50, 10, 11, 60, 60, 60, 60, 60];
+        assert!(unique(&s, 1, 10, 10)); // 11 is a neighbour, 50 is far above
+        let s = [50, 10, 11, 60, 60, 60, 10, 60];
+        assert!(!unique(&s, 1, 10, 10)); // a second minimum at d = 6
+        assert!(unique(&s, 1, 10, 0));
+    }
+}

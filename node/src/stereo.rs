@@ -1,0 +1,196 @@
+//! `ovseg stereo LEFT RIGHT --max-disp N`: disparity of a rectified pair by semi-global
+//! matching; writes `<left stem>.disparity.pfm` and `<left stem>.disparity.png`, prints JSON.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use engine::stereo::{Disparity, GrayView, Paths, StereoMatcher, StereoParams, StereoTimings};
+use image::{GrayImage, RgbImage};
+use serde_json::json;
+
+use crate::render;
+
+#[derive(Args, Debug)]
+pub struct StereoArgs {
+    /// Left image of a rectified pair (PNG/JPEG; colour is converted to gray).
+    pub left: PathBuf,
+    /// Right image, same size.
+    pub right: PathBuf,
+    /// Number of disparity levels: disparities 0..N-1 are searched. Multiple of 8.
+    #[arg(long)]
+    pub max_disp: usize,
+    /// Output directory (created if missing).
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Penalty for a disparity change of 1 between neighbours, in census-cost units (a 9x7
+    /// census costs 0..62 per pixel).
+    #[arg(long, default_value_t = StereoParams::default().p1)]
+    pub p1: u16,
+    /// Penalty for larger disparity changes (>= p1).
+    #[arg(long, default_value_t = StereoParams::default().p2)]
+    pub p2: u16,
+    /// Shrink P2 at intensity edges: P2' = max(P1, P2*g/(g + |dI|)). Off when not given.
+    #[arg(long)]
+    pub p2_gradient: Option<u16>,
+    /// Aggregation paths: 4 or 8.
+    #[arg(long, default_value_t = 8, value_parser = parse_paths)]
+    pub paths: u8,
+    /// Uniqueness margin in percent (0 = off).
+    #[arg(long, default_value_t = StereoParams::default().uniqueness)]
+    pub uniqueness: u8,
+    /// Largest left-right disparity difference kept, in pixels.
+    #[arg(long, default_value_t = 1, conflicts_with = "no_lr_check")]
+    pub lr_max_diff: u16,
+    /// Skip the left-right consistency check.
+    #[arg(long)]
+    pub no_lr_check: bool,
+    /// Match the pair N times and report the median time (the outputs are the same each time;
+    /// buffers are reused as for a stream of frames, so the first run is the slowest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+}
+
+impl StereoArgs {
+    fn params(&self) -> StereoParams {
+        StereoParams {
+            max_disp: self.max_disp,
+            p1: self.p1,
+            p2: self.p2,
+            p2_gradient: self.p2_gradient,
+            paths: if self.paths == 4 { Paths::Four } else { Paths::Eight },
+            uniqueness: self.uniqueness,
+            lr_max_diff: (!self.no_lr_check).then_some(self.lr_max_diff),
+            ..StereoParams::default()
+        }
+    }
+}
+
+pub fn run(threads: usize, args: StereoArgs) -> Result<()> {
+    let params = args.params();
+    let mut matcher = StereoMatcher::new(params.clone())?;
+    let left = load_gray(&args.left)?;
+    let right = load_gray(&args.right)?;
+    if left.dimensions() != right.dimensions() {
+        bail!(
+            "{}: {}x{} differs from the left image's {}x{}",
+            args.right.display(),
+            right.width(),
+            right.height(),
+            left.width(),
+            left.height()
+        );
+    }
+    let (w, h) = (left.width() as usize, left.height() as usize);
+    let (lv, rv) = (GrayView::new(w, h, left.as_raw())?, GrayView::new(w, h, right.as_raw())?);
+    let mut runs: Vec<(Disparity, StereoTimings)> = Vec::new();
+    for _ in 0..args.repeat {
+        runs.push(matcher.compute(lv, rv, None)?);
+    }
+    runs.sort_by(|a, b| a.1.total_ms.total_cmp(&b.1.total_ms));
+    let totals: Vec<f64> = runs.iter().map(|r| r.1.total_ms).collect();
+    let (disp, timings) = runs.swap_remove(runs.len() / 2);
+
+    let stem = args.left.file_stem().and_then(|s| s.to_str()).unwrap_or("left");
+    let pfm = args.out.join(format!("{stem}.disparity.pfm"));
+    let png = args.out.join(format!("{stem}.disparity.png"));
+    render::write_file(&pfm, &pfm_bytes(&disp))?;
+    render::save_rgb(&colorize(&disp, params.max_disp), &png)?;
+    let report = json!({
+        "left": args.left.display().to_string(),
+        "right": args.right.display().to_string(),
+        "width": w,
+        "height": h,
+        "max_disp": params.max_disp,
+        "paths": params.paths.count(),
+        "valid_fraction": disp.valid_fraction(),
+        "ms": timings,
+        "total_ms_runs": totals,
+        "threads": threads,
+        "pfm": pfm.display().to_string(),
+        "png": png.display().to_string(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn parse_paths(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "8" => Ok(8),
+        _ => Err(format!("{s:?}: must be 4 or 8")),
+    }
+}
+
+fn load_gray(path: &Path) -> Result<GrayImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let img = image::load_from_memory(&bytes).with_context(|| format!("{}: not a readable PNG/JPEG image", path.display()))?;
+    Ok(img.to_luma8())
+}
+
+/// Middlebury PFM: "Pf" (one channel), width height, scale -1.0 (= little-endian f32), rows
+/// bottom to top, +inf where invalid.
+pub fn pfm_bytes(d: &Disparity) -> Vec<u8> {
+    let mut out = format!("Pf\n{} {}\n-1.0\n", d.width, d.height).into_bytes();
+    out.reserve(d.data.len() * 4);
+    for row in d.data.chunks_exact(d.width).rev() {
+        for &v in row {
+            out.extend_from_slice(&(if v.is_nan() { f32::INFINITY } else { v }).to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Near (large disparity) red, far blue, on a fixed 0..max_disp-1 scale so that frames compare;
+/// invalid black.
+pub fn colorize(d: &Disparity, max_disp: usize) -> RgbImage {
+    let scale = 1.0 / (max_disp.max(2) - 1) as f32;
+    let mut img = RgbImage::new(d.width as u32, d.height as u32);
+    for (px, &v) in img.pixels_mut().zip(&d.data) {
+        px.0 = if v.is_nan() { [0, 0, 0] } else { ramp(v * scale) };
+    }
+    img
+}
+
+/// A turbo-like ramp: piecewise linear through hand-picked colours (dark indigo, blue, cyan,
+/// green, yellow, orange, dark red). None is black, so invalid pixels stand out.
+fn ramp(t: f32) -> [u8; 3] {
+    const STOPS: [(f32, [f32; 3]); 7] = [
+        (0.00, [48.0, 18.0, 59.0]),
+        (0.15, [65.0, 105.0, 225.0]),
+        (0.32, [30.0, 190.0, 230.0]),
+        (0.50, [70.0, 240.0, 110.0]),
+        (0.66, [205.0, 235.0, 50.0]),
+        (0.82, [250.0, 150.0, 35.0]),
+        (1.00, [140.0, 15.0, 5.0]),
+    ];
+    let t = t.clamp(0.0, 1.0);
+    let i = STOPS.iter().rposition(|s| s.0 <= t).unwrap_or(0).min(STOPS.len() - 2);
+    let ((t0, c0), (t1, c1)) = (STOPS[i], STOPS[i + 1]);
+    let f = (t - t0) / (t1 - t0);
+    std::array::from_fn(|k| (c0[k] + (c1[k] - c0[k]) * f).round() as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pfm_is_bottom_up_little_endian_with_inf() {
+        let d = Disparity { width: 2, height: 2, data: vec![1.0, f32::NAN, 3.0, 4.5] };
+        let b = pfm_bytes(&d);
+        let header = b"Pf\n2 2\n-1.0\n";
+        assert_eq!(&b[..header.len()], header);
+        let vals: Vec<f32> = b[header.len()..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(vals, vec![3.0, 4.5, 1.0, f32::INFINITY]);
+    }
+
+    #[test]
+    fn ramp_ends_and_invalid_black() {
+        assert_eq!(ramp(0.0), [48, 18, 59]);
+        assert_eq!(ramp(1.0), [140, 15, 5]);
+        assert_eq!(ramp(7.0), [140, 15, 5]);
+        let img = colorize(&Disparity { width: 2, height: 1, data: vec![f32::NAN, 0.0] }, 64);
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(img.get_pixel(1, 0).0, [48, 18, 59]);
+    }
+}

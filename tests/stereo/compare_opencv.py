@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Accuracy and speed of `ovseg stereo` against OpenCV's StereoSGBM, measured in one run.
+
+    python3 -m venv /tmp/stereo-venv && /tmp/stereo-venv/bin/pip install -r tests/stereo/requirements.txt
+    cargo build --release -p ovseg
+    /tmp/stereo-venv/bin/python tests/stereo/compare_opencv.py [--ovseg target/release/ovseg]
+
+Data: tests/data/stereo (Middlebury 2014 "Motorcycle" at 370x250, ground-truth disparity;
+see tests/data/ATTRIBUTION.md). Scores on the pixels with ground truth:
+- bad2: share with |d - gt| > 2, invalid (no disparity) counted as bad;
+- density: share with a disparity at all;
+- bad2_valid, mae_valid: over the pixels that have one.
+Each is given for the whole image ("all") and for columns x >= max_disp ("x_ge_max_disp"):
+OpenCV leaves the leftmost max_disp columns invalid by design, where we still match the
+disparities that fit (d <= x).
+Times: median of --repeat runs of the matcher alone, in-process for both (ours: the
+`total_ms` that `ovseg stereo --repeat N` reports; OpenCV: `compute()`), same thread count.
+The bench case scales the pair 2x (bilinear), crops 640x480 and searches 128 disparities.
+Prints one JSON object.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_pfm(path):
+    with open(path, "rb") as f:
+        assert f.readline().strip() == b"Pf"
+        w, h = map(int, f.readline().split())
+        scale = float(f.readline())
+        data = np.frombuffer(f.read(), "<f4" if scale < 0 else ">f4").reshape(h, w)
+    return data[::-1].copy()
+
+
+def score(disp, gt):
+    """disp: float32 with NaN/inf = invalid."""
+    has_gt = np.isfinite(gt)
+    valid = np.isfinite(disp) & has_gt
+    err = np.abs(np.where(valid, disp, 0) - np.where(has_gt, gt, 0))
+    bad = (~valid | (err > 2)) & has_gt
+    n = int(has_gt.sum())
+    return {
+        "bad2": round(float(bad.sum()) / n, 4),
+        "density": round(float(valid.sum()) / n, 4),
+        "bad2_valid": round(float((valid & (err > 2)).sum()) / max(int(valid.sum()), 1), 4),
+        "mae_valid": round(float(err[valid].mean()), 3),
+    }
+
+
+def run_ours(exe, left, right, max_disp, repeat, threads, extra):
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [exe, "--threads", str(threads), "stereo", str(left), str(right), "--max-disp", str(max_disp),
+               "--out", out, "--repeat", str(repeat), *extra]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = (time.perf_counter() - t) * 1e3
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        disp = read_pfm(report["pfm"])
+    runs = report["total_ms_runs"]
+    return disp, {"ms": round(statistics.median(runs), 1), "ms_runs": [round(r, 1) for r in runs],
+                  "process_wall_ms": round(wall, 1), "stages_ms": {k: round(v, 1) for k, v in report["ms"].items()}}
+
+
+def opencv_matcher(mode, max_disp, block):
+    return cv2.StereoSGBM_create(
+        minDisparity=0, numDisparities=max_disp, blockSize=block,
+        P1=8 * block * block, P2=32 * block * block,  # OpenCV's recommended scale for one channel
+        disp12MaxDiff=1, uniquenessRatio=10, speckleWindowSize=0, speckleRange=0,
+        preFilterCap=63, mode=mode)
+
+
+def run_opencv(left, right, mode, max_disp, block, repeat):
+    m = opencv_matcher(mode, max_disp, block)
+    times, raw = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        raw = m.compute(left, right)
+        times.append((time.perf_counter() - t) * 1e3)
+    disp = raw.astype(np.float32) / 16.0
+    disp[raw < 0] = np.nan  # minDisparity - 1 (scaled by 16) marks invalid
+    return disp, {"ms": round(statistics.median(times), 1), "ms_runs": [round(t, 1) for t in times]}
+
+
+MODES = {"HH": cv2.STEREO_SGBM_MODE_HH, "SGBM_3WAY": cv2.STEREO_SGBM_MODE_SGBM_3WAY, "SGBM": cv2.STEREO_SGBM_MODE_SGBM}
+
+
+def scores(disp, gt, max_disp):
+    return {"all": score(disp, gt), "x_ge_max_disp": score(disp[:, max_disp:], gt[:, max_disp:])}
+
+
+def compare(exe, left_path, right_path, gt, max_disp, args):
+    left = cv2.imread(str(left_path), cv2.IMREAD_GRAYSCALE)
+    right = cv2.imread(str(right_path), cv2.IMREAD_GRAYSCALE)
+    result = {"size": f"{left.shape[1]}x{left.shape[0]}", "max_disp": max_disp}
+    for paths in (8, 4):
+        disp, t = run_ours(exe, left_path, right_path, max_disp, args.repeat, args.threads, ["--paths", str(paths)])
+        result[f"ovseg_{paths}paths"] = {**scores(disp, gt, max_disp), **t}
+    for name in args.opencv_modes:
+        disp, t = run_opencv(left, right, MODES[name], max_disp, args.block, args.repeat)
+        result[f"opencv_{name}"] = {**scores(disp, gt, max_disp), **t}
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ovseg", default=str(ROOT / "target" / "release" / "ovseg"))
+    ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "stereo"))
+    ap.add_argument("--max-disp", type=int, default=48)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block", type=int, default=5, help="OpenCV blockSize (P1/P2 follow it)")
+    ap.add_argument("--opencv-modes", nargs="+", default=["HH", "SGBM_3WAY"], choices=sorted(MODES))
+    ap.add_argument("--no-bench", action="store_true", help="skip the 640x480, 128-disparity case")
+    args = ap.parse_args()
+    cv2.setNumThreads(args.threads)
+    data = Path(args.data)
+    left, right = data / "motorcycle_left.png", data / "motorcycle_right.png"
+    gt = read_pfm(data / "motorcycle_disp.pfm")
+    out = {"opencv": cv2.__version__, "threads": args.threads, "repeat": args.repeat, "opencv_block": args.block,
+           "motorcycle": compare(args.ovseg, left, right, gt, args.max_disp, args)}
+    if not args.no_bench:
+        with tempfile.TemporaryDirectory() as tmp:
+            # 2x up (bilinear), crop 640x480 at the same place in both images: still rectified,
+            # disparities double (ground truth: nearest, x2).
+            y0, x0 = 10, 50
+            paths = []
+            for src, name in ((left, "bench_left.png"), (right, "bench_right.png")):
+                img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+                big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)[y0:y0 + 480, x0:x0 + 640]
+                cv2.imwrite(str(Path(tmp) / name), big)
+                paths.append(Path(tmp) / name)
+            gt2 = np.repeat(np.repeat(gt, 2, 0), 2, 1)[y0:y0 + 480, x0:x0 + 640] * 2
+            bench = compare(args.ovseg, paths[0], paths[1], gt2, 128, args)
+        for name in args.opencv_modes:
+            for p in (8, 4):
+                bench[f"ratio_opencv_{name}_over_ovseg_{p}paths"] = round(bench[f"opencv_{name}"]["ms"] / bench[f"ovseg_{p}paths"]["ms"], 2)
+        out["bench_640x480_d128"] = bench
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
