@@ -12,10 +12,10 @@ use serde_json::json;
 
 use crate::CommonArgs;
 use crate::ros::args::RosArgs;
-use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType, Time};
+use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType};
 use crate::ros::outputs::{OutMsg, Topic};
 use crate::ros::param_state::ParamState;
-use crate::ros::processor::{FrameOutcome, Processor};
+use crate::ros::processor::{FrameOutcome, Processor, closest_in_time};
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
@@ -107,13 +107,13 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
 
     // Depth and camera_info first, so each image finds its depth whatever the order in the bag.
-    let mut depth_index: Vec<(Time, Vec<u8>)> = Vec::new();
+    let mut depth_images: Vec<Image> = Vec::new();
     let mut images = 0usize;
     for message in mcap::MessageStream::new(&bytes).context("reading the input bag")? {
         let message = message.context("reading the input bag")?;
         if message.channel.topic == args.depth_topic {
             let depth: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
-            depth_index.push((depth.header.stamp, message.data.to_vec()));
+            depth_images.push(depth);
         } else if message.channel.topic == args.image_topic {
             images += 1;
         }
@@ -157,12 +157,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
                     continue;
                 }
             };
-            if let Some((_, cdr)) = depth_index
-                .iter()
-                .min_by_key(|(stamp, _)| (stamp.as_nanos() - image.header.stamp.as_nanos()).unsigned_abs())
-                && let Ok(depth) = msgs::from_cdr::<Image>(cdr)
-            {
-                processor.depth.push(depth);
+            if let Some(depth) = closest_in_time(&depth_images, image.header.stamp) {
+                processor.depth.push(depth.clone());
             }
             if let Some(info) = processor.take_label_info(image.header.stamp) {
                 rec.write::<LabelInfo>(&out_topic(&args.output_namespace, "label_info"), &info, message.log_time)?;

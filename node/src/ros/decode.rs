@@ -37,7 +37,10 @@ pub fn frame(msg: &mut Image, info: Option<&CameraInfo>) -> Result<Frame, Reject
     let format = PixelFormat::from_encoding(&msg.encoding).map_err(|e| reject("encoding", format!("image: {e}")))?;
     let frame = Frame { width: msg.width, height: msg.height, format, step: msg.step as usize, data: std::mem::take(&mut msg.data) };
     frame.validate().map_err(|e| {
-        let kind = if e.to_string().contains("`step`") { "step" } else { "size" };
+        let kind = match &e {
+            engine::EngineError::Frame { field: "step", .. } => "step",
+            _ => "size",
+        };
         reject(kind, format!("image: {e}"))
     })?;
     Ok(frame)

@@ -43,9 +43,17 @@ impl DepthBuffer {
 
     /// The depth image closest in time to `stamp`, if within `tolerance` seconds.
     pub fn closest(&self, stamp: Time, tolerance: f64) -> Option<&Image> {
-        let gap = |d: &Image| (d.header.stamp.as_nanos() - stamp.as_nanos()).unsigned_abs();
-        self.images.iter().min_by_key(|d| gap(d)).filter(|d| gap(d) as f64 <= tolerance * 1e9)
+        closest_in_time(&self.images, stamp).filter(|d| stamp_gap_ns(d, stamp) as f64 <= tolerance * 1e9)
     }
+}
+
+fn stamp_gap_ns(image: &Image, stamp: Time) -> u64 {
+    (image.header.stamp.as_nanos() - stamp.as_nanos()).unsigned_abs()
+}
+
+/// The image whose stamp is nearest to `stamp`.
+pub fn closest_in_time<'a>(images: impl IntoIterator<Item = &'a Image>, stamp: Time) -> Option<&'a Image> {
+    images.into_iter().min_by_key(|d| stamp_gap_ns(d, stamp))
 }
 
 /// What happened to one frame.
