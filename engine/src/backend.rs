@@ -24,6 +24,17 @@ pub trait ImageBackend: Send {
 pub enum BackendKind {
     Auto,
     Cpu,
+    /// Cost map, fusion and post-processing on a CUDA device (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+impl BackendKind {
+    /// Names this build accepts.
+    #[cfg(feature = "cuda")]
+    pub const AVAILABLE: &[&str] = &["auto", "cpu", "cuda"];
+    #[cfg(not(feature = "cuda"))]
+    pub const AVAILABLE: &[&str] = &["auto", "cpu"];
 }
 
 impl std::str::FromStr for BackendKind {
@@ -32,10 +43,18 @@ impl std::str::FromStr for BackendKind {
         match s {
             "auto" => Ok(BackendKind::Auto),
             "cpu" => Ok(BackendKind::Cpu),
-            "cuda" | "tensorrt" => Err(EngineError::Runtime(format!(
-                "backend {s:?} is not available in this build (available: auto, cpu)"
+            #[cfg(feature = "cuda")]
+            "cuda" => Ok(BackendKind::Cuda),
+            #[cfg(not(feature = "cuda"))]
+            "cuda" => Err(EngineError::Runtime("backend \"cuda\" is not available in this build (feature `cuda`)".into())),
+            "tensorrt" => Err(EngineError::Runtime(format!(
+                "backend {s:?} is not available in this build (available: {})",
+                BackendKind::AVAILABLE.join(", ")
             ))),
-            other => Err(EngineError::Runtime(format!("unknown backend {other:?} (expected auto or cpu)"))),
+            other => Err(EngineError::Runtime(format!(
+                "unknown backend {other:?} (expected one of: {})",
+                BackendKind::AVAILABLE.join(", ")
+            ))),
         }
     }
 }

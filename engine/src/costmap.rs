@@ -25,6 +25,21 @@ impl EmbeddingMap {
     }
 }
 
+/// A grid of cells whose centres sit at `offset + i * stride` input pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grid {
+    pub stride: u32,
+    pub offset: f32,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl EmbeddingMap {
+    pub fn grid(&self) -> Grid {
+        Grid { stride: self.stride, offset: self.offset, width: self.width, height: self.height }
+    }
+}
+
 /// Per cell, the labels still in play and their scores (logits or probabilities).
 /// Cell `i` holds `count[i]` entries at `i * capacity ..`.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +55,10 @@ pub struct ScoreField {
 }
 
 impl ScoreField {
+    pub fn grid(&self) -> Grid {
+        Grid { stride: self.stride, offset: self.offset, width: self.width, height: self.height }
+    }
+
     pub fn cell(&self, i: usize) -> (&[u32], &[f32]) {
         let n = self.count[i] as usize;
         let at = i * self.capacity;
@@ -136,10 +155,38 @@ pub fn keep_top_k(field: &ScoreField, k: usize) -> ScoreField {
     out
 }
 
+/// Per position along one axis, its two grid neighbours and the weight of the second
+/// (see [`bilinear_axis`]).
+pub type Axis = Vec<(usize, usize, f32)>;
+
+/// Bilinear neighbours on the `coarse` grid of each `fine` cell centre, per row and per column.
+/// Computed once on the host and shared by the CPU and CUDA fusion so both use the same weights.
+pub fn fusion_axes(coarse: Grid, fine: &EmbeddingMap) -> (Axis, Axis) {
+    let centre = |j: usize| fine.offset + (j * fine.stride as usize) as f32;
+    let rows = (0..fine.height).map(|y| bilinear_axis(centre(y), coarse.offset, coarse.stride, coarse.height)).collect();
+    let cols = (0..fine.width).map(|x| bilinear_axis(centre(x), coarse.offset, coarse.stride, coarse.width)).collect();
+    (rows, cols)
+}
+
+/// Bilinear weights of the corners (y0,x0), (y0,x1), (y1,x0), (y1,x1).
+#[inline]
+pub fn corner_weights(fx: f32, fy: f32) -> [f32; 4] {
+    [(1.0 - fx) * (1.0 - fy), fx * (1.0 - fy), (1.0 - fx) * fy, fx * fy]
+}
+
+/// The four bilinear corners of a fine cell on a coarse grid `width` cells wide, with weights.
+#[inline]
+pub fn corners(row: (usize, usize, f32), col: (usize, usize, f32), width: usize) -> [(usize, f32); 4] {
+    let ((y0, y1, fy), (x0, x1, fx)) = (row, col);
+    let w = corner_weights(fx, fy);
+    [(y0 * width + x0, w[0]), (y0 * width + x1, w[1]), (y1 * width + x0, w[2]), (y1 * width + x1, w[3])]
+}
+
 /// One top-down fusion step: each fine cell scores only the labels that survived early
-/// rejection in its 2x2 coarse neighbourhood, as `w_coarse * upsampled coarse + w_fine * fine`.
-/// A label absent from a neighbour contributes that neighbour's lowest kept score (a bound, so
-/// rejected labels are never favoured by the upsampling).
+/// rejection in its 2x2 coarse neighbourhood (in ascending label id), as
+/// `w_coarse * upsampled coarse + w_fine * fine`. A label absent from a neighbour contributes
+/// that neighbour's lowest kept score (a bound, so rejected labels are never favoured by the
+/// upsampling).
 pub fn fuse_level(
     coarse: &ScoreField,
     fine: &EmbeddingMap,
@@ -150,6 +197,7 @@ pub fn fuse_level(
 ) -> ScoreField {
     let cells = fine.width * fine.height;
     let cap = (coarse.capacity * 4).min(labels.len()).max(1);
+    let (rows, cols) = fusion_axes(coarse.grid(), fine);
     let mut count = vec![0u32; cells];
     let mut label = vec![0u32; cells * cap];
     let mut score = vec![0.0f32; cells * cap];
@@ -162,17 +210,8 @@ pub fn fuse_level(
         .for_each_init(
             || vec![f32::NAN; 4 * labels.len()],
             |scratch, (i, ((n, lab), sc))| {
-                let centre = |j: usize| fine.offset + (j * fine.stride as usize) as f32;
-                let (y0, y1, fy) = bilinear_axis(centre(i / fine.width), coarse.offset, coarse.stride, coarse.height);
-                let (x0, x1, fx) = bilinear_axis(centre(i % fine.width), coarse.offset, coarse.stride, coarse.width);
-                let corners = [
-                    (y0 * coarse.width + x0, (1.0 - fx) * (1.0 - fy)),
-                    (y0 * coarse.width + x1, fx * (1.0 - fy)),
-                    (y1 * coarse.width + x0, (1.0 - fx) * fy),
-                    (y1 * coarse.width + x1, fx * fy),
-                ];
+                let corners = corners(rows[i / fine.width], cols[i % fine.width], coarse.width);
                 let k = labels.len();
-                // Union of the corners' candidates in first-seen order (deterministic).
                 let mut used = 0usize;
                 let mut floor = [0.0f32; 4];
                 for (c, &(cell, _)) in corners.iter().enumerate() {
@@ -187,6 +226,8 @@ pub fn fuse_level(
                         scratch[c * k + l] = s;
                     }
                 }
+                // Ascending label ids: an order the GPU can produce without a sequential scan.
+                lab[..used].sort_unstable();
                 let p = fine.pixel(i);
                 for j in 0..used {
                     let l = lab[j] as usize;
@@ -208,6 +249,22 @@ pub fn fuse_level(
     ScoreField { stride: fine.stride, offset: fine.offset, width: fine.width, height: fine.height, capacity: cap, count, label, score }
 }
 
+/// `e^x` for softmax inputs (`x <= 0`): Cody-Waite reduction and a degree-6 polynomial in plain
+/// multiplies and adds. Written out (rather than `f32::exp`) so the CUDA kernel, compiled without
+/// fused multiply-add, computes the same bits. Relative error below 3e-7 on `[-87, 0]`.
+#[inline]
+pub fn softmax_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // 0x3f318000: few mantissa bits, so n * LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 0.0); // e^-87 ~ 1.6e-38, the smallest normal power of two reached
+    let n = (x * LOG2E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    // 1/2!, ..., 1/6! as decimal literals, which Rust and CUDA both round to the same f32.
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_888_9)))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// Turns each cell's logits into probabilities over its candidates (rejected labels get 0).
 pub fn softmax_in_place(field: &mut ScoreField) {
     let cap = field.capacity;
@@ -216,7 +273,7 @@ pub fn softmax_in_place(field: &mut ScoreField) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for x in s.iter_mut() {
-            *x = (*x - max).exp();
+            *x = softmax_exp(*x - max);
             sum += *x;
         }
         s.iter_mut().for_each(|x| *x /= sum);
@@ -321,6 +378,37 @@ mod tests {
             let mut ls = fused.cell(i).0.to_vec();
             ls.sort();
             assert_eq!(ls, vec![0, 2]);
+        }
+    }
+
+    #[test]
+    fn softmax_exp_tracks_libm() {
+        let (mut worst, mut at) = (0.0f64, 0.0f32);
+        for i in 0..=86_900 {
+            let x = -(i as f32) * 1e-3;
+            let want = (x as f64).exp();
+            let e = ((softmax_exp(x) as f64 - want) / want).abs();
+            if e > worst {
+                worst = e;
+                at = x;
+            }
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e} at {at}");
+        assert_eq!(softmax_exp(0.0), 1.0);
+        assert!(softmax_exp(-1000.0) > 0.0 && softmax_exp(-1000.0) < 2e-38);
+    }
+
+    #[test]
+    fn fused_candidates_come_in_ascending_label_order() {
+        let coarse_map = map(32, 2, 2, 2, |i| vec![1.0, i as f32]);
+        let fine_map = map(16, 4, 4, 2, |i| vec![(i % 4) as f32, 1.0]);
+        let raw: Vec<f32> = (0..12).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+        let labels = label_set(&raw, 2);
+        let coarse = keep_top_k(&dense_cost(&coarse_map, &labels, 2.0), 2);
+        let fused = fuse_level(&coarse, &fine_map, &labels, 2.0, 1.0, 1.0);
+        for i in 0..16 {
+            let ls = fused.cell(i).0;
+            assert!(ls.windows(2).all(|w| w[0] < w[1]), "cell {i}: {ls:?}");
         }
     }
 

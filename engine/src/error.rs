@@ -24,6 +24,10 @@ pub enum EngineError {
     #[error("model fetch: {0}")]
     Fetch(String),
 
+    /// A CUDA driver, NVRTC or kernel failure; the pipeline falls back to the CPU on it.
+    #[error("CUDA: {0}")]
+    Gpu(String),
+
     #[error("label set was built for embedding dim {labels}, model produces {model}")]
     DimMismatch { labels: usize, model: usize },
 }

@@ -3,6 +3,8 @@
 pub mod backend;
 pub mod colors;
 pub mod costmap;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod depth;
 pub mod error;
 pub mod frame;
@@ -14,6 +16,7 @@ pub mod pipeline;
 pub mod post;
 pub mod preprocess;
 pub mod runtime;
+pub mod scoring;
 pub mod stereo;
 pub mod text;
 pub mod zoo;

@@ -6,13 +6,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::{BackendKind, CpuBackend, ImageBackend};
-use crate::costmap::{ScoreField, dense_cost, fuse_level, keep_top_k, softmax_in_place};
 use crate::error::{EngineError, Result};
 use crate::frame::Frame;
 use crate::labels::{LabelBank, LabelSet};
 use crate::manifest::{Manifest, SegmentationDefaults};
-use crate::post::{LabelMap, upsample_argmax};
+use crate::post::LabelMap;
 use crate::preprocess::preprocess;
+use crate::scoring::{CpuScorer, Scored, Scorer, ScoringPlan};
 use crate::text::TextEncoder;
 
 /// Run-time settings; defaults come from the model manifest.
@@ -99,10 +99,16 @@ impl Model {
         Ok(Model { dir: dir.to_path_buf(), manifest })
     }
 
-    pub fn image_backend(&self, kind: BackendKind, threads: usize) -> Result<Box<dyn ImageBackend>> {
-        match kind {
-            BackendKind::Auto | BackendKind::Cpu => Ok(Box::new(CpuBackend::load(&self.dir, &self.manifest, threads)?)),
-        }
+    /// The image encoder (ONNX Runtime on the CPU for every kind until a GPU runtime is built in).
+    pub fn image_backend(&self, _kind: BackendKind, threads: usize) -> Result<Box<dyn ImageBackend>> {
+        Ok(Box::new(CpuBackend::load(&self.dir, &self.manifest, threads)?))
+    }
+
+    /// Image encoder and scorer for `kind`; `auto` takes CUDA where a driver and a device answer
+    /// and logs why it did not otherwise.
+    pub fn pipeline(&self, kind: BackendKind, threads: usize) -> Result<Pipeline> {
+        let scorer = crate::scoring::scorer_for(kind)?;
+        Ok(Pipeline::with_scorer(self, self.image_backend(kind, threads)?, scorer))
     }
 
     /// The label bank with this model's text encoder and default templates.
@@ -131,21 +137,44 @@ impl Model {
 
 pub struct Pipeline {
     backend: Box<dyn ImageBackend>,
+    scorer: Box<dyn Scorer>,
+    /// Why the scorer fell back to the CPU mid-run, if it did.
+    scorer_fallback: Option<String>,
     manifest: Manifest,
     options: SegmentOptions,
+    fusion_weights: Vec<f32>,
 }
 
 impl Pipeline {
+    /// A pipeline scoring on the CPU.
     pub fn new(model: &Model, backend: Box<dyn ImageBackend>) -> Self {
+        Self::with_scorer(model, backend, Box::new(CpuScorer))
+    }
+
+    pub fn with_scorer(model: &Model, backend: Box<dyn ImageBackend>, scorer: Box<dyn Scorer>) -> Self {
         Pipeline {
             backend,
+            scorer,
+            scorer_fallback: None,
             options: SegmentOptions::from_manifest(&model.manifest.segmentation),
+            fusion_weights: model.manifest.levels_coarse_to_fine().iter().map(|l| l.fusion_weight).collect(),
             manifest: model.manifest.clone(),
         }
     }
 
+    /// Where the image encoder runs.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// Where the cost map, fusion and post-processing run.
+    pub fn scorer_name(&self) -> &'static str {
+        self.scorer.name()
+    }
+
+    /// Set once a GPU scorer failed and the CPU took over.
+    pub fn scorer_fallback(&self) -> Option<&str> {
+        self.scorer_fallback.as_deref()
     }
 
     pub fn options(&self) -> &SegmentOptions {
@@ -182,36 +211,40 @@ impl Pipeline {
         };
         timings.image_encoder_ms = ms(t);
 
-        let t = Instant::now();
-        let field = {
-            let _s = tracing::debug_span!("cost_map", labels = labels.len()).entered();
-            self.fused_probabilities(&levels, labels)?
+        let scored = {
+            let _s = tracing::debug_span!("cost_map", labels = labels.len(), scorer = self.scorer.name()).entered();
+            let fusion_weights = self.fusion_weights.clone(); // a few floats; frees `self` for `score`
+            let plan = ScoringPlan {
+                labels,
+                logit_scale: self.options.logit_scale,
+                fusion_weights: &fusion_weights,
+                top_k: self.options.early_rejection_top_k,
+                unknown_threshold: self.options.unknown_threshold,
+                content: input.content,
+                width: frame.width,
+                height: frame.height,
+            };
+            self.score(&levels, &plan)?
         };
-        timings.cost_map_ms = ms(t);
-
-        let t = Instant::now();
-        let map = {
-            let _s = tracing::debug_span!("post").entered();
-            upsample_argmax(&field, input.content, frame.width, frame.height, self.options.unknown_threshold)
-        };
-        timings.post_ms = ms(t);
+        timings.cost_map_ms = scored.cost_ms;
+        timings.post_ms = scored.post_ms;
+        let map = scored.map;
 
         Ok(Segmentation { map, timings, net_size: (input.width, input.height) })
     }
 
-    /// Coarsest level dense, finer levels only for labels surviving early rejection.
-    fn fused_probabilities(&self, levels: &[crate::costmap::EmbeddingMap], labels: &LabelSet) -> Result<ScoreField> {
-        let specs = self.manifest.levels_coarse_to_fine();
-        let (first, rest) = levels.split_first().ok_or_else(|| EngineError::Runtime("image encoder returned no levels".into()))?;
-        let scale = self.options.logit_scale;
-        let mut field = dense_cost(first, labels, scale * specs[0].fusion_weight);
-        for (level, spec) in rest.iter().zip(&specs[1..]) {
-            let k = self.options.early_rejection_top_k;
-            let kept = if k == 0 || k >= labels.len() { field } else { keep_top_k(&field, k) };
-            field = fuse_level(&kept, level, labels, scale, 1.0, spec.fusion_weight);
+    /// Scores on the current scorer; a GPU failure hands this and every later frame to the CPU.
+    fn score(&mut self, levels: &[crate::costmap::EmbeddingMap], plan: &ScoringPlan) -> Result<Scored> {
+        match self.scorer.score(levels, plan) {
+            Err(e @ EngineError::Gpu(_)) => {
+                let reason = e.to_string();
+                tracing::warn!(scorer = self.scorer.name(), "{reason}; scoring on the CPU from now on");
+                self.scorer = Box::new(CpuScorer);
+                self.scorer_fallback = Some(reason);
+                self.scorer.score(levels, plan)
+            }
+            other => other,
         }
-        softmax_in_place(&mut field);
-        Ok(field)
     }
 }
 

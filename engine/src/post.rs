@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::colors::UNKNOWN_COLOR;
-use crate::costmap::{ScoreField, bilinear_axis};
+use crate::costmap::{Axis, Grid, ScoreField, bilinear_axis, corner_weights};
 use crate::preprocess::ContentRect;
 
 /// Label id of pixels below the unknown threshold.
@@ -57,18 +57,34 @@ fn quad(field: &ScoreField, corners: [usize; 4]) -> Quad {
     }
 }
 
-/// Interpolates `field` (probabilities) to `width x height` frame pixels. `content` locates the
+/// Relative slack on a corner bound: rounded bilinear weights may sum to slightly above 1.
+const BOUND_MARGIN: f32 = 1.0 + 1e-6;
+
+/// Interpolated probability, summed left to right (the CUDA kernel uses the same order).
+#[inline]
+pub fn interpolate(w: &[f32; 4], p: &[f32; 4]) -> f32 {
+    w[0] * p[0] + w[1] * p[1] + w[2] * p[2] + w[3] * p[3]
+}
+
+/// Frame pixel -> field cell neighbours along each axis (see [`upsample_argmax`]).
+pub fn frame_axes(field: Grid, content: ContentRect, width: u32, height: u32) -> (Axis, Axis) {
+    let sx = content.width / width as f32;
+    let sy = content.height / height as f32;
+    let xs = (0..width as usize)
+        .map(|x| bilinear_axis(content.x + (x as f32 + 0.5) * sx, field.offset, field.stride, field.width))
+        .collect();
+    let ys = (0..height as usize)
+        .map(|y| bilinear_axis(content.y + (y as f32 + 0.5) * sy, field.offset, field.stride, field.height))
+        .collect();
+    (xs, ys)
+}
+
+/// Interpolates `field` (probabilities) to `width x height` frame pixels; ties go to the lower
+/// label id. `content` locates the
 /// frame inside the network input; `threshold` turns low-confidence pixels into [`UNKNOWN`].
 pub fn upsample_argmax(field: &ScoreField, content: ContentRect, width: u32, height: u32, threshold: f32) -> LabelMap {
     let (w, h) = (width as usize, height as usize);
-    let sx = content.width / width as f32;
-    let sy = content.height / height as f32;
-    let xs: Vec<(usize, usize, f32)> = (0..w)
-        .map(|x| bilinear_axis(content.x + (x as f32 + 0.5) * sx, field.offset, field.stride, field.width))
-        .collect();
-    let ys: Vec<(usize, usize, f32)> = (0..h)
-        .map(|y| bilinear_axis(content.y + (y as f32 + 0.5) * sy, field.offset, field.stride, field.height))
-        .collect();
+    let (xs, ys) = frame_axes(field.grid(), content, width, height);
 
     // One quad per cell: its corners are the cell, its right, lower and lower-right neighbours.
     let fw = field.width;
@@ -88,16 +104,19 @@ pub fn upsample_argmax(field: &ScoreField, content: ContentRect, width: u32, hei
         for x in 0..w {
             let (x0, _, fx) = xs[x];
             let q = &quads[y0 * fw + x0];
-            let wts = [(1.0 - fx) * (1.0 - fy), fx * (1.0 - fy), (1.0 - fx) * fy, fx * fy];
+            let wts = corner_weights(fx, fy);
             let (mut best, mut best_p) = (UNKNOWN, -1.0f32);
             for (j, p) in q.probs.iter().enumerate() {
-                if q.bound[j] < best_p {
-                    break; // a convex combination never exceeds its largest corner
+                // A convex combination never exceeds its largest corner; the margin covers
+                // rounding of the weights, so the cut never changes the result.
+                if q.bound[j] * BOUND_MARGIN < best_p {
+                    break;
                 }
-                let v = wts[0] * p[0] + wts[1] * p[1] + wts[2] * p[2] + wts[3] * p[3];
-                if v > best_p {
+                let v = interpolate(&wts, p);
+                let label = q.labels[j] as u16;
+                if v > best_p || (v == best_p && label < best) {
                     best_p = v;
-                    best = q.labels[j] as u16;
+                    best = label;
                 }
             }
             crow[x] = best_p.max(0.0);

@@ -35,7 +35,8 @@ pub struct CommonArgs {
     /// CPU threads for inference and pixel loops (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
-    /// Inference backend: auto or cpu.
+    /// Where the cost map, fusion and post-processing run: auto (CUDA when a device answers,
+    /// else CPU), cpu, or cuda.
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
     /// More log output (-v info, -vv debug with per-stage spans).

@@ -64,8 +64,7 @@ pub fn backend_kind(common: &CommonArgs) -> Result<BackendKind> {
 /// Pipeline and label bank for a command.
 pub fn load(common: &CommonArgs, threads: usize) -> Result<(Model, Pipeline, LabelBank)> {
     let model = open(common)?;
-    let backend = model.image_backend(backend_kind(common)?, threads)?;
-    let pipeline = Pipeline::new(&model, backend);
+    let pipeline = model.pipeline(backend_kind(common)?, threads)?;
     let bank = model.label_bank(threads, Some(engine::paths::label_cache_dir()))?;
     Ok((model, pipeline, bank))
 }
@@ -73,6 +72,6 @@ pub fn load(common: &CommonArgs, threads: usize) -> Result<(Model, Pipeline, Lab
 pub fn print_path(common: &CommonArgs, threads: usize) -> Result<()> {
     let (model, pipeline, _) = load(common, threads)?;
     println!("{}", model.dir.display());
-    eprintln!("model {:?} loads; backend {}", model.manifest.name, pipeline.backend_name());
+    eprintln!("model {:?} loads; image encoder {}, scoring {}", model.manifest.name, pipeline.backend_name(), pipeline.scorer_name());
     Ok(())
 }

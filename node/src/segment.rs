@@ -72,7 +72,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<Exi
     let t = Instant::now();
     let labels = bank.build(&specs).context("encoding labels")?;
     let label_ms = t.elapsed().as_secs_f64() * 1000.0;
-    eprintln!("{} labels encoded in {label_ms:.0} ms; backend {}", labels.len(), pipeline.backend_name());
+    eprintln!("{} labels encoded in {label_ms:.0} ms; image encoder {}, scoring {}", labels.len(), pipeline.backend_name(), pipeline.scorer_name());
     // Only now: a run refused for its labels or model leaves no directory behind.
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating output directory {}", args.out.display()))?;
 
@@ -202,7 +202,7 @@ fn process_one(
     let bits = render::write_mask(&seg.map, labels.len(), &mask_path)?;
     let overlay = render::overlay_with_legend(&frame, &seg.map, labels);
     render::save_rgb(&overlay, &overlay_path)?;
-    let report = report_json(input, &seg, labels, bits, label_ms, options, pipeline.backend_name(), model_name, stem);
+    let report = report_json(input, &seg, labels, bits, label_ms, options, (pipeline.backend_name(), pipeline.scorer_name()), model_name, stem);
     render::write_file(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
 
     let (shares, _) = seg.map.shares(labels.len());
@@ -220,7 +220,7 @@ fn report_json(
     bits: u8,
     label_ms: f64,
     options: &SegmentOptions,
-    backend: &str,
+    (backend, scorer): (&str, &str),
     model_name: &str,
     stem: &str,
 ) -> serde_json::Value {
@@ -248,6 +248,7 @@ fn report_json(
         },
         "network_input": [seg.net_size.0, seg.net_size.1],
         "backend": backend,
+        "scorer": scorer,
         "model": model_name,
     })
 }

@@ -58,7 +58,12 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let (update_tx, update_rx) = crossbeam_channel::unbounded::<Update>();
     let (state, initial) = ParamState::start(common, overrides, threads, update_tx)?;
     let settings = state.settings();
-    tracing::info!("{fqn}: {} labels, backend {}", initial.labels.len(), initial.pipeline.backend_name());
+    tracing::info!(
+        "{fqn}: {} labels, image encoder {}, scoring {}",
+        initial.labels.len(),
+        initial.pipeline.backend_name(),
+        initial.pipeline.scorer_name()
+    );
 
     let participant = {
         let mut builder = DomainParticipantBuilder::new(env.domain_id);

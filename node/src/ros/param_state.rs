@@ -40,7 +40,7 @@ fn load(settings: &Settings, threads: usize) -> Result<(Pipeline, LabelBank, Arc
 
 fn load_model(model: &Model, settings: &Settings, threads: usize) -> Result<(Pipeline, LabelBank, Arc<LabelSet>)> {
     let kind: BackendKind = settings.backend.parse().context("backend")?;
-    let mut pipeline = Pipeline::new(model, model.image_backend(kind, threads)?);
+    let mut pipeline = model.pipeline(kind, threads)?;
     pipeline.set_options(options(settings, pipeline.options())).context("unknown_threshold / early_rejection_top_k")?;
     let mut bank = model.label_bank(threads, Some(engine::paths::label_cache_dir()))?;
     let labels = encode(&mut bank, settings)?;

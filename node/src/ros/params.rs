@@ -45,7 +45,7 @@ pub const PUBLISH_TOGGLES: [&str; 7] = [
 ];
 
 pub const DEPTH_MODES: &[&str] = &["none", "rgbd"];
-pub const BACKENDS: &[&str] = &["auto", "cpu"];
+pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
 
 /// Every parameter the node declares, in the order `--help` and `ros2 param list` show them.
@@ -73,8 +73,8 @@ pub static SPECS: &[ParamSpec] = &[
     ParamSpec { range: Range::Float(0.0, 1.0), ..spec("overlay_alpha", "Weight of the label colour in `overlay`.") },
     ParamSpec {
         choices: BACKENDS,
-        constraints: "auto or cpu; a change reloads the model",
-        ..spec("backend", "Inference backend.")
+        constraints: "auto (CUDA where a device answers, else CPU), cpu, or cuda where built in; a change reloads the model",
+        ..spec("backend", "Where the cost map, fusion and post-processing run (the image encoder runs on ONNX Runtime, CPU).")
     },
     ParamSpec {
         constraints: "a directory with manifest.yaml; a change reloads the model and re-encodes the labels",

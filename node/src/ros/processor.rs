@@ -247,6 +247,7 @@ impl Processor {
         let kv = |key: &str, value: String| KeyValue { key: key.into(), value };
         let mut values = vec![
             kv("backend", self.pipeline.backend_name().into()),
+            kv("scorer", self.pipeline.scorer_name().into()),
             kv("labels", self.labels.len().to_string()),
             kv("frames_processed", self.frames.to_string()),
             kv("frames_dropped", dropped.to_string()),
@@ -256,8 +257,14 @@ impl Processor {
             values.push(kv(&format!("rejected.{kind}"), n.to_string()));
         }
         values.extend(self.latency.summary().into_iter().map(|(k, v)| kv(&k, format!("{v:.2}"))));
+        if let Some(reason) = self.pipeline.scorer_fallback() {
+            values.push(kv("scorer_fallback", reason.into()));
+        }
         let (level, message) = match &self.last_error {
             Some(e) => (DiagnosticStatus::ERROR, e.clone()),
+            None if self.pipeline.scorer_fallback().is_some() => {
+                (DiagnosticStatus::WARN, format!("{} frames processed; GPU scoring failed, scoring on the CPU", self.frames))
+            }
             None if self.frames == 0 => (DiagnosticStatus::WARN, "no frame processed yet".to_string()),
             None => (DiagnosticStatus::OK, format!("{} frames processed", self.frames)),
         };

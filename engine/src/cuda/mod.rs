@@ -1,0 +1,101 @@
+//! CUDA through cudarc with dynamic loading: the build needs no CUDA toolkit, and a machine
+//! without a driver or NVRTC gets a clear reason instead of a crash.
+//!
+//! NVRTC (`libnvrtc.so.13`) is found on the library path, or in `OVSEG_NVRTC_DIR` (for instance
+//! the `nvidia/cu13/lib` folder of the `nvidia-cuda-nvrtc` Python wheel).
+mod scorer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use crate::error::{EngineError, Result};
+
+pub use scorer::CudaScorer;
+
+/// The kernel source; [`compile`] turns it into PTX.
+pub const KERNELS: &str = include_str!("kernels.cu");
+
+/// Entry points the scorer loads from [`KERNELS`].
+pub const ENTRY_POINTS: &[&str] = &["cost_dense", "keep_top_k", "fuse_sparse", "softmax_cells", "upsample_argmax"];
+
+/// Environment variable naming a folder that holds `libnvrtc.so.13`.
+pub const NVRTC_DIR_ENV: &str = "OVSEG_NVRTC_DIR";
+
+fn gpu(context: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Gpu(format!("{context}: {e}"))
+}
+
+/// Whether a CUDA driver library can be loaded (cudarc panics on first use otherwise).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Makes NVRTC loadable: already on the library path, or preloaded from `dir` (or
+/// `OVSEG_NVRTC_DIR`) so that cudarc's later load by name finds it by its soname.
+pub fn ensure_nvrtc(dir: Option<&Path>) -> Result<()> {
+    static LOADED: Mutex<Vec<libloading::Library>> = Mutex::new(Vec::new());
+    // SAFETY: dlopen by name only.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Ok(());
+    }
+    let dir = dir.map(Path::to_path_buf).or_else(|| std::env::var_os(NVRTC_DIR_ENV).map(PathBuf::from));
+    let Some(dir) = dir else {
+        return Err(EngineError::Gpu(format!(
+            "libnvrtc.so.13 is not on the library path; put its folder on LD_LIBRARY_PATH or in {NVRTC_DIR_ENV}"
+        )));
+    };
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    // The builtins library first: libnvrtc looks for it by name when it compiles.
+    for name in ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"] {
+        let path = dir.join(name);
+        // SAFETY: loading NVIDIA's NVRTC libraries, whose initialisers have no preconditions.
+        let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| gpu(&format!("loading {}", path.display()), e))?;
+        loaded.push(lib);
+    }
+    Ok(())
+}
+
+/// Compiles [`KERNELS`] with the options that keep them bit-identical to the CPU reference.
+/// `arch` is a virtual architecture such as `compute_90`; `None` takes NVRTC's default.
+pub fn compile(arch: Option<&str>) -> Result<Ptx> {
+    compile_source(KERNELS, arch)
+}
+
+/// Compiles CUDA source with [`compile`]'s options; a rejection carries NVRTC's log.
+pub fn compile_source(source: &str, arch: Option<&str>) -> Result<Ptx> {
+    ensure_nvrtc(None)?;
+    let mut options = vec!["--std=c++17".to_string()];
+    if let Some(arch) = arch {
+        options.push(format!("--gpu-architecture={arch}"));
+    }
+    let opts = CompileOptions {
+        fmad: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ftz: Some(false),
+        options,
+        name: Some("ovseg_kernels.cu".into()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            EngineError::Gpu(format!("NVRTC rejected the kernels:\n{}", log.to_string_lossy()))
+        }
+        other => gpu("NVRTC", other),
+    })
+}
+
+/// NVRTC's version as (major, minor).
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    ensure_nvrtc(None)?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (checked above); the pointers are to live locals.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    match status {
+        cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS => Ok((major, minor)),
+        other => Err(gpu("NVRTC version", format!("{other:?}"))),
+    }
+}

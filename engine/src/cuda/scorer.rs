@@ -1,0 +1,385 @@
+//! The CUDA scorer: the CPU scorer's stages as kernels (see kernels.cu), bit-identical to it.
+//! Everything stays on the device from the level upload to the label map, which comes back in
+//! one copy per output.
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::gpu;
+use crate::costmap::{EmbeddingMap, Grid, ScoreField, fusion_axes};
+use crate::error::{EngineError, Result};
+use crate::labels::LabelSet;
+use crate::post::{LabelMap, frame_axes};
+use crate::scoring::{CpuScorer, Scored, Scorer, ScoringPlan, ms_since};
+
+/// Labels the interpolation kernel holds in 48 KiB of shared memory (19 bytes each).
+pub const MAX_LABELS: usize = 2048;
+/// Candidates per fused cell (4 corners x top_k) the fusion kernel holds.
+pub const MAX_FUSED_CANDIDATES: usize = 256;
+
+struct Kernels {
+    cost_dense: CudaFunction,
+    keep_top_k: CudaFunction,
+    fuse_sparse: CudaFunction,
+    softmax_cells: CudaFunction,
+    upsample_argmax: CudaFunction,
+}
+
+/// The label set last uploaded, kept on the host too so a change is noticed.
+struct DeviceLabels {
+    host: (Vec<f32>, Vec<f32>, Vec<f32>),
+    embeddings: CudaSlice<f32>,
+    gain: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+}
+
+/// A [`ScoreField`] on the device.
+struct DeviceField {
+    grid: Grid,
+    capacity: usize,
+    count: CudaSlice<u32>,
+    label: CudaSlice<u32>,
+    score: CudaSlice<f32>,
+}
+
+/// Bilinear neighbours per row or column, as the kernels read them.
+struct DeviceAxis {
+    index: CudaSlice<i32>,
+    frac: CudaSlice<f32>,
+}
+
+pub struct CudaScorer {
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    device: String,
+    labels: Option<DeviceLabels>,
+    /// Passed where a kernel takes a buffer it does not read in this mode.
+    unused_f32: CudaSlice<f32>,
+    unused_i32: CudaSlice<i32>,
+    /// Plans past the kernels' limits (see [`MAX_LABELS`]) are scored here.
+    cpu: CpuScorer,
+    warned_limits: bool,
+}
+
+fn blocks(n: usize, per_block: usize) -> u32 {
+    n.div_ceil(per_block).max(1) as u32
+}
+
+fn linear(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks(n, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl CudaScorer {
+    /// Starts on device 0; the error says why when there is no driver, device or NVRTC.
+    pub fn new() -> Result<Self> {
+        if !super::driver_present() {
+            return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
+        }
+        let devices = CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))?;
+        if devices < 1 {
+            return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
+        }
+        let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
+        let ptx = super::compile(Some(&format!("compute_{major}{minor}")))?;
+        let module = ctx.load_module(ptx).map_err(|e| gpu("loading the kernels", e))?;
+        let load = |name: &str| module.load_function(name).map_err(|e| gpu(&format!("kernel {name}"), e));
+        let kernels = Kernels {
+            cost_dense: load("cost_dense")?,
+            keep_top_k: load("keep_top_k")?,
+            fuse_sparse: load("fuse_sparse")?,
+            softmax_cells: load("softmax_cells")?,
+            upsample_argmax: load("upsample_argmax")?,
+        };
+        let name = ctx.name().map_err(|e| gpu("device name", e))?;
+        let stream = ctx.default_stream();
+        let unused_f32 = stream.alloc_zeros::<f32>(1).map_err(|e| gpu("alloc", e))?;
+        let unused_i32 = stream.alloc_zeros::<i32>(1).map_err(|e| gpu("alloc", e))?;
+        Ok(CudaScorer {
+            stream,
+            kernels,
+            device: format!("{name} (sm_{major}{minor})"),
+            labels: None,
+            unused_f32,
+            unused_i32,
+            cpu: CpuScorer,
+            warned_limits: false,
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device
+    }
+
+    fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(data).map_err(|e| gpu("copy to device", e))
+    }
+
+    fn download<T: DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(data).map_err(|e| gpu("copy from device", e))
+    }
+
+    fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| gpu(&format!("allocating {n} elements"), e))
+    }
+
+    fn axis(&self, axis: &[(usize, usize, f32)]) -> Result<DeviceAxis> {
+        let index: Vec<i32> = axis.iter().flat_map(|&(a, b, _)| [a as i32, b as i32]).collect();
+        let frac: Vec<f32> = axis.iter().map(|a| a.2).collect();
+        Ok(DeviceAxis { index: self.upload(&index)?, frac: self.upload(&frac)? })
+    }
+
+    fn upload_labels(&mut self, labels: &LabelSet) -> Result<()> {
+        let same = self.labels.as_ref().is_some_and(|d| {
+            d.host.0 == labels.embeddings && d.host.1 == labels.gain && d.host.2 == labels.bias
+        });
+        if !same {
+            self.labels = Some(DeviceLabels {
+                embeddings: self.upload(&labels.embeddings)?,
+                gain: self.upload(&labels.gain)?,
+                bias: self.upload(&labels.bias)?,
+                host: (labels.embeddings.clone(), labels.gain.clone(), labels.bias.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    fn device_labels(&self) -> Result<&DeviceLabels> {
+        self.labels.as_ref().ok_or_else(|| EngineError::Gpu("labels not uploaded".into()))
+    }
+
+    /// Every label at every cell of `level`; with `fuse = Some((coarse, w_coarse, w_fine))` the
+    /// dense coarse field is upsampled and added (fusion with no rejection).
+    fn cost_dense(
+        &self,
+        level: &EmbeddingMap,
+        pix: &CudaSlice<f32>,
+        num_labels: usize,
+        scale: f32,
+        fuse: Option<(&DeviceField, f32, f32)>,
+    ) -> Result<DeviceField> {
+        let labels = self.device_labels()?;
+        let cells = level.width * level.height;
+        let count = self.alloc::<u32>(cells)?;
+        let label = self.alloc::<u32>(cells * num_labels)?;
+        let score = self.alloc::<f32>(cells * num_labels)?;
+        let mut out = DeviceField { grid: level.grid(), capacity: num_labels, count, label, score };
+        let axes = match fuse {
+            Some((coarse, _, _)) => {
+                let (rows, cols) = fusion_axes(coarse.grid, level);
+                Some((self.axis(&rows)?, self.axis(&cols)?))
+            }
+            None => None,
+        };
+        let (cells_i, dim_i, k_i, width_i) = (cells as i32, level.dim as i32, num_labels as i32, level.width as i32);
+        let (fuse_flag, coarse_width, w_coarse, w_fine) = match fuse {
+            Some((c, wc, wf)) => (1i32, c.grid.width as i32, wc, wf),
+            None => (0i32, 0i32, 0.0f32, 0.0f32),
+        };
+        let coarse_score = fuse.map_or(&self.unused_f32, |(c, _, _)| &c.score);
+        let (rows_i, rows_f, cols_i, cols_f) = match &axes {
+            Some((r, c)) => (&r.index, &r.frac, &c.index, &c.frac),
+            None => (&self.unused_i32, &self.unused_f32, &self.unused_i32, &self.unused_f32),
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(num_labels, 64), blocks(cells, 16), 1),
+            block_dim: (16, 16, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&self.kernels.cost_dense);
+        b.arg(pix).arg(&cells_i).arg(&dim_i);
+        b.arg(&labels.embeddings).arg(&labels.gain).arg(&labels.bias).arg(&k_i).arg(&scale);
+        b.arg(&fuse_flag).arg(coarse_score).arg(&coarse_width);
+        b.arg(rows_i).arg(rows_f).arg(cols_i).arg(cols_f).arg(&width_i);
+        b.arg(&w_coarse).arg(&w_fine);
+        b.arg(&mut out.count).arg(&mut out.label).arg(&mut out.score);
+        // SAFETY: arguments match cost_dense's parameter list in kernels.cu; buffer sizes are
+        // cells x num_labels as the kernel indexes them.
+        unsafe { b.launch(cfg) }.map_err(|e| gpu("cost_dense", e))?;
+        Ok(out)
+    }
+
+    fn keep_top_k(&self, field: &DeviceField, k: usize) -> Result<DeviceField> {
+        let cap = k.min(field.capacity).max(1);
+        let cells = field.grid.width * field.grid.height;
+        let mut out = DeviceField {
+            grid: field.grid,
+            capacity: cap,
+            count: self.alloc::<u32>(cells)?,
+            label: self.alloc::<u32>(cells * cap)?,
+            score: self.alloc::<f32>(cells * cap)?,
+        };
+        let (cap_in, cells_i, cap_i) = (field.capacity as i32, cells as i32, cap as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.keep_top_k);
+        b.arg(&field.count).arg(&field.label).arg(&field.score).arg(&cap_in).arg(&cells_i).arg(&cap_i);
+        b.arg(&mut out.count).arg(&mut out.label).arg(&mut out.score);
+        // SAFETY: matches keep_top_k in kernels.cu; outputs hold cells x cap.
+        unsafe { b.launch(linear(cells)) }.map_err(|e| gpu("keep_top_k", e))?;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fuse_sparse(
+        &self,
+        coarse: &DeviceField,
+        level: &EmbeddingMap,
+        pix: &CudaSlice<f32>,
+        num_labels: usize,
+        scale: f32,
+        w_coarse: f32,
+        w_fine: f32,
+    ) -> Result<DeviceField> {
+        let labels = self.device_labels()?;
+        let cap = (coarse.capacity * 4).min(num_labels).max(1);
+        let cells = level.width * level.height;
+        let (rows, cols) = fusion_axes(coarse.grid, level);
+        let (rows, cols) = (self.axis(&rows)?, self.axis(&cols)?);
+        let mut out = DeviceField {
+            grid: level.grid(),
+            capacity: cap,
+            count: self.alloc::<u32>(cells)?,
+            label: self.alloc::<u32>(cells * cap)?,
+            score: self.alloc::<f32>(cells * cap)?,
+        };
+        let (c_cap, c_width) = (coarse.capacity as i32, coarse.grid.width as i32);
+        let (width_i, cells_i, dim_i, cap_i) = (level.width as i32, cells as i32, level.dim as i32, cap as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.fuse_sparse);
+        b.arg(&coarse.count).arg(&coarse.label).arg(&coarse.score).arg(&c_cap).arg(&c_width);
+        b.arg(&rows.index).arg(&rows.frac).arg(&cols.index).arg(&cols.frac).arg(&width_i).arg(&cells_i);
+        b.arg(pix).arg(&dim_i).arg(&labels.embeddings).arg(&labels.gain).arg(&labels.bias);
+        b.arg(&scale).arg(&w_coarse).arg(&w_fine).arg(&cap_i);
+        b.arg(&mut out.count).arg(&mut out.label).arg(&mut out.score);
+        let cfg = LaunchConfig { grid_dim: (blocks(cells, 4), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches fuse_sparse in kernels.cu; cap <= MAX_FUSED_CANDIDATES (checked by
+        // `within_limits`), outputs hold cells x cap.
+        unsafe { b.launch(cfg) }.map_err(|e| gpu("fuse_sparse", e))?;
+        Ok(out)
+    }
+
+    fn softmax(&self, field: &mut DeviceField) -> Result<()> {
+        let cells = field.grid.width * field.grid.height;
+        let (cap_i, cells_i) = (field.capacity as i32, cells as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.softmax_cells);
+        b.arg(&field.count).arg(&mut field.score).arg(&cap_i).arg(&cells_i);
+        // SAFETY: matches softmax_cells in kernels.cu.
+        unsafe { b.launch(linear(cells)) }.map_err(|e| gpu("softmax_cells", e))?;
+        Ok(())
+    }
+
+    /// Cost map, fusion, rejection and softmax, on the device.
+    fn fuse(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<DeviceField> {
+        plan.check(levels)?;
+        self.upload_labels(plan.labels)?;
+        let k = plan.labels.len();
+        let scale = plan.logit_scale;
+        let first = &levels[0];
+        let pix = self.upload(&first.data)?;
+        let mut field = self.cost_dense(first, &pix, k, scale * plan.fusion_weights[0], None)?;
+        for (level, &weight) in levels[1..].iter().zip(&plan.fusion_weights[1..]) {
+            let pix = self.upload(&level.data)?;
+            field = match plan.rejection() {
+                Some(top_k) => {
+                    let kept = self.keep_top_k(&field, top_k)?;
+                    self.fuse_sparse(&kept, level, &pix, k, scale, 1.0, weight)?
+                }
+                None => self.cost_dense(level, &pix, k, scale, Some((&field, 1.0, weight)))?,
+            };
+        }
+        self.softmax(&mut field)?;
+        Ok(field)
+    }
+
+    /// The finest level's per-cell probabilities, copied back (for parity checks).
+    pub fn fused_probabilities(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<ScoreField> {
+        let field = self.fuse(levels, plan)?;
+        Ok(ScoreField {
+            stride: field.grid.stride,
+            offset: field.grid.offset,
+            width: field.grid.width,
+            height: field.grid.height,
+            capacity: field.capacity,
+            count: self.download(&field.count)?,
+            label: self.download(&field.label)?,
+            score: self.download(&field.score)?,
+        })
+    }
+
+    fn upsample(&self, field: &DeviceField, plan: &ScoringPlan) -> Result<LabelMap> {
+        let (width, height) = (plan.width as usize, plan.height as usize);
+        let (xs, ys) = frame_axes(field.grid, plan.content, plan.width, plan.height);
+        // Frame pixels whose top-left neighbour is each cell (contiguous: the axes are monotone).
+        let ranges = |axis: &[(usize, usize, f32)], cells: usize| {
+            let mut r = vec![0i32; 2 * cells];
+            for (i, a) in axis.iter().enumerate().rev() {
+                r[2 * a.0] = i as i32;
+            }
+            for (i, a) in axis.iter().enumerate() {
+                r[2 * a.0 + 1] = i as i32 + 1;
+            }
+            r
+        };
+        let col_range = self.upload(&ranges(&xs, field.grid.width))?;
+        let row_range = self.upload(&ranges(&ys, field.grid.height))?;
+        let col_f = self.upload(&xs.iter().map(|a| a.2).collect::<Vec<f32>>())?;
+        let row_f = self.upload(&ys.iter().map(|a| a.2).collect::<Vec<f32>>())?;
+        let mut labels = self.alloc::<u16>(width * height)?;
+        let mut confidence = self.alloc::<f32>(width * height)?;
+        let k = plan.labels.len();
+        let (cap_i, fw, fh, k_i, width_i) =
+            (field.capacity as i32, field.grid.width as i32, field.grid.height as i32, k as i32, width as i32);
+        let threshold = plan.unknown_threshold;
+        let mut b = self.stream.launch_builder(&self.kernels.upsample_argmax);
+        b.arg(&field.count).arg(&field.label).arg(&field.score).arg(&cap_i).arg(&fw).arg(&fh).arg(&k_i);
+        b.arg(&col_range).arg(&row_range).arg(&col_f).arg(&row_f).arg(&width_i).arg(&threshold);
+        b.arg(&mut labels).arg(&mut confidence);
+        let shared = 16 * k + k.div_ceil(2) * 2 + 2 * k;
+        let cfg = LaunchConfig {
+            grid_dim: ((field.grid.width * field.grid.height).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        // SAFETY: matches upsample_argmax in kernels.cu; shared memory sized as it lays it out,
+        // k <= MAX_LABELS keeps it under 48 KiB.
+        unsafe { b.launch(cfg) }.map_err(|e| gpu("upsample_argmax", e))?;
+        Ok(LabelMap {
+            width: plan.width,
+            height: plan.height,
+            labels: self.download(&labels)?,
+            confidence: self.download(&confidence)?,
+        })
+    }
+
+    /// Whether the kernels can take this plan (shared-memory sized tables).
+    pub fn within_limits(plan: &ScoringPlan) -> bool {
+        plan.labels.len() <= MAX_LABELS && plan.rejection().is_none_or(|k| 4 * k <= MAX_FUSED_CANDIDATES)
+    }
+}
+
+impl Scorer for CudaScorer {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn score(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<Scored> {
+        if !Self::within_limits(plan) {
+            if !self.warned_limits {
+                tracing::warn!(
+                    "{} labels / top_k {} exceed the CUDA kernels' limits ({MAX_LABELS} labels, top_k {}); scoring these frames on the CPU",
+                    plan.labels.len(),
+                    plan.top_k,
+                    MAX_FUSED_CANDIDATES / 4
+                );
+                self.warned_limits = true;
+            }
+            return self.cpu.score(levels, plan);
+        }
+        let t = Instant::now();
+        let field = self.fuse(levels, plan)?;
+        self.stream.synchronize().map_err(|e| gpu("cost map", e))?;
+        let cost_ms = ms_since(t);
+        let t = Instant::now();
+        let map = self.upsample(&field, plan)?;
+        Ok(Scored { map, cost_ms, post_ms: ms_since(t) })
+    }
+}

@@ -1,0 +1,247 @@
+//! CUDA scorer: the kernels compile with the real NVRTC everywhere (the `nvidia-cuda-nvrtc`
+//! wheel, no GPU needed), and on a machine with a CUDA device they reproduce the CPU scorer bit
+//! for bit. Without a device the parity tests print why and return.
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use engine::costmap::{EmbeddingMap, l2_normalize};
+use engine::cuda::{self, CudaScorer};
+use engine::labels::LabelSet;
+use engine::preprocess::ContentRect;
+use engine::scoring::{CpuScorer, Scorer, ScoringPlan, fused_probabilities};
+use engine::{BackendKind, EngineError};
+
+/// NVRTC from the pinned wheel, installed once under the target directory (file-locked), unless
+/// it is already on the library path.
+fn nvrtc() {
+    if cuda::ensure_nvrtc(None).is_ok() {
+        return;
+    }
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/requirements.txt");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let root = tmp.join("nvrtc-13.0.88");
+    std::fs::create_dir_all(tmp).unwrap();
+    let lock = File::create(tmp.join("nvrtc.lock")).unwrap();
+    lock.lock().expect("locking the NVRTC folder");
+    let lib = root.join("nvidia/cu13/lib");
+    if !lib.join("libnvrtc.so.13").exists() {
+        let out = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-deps", "--target"])
+            .arg(&root)
+            .arg("-r")
+            .arg(&requirements)
+            .output()
+            .expect("running pip");
+        assert!(out.status.success(), "pip install -r tests/cuda/requirements.txt failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    cuda::ensure_nvrtc(Some(&lib)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn kernels_compile_with_nvrtc_for_jetson_and_datacentre_gpus() {
+    nvrtc();
+    let (major, minor) = cuda::nvrtc_version().unwrap();
+    assert!(major >= 12, "NVRTC {major}.{minor}");
+    // Turing, Jetson Orin, Hopper.
+    for arch in ["compute_75", "compute_87", "compute_90"] {
+        let ptx = cuda::compile(Some(arch)).unwrap_or_else(|e| panic!("{arch}: {e}")).to_src();
+        for entry in cuda::ENTRY_POINTS {
+            assert!(ptx.contains(&format!(".entry {entry}(")), "{arch}: no entry point {entry} in the PTX");
+        }
+        // Bit parity with the CPU needs separate multiplies and adds.
+        assert!(!ptx.contains("fma.rn.f32"), "{arch}: the PTX fuses multiply-adds");
+        assert!(ptx.contains(&format!(".target sm_{}", &arch["compute_".len()..])), "{arch}: wrong target");
+    }
+}
+
+#[test]
+fn a_kernel_error_is_reported_with_the_compiler_log() {
+    nvrtc();
+    let err = cuda::compile_source("extern \"C\" __global__ void k() { undefined_fn(); }", None).unwrap_err();
+    assert!(matches!(err, EngineError::Gpu(_)), "{err:?}");
+    assert!(err.to_string().contains("undefined_fn"), "{err}");
+}
+
+/// A deterministic pseudo-random stream in [-1, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A level whose pixels mix a few smooth "region" directions with noise, so that neighbouring
+/// cells agree and early rejection has something to keep.
+fn level(rng: &mut Lcg, stride: u32, width: usize, height: usize, dim: usize, regions: &[Vec<f32>]) -> EmbeddingMap {
+    let mut data = Vec::with_capacity(width * height * dim);
+    for y in 0..height {
+        for x in 0..width {
+            let r = &regions[(x * 3 / width + 3 * (y * 2 / height)) % regions.len()];
+            let mut v: Vec<f32> = r.iter().map(|a| a + 0.6 * rng.next()).collect();
+            l2_normalize(&mut v);
+            data.extend(v);
+        }
+    }
+    EmbeddingMap { stride, offset: stride as f32 - 0.5, width, height, dim, data }
+}
+
+fn random_case(seed: u64, num_labels: usize, dim: usize, sizes: &[(u32, usize, usize)]) -> (Vec<EmbeddingMap>, LabelSet) {
+    let mut rng = Lcg(seed);
+    let unit = |rng: &mut Lcg| {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.next()).collect();
+        l2_normalize(&mut v);
+        v
+    };
+    let embeddings: Vec<Vec<f32>> = (0..num_labels).map(|_| unit(&mut rng)).collect();
+    let regions: Vec<Vec<f32>> = (0..6).map(|i| embeddings[(i * 7) % num_labels].clone()).collect();
+    let levels = sizes.iter().map(|&(s, w, h)| level(&mut rng, s, w, h, dim, &regions)).collect();
+    let labels = LabelSet {
+        names: (0..num_labels).map(|i| format!("label {i}")).collect(),
+        embeddings: embeddings.concat(),
+        dim,
+        colors: vec![[0, 0, 0]; num_labels],
+        gain: (0..num_labels).map(|_| 1.0 + 0.2 * rng.next()).collect(),
+        bias: (0..num_labels).map(|_| 0.05 * rng.next()).collect(),
+    };
+    (levels, labels)
+}
+
+fn plan<'a>(labels: &'a LabelSet, weights: &'a [f32], top_k: usize, width: u32, height: u32, net: (f32, f32)) -> ScoringPlan<'a> {
+    ScoringPlan {
+        labels,
+        logit_scale: 7.5,
+        fusion_weights: weights,
+        top_k,
+        unknown_threshold: 0.2,
+        content: ContentRect { x: 0.0, y: 0.0, width: net.0, height: net.1 },
+        width,
+        height,
+    }
+}
+
+fn gpu_scorer(test: &str) -> Option<CudaScorer> {
+    nvrtc();
+    match CudaScorer::new() {
+        Ok(s) => {
+            eprintln!("{test}: running on {}", s.device_name());
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("{test}: skipped, no CUDA device here ({e})");
+            None
+        }
+    }
+}
+
+/// GPU and CPU must agree bit for bit: per-cell candidates and probabilities, then labels and
+/// confidences at frame resolution.
+fn assert_identical(gpu: &mut CudaScorer, levels: &[EmbeddingMap], plan: &ScoringPlan, case: &str) {
+    let want = fused_probabilities(levels, plan).unwrap();
+    let got = gpu.fused_probabilities(levels, plan).unwrap();
+    assert_eq!((got.width, got.height, got.capacity), (want.width, want.height, want.capacity), "{case}: field shape");
+    for i in 0..want.width * want.height {
+        let (wl, ws) = want.cell(i);
+        let (gl, gs) = got.cell(i);
+        assert_eq!(gl, wl, "{case}: cell {i} candidates");
+        let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(gs), bits(ws), "{case}: cell {i} probabilities");
+    }
+    let want = CpuScorer.score(levels, plan).unwrap().map;
+    let got = gpu.score(levels, plan).unwrap().map;
+    assert_eq!(got.labels, want.labels, "{case}: labels");
+    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got.confidence), bits(&want.confidence), "{case}: confidence");
+}
+
+#[test]
+fn cuda_matches_cpu_bit_for_bit_on_random_embeddings() {
+    let Some(mut gpu) = gpu_scorer("random parity") else { return };
+    let two = [(32, 8, 6), (16, 16, 12)];
+    let three = [(32, 5, 4), (16, 10, 8), (8, 20, 16)];
+    for (num_labels, dim, sizes, weights, top_k) in [
+        (5usize, 384usize, &two[..], &[1.0f32, 1.0][..], 0usize),
+        (150, 384, &two[..], &[1.0, 0.7][..], 8),
+        (150, 384, &two[..], &[1.0, 0.7][..], 0),
+        (847, 512, &two[..], &[1.0, 1.0][..], 8),
+        (60, 37, &three[..], &[0.5, 1.0, 2.0][..], 4),
+        (60, 37, &three[..], &[0.5, 1.0, 2.0][..], 0),
+    ] {
+        let (levels, labels) = random_case(num_labels as u64 * 31 + dim as u64, num_labels, dim, sizes);
+        let (w, h) = (sizes[0].0 as usize * sizes[0].1, sizes[0].0 as usize * sizes[0].2);
+        for (fw, fh) in [(w as u32, h as u32), (173, 101)] {
+            let p = plan(&labels, weights, top_k, fw, fh, (w as f32, h as f32));
+            assert_identical(&mut gpu, &levels, &p, &format!("K={num_labels} D={dim} levels={} top_k={top_k} frame {fw}x{fh}", sizes.len()));
+        }
+    }
+}
+
+#[test]
+fn cuda_matches_cpu_bit_for_bit_on_real_image_embeddings() {
+    let Some(mut gpu) = gpu_scorer("real-image parity") else { return };
+    let model = ovseg_tests::model();
+    let mut backend = model.image_backend(BackendKind::Cpu, ovseg_tests::threads()).unwrap();
+    let weights: Vec<f32> = model.manifest.levels_coarse_to_fine().iter().map(|l| l.fusion_weight).collect();
+    let list = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/data/labels-150.txt")).unwrap();
+    let names: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(names.len(), 150);
+    let labels150 = ovseg_tests::label_set(&names);
+    for name in ["motorcycle_left", "coffee"] {
+        let frame = ovseg_tests::frame(name);
+        let input = engine::preprocess::preprocess(&frame, &model.manifest.image_encoder.input);
+        let levels = backend.encode(&input).unwrap();
+        for top_k in [0, 8] {
+            let mut p = plan(&labels150, &weights, top_k, frame.width, frame.height, (0.0, 0.0));
+            p.content = input.content;
+            p.logit_scale = model.manifest.segmentation.logit_scale;
+            assert_identical(&mut gpu, &levels, &p, &format!("{name} top_k={top_k}"));
+        }
+    }
+}
+
+#[test]
+fn auto_backend_takes_cuda_exactly_when_it_starts() {
+    nvrtc();
+    let direct = CudaScorer::new();
+    let auto = engine::scoring::scorer_for(BackendKind::Auto).unwrap();
+    match &direct {
+        Ok(_) => assert_eq!(auto.name(), "cuda"),
+        Err(e) => {
+            eprintln!("no CUDA device here: {e}");
+            assert_eq!(auto.name(), "cpu");
+            // Asking for CUDA explicitly is an error that says why.
+            let err = engine::scoring::scorer_for(BackendKind::Cuda).err().expect("cuda without a device must fail");
+            assert!(matches!(err, EngineError::Gpu(_)), "{err:?}");
+        }
+    }
+}
+
+/// Stands in for a GPU that fails mid-run (device lost, out of memory): no such failure can be
+/// provoked on purpose, so this scorer returns the error a failed launch produces.
+struct FailingGpu;
+
+impl Scorer for FailingGpu {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn score(&mut self, _: &[EmbeddingMap], _: &ScoringPlan) -> engine::Result<engine::scoring::Scored> {
+        Err(EngineError::Gpu("cost_dense: CUDA_ERROR_ILLEGAL_ADDRESS".into()))
+    }
+}
+
+#[test]
+fn a_gpu_failure_mid_run_falls_back_to_the_cpu_and_says_so() {
+    let model = ovseg_tests::model();
+    let backend = model.image_backend(BackendKind::Cpu, ovseg_tests::threads()).unwrap();
+    let mut pipeline = engine::Pipeline::with_scorer(model, backend, Box::new(FailingGpu));
+    let labels = ovseg_tests::label_set(&["road", "tree", "sky", "motorcycle"]);
+    let frame = ovseg_tests::frame("motorcycle_left");
+    assert_eq!(pipeline.scorer_name(), "cuda");
+    let seg = pipeline.process(&frame, &labels).expect("the frame must still come out");
+    assert_eq!(pipeline.scorer_name(), "cpu");
+    assert!(pipeline.scorer_fallback().is_some_and(|r| r.contains("ILLEGAL_ADDRESS")), "{:?}", pipeline.scorer_fallback());
+    let want = ovseg_tests::pipeline().process(&frame, &labels).unwrap();
+    assert_eq!(seg.map, want.map);
+}
