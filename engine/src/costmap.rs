@@ -5,6 +5,7 @@
 //! bit for bit.
 use rayon::prelude::*;
 
+use crate::isa::Isa;
 use crate::labels::LabelSet;
 
 /// Dense embeddings at one level, pixel-major (`height x width x dim`), each pixel L2-normalised.
@@ -59,6 +60,13 @@ impl ScoreField {
         Grid { stride: self.stride, offset: self.offset, width: self.width, height: self.height }
     }
 
+    /// Every cell holds all `num_labels` labels in id order (the coarsest level, or no rejection).
+    pub fn is_dense(&self, num_labels: usize) -> bool {
+        self.capacity == num_labels
+            && self.count.iter().all(|&n| n as usize == num_labels)
+            && self.label.chunks(num_labels.max(1)).all(|c| c.iter().enumerate().all(|(i, &l)| l as usize == i))
+    }
+
     pub fn cell(&self, i: usize) -> (&[u32], &[f32]) {
         let n = self.count[i] as usize;
         let at = i * self.capacity;
@@ -97,17 +105,103 @@ pub fn label_cost(pixel: &[f32], labels: &LabelSet, k: usize, scale: f32) -> f32
     scale * (labels.gain[k] * dot(pixel, labels.embedding(k)) + labels.bias[k])
 }
 
+/// [`label_cost`] of every label at one pixel into `out`.
+#[inline]
+fn label_costs(isa: Isa, pixel: &[f32], labels: &LabelSet, scale: f32, out: &mut [f32]) {
+    match isa {
+        // SAFETY: Isa::Avx2 exists only after Isa::detect saw AVX2 on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::label_costs(pixel, labels, scale, out) },
+        Isa::Portable => {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = label_cost(pixel, labels, k, scale);
+            }
+        }
+    }
+}
+
+/// [`label_cost`] of one label (AVX2 where `isa` has it; same bits either way).
+#[inline]
+fn label_cost_isa(isa: Isa, pixel: &[f32], labels: &LabelSet, k: usize, scale: f32) -> f32 {
+    match isa {
+        // SAFETY: as in `label_costs`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => scale * (labels.gain[k] * unsafe { avx2::dot(pixel, labels.embedding(k)) } + labels.bias[k]),
+        Isa::Portable => label_cost(pixel, labels, k, scale),
+    }
+}
+
+/// The dot products with each vector's eight lanes in one AVX register: separate multiplies
+/// and adds, lane for lane the sums of [`dot`], so the results are identical.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::label_cost;
+    use crate::labels::LabelSet;
+
+    /// Adds the tail (`whole..a.len()`) into the lanes and sums them as [`super::dot`] does.
+    #[target_feature(enable = "avx2")]
+    fn finish(acc: __m256, a: &[f32], b: &[f32], whole: usize) -> f32 {
+        let mut l = [0.0f32; 8];
+        // SAFETY: `l` holds eight floats.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+        for d in whole..a.len() {
+            l[d - whole] += a[d] * b[d];
+        }
+        ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let b = &b[..a.len()];
+        let whole = a.len() - a.len() % 8;
+        let mut acc = _mm256_setzero_ps();
+        for d in (0..whole).step_by(8) {
+            // SAFETY: d + 8 <= whole <= a.len() == b.len().
+            unsafe { acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(d)), _mm256_loadu_ps(b.as_ptr().add(d)))) };
+        }
+        finish(acc, a, b, whole)
+    }
+
+    /// Four labels at a time, sharing each load of the pixel.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn label_costs(pixel: &[f32], labels: &LabelSet, scale: f32, out: &mut [f32]) {
+        let dim = labels.dim;
+        let pixel = &pixel[..dim];
+        let whole = dim - dim % 8;
+        let n = out.len().min(labels.len());
+        let mut k = 0;
+        while k + 4 <= n {
+            let e: [&[f32]; 4] = std::array::from_fn(|j| labels.embedding(k + j));
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for d in (0..whole).step_by(8) {
+                // SAFETY: d + 8 <= whole <= dim, and the pixel and each embedding hold dim floats.
+                unsafe {
+                    let p = _mm256_loadu_ps(pixel.as_ptr().add(d));
+                    for j in 0..4 {
+                        acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(p, _mm256_loadu_ps(e[j].as_ptr().add(d))));
+                    }
+                }
+            }
+            for j in 0..4 {
+                out[k + j] = scale * (labels.gain[k + j] * finish(acc[j], pixel, e[j], whole) + labels.bias[k + j]);
+            }
+            k += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().take(n).skip(k) {
+            *o = label_cost(pixel, labels, j, scale);
+        }
+    }
+}
+
 /// Cost of every label at every cell of the coarsest level.
 pub fn dense_cost(level: &EmbeddingMap, labels: &LabelSet, scale: f32) -> ScoreField {
     let num_labels = labels.len();
     let cells = level.width * level.height;
     let mut score = vec![0.0f32; cells * num_labels];
-    score.par_chunks_mut(num_labels).enumerate().for_each(|(i, row)| {
-        let p = level.pixel(i);
-        for (k, s) in row.iter_mut().enumerate() {
-            *s = label_cost(p, labels, k, scale);
-        }
-    });
+    let isa = Isa::detect();
+    score.par_chunks_mut(num_labels).enumerate().for_each(|(i, row)| label_costs(isa, level.pixel(i), labels, scale, row));
     ScoreField {
         stride: level.stride,
         offset: level.offset,
@@ -130,29 +224,33 @@ pub fn bilinear_axis(pos: f32, offset: f32, stride: u32, n: usize) -> (usize, us
     (i0, i1, c - i0 as f32)
 }
 
-/// Keeps, per cell, the `k` best-scoring labels (ties: lower label id first).
+/// Keeps, per cell, the `k` best-scoring labels, best first (ties: lower label id first).
 pub fn keep_top_k(field: &ScoreField, k: usize) -> ScoreField {
     let cells = field.width * field.height;
     let cap = k.min(field.capacity).max(1);
-    let mut out = ScoreField {
-        capacity: cap,
-        count: vec![0; cells],
-        label: vec![0; cells * cap],
-        score: vec![0.0; cells * cap],
-        ..field.clone()
-    };
-    for i in 0..cells {
-        let (labels, scores) = field.cell(i);
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(labels[a].cmp(&labels[b])));
-        order.truncate(cap);
-        out.count[i] = order.len() as u32;
-        for (j, &o) in order.iter().enumerate() {
-            out.label[i * cap + j] = labels[o];
-            out.score[i * cap + j] = scores[o];
-        }
-    }
-    out
+    let mut count = vec![0u32; cells];
+    let mut label = vec![0u32; cells * cap];
+    let mut score = vec![0.0f32; cells * cap];
+    count.par_iter_mut().zip(label.par_chunks_mut(cap)).zip(score.par_chunks_mut(cap)).enumerate().for_each_init(
+        Vec::new,
+        |order: &mut Vec<usize>, (i, ((n, lab), sc))| {
+            let (labels, scores) = field.cell(i);
+            let before = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(labels[*a].cmp(&labels[*b]));
+            order.clear();
+            order.extend(0..labels.len());
+            let m = cap.min(order.len());
+            if m < order.len() {
+                order.select_nth_unstable_by(m, before);
+            }
+            order[..m].sort_unstable_by(before);
+            for (j, &o) in order[..m].iter().enumerate() {
+                lab[j] = labels[o];
+                sc[j] = scores[o];
+            }
+            *n = m as u32;
+        },
+    );
+    ScoreField { capacity: cap, count, label, score, ..*field }
 }
 
 /// Per position along one axis, its two grid neighbours and the weight of the second
@@ -161,7 +259,7 @@ pub type Axis = Vec<(usize, usize, f32)>;
 
 /// Bilinear neighbours on the `coarse` grid of each `fine` cell centre, per row and per column.
 /// Computed once on the host and shared by the CPU and CUDA fusion so both use the same weights.
-pub fn fusion_axes(coarse: Grid, fine: &EmbeddingMap) -> (Axis, Axis) {
+pub fn fusion_axes(coarse: Grid, fine: Grid) -> (Axis, Axis) {
     let centre = |j: usize| fine.offset + (j * fine.stride as usize) as f32;
     let rows = (0..fine.height).map(|y| bilinear_axis(centre(y), coarse.offset, coarse.stride, coarse.height)).collect();
     let cols = (0..fine.width).map(|x| bilinear_axis(centre(x), coarse.offset, coarse.stride, coarse.width)).collect();
@@ -182,22 +280,31 @@ pub fn corners(row: (usize, usize, f32), col: (usize, usize, f32), width: usize)
     [(y0 * width + x0, w[0]), (y0 * width + x1, w[1]), (y1 * width + x0, w[2]), (y1 * width + x1, w[3])]
 }
 
-/// One top-down fusion step: each fine cell scores only the labels that survived early
-/// rejection in its 2x2 coarse neighbourhood (in ascending label id), as
-/// `w_coarse * upsampled coarse + w_fine * fine`. A label absent from a neighbour contributes
-/// that neighbour's lowest kept score (a bound, so rejected labels are never favoured by the
-/// upsampling).
+/// One top-down fusion step: each fine cell scores the candidate labels of its 2x2 coarse
+/// neighbourhood (the labels `kept` there by early rejection, or every label of `coarse` when
+/// `kept` is `None`), in ascending label id, as `w_coarse * upsampled coarse + w_fine * fine`.
+/// The coarse term reads `coarse`; a label it lacks at a corner (a finer level after rejection)
+/// contributes that corner's lowest score, a bound, so rejected labels are never favoured.
+#[allow(clippy::too_many_arguments)]
 pub fn fuse_level(
     coarse: &ScoreField,
+    kept: Option<&ScoreField>,
     fine: &EmbeddingMap,
     labels: &LabelSet,
     scale: f32,
     w_coarse: f32,
     w_fine: f32,
 ) -> ScoreField {
+    let k = labels.len();
+    let coarse_dense = coarse.is_dense(k);
+    if coarse_dense && kept.is_none() {
+        return fuse_dense(coarse, fine, labels, scale, w_coarse, w_fine);
+    }
+    let source = kept.unwrap_or(coarse);
     let cells = fine.width * fine.height;
-    let cap = (coarse.capacity * 4).min(labels.len()).max(1);
-    let (rows, cols) = fusion_axes(coarse.grid(), fine);
+    let cap = (source.capacity * 4).min(k).max(1);
+    let (rows, cols) = fusion_axes(coarse.grid(), fine.grid());
+    let isa = Isa::detect();
     let mut count = vec![0u32; cells];
     let mut label = vec![0u32; cells * cap];
     let mut score = vec![0.0f32; cells * cap];
@@ -206,47 +313,81 @@ pub fn fuse_level(
         .zip(label.par_chunks_mut(cap))
         .zip(score.par_chunks_mut(cap))
         .enumerate()
-        // Per-thread scratch: each corner's scores by label id (NaN = not kept there).
+        // Per-thread scratch for sparse coarse fields: each corner's scores by label id (NaN =
+        // absent there), and the candidate list before de-duplication.
         .for_each_init(
-            || vec![f32::NAN; 4 * labels.len()],
-            |scratch, (i, ((n, lab), sc))| {
+            || (if coarse_dense { Vec::new() } else { vec![f32::NAN; 4 * k] }, Vec::with_capacity(4 * source.capacity)),
+            |(scratch, all), (i, ((n, lab), sc))| {
                 let corners = corners(rows[i / fine.width], cols[i % fine.width], coarse.width);
-                let k = labels.len();
-                let mut used = 0usize;
+                all.clear();
+                for &(cell, _) in &corners {
+                    all.extend_from_slice(source.cell(cell).0);
+                }
+                all.sort_unstable();
+                all.dedup();
                 let mut floor = [0.0f32; 4];
-                for (c, &(cell, _)) in corners.iter().enumerate() {
-                    let (ls, ss) = coarse.cell(cell);
-                    floor[c] = ss.iter().copied().fold(f32::INFINITY, f32::min);
-                    for (&l, &s) in ls.iter().zip(ss) {
-                        let l = l as usize;
-                        if (0..4).all(|cc| scratch[cc * k + l].is_nan()) {
-                            lab[used] = l as u32;
-                            used += 1;
+                if !coarse_dense {
+                    for (c, &(cell, _)) in corners.iter().enumerate() {
+                        let (ls, ss) = coarse.cell(cell);
+                        floor[c] = ss.iter().copied().fold(f32::INFINITY, f32::min);
+                        for (&l, &s) in ls.iter().zip(ss) {
+                            scratch[c * k + l as usize] = s;
                         }
-                        scratch[c * k + l] = s;
                     }
                 }
-                // Ascending label ids: an order the GPU can produce without a sequential scan.
-                lab[..used].sort_unstable();
                 let p = fine.pixel(i);
-                for j in 0..used {
-                    let l = lab[j] as usize;
+                for (j, &l) in all.iter().enumerate() {
+                    let l = l as usize;
                     let mut up = 0.0f32;
-                    for (c, &(_, w)) in corners.iter().enumerate() {
-                        let v = scratch[c * k + l];
+                    for (c, &(cell, w)) in corners.iter().enumerate() {
+                        let v = if coarse_dense { coarse.score[cell * k + l] } else { scratch[c * k + l] };
                         up += w * if v.is_nan() { floor[c] } else { v };
                     }
-                    sc[j] = w_coarse * up + w_fine * label_cost(p, labels, l, scale);
+                    lab[j] = l as u32;
+                    sc[j] = w_coarse * up + w_fine * label_cost_isa(isa, p, labels, l, scale);
                 }
-                for j in 0..used {
-                    for c in 0..4 {
-                        scratch[c * k + lab[j] as usize] = f32::NAN;
+                if !coarse_dense {
+                    for (c, &(cell, _)) in corners.iter().enumerate() {
+                        for &l in coarse.cell(cell).0 {
+                            scratch[c * k + l as usize] = f32::NAN;
+                        }
                     }
                 }
-                *n = used as u32;
+                *n = all.len() as u32;
             },
         );
     ScoreField { stride: fine.stride, offset: fine.offset, width: fine.width, height: fine.height, capacity: cap, count, label, score }
+}
+
+/// [`fuse_level`] when the coarse field kept every label (no rejection): the same sums, without
+/// the per-cell candidate bookkeeping.
+fn fuse_dense(coarse: &ScoreField, fine: &EmbeddingMap, labels: &LabelSet, scale: f32, w_coarse: f32, w_fine: f32) -> ScoreField {
+    let k = labels.len();
+    let cells = fine.width * fine.height;
+    let (rows, cols) = fusion_axes(coarse.grid(), fine.grid());
+    let mut score = vec![0.0f32; cells * k];
+    let isa = Isa::detect();
+    score.par_chunks_mut(k).enumerate().for_each(|(i, sc)| {
+        label_costs(isa, fine.pixel(i), labels, scale, sc);
+        let corners = corners(rows[i / fine.width], cols[i % fine.width], coarse.width);
+        for (l, s) in sc.iter_mut().enumerate() {
+            let mut up = 0.0f32;
+            for &(cell, w) in &corners {
+                up += w * coarse.score[cell * k + l];
+            }
+            *s = w_coarse * up + w_fine * *s;
+        }
+    });
+    ScoreField {
+        stride: fine.stride,
+        offset: fine.offset,
+        width: fine.width,
+        height: fine.height,
+        capacity: k,
+        count: vec![k as u32; cells],
+        label: (0..cells).flat_map(|_| 0..k as u32).collect(),
+        score,
+    }
 }
 
 /// `e^x` for softmax inputs (`x <= 0`): Cody-Waite reduction and a degree-6 polynomial in plain
@@ -350,7 +491,7 @@ mod tests {
         let raw = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
         let labels = label_set(&raw, 3);
         let coarse = dense_cost(&coarse_map, &labels, 5.0);
-        let fused = fuse_level(&coarse, &fine_map, &labels, 5.0, 0.5, 2.0);
+        let fused = fuse_level(&coarse, None, &fine_map, &labels, 5.0, 0.5, 2.0);
         for i in 0..16 {
             let centre = |j: usize| 8.0 + 16.0 * j as f32;
             let (y0, y1, fy) = bilinear_axis(centre(i / 4), 16.0, 32, 2);
@@ -372,12 +513,30 @@ mod tests {
         let fine_map = map(16, 2, 2, 2, |_| vec![0.0, 1.0]);
         // Label 1 matches the fine level perfectly but was rejected at the coarse level.
         let labels = label_set(&[1.0, 0.0, 0.0, 1.0, 0.7, 0.7], 2);
-        let coarse = keep_top_k(&dense_cost(&coarse_map, &labels, 1.0), 2);
-        let fused = fuse_level(&coarse, &fine_map, &labels, 1.0, 1.0, 1.0);
+        let coarse = dense_cost(&coarse_map, &labels, 1.0);
+        let kept = keep_top_k(&coarse, 2);
+        let fused = fuse_level(&coarse, Some(&kept), &fine_map, &labels, 1.0, 1.0, 1.0);
+        let full = fuse_level(&coarse, None, &fine_map, &labels, 1.0, 1.0, 1.0);
         for i in 0..4 {
-            let mut ls = fused.cell(i).0.to_vec();
-            ls.sort();
-            assert_eq!(ls, vec![0, 2]);
+            assert_eq!(fused.cell(i).0, &[0, 2]);
+            // The candidates' scores are exactly those of the full computation.
+            assert_eq!(fused.cell(i).1, &[full.cell(i).1[0], full.cell(i).1[2]]);
+        }
+    }
+
+    #[test]
+    fn simd_label_costs_equal_the_portable_ones_bit_for_bit() {
+        for (dim, n) in [(384usize, 150usize), (37, 7), (5, 3), (512, 9)] {
+            let emb: Vec<f32> = (0..n * dim).map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5).collect();
+            let mut labels = label_set(&emb, dim);
+            labels.gain = (0..n).map(|k| 1.0 + k as f32 * 0.01).collect();
+            labels.bias = (0..n).map(|k| k as f32 * -0.003).collect();
+            let pixel: Vec<f32> = (0..dim).map(|d| ((d * 31) % 97) as f32 / 97.0 - 0.3).collect();
+            let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
+            label_costs(Isa::Portable, &pixel, &labels, 3.5, &mut a);
+            label_costs(Isa::detect(), &pixel, &labels, 3.5, &mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "dim {dim}, {n} labels, {:?}", Isa::detect());
         }
     }
 
@@ -404,8 +563,8 @@ mod tests {
         let fine_map = map(16, 4, 4, 2, |i| vec![(i % 4) as f32, 1.0]);
         let raw: Vec<f32> = (0..12).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
         let labels = label_set(&raw, 2);
-        let coarse = keep_top_k(&dense_cost(&coarse_map, &labels, 2.0), 2);
-        let fused = fuse_level(&coarse, &fine_map, &labels, 2.0, 1.0, 1.0);
+        let coarse = dense_cost(&coarse_map, &labels, 2.0);
+        let fused = fuse_level(&coarse, Some(&keep_top_k(&coarse, 2)), &fine_map, &labels, 2.0, 1.0, 1.0);
         for i in 0..16 {
             let ls = fused.cell(i).0;
             assert!(ls.windows(2).all(|w| w[0] < w[1]), "cell {i}: {ls:?}");

@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod depth;
 pub mod error;
 pub mod frame;
+mod isa;
 pub mod handoff;
 pub mod labels;
 pub mod manifest;

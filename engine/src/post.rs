@@ -20,40 +20,75 @@ pub struct LabelMap {
     pub confidence: Vec<f32>,
 }
 
-/// Candidates of one 2x2 cell neighbourhood, sorted by their best corner probability so a
-/// pixel can stop as soon as no remaining label can beat its current best (exact argmax).
+/// Candidates of one 2x2 cell neighbourhood. When many pixels share it, they are sorted by
+/// their best corner probability so a pixel can stop as soon as no remaining label can beat its
+/// current best; the answer is the same either way (exact argmax, ties to the lower label).
+#[derive(Default)]
 struct Quad {
     labels: Vec<u32>,
     /// Per label, its probability at the four corners (0 where a corner rejected it).
     probs: Vec<[f32; 4]>,
     bound: Vec<f32>,
+    order: Vec<usize>,
 }
 
-fn quad(field: &ScoreField, corners: [usize; 4]) -> Quad {
-    // (label, corner, probability) sorted by label, then grouped: O(n log n) for dense fields too.
-    let mut all: Vec<(u32, usize, f32)> = Vec::new();
-    for (k, &c) in corners.iter().enumerate() {
-        let (ls, ps) = field.cell(c);
-        all.extend(ls.iter().zip(ps).map(|(&l, &p)| (l, k, p)));
-    }
-    all.sort_by_key(|e| e.0);
-    let mut entries: Vec<(u32, [f32; 4])> = Vec::new();
-    for (l, k, p) in all {
-        match entries.last_mut() {
-            Some(last) if last.0 == l => last.1[k] = last.1[k].max(p),
-            _ => {
-                let mut probs = [0.0f32; 4];
-                probs[k] = p;
-                entries.push((l, probs));
+impl Quad {
+    /// Gathers the corners' candidates. `slot` is scratch indexed by label id, all `u32::MAX`
+    /// on entry and on return.
+    fn fill(&mut self, field: &ScoreField, corners: [usize; 4], slot: &mut [u32], dense: bool, sort: bool) {
+        self.labels.clear();
+        self.probs.clear();
+        if dense {
+            // Every cell holds every label in id order: no lookup needed.
+            let k = field.capacity;
+            self.labels.extend(0..k as u32);
+            self.probs.extend((0..k).map(|l| corners.map(|c| field.score[c * k + l])));
+        }
+        for (k, &c) in corners.iter().enumerate().filter(|_| !dense) {
+            let (ls, ps) = field.cell(c);
+            for (&l, &p) in ls.iter().zip(ps) {
+                let s = &mut slot[l as usize];
+                if *s == u32::MAX {
+                    *s = self.labels.len() as u32;
+                    self.labels.push(l);
+                    self.probs.push([0.0; 4]);
+                }
+                self.probs[*s as usize][k] = p;
             }
         }
+        for &l in &self.labels {
+            slot[l as usize] = u32::MAX;
+        }
+        self.bound.clear();
+        if sort {
+            let max4 = |p: &[f32; 4]| p.iter().copied().fold(0.0f32, f32::max);
+            let (labels, probs) = (&self.labels, &self.probs);
+            self.order.clear();
+            self.order.extend(0..labels.len());
+            self.order.sort_by(|&a, &b| max4(&probs[b]).total_cmp(&max4(&probs[a])).then(labels[a].cmp(&labels[b])));
+            self.labels = self.order.iter().map(|&o| labels[o]).collect();
+            self.probs = self.order.iter().map(|&o| probs[o]).collect();
+            self.bound.extend(self.probs.iter().map(max4));
+        }
     }
-    let max4 = |p: &[f32; 4]| p.iter().copied().fold(0.0f32, f32::max);
-    entries.sort_by(|a, b| max4(&b.1).total_cmp(&max4(&a.1)).then(a.0.cmp(&b.0)));
-    Quad {
-        labels: entries.iter().map(|e| e.0).collect(),
-        bound: entries.iter().map(|e| max4(&e.1)).collect(),
-        probs: entries.into_iter().map(|e| e.1).collect(),
+
+    /// Best label and its interpolated probability at corner weights `w` (UNKNOWN, -1 if none).
+    fn argmax(&self, w: &[f32; 4]) -> (u16, f32) {
+        let (mut best, mut best_p) = (UNKNOWN, -1.0f32);
+        for (j, p) in self.probs.iter().enumerate() {
+            // A convex combination never exceeds its largest corner; the margin covers rounding
+            // of the weights, so the cut never changes the result.
+            if self.bound.get(j).is_some_and(|&b| b * BOUND_MARGIN < best_p) {
+                break;
+            }
+            let v = interpolate(w, p);
+            let label = self.labels[j] as u16;
+            if v > best_p || (v == best_p && label < best) {
+                best_p = v;
+                best = label;
+            }
+        }
+        (best, best_p)
     }
 }
 
@@ -79,51 +114,63 @@ pub fn frame_axes(field: Grid, content: ContentRect, width: u32, height: u32) ->
     (xs, ys)
 }
 
+/// Per cell along an axis, the frame positions whose first neighbour it is, as `start..end`
+/// (contiguous because the axis is monotone; empty where none).
+pub fn cell_ranges(axis: &Axis, cells: usize) -> Vec<(usize, usize)> {
+    let mut r = vec![(0, 0); cells];
+    for (i, a) in axis.iter().enumerate().rev() {
+        r[a.0].0 = i;
+    }
+    for (i, a) in axis.iter().enumerate() {
+        r[a.0].1 = i + 1;
+    }
+    r
+}
+
 /// Interpolates `field` (probabilities) to `width x height` frame pixels; ties go to the lower
-/// label id. `content` locates the
-/// frame inside the network input; `threshold` turns low-confidence pixels into [`UNKNOWN`].
+/// label id. `content` locates the frame inside the network input; `threshold` turns
+/// low-confidence pixels into [`UNKNOWN`].
 pub fn upsample_argmax(field: &ScoreField, content: ContentRect, width: u32, height: u32, threshold: f32) -> LabelMap {
-    let (w, h) = (width as usize, height as usize);
+    let w = width as usize;
     let (xs, ys) = frame_axes(field.grid(), content, width, height);
+    let (fw, fh) = (field.width, field.height);
+    let (col_ranges, row_ranges) = (cell_ranges(&xs, fw), cell_ranges(&ys, fh));
+    let num_labels = field.label.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let dense = field.is_dense(num_labels);
+    // Sorting for the early exit pays only when several pixels share a neighbourhood.
+    let sort = (width * height) as usize >= 8 * fw * fh;
 
-    // One quad per cell: its corners are the cell, its right, lower and lower-right neighbours.
-    let fw = field.width;
-    let quads: Vec<Quad> = (0..field.width * field.height)
+    // One cell row at a time: its quads are built once, used by every frame row they cover.
+    let bands: Vec<(Vec<u16>, Vec<f32>)> = (0..fh)
         .into_par_iter()
-        .map(|i| {
-            let (y0, x0) = (i / fw, i % fw);
-            let (y1, x1) = ((y0 + 1).min(field.height - 1), (x0 + 1).min(fw - 1));
-            quad(field, [y0 * fw + x0, y0 * fw + x1, y1 * fw + x0, y1 * fw + x1])
-        })
+        .map_init(
+            || (vec![u32::MAX; num_labels], Quad::default()),
+            |(slot, q), cy| {
+                let (r0, r1) = row_ranges[cy];
+                let mut labels = vec![UNKNOWN; (r1 - r0) * w];
+                let mut confidence = vec![0.0f32; (r1 - r0) * w];
+                let y1 = (cy + 1).min(fh - 1);
+                for (cx, &(c0, c1)) in col_ranges.iter().enumerate() {
+                    if r0 == r1 || c0 == c1 {
+                        continue;
+                    }
+                    let x1 = (cx + 1).min(fw - 1);
+                    q.fill(field, [cy * fw + cx, cy * fw + x1, y1 * fw + cx, y1 * fw + x1], slot, dense, sort);
+                    for (y, &(_, _, fy)) in ys.iter().enumerate().take(r1).skip(r0) {
+                        for (x, &(_, _, fx)) in xs.iter().enumerate().take(c1).skip(c0) {
+                            let (best, best_p) = q.argmax(&corner_weights(fx, fy));
+                            let at = (y - r0) * w + x;
+                            confidence[at] = best_p.max(0.0);
+                            labels[at] = if best_p >= threshold { best } else { UNKNOWN };
+                        }
+                    }
+                }
+                (labels, confidence)
+            },
+        )
         .collect();
-
-    let mut labels = vec![UNKNOWN; w * h];
-    let mut confidence = vec![0.0f32; w * h];
-    labels.par_chunks_mut(w).zip(confidence.par_chunks_mut(w)).enumerate().for_each(|(y, (lrow, crow))| {
-        let (y0, _, fy) = ys[y];
-        for x in 0..w {
-            let (x0, _, fx) = xs[x];
-            let q = &quads[y0 * fw + x0];
-            let wts = corner_weights(fx, fy);
-            let (mut best, mut best_p) = (UNKNOWN, -1.0f32);
-            for (j, p) in q.probs.iter().enumerate() {
-                // A convex combination never exceeds its largest corner; the margin covers
-                // rounding of the weights, so the cut never changes the result.
-                if q.bound[j] * BOUND_MARGIN < best_p {
-                    break;
-                }
-                let v = interpolate(&wts, p);
-                let label = q.labels[j] as u16;
-                if v > best_p || (v == best_p && label < best) {
-                    best_p = v;
-                    best = label;
-                }
-            }
-            crow[x] = best_p.max(0.0);
-            lrow[x] = if best_p >= threshold { best } else { UNKNOWN };
-        }
-    });
-    LabelMap { width, height, labels, confidence }
+    let (labels, confidence): (Vec<Vec<u16>>, Vec<Vec<f32>>) = bands.into_iter().unzip();
+    LabelMap { width, height, labels: labels.concat(), confidence: confidence.concat() }
 }
 
 /// A label map as mask pixels: 8-bit while label ids fit (unknown = 255), else 16-bit
@@ -219,6 +266,40 @@ mod tests {
         }
         assert_eq!(m.labels[0], 0);
         assert_eq!(m.labels[7], 2);
+    }
+
+    #[test]
+    fn sorted_early_exit_and_exhaustive_scan_agree() {
+        // A sparse field (3 of 6 labels per cell) and its dense twin, random probabilities.
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let cells = 4;
+        let sparse = ScoreField {
+            stride: 2,
+            offset: 1.0,
+            width: 2,
+            height: 2,
+            capacity: 3,
+            count: vec![3; cells],
+            label: vec![0, 2, 4, 1, 2, 3, 5, 0, 1, 4, 3, 2],
+            score: (0..cells * 3).map(|_| next()).collect(),
+        };
+        let dense = ScoreField { capacity: 6, count: vec![6; cells], label: (0..cells).flat_map(|_| 0..6).collect(), score: (0..cells * 6).map(|_| next() / 3.0).collect(), ..sparse.clone() };
+        for (field, is_dense) in [(&sparse, false), (&dense, true)] {
+            let mut slot = vec![u32::MAX; 6];
+            let (mut a, mut b) = (Quad::default(), Quad::default());
+            a.fill(field, [0, 1, 2, 3], &mut slot, is_dense, true);
+            b.fill(field, [0, 1, 2, 3], &mut slot, is_dense, false);
+            assert!(slot.iter().all(|&s| s == u32::MAX));
+            for _ in 0..200 {
+                let w = corner_weights(next(), next());
+                assert_eq!(a.argmax(&w), b.argmax(&w));
+            }
+        }
+        assert!(dense.is_dense(6) && !sparse.is_dense(6));
     }
 
     #[test]

@@ -50,12 +50,12 @@ pub fn plan(w: u32, h: u32, spec: &ImageInputSpec) -> (usize, usize, ContentRect
 }
 
 /// Resampling taps for one output axis: for each output index, the first source index and weights.
-struct Taps {
-    start: Vec<usize>,
-    weights: Vec<Vec<f32>>,
+pub(crate) struct Taps {
+    pub(crate) start: Vec<usize>,
+    pub(crate) weights: Vec<Vec<f32>>,
 }
 
-fn taps(src: usize, dst: usize) -> Taps {
+pub(crate) fn taps(src: usize, dst: usize) -> Taps {
     let scale = src as f32 / dst as f32;
     let support = scale.max(1.0);
     let mut start = Vec::with_capacity(dst);
@@ -80,6 +80,14 @@ fn taps(src: usize, dst: usize) -> Taps {
     Taps { start, weights }
 }
 
+/// Source RGB channel of each network input channel.
+pub(crate) fn channel_order(color: ColorOrder) -> [usize; 3] {
+    match color {
+        ColorOrder::Rgb => [0, 1, 2],
+        ColorOrder::Bgr => [2, 1, 0],
+    }
+}
+
 /// Converts, resizes and normalises a validated frame for the image encoder.
 pub fn preprocess(frame: &Frame, spec: &ImageInputSpec) -> NetInput {
     let (nw, nh, content) = plan(frame.width, frame.height, spec);
@@ -102,10 +110,7 @@ pub fn preprocess(frame: &Frame, spec: &ImageInputSpec) -> NetInput {
         }
     }
     let ty = taps(fh, ch);
-    let order = match spec.color {
-        ColorOrder::Rgb => [0, 1, 2],
-        ColorOrder::Bgr => [2, 1, 0],
-    };
+    let order = channel_order(spec.color);
     let mut data = vec![0.0f32; 3 * nw * nh]; // 0 is the mean colour after normalisation
     let (x0, y0) = (content.x as usize, content.y as usize);
     for (oy, (&s, w)) in ty.start.iter().zip(&ty.weights).enumerate() {

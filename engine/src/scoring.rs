@@ -78,11 +78,8 @@ pub fn fused_probabilities(levels: &[EmbeddingMap], plan: &ScoringPlan) -> Resul
     let scale = plan.logit_scale;
     let mut field = dense_cost(first, plan.labels, scale * plan.fusion_weights[0]);
     for (level, &weight) in rest.iter().zip(&plan.fusion_weights[1..]) {
-        let kept = match plan.rejection() {
-            Some(k) => keep_top_k(&field, k),
-            None => field,
-        };
-        field = fuse_level(&kept, level, plan.labels, scale, 1.0, weight);
+        let kept = plan.rejection().map(|k| keep_top_k(&field, k));
+        field = fuse_level(&field, kept.as_ref(), level, plan.labels, scale, 1.0, weight);
     }
     softmax_in_place(&mut field);
     Ok(field)

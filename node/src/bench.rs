@@ -33,13 +33,16 @@ pub enum BenchTarget {
     /// Publish -> receive latency of `ovseg node` over DDS on loopback vs an rclpy pass-through
     /// node, same peer, same run.
     Ros(crate::bench_ros::RosBenchArgs),
+    /// Cost map + fusion + argmax at 160x120 cells on real-image embeddings: every label at
+    /// every level against category early rejection, CPU and (where a device answers) CUDA.
+    Costmap(crate::bench_costmap::CostmapBenchArgs),
 }
 
 pub fn label_list(text: &str) -> Vec<LabelSpec> {
     segment::content_lines(text).into_iter().map(LabelSpec::new).collect()
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
@@ -49,7 +52,7 @@ fn p90(v: &mut [f64]) -> f64 {
     if v.is_empty() { f64::NAN } else { v[((v.len() as f64 * 0.9) as usize).min(v.len() - 1)] }
 }
 
-fn resized_sample(width: u32, height: u32) -> Result<Frame> {
+pub(crate) fn resized_sample(width: u32, height: u32) -> Result<Frame> {
     let (_, bytes) = samples::SAMPLES.first().context("no sample frames built in")?;
     let frame = segment::decode(bytes)?;
     let img = image::RgbImage::from_raw(frame.width, frame.height, frame.to_rgb8()).context("sample buffer")?;

@@ -1,5 +1,6 @@
 //! `ovseg`: open-vocabulary segmentation from the command line.
 mod bench;
+mod bench_costmap;
 mod bench_ros;
 mod eval;
 mod model;
@@ -111,6 +112,9 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment::run(&cli.common, threads, args),
         Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Ros(args)), .. }) => {
             bench_ros::run(args).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Costmap(args)), .. }) => {
+            bench_costmap::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),

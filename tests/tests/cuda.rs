@@ -245,3 +245,62 @@ fn a_gpu_failure_mid_run_falls_back_to_the_cpu_and_says_so() {
     let want = ovseg_tests::pipeline().process(&frame, &labels).unwrap();
     assert_eq!(seg.map, want.map);
 }
+
+#[test]
+fn gpu_preprocessing_matches_the_cpu_bit_for_bit_for_every_pixel_format() {
+    use engine::frame::{Frame, PixelFormat};
+    use engine::manifest::{Layout, ResizeMode};
+    nvrtc();
+    let gpu = match cuda::CudaPreprocessor::new() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("preprocessing parity: skipped, no CUDA device here ({e})");
+            return;
+        }
+    };
+    let rgb = ovseg_tests::load_rgb("motorcycle_left");
+    let (w, h) = (rgb.width(), rgb.height());
+    // No model needed (so this also runs on a GPU machine without one): a spec like the default
+    // model's, with the channel order swapped.
+    let mut spec = engine::manifest::ImageInputSpec {
+        name: "image".into(),
+        layout: Layout::Nchw,
+        color: engine::manifest::ColorOrder::Bgr,
+        mean: [123.7, 116.3, 103.5],
+        std: [58.4, 57.1, 57.4],
+        resize: ResizeMode::Stretch,
+        size: None,
+        max_side: 512,
+        size_multiple: 32,
+    };
+    // Camera-like bytes for the YUV layouts (any byte pattern is a valid frame).
+    let bytes = |n: usize| -> Vec<u8> { rgb.as_raw().iter().cycle().take(n).copied().collect() };
+    let (n, even_w) = ((w * h) as usize, w - w % 2);
+    let frames = [
+        Frame::from_rgb_image(&rgb),
+        Frame::packed(w, h, PixelFormat::Bgr8, bytes(3 * n)).unwrap(),
+        Frame::packed(w, h, PixelFormat::Rgba8, bytes(4 * n)).unwrap(),
+        Frame::packed(w, h, PixelFormat::Bgra8, bytes(4 * n)).unwrap(),
+        Frame::packed(w, h, PixelFormat::Mono8, bytes(n)).unwrap(),
+        Frame::packed(even_w, h, PixelFormat::Yuyv, bytes(2 * (even_w * h) as usize)).unwrap(),
+        Frame::packed(even_w, h, PixelFormat::Uyvy, bytes(2 * (even_w * h) as usize)).unwrap(),
+        Frame::packed(even_w, h - h % 2, PixelFormat::Nv12, bytes((even_w * (h - h % 2)) as usize * 3 / 2)).unwrap(),
+    ];
+    for (size, resize, layout) in [
+        (None, ResizeMode::Stretch, Layout::Nchw),
+        (Some([320, 320]), ResizeMode::Letterbox, Layout::Nhwc),
+        (Some([1024, 200]), ResizeMode::Stretch, Layout::Nchw),
+    ] {
+        spec.size = size;
+        spec.resize = resize;
+        spec.layout = layout;
+        for frame in &frames {
+            let want = engine::preprocess::preprocess(frame, &spec);
+            let got = gpu.preprocess(frame, &spec).unwrap();
+            let case = format!("{:?} {size:?} {resize:?} {layout:?}", frame.format);
+            assert_eq!((got.width, got.height, got.content), (want.width, want.height, want.content), "{case}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&got.data) == bits(&want.data), "{case}: values differ");
+        }
+    }
+}

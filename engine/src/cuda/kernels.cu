@@ -188,8 +188,10 @@ extern "C" __global__ void keep_top_k(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Top-down fusion after rejection (costmap::fuse_level): one warp per fine cell. Lane 0 builds
-// the sorted union of the four coarse corners' labels; the lanes then score one candidate each.
+// Top-down fusion after rejection (costmap::fuse_level with `kept`): one warp per fine cell.
+// Lane 0 builds the sorted union of the labels the four coarse corners kept; the lanes then
+// score one candidate each. The coarse term reads the coarse field: directly when it is dense,
+// else by search, with the corner's lowest score for a label it lacks.
 #define FS_WARPS 4
 #define FS_MAX_CANDIDATES 256
 
@@ -200,8 +202,9 @@ __device__ __forceinline__ float corner_score(const u32* ls, const float* ss, in
 }
 
 extern "C" __global__ void fuse_sparse(
+    const u32* __restrict__ k_count, const u32* __restrict__ k_label, int k_cap,
     const u32* __restrict__ c_count, const u32* __restrict__ c_label, const float* __restrict__ c_score,
-    int c_cap, int c_width,
+    int c_cap, int c_dense, int c_width,
     const int* __restrict__ rows, const float* __restrict__ row_f,
     const int* __restrict__ cols, const float* __restrict__ col_f, int fine_width, int fine_cells,
     const float* __restrict__ pix, int dim,
@@ -227,8 +230,8 @@ extern "C" __global__ void fuse_sparse(
         while (used < out_cap) {
             u32 next = 0xffffffffu;
             for (int c = 0; c < 4; ++c) {
-                const u32* ls = c_label + (size_t)cell[c] * c_cap;
-                int n = (int)c_count[cell[c]];
+                const u32* ls = k_label + (size_t)cell[c] * k_cap;
+                int n = (int)k_count[cell[c]];
                 for (int e = 0; e < n; ++e)
                     if ((long long)ls[e] > prev && ls[e] < next) next = ls[e];
             }
@@ -241,13 +244,15 @@ extern "C" __global__ void fuse_sparse(
     __syncwarp();
     const int used = used_by_warp[warp];
 
-    float floor_[4];
-    for (int c = 0; c < 4; ++c) {
-        const float* ss = c_score + (size_t)cell[c] * c_cap;
-        int n = (int)c_count[cell[c]];
-        float f = __int_as_float(0x7f800000); // +inf
-        for (int e = 0; e < n; ++e) f = fminf(f, ss[e]);
-        floor_[c] = f;
+    float floor_[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (!c_dense) {
+        for (int c = 0; c < 4; ++c) {
+            const float* ss = c_score + (size_t)cell[c] * c_cap;
+            int n = (int)c_count[cell[c]];
+            float f = __int_as_float(0x7f800000); // +inf
+            for (int e = 0; e < n; ++e) f = fminf(f, ss[e]);
+            floor_[c] = f;
+        }
     }
     const float* p = pix + (size_t)i * dim;
     for (int j = lane; j < used; j += 32) {
@@ -256,7 +261,8 @@ extern "C" __global__ void fuse_sparse(
         for (int c = 0; c < 4; ++c) {
             const u32* ls = c_label + (size_t)cell[c] * c_cap;
             const float* ss = c_score + (size_t)cell[c] * c_cap;
-            up += w[c] * corner_score(ls, ss, (int)c_count[cell[c]], l, floor_[c]);
+            float v = c_dense ? ss[l] : corner_score(ls, ss, (int)c_count[cell[c]], l, floor_[c]);
+            up += w[c] * v;
         }
         float cost = scale * (gain[l] * dot8(p, emb + (size_t)l * dim, dim) + bias[l]);
         out_label[(size_t)i * out_cap + j] = l;
@@ -350,5 +356,112 @@ extern "C" __global__ void upsample_argmax(
         size_t at = (size_t)y * width + x;
         out_confidence[at] = fmaxf(best_p, 0.0f);
         out_label[at] = (u16)(best_p >= threshold ? best : UNKNOWN_LABEL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preprocessing (preprocess::preprocess): colour conversion, separable anti-aliased resize with
+// the host's filter taps, normalisation and layout, in two passes (rows, then columns).
+// Pixel formats as engine::frame::PixelFormat, in declaration order.
+#define FMT_RGB8 0
+#define FMT_BGR8 1
+#define FMT_RGBA8 2
+#define FMT_BGRA8 3
+#define FMT_MONO8 4
+#define FMT_YUYV 5
+#define FMT_UYVY 6
+#define FMT_NV12 7
+
+__device__ __forceinline__ int clamp_byte(int x) {
+    x = (x + 128) >> 8;
+    return x < 0 ? 0 : (x > 255 ? 255 : x);
+}
+
+// frame::yuv_to_rgb: BT.601 video range in integers.
+__device__ __forceinline__ void yuv_to_rgb(int y, int u, int v, int rgb[3]) {
+    int c = 298 * (y - 16), d = u - 128, e = v - 128;
+    rgb[0] = clamp_byte(c + 409 * e);
+    rgb[1] = clamp_byte(c - 100 * d - 208 * e);
+    rgb[2] = clamp_byte(c + 516 * d);
+}
+
+// frame::Frame::rgb
+__device__ __forceinline__ void frame_rgb(const unsigned char* data, int format, int step, int height, int x, int y, int rgb[3]) {
+    const unsigned char* row = data + (size_t)y * step;
+    switch (format) {
+    case FMT_RGB8: rgb[0] = row[3 * x]; rgb[1] = row[3 * x + 1]; rgb[2] = row[3 * x + 2]; break;
+    case FMT_BGR8: rgb[0] = row[3 * x + 2]; rgb[1] = row[3 * x + 1]; rgb[2] = row[3 * x]; break;
+    case FMT_RGBA8: rgb[0] = row[4 * x]; rgb[1] = row[4 * x + 1]; rgb[2] = row[4 * x + 2]; break;
+    case FMT_BGRA8: rgb[0] = row[4 * x + 2]; rgb[1] = row[4 * x + 1]; rgb[2] = row[4 * x]; break;
+    case FMT_MONO8: rgb[0] = rgb[1] = rgb[2] = row[x]; break;
+    case FMT_YUYV: {
+        const unsigned char* d = row + (x & ~1) * 2;
+        yuv_to_rgb(d[(x & 1) * 2], d[1], d[3], rgb);
+        break;
+    }
+    case FMT_UYVY: {
+        const unsigned char* d = row + (x & ~1) * 2;
+        yuv_to_rgb(d[1 + (x & 1) * 2], d[0], d[2], rgb);
+        break;
+    }
+    default: { // FMT_NV12
+        const unsigned char* uv = data + (size_t)(height + y / 2) * step + (x & ~1);
+        yuv_to_rgb(row[x], uv[0], uv[1], rgb);
+        break;
+    }
+    }
+}
+
+// Pass 1: each frame row resampled to the content width, as f32 RGB.
+// Taps of output column o: weights[offset[o] .. offset[o + 1]] applied from source column start[o].
+extern "C" __global__ void resize_rows(
+    const unsigned char* __restrict__ data, int format, int step, int frame_height,
+    const int* __restrict__ start, const int* __restrict__ offset, const float* __restrict__ weights,
+    int out_width, float* __restrict__ rows)
+{
+    int o = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y;
+    if (o >= out_width) return;
+    float acc[3] = {0.0f, 0.0f, 0.0f};
+    int s = start[o];
+    for (int j = offset[o]; j < offset[o + 1]; ++j) {
+        int rgb[3];
+        frame_rgb(data, format, step, frame_height, s + (j - offset[o]), y, rgb);
+        float w = weights[j];
+        for (int c = 0; c < 3; ++c) acc[c] += w * (float)rgb[c];
+    }
+    float* out = rows + ((size_t)y * out_width + o) * 3;
+    out[0] = acc[0];
+    out[1] = acc[1];
+    out[2] = acc[2];
+}
+
+// Pass 2: columns resampled to the content height, then (x - mean) / std per channel in the
+// model's colour order, written at the content offset in NCHW (layout 0) or NHWC (layout 1).
+// Border pixels of a letterbox stay 0 (the mean after normalisation): the host zeroes `out`.
+extern "C" __global__ void resize_cols_normalize(
+    const float* __restrict__ rows, int content_width,
+    const int* __restrict__ start, const int* __restrict__ offset, const float* __restrict__ weights,
+    int content_height, int order0, int order1, int order2,
+    float mean0, float mean1, float mean2, float std0, float std1, float std2,
+    int layout, int net_width, int net_height, int x0, int y0,
+    float* __restrict__ out)
+{
+    int ox = blockIdx.x * blockDim.x + threadIdx.x, oy = blockIdx.y;
+    if (ox >= content_width || oy >= content_height) return;
+    float acc[3] = {0.0f, 0.0f, 0.0f};
+    int s = start[oy];
+    for (int j = offset[oy]; j < offset[oy + 1]; ++j) {
+        const float* r = rows + ((size_t)(s + (j - offset[oy])) * content_width + ox) * 3;
+        float w = weights[j];
+        for (int c = 0; c < 3; ++c) acc[c] += w * r[c];
+    }
+    const int order[3] = {order0, order1, order2};
+    const float mean[3] = {mean0, mean1, mean2}, sd[3] = {std0, std1, std2};
+    int px = x0 + ox, py = y0 + oy;
+    for (int c = 0; c < 3; ++c) {
+        float v = (acc[order[c]] - mean[c]) / sd[c];
+        size_t at = layout == 0 ? (size_t)c * net_width * net_height + (size_t)py * net_width + px
+                                : ((size_t)py * net_width + px) * 3 + c;
+        out[at] = v;
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! NVRTC (`libnvrtc.so.13`) is found on the library path, or in `OVSEG_NVRTC_DIR` (for instance
 //! the `nvidia/cu13/lib` folder of the `nvidia-cuda-nvrtc` Python wheel).
+mod preprocess;
 mod scorer;
 
 use std::path::{Path, PathBuf};
@@ -12,13 +13,22 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::error::{EngineError, Result};
 
-pub use scorer::CudaScorer;
+pub use preprocess::CudaPreprocessor;
+pub use scorer::{CudaScorer, DeviceLevel, MAX_FUSED_CANDIDATES, MAX_LABELS};
 
 /// The kernel source; [`compile`] turns it into PTX.
 pub const KERNELS: &str = include_str!("kernels.cu");
 
 /// Entry points the scorer loads from [`KERNELS`].
-pub const ENTRY_POINTS: &[&str] = &["cost_dense", "keep_top_k", "fuse_sparse", "softmax_cells", "upsample_argmax"];
+pub const ENTRY_POINTS: &[&str] = &[
+    "cost_dense",
+    "keep_top_k",
+    "fuse_sparse",
+    "softmax_cells",
+    "upsample_argmax",
+    "resize_rows",
+    "resize_cols_normalize",
+];
 
 /// Environment variable naming a folder that holds `libnvrtc.so.13`.
 pub const NVRTC_DIR_ENV: &str = "OVSEG_NVRTC_DIR";
@@ -86,6 +96,38 @@ pub fn compile_source(source: &str, arch: Option<&str>) -> Result<Ptx> {
         }
         other => gpu("NVRTC", other),
     })
+}
+
+/// A context on device 0 with the kernels compiled for it.
+pub(crate) struct Device {
+    pub stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    pub module: std::sync::Arc<cudarc::driver::CudaModule>,
+    /// Name and architecture, for logs.
+    pub name: String,
+}
+
+impl Device {
+    /// Says why when there is no driver, device or NVRTC.
+    pub fn open() -> Result<Device> {
+        use cudarc::driver::CudaContext;
+        if !driver_present() {
+            return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
+        }
+        let devices = CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))?;
+        if devices < 1 {
+            return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
+        }
+        let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
+        let ptx = compile(Some(&format!("compute_{major}{minor}")))?;
+        let module = ctx.load_module(ptx).map_err(|e| gpu("loading the kernels", e))?;
+        let name = ctx.name().map_err(|e| gpu("device name", e))?;
+        Ok(Device { stream: ctx.default_stream(), module, name: format!("{name} (sm_{major}{minor})") })
+    }
+
+    pub fn function(&self, name: &str) -> Result<cudarc::driver::CudaFunction> {
+        self.module.load_function(name).map_err(|e| gpu(&format!("kernel {name}"), e))
+    }
 }
 
 /// NVRTC's version as (major, minor).

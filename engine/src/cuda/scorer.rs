@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::gpu;
-use crate::costmap::{EmbeddingMap, Grid, ScoreField, fusion_axes};
+use crate::costmap::{Axis, EmbeddingMap, Grid, ScoreField, fusion_axes};
 use crate::error::{EngineError, Result};
 use crate::labels::LabelSet;
-use crate::post::{LabelMap, frame_axes};
+use crate::post::{LabelMap, cell_ranges, frame_axes};
 use crate::scoring::{CpuScorer, Scored, Scorer, ScoringPlan, ms_since};
 
 /// Labels the interpolation kernel holds in 48 KiB of shared memory (19 bytes each).
@@ -38,9 +38,18 @@ struct DeviceLabels {
 struct DeviceField {
     grid: Grid,
     capacity: usize,
+    /// Every cell holds every label in id order (made by `cost_dense`).
+    dense: bool,
     count: CudaSlice<u32>,
     label: CudaSlice<u32>,
     score: CudaSlice<f32>,
+}
+
+/// One level of pixel embeddings in device memory (pixel-major, L2-normalised).
+pub struct DeviceLevel {
+    grid: Grid,
+    dim: usize,
+    data: CudaSlice<f32>,
 }
 
 /// Bilinear neighbours per row or column, as the kernels read them.
@@ -73,33 +82,21 @@ fn linear(n: usize) -> LaunchConfig {
 impl CudaScorer {
     /// Starts on device 0; the error says why when there is no driver, device or NVRTC.
     pub fn new() -> Result<Self> {
-        if !super::driver_present() {
-            return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
-        }
-        let devices = CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))?;
-        if devices < 1 {
-            return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
-        }
-        let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
-        let (major, minor) = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
-        let ptx = super::compile(Some(&format!("compute_{major}{minor}")))?;
-        let module = ctx.load_module(ptx).map_err(|e| gpu("loading the kernels", e))?;
-        let load = |name: &str| module.load_function(name).map_err(|e| gpu(&format!("kernel {name}"), e));
+        let device = super::Device::open()?;
         let kernels = Kernels {
-            cost_dense: load("cost_dense")?,
-            keep_top_k: load("keep_top_k")?,
-            fuse_sparse: load("fuse_sparse")?,
-            softmax_cells: load("softmax_cells")?,
-            upsample_argmax: load("upsample_argmax")?,
+            cost_dense: device.function("cost_dense")?,
+            keep_top_k: device.function("keep_top_k")?,
+            fuse_sparse: device.function("fuse_sparse")?,
+            softmax_cells: device.function("softmax_cells")?,
+            upsample_argmax: device.function("upsample_argmax")?,
         };
-        let name = ctx.name().map_err(|e| gpu("device name", e))?;
-        let stream = ctx.default_stream();
+        let stream = device.stream;
         let unused_f32 = stream.alloc_zeros::<f32>(1).map_err(|e| gpu("alloc", e))?;
         let unused_i32 = stream.alloc_zeros::<i32>(1).map_err(|e| gpu("alloc", e))?;
         Ok(CudaScorer {
             stream,
             kernels,
-            device: format!("{name} (sm_{major}{minor})"),
+            device: device.name,
             labels: None,
             unused_f32,
             unused_i32,
@@ -153,26 +150,25 @@ impl CudaScorer {
     /// dense coarse field is upsampled and added (fusion with no rejection).
     fn cost_dense(
         &self,
-        level: &EmbeddingMap,
-        pix: &CudaSlice<f32>,
+        level: &DeviceLevel,
         num_labels: usize,
         scale: f32,
         fuse: Option<(&DeviceField, f32, f32)>,
     ) -> Result<DeviceField> {
         let labels = self.device_labels()?;
-        let cells = level.width * level.height;
+        let cells = level.grid.width * level.grid.height;
         let count = self.alloc::<u32>(cells)?;
         let label = self.alloc::<u32>(cells * num_labels)?;
         let score = self.alloc::<f32>(cells * num_labels)?;
-        let mut out = DeviceField { grid: level.grid(), capacity: num_labels, count, label, score };
+        let mut out = DeviceField { grid: level.grid, capacity: num_labels, dense: true, count, label, score };
         let axes = match fuse {
             Some((coarse, _, _)) => {
-                let (rows, cols) = fusion_axes(coarse.grid, level);
+                let (rows, cols) = fusion_axes(coarse.grid, level.grid);
                 Some((self.axis(&rows)?, self.axis(&cols)?))
             }
             None => None,
         };
-        let (cells_i, dim_i, k_i, width_i) = (cells as i32, level.dim as i32, num_labels as i32, level.width as i32);
+        let (cells_i, dim_i, k_i, width_i) = (cells as i32, level.dim as i32, num_labels as i32, level.grid.width as i32);
         let (fuse_flag, coarse_width, w_coarse, w_fine) = match fuse {
             Some((c, wc, wf)) => (1i32, c.grid.width as i32, wc, wf),
             None => (0i32, 0i32, 0.0f32, 0.0f32),
@@ -188,7 +184,7 @@ impl CudaScorer {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&self.kernels.cost_dense);
-        b.arg(pix).arg(&cells_i).arg(&dim_i);
+        b.arg(&level.data).arg(&cells_i).arg(&dim_i);
         b.arg(&labels.embeddings).arg(&labels.gain).arg(&labels.bias).arg(&k_i).arg(&scale);
         b.arg(&fuse_flag).arg(coarse_score).arg(&coarse_width);
         b.arg(rows_i).arg(rows_f).arg(cols_i).arg(cols_f).arg(&width_i);
@@ -206,6 +202,7 @@ impl CudaScorer {
         let mut out = DeviceField {
             grid: field.grid,
             capacity: cap,
+            dense: false,
             count: self.alloc::<u32>(cells)?,
             label: self.alloc::<u32>(cells * cap)?,
             score: self.alloc::<f32>(cells * cap)?,
@@ -223,31 +220,33 @@ impl CudaScorer {
     fn fuse_sparse(
         &self,
         coarse: &DeviceField,
-        level: &EmbeddingMap,
-        pix: &CudaSlice<f32>,
+        kept: &DeviceField,
+        level: &DeviceLevel,
         num_labels: usize,
         scale: f32,
         w_coarse: f32,
         w_fine: f32,
     ) -> Result<DeviceField> {
         let labels = self.device_labels()?;
-        let cap = (coarse.capacity * 4).min(num_labels).max(1);
-        let cells = level.width * level.height;
-        let (rows, cols) = fusion_axes(coarse.grid, level);
+        let cap = (kept.capacity * 4).min(num_labels).max(1);
+        let cells = level.grid.width * level.grid.height;
+        let (rows, cols) = fusion_axes(coarse.grid, level.grid);
         let (rows, cols) = (self.axis(&rows)?, self.axis(&cols)?);
         let mut out = DeviceField {
-            grid: level.grid(),
+            grid: level.grid,
             capacity: cap,
+            dense: false,
             count: self.alloc::<u32>(cells)?,
             label: self.alloc::<u32>(cells * cap)?,
             score: self.alloc::<f32>(cells * cap)?,
         };
-        let (c_cap, c_width) = (coarse.capacity as i32, coarse.grid.width as i32);
-        let (width_i, cells_i, dim_i, cap_i) = (level.width as i32, cells as i32, level.dim as i32, cap as i32);
+        let (k_cap, c_cap, c_dense, c_width) = (kept.capacity as i32, coarse.capacity as i32, coarse.dense as i32, coarse.grid.width as i32);
+        let (width_i, cells_i, dim_i, cap_i) = (level.grid.width as i32, cells as i32, level.dim as i32, cap as i32);
         let mut b = self.stream.launch_builder(&self.kernels.fuse_sparse);
-        b.arg(&coarse.count).arg(&coarse.label).arg(&coarse.score).arg(&c_cap).arg(&c_width);
+        b.arg(&kept.count).arg(&kept.label).arg(&k_cap);
+        b.arg(&coarse.count).arg(&coarse.label).arg(&coarse.score).arg(&c_cap).arg(&c_dense).arg(&c_width);
         b.arg(&rows.index).arg(&rows.frac).arg(&cols.index).arg(&cols.frac).arg(&width_i).arg(&cells_i);
-        b.arg(pix).arg(&dim_i).arg(&labels.embeddings).arg(&labels.gain).arg(&labels.bias);
+        b.arg(&level.data).arg(&dim_i).arg(&labels.embeddings).arg(&labels.gain).arg(&labels.bias);
         b.arg(&scale).arg(&w_coarse).arg(&w_fine).arg(&cap_i);
         b.arg(&mut out.count).arg(&mut out.label).arg(&mut out.score);
         let cfg = LaunchConfig { grid_dim: (blocks(cells, 4), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
@@ -267,32 +266,52 @@ impl CudaScorer {
         Ok(())
     }
 
+    /// Copies levels to the device (a GPU image encoder would leave them there).
+    pub fn upload_levels(&self, levels: &[EmbeddingMap]) -> Result<Vec<DeviceLevel>> {
+        levels.iter().map(|l| Ok(DeviceLevel { grid: l.grid(), dim: l.dim, data: self.upload(&l.data)? })).collect()
+    }
+
     /// Cost map, fusion, rejection and softmax, on the device.
-    fn fuse(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<DeviceField> {
-        plan.check(levels)?;
+    fn fuse(&mut self, levels: &[DeviceLevel], plan: &ScoringPlan) -> Result<DeviceField> {
+        if let Some(l) = levels.iter().find(|l| l.dim != plan.labels.dim) {
+            return Err(EngineError::DimMismatch { labels: plan.labels.dim, model: l.dim });
+        }
+        if levels.is_empty() || levels.len() != plan.fusion_weights.len() {
+            return Err(EngineError::Runtime(format!("{} levels for {} fusion weights", levels.len(), plan.fusion_weights.len())));
+        }
         self.upload_labels(plan.labels)?;
         let k = plan.labels.len();
         let scale = plan.logit_scale;
-        let first = &levels[0];
-        let pix = self.upload(&first.data)?;
-        let mut field = self.cost_dense(first, &pix, k, scale * plan.fusion_weights[0], None)?;
+        let mut field = self.cost_dense(&levels[0], k, scale * plan.fusion_weights[0], None)?;
         for (level, &weight) in levels[1..].iter().zip(&plan.fusion_weights[1..]) {
-            let pix = self.upload(&level.data)?;
             field = match plan.rejection() {
                 Some(top_k) => {
                     let kept = self.keep_top_k(&field, top_k)?;
-                    self.fuse_sparse(&kept, level, &pix, k, scale, 1.0, weight)?
+                    self.fuse_sparse(&field, &kept, level, k, scale, 1.0, weight)?
                 }
-                None => self.cost_dense(level, &pix, k, scale, Some((&field, 1.0, weight)))?,
+                None => self.cost_dense(level, k, scale, Some((&field, 1.0, weight)))?,
             };
         }
         self.softmax(&mut field)?;
         Ok(field)
     }
 
+    /// Scores levels already on the device; returns when the label map is back on the host.
+    pub fn score_resident(&mut self, levels: &[DeviceLevel], plan: &ScoringPlan) -> Result<Scored> {
+        let t = Instant::now();
+        let field = self.fuse(levels, plan)?;
+        self.stream.synchronize().map_err(|e| gpu("cost map", e))?;
+        let cost_ms = ms_since(t);
+        let t = Instant::now();
+        let map = self.upsample(&field, plan)?;
+        Ok(Scored { map, cost_ms, post_ms: ms_since(t) })
+    }
+
     /// The finest level's per-cell probabilities, copied back (for parity checks).
     pub fn fused_probabilities(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<ScoreField> {
-        let field = self.fuse(levels, plan)?;
+        plan.check(levels)?;
+        let levels = self.upload_levels(levels)?;
+        let field = self.fuse(&levels, plan)?;
         Ok(ScoreField {
             stride: field.grid.stride,
             offset: field.grid.offset,
@@ -308,16 +327,9 @@ impl CudaScorer {
     fn upsample(&self, field: &DeviceField, plan: &ScoringPlan) -> Result<LabelMap> {
         let (width, height) = (plan.width as usize, plan.height as usize);
         let (xs, ys) = frame_axes(field.grid, plan.content, plan.width, plan.height);
-        // Frame pixels whose top-left neighbour is each cell (contiguous: the axes are monotone).
-        let ranges = |axis: &[(usize, usize, f32)], cells: usize| {
-            let mut r = vec![0i32; 2 * cells];
-            for (i, a) in axis.iter().enumerate().rev() {
-                r[2 * a.0] = i as i32;
-            }
-            for (i, a) in axis.iter().enumerate() {
-                r[2 * a.0 + 1] = i as i32 + 1;
-            }
-            r
+        // Frame pixels whose top-left neighbour is each cell.
+        let ranges = |axis: &Axis, cells: usize| -> Vec<i32> {
+            cell_ranges(axis, cells).into_iter().flat_map(|(a, b)| [a as i32, b as i32]).collect()
         };
         let col_range = self.upload(&ranges(&xs, field.grid.width))?;
         let row_range = self.upload(&ranges(&ys, field.grid.height))?;
@@ -350,6 +362,24 @@ impl CudaScorer {
         })
     }
 
+    /// Peak single-precision instruction rate (multiplies or adds per second, one per lane per
+    /// clock): the floor for kernels built without fused multiply-add. `None` where the device
+    /// does not report its clock.
+    pub fn peak_fp32_ops_per_s(&self) -> Option<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let ctx = self.stream.context();
+        let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ok()? as f64;
+        let khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE).ok()? as f64;
+        // FP32 lanes per multiprocessor: 64 on Volta, Turing and A100 (sm_80); 128 on later
+        // Ampere (Orin included), Ada and Hopper.
+        let lanes = match ctx.compute_capability().ok()? {
+            (8, 0) => 64.0,
+            (major, _) if major >= 8 => 128.0,
+            _ => 64.0,
+        };
+        (khz > 0.0).then_some(sms * lanes * khz * 1e3)
+    }
+
     /// Whether the kernels can take this plan (shared-memory sized tables).
     pub fn within_limits(plan: &ScoringPlan) -> bool {
         plan.labels.len() <= MAX_LABELS && plan.rejection().is_none_or(|k| 4 * k <= MAX_FUSED_CANDIDATES)
@@ -374,12 +404,12 @@ impl Scorer for CudaScorer {
             }
             return self.cpu.score(levels, plan);
         }
+        plan.check(levels)?;
         let t = Instant::now();
-        let field = self.fuse(levels, plan)?;
-        self.stream.synchronize().map_err(|e| gpu("cost map", e))?;
-        let cost_ms = ms_since(t);
-        let t = Instant::now();
-        let map = self.upsample(&field, plan)?;
-        Ok(Scored { map, cost_ms, post_ms: ms_since(t) })
+        let resident = self.upload_levels(levels)?;
+        let upload_ms = ms_since(t);
+        let mut scored = self.score_resident(&resident, plan)?;
+        scored.cost_ms += upload_ms;
+        Ok(scored)
     }
 }

@@ -9,7 +9,7 @@
 //! diagonals) and the bottom-up one, interleaved by image halves.
 use rayon::prelude::*;
 
-use super::isa::{Isa, dispatch};
+use crate::isa::{Isa, dispatch};
 use super::params::{Paths, StereoParams};
 
 /// P1/P2 for the step between two neighbouring left-image pixels.

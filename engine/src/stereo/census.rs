@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::GrayView;
-use super::isa::{Isa, dispatch};
+use crate::isa::{Isa, dispatch};
 
 /// Census codes of `img`, row-major, one u64 per pixel, for a `win_w` x `win_h` window (odd sides,
 /// at most 64 bits; checked by `StereoParams::validate`).

@@ -5,7 +5,7 @@
 //! is `bits`, the worst a real match can score. At 640x480 with D = 128 this volume is 39 MB.
 use rayon::prelude::*;
 
-use super::isa::{Isa, dispatch};
+use crate::isa::{Isa, dispatch};
 
 /// Fills `cost` (W*H*D; old contents do not matter).
 pub(crate) fn cost_volume(isa: Isa, left: &[u64], right: &[u64], width: usize, bits: u8, cost: &mut [u8]) {

@@ -16,7 +16,7 @@
 //! 2 and 4 run rows in parallel (rayon); stage 3 runs rows in parallel for the horizontal
 //! paths, and the top-down and bottom-up sweeps side by side, each with the pixels of a row in
 //! parallel (a row needs the one before). Hot loops are compiled twice, portable and
-//! AVX2 (`isa.rs`, picked at run time; identical results).
+//! AVX2 (`crate::isa`, picked at run time; identical results).
 //!
 //! Semantic conditioning: [`StereoMatcher::compute`] takes an optional label per left pixel;
 //! between neighbours with different labels the smoothness penalties become
@@ -24,7 +24,7 @@
 mod aggregate;
 mod census;
 mod cost;
-mod isa;
+
 mod params;
 mod select;
 #[cfg(test)]
@@ -34,7 +34,7 @@ use std::time::Instant;
 
 pub use params::{MAX_DISPARITIES, MAX_PENALTY, Paths, StereoError, StereoParams};
 
-use isa::Isa;
+use crate::isa::Isa;
 
 /// A borrowed 8-bit grayscale image, row-major, no padding between rows.
 #[derive(Clone, Copy, Debug)]

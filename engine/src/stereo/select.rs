@@ -7,7 +7,7 @@
 //! Invalid pixels are NaN.
 use rayon::prelude::*;
 
-use super::isa::{Isa, dispatch};
+use crate::isa::{Isa, dispatch};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Select {

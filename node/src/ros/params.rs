@@ -470,7 +470,7 @@ mod tests {
         assert!(d.read_only);
         assert_eq!(d.integer_range[0].to_value, 100);
         let d = descriptor(find("backend").unwrap(), &String("auto".into()));
-        assert!(d.additional_constraints.contains("auto or cpu"));
+        assert!(d.additional_constraints.contains("auto (CUDA where a device answers, else CPU), cpu"), "{}", d.additional_constraints);
         assert!(help_text().lines().count() > SPECS.len());
     }
 }

@@ -1,9 +1,10 @@
 //! Which instruction set the hot loops are compiled for, chosen once per call at run time.
 //!
 //! The kernels are written once as portable Rust; on x86_64 a copy compiled with AVX2 and
-//! POPCNT is used when the CPU has them (the default x86_64 target only assumes SSE2). All
-//! arithmetic is integer up to the final subpixel step, so both copies give identical results
-//! (checked by a test).
+//! POPCNT is used when the CPU has them (the default x86_64 target only assumes SSE2). Stereo
+//! arithmetic is integer up to the final subpixel step, and the cost map's float loops use
+//! separate multiplies and adds in a fixed lane order (Rust never fuses them), so both copies
+//! give identical results (checked by tests).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
@@ -29,7 +30,7 @@ impl Isa {
 macro_rules! dispatch {
     ($(#[$meta:meta])* $vis:vis fn $name:ident => $imp:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)?) => {
         $(#[$meta])*
-        $vis fn $name(isa: $crate::stereo::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name(isa: $crate::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,popcnt")]
             fn avx2($($arg: $ty),*) $(-> $ret)? {
@@ -38,8 +39,8 @@ macro_rules! dispatch {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: Isa::Avx2 exists only after Isa::detect saw AVX2 and POPCNT on this CPU.
-                $crate::stereo::isa::Isa::Avx2 => unsafe { avx2($($arg),*) },
-                $crate::stereo::isa::Isa::Portable => $imp($($arg),*),
+                $crate::isa::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                $crate::isa::Isa::Portable => $imp($($arg),*),
             }
         }
     };

@@ -1,0 +1,109 @@
+//! Frame -> network input on the GPU (`resize_rows`, `resize_cols_normalize` in kernels.cu),
+//! bit-identical to [`crate::preprocess::preprocess`]: the filter taps are computed once on the
+//! host by the same code and uploaded.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use super::{Device, gpu};
+use crate::error::Result;
+use crate::frame::{Frame, PixelFormat};
+use crate::manifest::{ImageInputSpec, Layout};
+use crate::preprocess::{NetInput, Taps, channel_order, plan, taps};
+
+pub struct CudaPreprocessor {
+    stream: Arc<CudaStream>,
+    resize_rows: CudaFunction,
+    resize_cols: CudaFunction,
+    device: String,
+}
+
+/// Taps as the kernels read them: first source index, and weights in CSR form.
+struct DeviceTaps {
+    start: CudaSlice<i32>,
+    offset: CudaSlice<i32>,
+    weights: CudaSlice<f32>,
+}
+
+fn format_code(format: PixelFormat) -> i32 {
+    match format {
+        PixelFormat::Rgb8 => 0,
+        PixelFormat::Bgr8 => 1,
+        PixelFormat::Rgba8 => 2,
+        PixelFormat::Bgra8 => 3,
+        PixelFormat::Mono8 => 4,
+        PixelFormat::Yuyv => 5,
+        PixelFormat::Uyvy => 6,
+        PixelFormat::Nv12 => 7,
+    }
+}
+
+impl CudaPreprocessor {
+    pub fn new() -> Result<Self> {
+        let device = Device::open()?;
+        Ok(CudaPreprocessor {
+            resize_rows: device.function("resize_rows")?,
+            resize_cols: device.function("resize_cols_normalize")?,
+            stream: device.stream,
+            device: device.name,
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device
+    }
+
+    fn upload_taps(&self, t: &Taps) -> Result<DeviceTaps> {
+        let start: Vec<i32> = t.start.iter().map(|&s| s as i32).collect();
+        let mut offset = vec![0i32];
+        for w in &t.weights {
+            offset.push(offset.last().copied().unwrap_or(0) + w.len() as i32);
+        }
+        let weights: Vec<f32> = t.weights.concat();
+        let up = |e| gpu("copy to device", e);
+        Ok(DeviceTaps {
+            start: self.stream.clone_htod(&start).map_err(up)?,
+            offset: self.stream.clone_htod(&offset).map_err(up)?,
+            weights: self.stream.clone_htod(&weights).map_err(up)?,
+        })
+    }
+
+    /// Converts, resizes and normalises a validated frame; the result is copied back.
+    pub fn preprocess(&self, frame: &Frame, spec: &ImageInputSpec) -> Result<NetInput> {
+        frame.validate()?;
+        let (nw, nh, content) = plan(frame.width, frame.height, spec);
+        let (cw, ch) = (content.width as usize, content.height as usize);
+        let (fw, fh) = (frame.width as usize, frame.height as usize);
+        let (tx, ty) = (self.upload_taps(&taps(fw, cw))?, self.upload_taps(&taps(fh, ch))?);
+        let data = self.stream.clone_htod(&frame.data).map_err(|e| gpu("copy frame", e))?;
+        let mut rows = self.stream.alloc_zeros::<f32>((fh * cw * 3).max(1)).map_err(|e| gpu("alloc", e))?;
+        let mut out = self.stream.alloc_zeros::<f32>(3 * nw * nh).map_err(|e| gpu("alloc", e))?;
+
+        let (format, step, height, cw_i) = (format_code(frame.format), frame.step as i32, fh as i32, cw as i32);
+        let mut b = self.stream.launch_builder(&self.resize_rows);
+        b.arg(&data).arg(&format).arg(&step).arg(&height);
+        b.arg(&tx.start).arg(&tx.offset).arg(&tx.weights).arg(&cw_i).arg(&mut rows);
+        let cfg = LaunchConfig { grid_dim: (cw.div_ceil(128) as u32, fh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches resize_rows in kernels.cu; `rows` holds fh x cw x 3 floats and the taps
+        // stay inside the frame (built by `taps` for this frame's size).
+        unsafe { b.launch(cfg) }.map_err(|e| gpu("resize_rows", e))?;
+
+        let order = channel_order(spec.color).map(|c| c as i32);
+        let layout = match spec.layout {
+            Layout::Nchw => 0i32,
+            Layout::Nhwc => 1i32,
+        };
+        let (ch_i, nw_i, nh_i, x0, y0) = (ch as i32, nw as i32, nh as i32, content.x as i32, content.y as i32);
+        let mut b = self.stream.launch_builder(&self.resize_cols);
+        b.arg(&rows).arg(&cw_i).arg(&ty.start).arg(&ty.offset).arg(&ty.weights).arg(&ch_i);
+        b.arg(&order[0]).arg(&order[1]).arg(&order[2]);
+        b.arg(&spec.mean[0]).arg(&spec.mean[1]).arg(&spec.mean[2]).arg(&spec.std[0]).arg(&spec.std[1]).arg(&spec.std[2]);
+        b.arg(&layout).arg(&nw_i).arg(&nh_i).arg(&x0).arg(&y0).arg(&mut out);
+        let cfg = LaunchConfig { grid_dim: (cw.div_ceil(128) as u32, ch as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches resize_cols_normalize in kernels.cu; the content rectangle lies inside
+        // the nw x nh network input (from `plan`).
+        unsafe { b.launch(cfg) }.map_err(|e| gpu("resize_cols_normalize", e))?;
+        let data = self.stream.clone_dtoh(&out).map_err(|e| gpu("copy from device", e))?;
+        Ok(NetInput { width: nw, height: nh, layout: spec.layout, data, content })
+    }
+}
