@@ -302,7 +302,7 @@ fn full_vs_early(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, top_k: 
     }))
 }
 
-fn sweep(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, runs: usize) -> Result<(Vec<Value>, Option<usize>)> {
+fn sweep(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, runs: usize) -> Result<Sweep> {
     let mut rows = Vec::new();
     let mut smallest = None;
     for k in [1usize, 2, 3, 4, 6, 8, 12, 16, 24, 32] {
@@ -329,6 +329,68 @@ fn sweep(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, runs: usize) ->
         }));
     }
     Ok((rows, smallest))
+}
+
+type Sweep = (Vec<Value>, Option<usize>);
+
+/// The same measurements on the GPU (levels already in device memory), plus the floor of the
+/// device and a check that its label maps equal the CPU's. `Ok(Err(reason))` where no device
+/// answers (an error only with `--backend cuda`).
+#[cfg(feature = "cuda")]
+fn on_gpu(
+    common: &CommonArgs,
+    inputs: &Inputs,
+    labels: &LabelSet,
+    args: &CostmapBenchArgs,
+    cpu: &mut OnCpu,
+    cpu_full_us: f64,
+) -> Result<Result<(Value, Option<Sweep>), String>> {
+    if common.backend == "cpu" {
+        return Ok(Err("--backend cpu".into()));
+    }
+    let scorer = match engine::cuda::CudaScorer::new() {
+        Ok(s) => s,
+        Err(e) if common.backend == "cuda" => return Err(e).context("--backend cuda"),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let t = Instant::now();
+    let frames = inputs.frames.iter().map(|f| scorer.upload_levels(&f.1)).collect::<engine::Result<Vec<_>>>()?;
+    let upload_ms = t.elapsed().as_secs_f64() * 1e3 / inputs.frames.len() as f64;
+    let peak = scorer.peak_fp32_ops_per_s();
+    let mut gpu = OnGpu { scorer, frames };
+    let mut g = full_vs_early(&mut gpu, inputs, labels, args.top_k, args.runs)?;
+    // Floor of the full computation: a multiply and an add per cell, label and dimension.
+    let ops: f64 = inputs.frames[0].1.iter().map(|l| 2.0 * (l.width * l.height * labels.len() * labels.dim) as f64).sum();
+    let full_us = g["full_us"].as_f64().unwrap_or(f64::NAN);
+    if let Some(peak) = peak {
+        let floor_us = ops / peak * 1e6;
+        g["floor_us"] = json!(floor_us);
+        g["full_over_floor"] = json!(full_us / floor_us);
+    }
+    g["level_upload_ms_per_frame"] = json!(upload_ms);
+    // Same inputs and labels on both sides: the label maps must be identical.
+    let (full, early) = (cell_plan(inputs, labels, 0, false)?, cell_plan(inputs, labels, args.top_k, false)?);
+    let mut identical = true;
+    for f in 0..inputs.frames.len() {
+        for p in [&full, &early] {
+            identical &= cpu.run(f, p)?.1 == gpu.run(f, p)?.1;
+        }
+    }
+    g["labels_identical_to_cpu"] = json!(identical);
+    g["gpu_speedup_over_cpu_full"] = json!(cpu_full_us / full_us);
+    eprintln!("{}: full {full_us:.0} us, early {:.0} us", g["device"], g["early_us"].as_f64().unwrap_or(0.0));
+    let sweep = if args.sweep {
+        eprintln!("sweep on the GPU:");
+        Some(sweep(&mut gpu, inputs, labels, args.runs)?)
+    } else {
+        None
+    };
+    Ok(Ok((g, sweep)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_gpu(_: &CommonArgs, _: &Inputs, _: &LabelSet, _: &CostmapBenchArgs, _: &mut OnCpu, _: f64) -> Result<Result<(Value, Option<Sweep>), String>> {
+    Ok(Err("this build has no CUDA support (feature `cuda`)".into()))
 }
 
 /// Stage shares of whole frames (640x480 sample, K labels) through the normal pipeline.
@@ -392,63 +454,27 @@ pub fn run(common: &CommonArgs, threads: usize, args: CostmapBenchArgs) -> Resul
         "embeddings": if args.fixture.is_some() { "fixture (f16)" } else { "model, f32" },
         "cpu": cpu_report.clone(),
     });
-    let mut primary = cpu_report;
     let mut sweeps = vec![];
     if args.sweep {
         eprintln!("sweep on the CPU:");
-        let (rows, smallest) = sweep(&mut cpu, &inputs, &labels, args.runs.min(3))?;
-        sweeps.push(("cpu", rows, smallest));
+        sweeps.push(("cpu", sweep(&mut cpu, &inputs, &labels, args.runs.min(3))?));
     }
-
-    #[cfg(feature = "cuda")]
-    if common.backend != "cpu" {
-        match engine::cuda::CudaScorer::new() {
-            Ok(scorer) => {
-                let t = Instant::now();
-                let frames = inputs.frames.iter().map(|f| scorer.upload_levels(&f.1)).collect::<engine::Result<Vec<_>>>()?;
-                let upload_ms = t.elapsed().as_secs_f64() * 1e3 / inputs.frames.len() as f64;
-                let peak = scorer.peak_fp32_ops_per_s();
-                let mut gpu = OnGpu { scorer, frames };
-                let mut g = full_vs_early(&mut gpu, &inputs, &labels, args.top_k, args.runs)?;
-                // Floor of the full computation: a multiply and an add per pixel, label and dim.
-                let ops: f64 = inputs.frames[0].1.iter().map(|l| 2.0 * (l.width * l.height * labels.len() * labels.dim) as f64).sum();
-                if let Some(peak) = peak {
-                    let floor_us = ops / peak * 1e6;
-                    g["floor_us"] = json!(floor_us);
-                    g["full_over_floor"] = json!(g["full_us"].as_f64().unwrap_or(f64::NAN) / floor_us);
-                }
-                g["level_upload_ms_per_frame"] = json!(upload_ms);
-                // Same inputs, same labels on both sides: the label maps must be identical.
-                let full = cell_plan(&inputs, &labels, 0, false)?;
-                let early = cell_plan(&inputs, &labels, args.top_k, false)?;
-                let mut identical = true;
-                for f in 0..inputs.frames.len() {
-                    for p in [&full, &early] {
-                        identical &= cpu.run(f, p)?.1 == gpu.run(f, p)?.1;
-                    }
-                }
-                g["labels_identical_to_cpu"] = json!(identical);
-                g["gpu_speedup_over_cpu_full"] = json!(report["cpu"]["full_us"].as_f64().unwrap_or(f64::NAN) / g["full_us"].as_f64().unwrap_or(f64::NAN));
-                eprintln!("{}: full {:.0} us, early {:.0} us", g["device"], g["full_us"].as_f64().unwrap_or(0.0), g["early_us"].as_f64().unwrap_or(0.0));
-                if args.sweep {
-                    eprintln!("sweep on the GPU:");
-                    let (rows, smallest) = sweep(&mut gpu, &inputs, &labels, args.runs)?;
-                    sweeps.push(("cuda", rows, smallest));
-                }
-                report["cuda"] = g.clone();
-                primary = g;
-            }
-            Err(e) if common.backend == "cuda" => return Err(e).context("--backend cuda"),
-            Err(e) => {
-                eprintln!("no CUDA scoring: {e}");
-                report["cuda_unavailable"] = json!(e.to_string());
-            }
+    let primary = match on_gpu(common, &inputs, &labels, &args, &mut cpu, cpu_report["full_us"].as_f64().unwrap_or(f64::NAN))? {
+        Ok((g, gpu_sweep)) => {
+            sweeps.extend(gpu_sweep.map(|s| ("cuda", s)));
+            report["cuda"] = g.clone();
+            g
         }
-    }
+        Err(reason) => {
+            eprintln!("no CUDA scoring: {reason}");
+            report["cuda_unavailable"] = json!(reason);
+            cpu_report
+        }
+    };
     for key in ["device", "top_k", "full_us", "early_us", "speedup", "agreement"] {
         report[key] = primary[key].clone();
     }
-    for (device, rows, smallest) in sweeps {
+    for (device, (rows, smallest)) in sweeps {
         report[format!("sweep_{device}")] = json!({"rows": rows, "smallest_top_k_for_99_5": smallest});
     }
     if args.fixture.is_none() {

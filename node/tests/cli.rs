@@ -290,3 +290,85 @@ fn repeated_stems_never_overwrite_each_other() {
         .collect();
     assert_eq!(reports.len(), 3, "three inputs, reports for only {reports:?}");
 }
+
+fn bench_costmap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["bench", "costmap"]).args(args).output().expect("running ovseg")
+}
+
+fn json_of(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: stdout {}\nstderr {}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+}
+
+#[test]
+fn bench_costmap_reports_full_against_early_and_round_trips_its_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("one.fixture");
+    let fixture_arg = fixture.to_str().unwrap();
+    let o = bench_costmap(&["--frames", "1", "--labels", "40", "--top-k", "3", "--runs", "1", "--write-fixture", fixture_arg]);
+    assert_exit(&o, 0);
+    let r = json_of(&o);
+    for key in ["device", "full_us", "early_us", "speedup", "agreement"] {
+        assert!(!r[key].is_null(), "{key} missing: {r}");
+    }
+    assert_eq!(r["cells"], serde_json::json!([160, 120]));
+    assert_eq!(r["labels"], 40);
+    let agreement = r["agreement"].as_f64().unwrap();
+    assert!((0.9..=1.0).contains(&agreement), "{agreement}");
+    assert!(r["full_us"].as_f64().unwrap() > 0.0 && r["early_us"].as_f64().unwrap() > 0.0);
+    let share = r["end_to_end"]["pre_post_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{share}");
+
+    // The fixture holds the same embeddings (as f16): with every label kept, early equals full.
+    let o = bench_costmap(&["--fixture", fixture_arg, "--labels", "40", "--top-k", "40", "--runs", "1"]);
+    assert_exit(&o, 0);
+    let r = json_of(&o);
+    assert_eq!(r["agreement"], 1.0, "{r}");
+    assert_eq!(r["embeddings"], "fixture (f16)");
+    assert_eq!(r["frames"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn bench_costmap_rejects_bad_fixtures_and_label_counts_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_fixture = dir.path().join("mask.png");
+    std::fs::write(&not_a_fixture, b"\x89PNG not a fixture").unwrap();
+    let o = bench_costmap(&["--fixture", not_a_fixture.to_str().unwrap()]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("not an ovseg cost-map fixture"), "{}", stderr(&o));
+
+    let truncated = dir.path().join("truncated.fixture");
+    let mut bytes = b"OVSEGCM1".to_vec();
+    bytes.extend(2u64.to_le_bytes());
+    bytes.extend(b"{}");
+    std::fs::write(&truncated, bytes).unwrap();
+    let o = bench_costmap(&["--fixture", truncated.to_str().unwrap()]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("truncated.fixture"), "{}", stderr(&o));
+
+    // A hand-made fixture: 2 labels of dimension 8, one frame with 2x2 and 4x4 cells.
+    let header = br#"{"model":"t","logit_scale":2.0,"fusion_weights":[1.0,1.0],"label_names":["a","b"],"dim":8,
+        "frames":[{"name":"f","levels":[[32,31.5,2,2],[16,15.5,4,4]]}]}"#;
+    let mut bytes = b"OVSEGCM1".to_vec();
+    bytes.extend((header.len() as u64).to_le_bytes());
+    bytes.extend(header);
+    let floats: Vec<f32> = (0..16).map(|i| if i == 0 || i == 9 { 1.0 } else { 0.0 }).chain([1.0, 1.0, 0.0, 0.0]).collect();
+    floats.iter().for_each(|f| bytes.extend(f.to_le_bytes()));
+    for cell in 0..(4 + 16) {
+        for d in 0..8u16 {
+            // f16 1.0 = 0x3c00 on the label-a axis left, the label-b axis right.
+            let x = if cell < 4 { cell % 2 } else { (cell - 4) % 4 / 2 };
+            let v: u16 = if d as usize == x { 0x3c00 } else { 0 };
+            bytes.extend(v.to_le_bytes());
+        }
+    }
+    let tiny = dir.path().join("tiny.fixture");
+    std::fs::write(&tiny, bytes).unwrap();
+    let o = bench_costmap(&["--fixture", tiny.to_str().unwrap(), "--labels", "2", "--top-k", "1", "--runs", "1"]);
+    assert_exit(&o, 0);
+    let r = json_of(&o);
+    assert_eq!(r["cells"], serde_json::json!([4, 4]));
+    assert_eq!(r["agreement"], 1.0, "{r}");
+    let o = bench_costmap(&["--fixture", tiny.to_str().unwrap(), "--labels", "3"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--labels 3 is outside 1..=2"), "{}", stderr(&o));
+}
