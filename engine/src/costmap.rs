@@ -60,6 +60,21 @@ impl ScoreField {
         Grid { stride: self.stride, offset: self.offset, width: self.width, height: self.height }
     }
 
+    /// A field where every cell holds every label in id order, with these scores.
+    pub fn dense(grid: Grid, num_labels: usize, score: Vec<f32>) -> Self {
+        let cells = grid.width * grid.height;
+        ScoreField {
+            stride: grid.stride,
+            offset: grid.offset,
+            width: grid.width,
+            height: grid.height,
+            capacity: num_labels,
+            count: vec![num_labels as u32; cells],
+            label: (0..cells).flat_map(|_| 0..num_labels as u32).collect(),
+            score,
+        }
+    }
+
     /// Every cell holds all `num_labels` labels in id order (the coarsest level, or no rejection).
     pub fn is_dense(&self, num_labels: usize) -> bool {
         self.capacity == num_labels
@@ -202,16 +217,7 @@ pub fn dense_cost(level: &EmbeddingMap, labels: &LabelSet, scale: f32) -> ScoreF
     let mut score = vec![0.0f32; cells * num_labels];
     let isa = Isa::detect();
     score.par_chunks_mut(num_labels).enumerate().for_each(|(i, row)| label_costs(isa, level.pixel(i), labels, scale, row));
-    ScoreField {
-        stride: level.stride,
-        offset: level.offset,
-        width: level.width,
-        height: level.height,
-        capacity: num_labels,
-        count: vec![num_labels as u32; cells],
-        label: (0..cells).flat_map(|_| 0..num_labels as u32).collect(),
-        score,
-    }
+    ScoreField::dense(level.grid(), num_labels, score)
 }
 
 /// Bilinear neighbours of input-pixel position `pos` on an axis of `n` cells whose centres sit at
@@ -378,16 +384,7 @@ fn fuse_dense(coarse: &ScoreField, fine: &EmbeddingMap, labels: &LabelSet, scale
             *s = w_coarse * up + w_fine * *s;
         }
     });
-    ScoreField {
-        stride: fine.stride,
-        offset: fine.offset,
-        width: fine.width,
-        height: fine.height,
-        capacity: k,
-        count: vec![k as u32; cells],
-        label: (0..cells).flat_map(|_| 0..k as u32).collect(),
-        score,
-    }
+    ScoreField::dense(fine.grid(), k, score)
 }
 
 /// `e^x` for softmax inputs (`x <= 0`): Cody-Waite reduction and a degree-6 polynomial in plain

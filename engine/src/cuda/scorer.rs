@@ -121,6 +121,18 @@ impl CudaScorer {
         self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| gpu(&format!("allocating {n} elements"), e))
     }
 
+    fn new_field(&self, grid: Grid, capacity: usize, dense: bool) -> Result<DeviceField> {
+        let cells = grid.width * grid.height;
+        Ok(DeviceField {
+            grid,
+            capacity,
+            dense,
+            count: self.alloc::<u32>(cells)?,
+            label: self.alloc::<u32>(cells * capacity)?,
+            score: self.alloc::<f32>(cells * capacity)?,
+        })
+    }
+
     fn axis(&self, axis: &[(usize, usize, f32)]) -> Result<DeviceAxis> {
         let index: Vec<i32> = axis.iter().flat_map(|&(a, b, _)| [a as i32, b as i32]).collect();
         let frac: Vec<f32> = axis.iter().map(|a| a.2).collect();
@@ -157,10 +169,7 @@ impl CudaScorer {
     ) -> Result<DeviceField> {
         let labels = self.device_labels()?;
         let cells = level.grid.width * level.grid.height;
-        let count = self.alloc::<u32>(cells)?;
-        let label = self.alloc::<u32>(cells * num_labels)?;
-        let score = self.alloc::<f32>(cells * num_labels)?;
-        let mut out = DeviceField { grid: level.grid, capacity: num_labels, dense: true, count, label, score };
+        let mut out = self.new_field(level.grid, num_labels, true)?;
         let axes = match fuse {
             Some((coarse, _, _)) => {
                 let (rows, cols) = fusion_axes(coarse.grid, level.grid);
@@ -199,14 +208,7 @@ impl CudaScorer {
     fn keep_top_k(&self, field: &DeviceField, k: usize) -> Result<DeviceField> {
         let cap = k.min(field.capacity).max(1);
         let cells = field.grid.width * field.grid.height;
-        let mut out = DeviceField {
-            grid: field.grid,
-            capacity: cap,
-            dense: false,
-            count: self.alloc::<u32>(cells)?,
-            label: self.alloc::<u32>(cells * cap)?,
-            score: self.alloc::<f32>(cells * cap)?,
-        };
+        let mut out = self.new_field(field.grid, cap, false)?;
         let (cap_in, cells_i, cap_i) = (field.capacity as i32, cells as i32, cap as i32);
         let mut b = self.stream.launch_builder(&self.kernels.keep_top_k);
         b.arg(&field.count).arg(&field.label).arg(&field.score).arg(&cap_in).arg(&cells_i).arg(&cap_i);
@@ -232,14 +234,7 @@ impl CudaScorer {
         let cells = level.grid.width * level.grid.height;
         let (rows, cols) = fusion_axes(coarse.grid, level.grid);
         let (rows, cols) = (self.axis(&rows)?, self.axis(&cols)?);
-        let mut out = DeviceField {
-            grid: level.grid,
-            capacity: cap,
-            dense: false,
-            count: self.alloc::<u32>(cells)?,
-            label: self.alloc::<u32>(cells * cap)?,
-            score: self.alloc::<f32>(cells * cap)?,
-        };
+        let mut out = self.new_field(level.grid, cap, false)?;
         let (k_cap, c_cap, c_dense, c_width) = (kept.capacity as i32, coarse.capacity as i32, coarse.dense as i32, coarse.grid.width as i32);
         let (width_i, cells_i, dim_i, cap_i) = (level.grid.width as i32, cells as i32, level.dim as i32, cap as i32);
         let mut b = self.stream.launch_builder(&self.kernels.fuse_sparse);
