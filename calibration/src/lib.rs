@@ -8,6 +8,7 @@
 //! - [`CameraInfoYaml`]: camera_info_manager's YAML files, read and written exactly.
 //! - [`rectify_map`], [`remap_gray8`], [`remap_rgb8`]: undistortion and rectification of images.
 //! - [`GroundPlane`]: flat ground from mounting extrinsics or a RANSAC fit, and ray intersection.
+//! - [`ground_depth`]: monocular depth from a label mask over flat ground.
 //!
 //! ```
 //! use calibration::{Camera, GroundPlane};
@@ -26,6 +27,7 @@ mod camera_info;
 mod error;
 mod ground;
 mod models;
+mod monocular;
 mod pinhole;
 mod rectify;
 
@@ -34,5 +36,6 @@ pub use camera_info::CameraInfoYaml;
 pub use error::CalibrationError;
 pub use ground::GroundPlane;
 pub use models::{ACCEPTED_MODELS, Distortion};
+pub use monocular::{CONTACT_CONFIDENCE, GroundDepth, Surface, ground_depth};
 pub use pinhole::PinholeCamera;
 pub use rectify::{INVALID_SOURCE, rectify_map, remap_gray8, remap_rgb8};
