@@ -240,6 +240,67 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
 }
 
 #[test]
+fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    let labels = "person,sky,cup,table,wall";
+    let label_list = format!("labels:={:?}", labels.split(',').collect::<Vec<_>>());
+    let (height, pitch) = (0.8f64, 0.6f64);
+    let mounting = [format!("camera_height:={height}"), format!("camera_pitch:={pitch}")];
+    let args = ["-p", &label_list, "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]", "-p", "depth_invalid_labels:=[sky]"];
+    let mut node = NodeProcess::start(domain, &[&args[..], &["-p", &mounting[0], "-p", &mounting[1]]].concat(), tmp.path());
+    let out = tmp.path().join("received");
+    let png = pngs[0].display().to_string();
+    let peer_args = ["pubsub", "--images", &png, "--camera-info", "--repeat", "2", "--rate-hz", "4", "--expect", "1", "--timeout", "90"];
+    let result = ok(peer(domain, &[&peer_args[..], &["--collect", "mask", "depth", "--out", out.to_str().unwrap()]].concat()));
+    node.assert_running();
+
+    let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
+    let sec = published_stems(&result)
+        .into_keys()
+        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists())
+        .unwrap_or_else(|| panic!("no depth received: {result}"));
+    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(depth.len(), w * h);
+    // The peer's camera: f = width, principal point at the centre. Level roll, pitched down:
+    // the ray (.., (y - cy) / f, 1) meets the ground at z = height / (cos(pitch) dy + sin(pitch)).
+    let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);
+    let ground_z = |y: usize| {
+        let dy = (y as f64 - cy) / f;
+        let along = pitch.cos() * dy + pitch.sin();
+        (along > 1e-12).then(|| height / along)
+    };
+    let (table, wall, sky, unknown) = (3u8, 4u8, 1u8, 255u8);
+    let mut ground_pixels = 0;
+    for x in 0..w {
+        let mut contact: Option<f64> = None;
+        for y in (0..h).rev() {
+            let (label, got) = (mask[y * w + x], depth[y * w + x]);
+            let want = match label {
+                l if l == table || l == wall => {
+                    contact = ground_z(y);
+                    ground_pixels += contact.is_some() as usize;
+                    contact
+                }
+                l if l == sky => {
+                    contact = None;
+                    None
+                }
+                l if l == unknown => None,
+                _ => contact,
+            };
+            match want {
+                Some(z) => assert!(((got as f64 - z) / z).abs() < 1e-5, "({x},{y}) label {label}: {got} vs {z}"),
+                None => assert!(got.is_nan(), "({x},{y}) label {label} must have no depth, got {got}"),
+            }
+        }
+    }
+    assert!(ground_pixels > 500, "the photo needs table or wall pixels below the horizon ({ground_pixels})");
+}
+
+#[test]
 fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let domain = domain_id();

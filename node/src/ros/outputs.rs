@@ -116,8 +116,17 @@ pub fn rectified_camera(info: &CameraInfo) -> Result<PinholeCamera, calibration:
 const POINT_STEP: u32 = 20;
 
 /// Points in the camera frame (x right, y down, z forward) for every `stride`-th pixel with a
-/// depth measurement, each with its label id (mask value) and confidence.
-pub fn points(header: &Header, map: &LabelMap, metres: &[f32], camera: &PinholeCamera, stride: usize, num_labels: usize) -> PointCloud2 {
+/// depth measurement, each with its label id (mask value) and confidence: the label's, times
+/// the depth's own where it has one (monocular depth of obstacles is less certain).
+pub fn points(
+    header: &Header,
+    map: &LabelMap,
+    metres: &[f32],
+    depth_confidence: Option<&[f32]>,
+    camera: &PinholeCamera,
+    stride: usize,
+    num_labels: usize,
+) -> PointCloud2 {
     let w = map.width as usize;
     let ids = map.mask_pixels(num_labels);
     let mut data = Vec::new();
@@ -140,7 +149,8 @@ pub fn points(header: &Header, map: &LabelMap, metres: &[f32], camera: &PinholeC
             }
             data.extend_from_slice(&label.to_le_bytes());
             data.extend_from_slice(&[0, 0]);
-            data.extend_from_slice(&map.confidence[i].to_le_bytes());
+            let confidence = map.confidence[i] * depth_confidence.map_or(1.0, |c| c[i]);
+            data.extend_from_slice(&confidence.to_le_bytes());
         }
     }
     let count = (data.len() / POINT_STEP as usize) as u32;
@@ -208,7 +218,7 @@ mod tests {
     fn points_skip_holes_and_carry_label_and_confidence() {
         let camera = PinholeCamera::new(1.0, 1.0, 0.0, 0.0, 2, 2).unwrap();
         let metres = [2.0, f32::NAN, 1.0, 4.0];
-        let cloud = points(&Header::default(), &map(), &metres, &camera, 1, 2);
+        let cloud = points(&Header::default(), &map(), &metres, None, &camera, 1, 2);
         assert_eq!(cloud.width, 3);
         assert_eq!(cloud.data.len(), 60);
         let f = |i: usize, o: usize| f32::from_le_bytes(cloud.data[i * 20 + o..i * 20 + o + 4].try_into().unwrap());
@@ -218,5 +228,9 @@ mod tests {
         assert_eq!(f(2, 16), 0.7);
         // the unknown pixel keeps its mask value 255
         assert_eq!(u16::from_le_bytes([cloud.data[20 + 12], cloud.data[20 + 13]]), 255);
+        // A depth confidence (monocular obstacle contact) scales the label's.
+        let weighted = points(&Header::default(), &map(), &metres, Some(&[1.0, 0.0, 1.0, 0.5]), &camera, 1, 2);
+        let g = |i: usize| f32::from_le_bytes(weighted.data[i * 20 + 16..i * 20 + 20].try_into().unwrap());
+        assert_eq!(g(2), 0.7 * 0.5);
     }
 }

@@ -44,7 +44,7 @@ pub const PUBLISH_TOGGLES: [&str; 7] = [
     "publish_label_info",
 ];
 
-pub const DEPTH_MODES: &[&str] = &["none", "rgbd"];
+pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground"];
 pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
 
@@ -87,8 +87,25 @@ pub static SPECS: &[ParamSpec] = &[
     },
     ParamSpec {
         choices: DEPTH_MODES,
-        constraints: "none: no depth outputs; rgbd: `depth_registered` (16UC1 mm or 32FC1 m, registered to `image`)",
+        constraints: "none: no depth outputs; rgbd: `depth_registered` (16UC1 mm or 32FC1 m, registered to `image`); \
+                      ground: one camera over flat ground (`ground_labels`, `camera_height`, `camera_pitch`, `camera_roll`)",
         ..spec("depth_mode", "Where `depth` and `points` come from.")
+    },
+    ParamSpec {
+        constraints: "label texts as in `labels`; other labels (but `depth_invalid_labels`) are obstacles",
+        ..spec("ground_labels", "depth_mode ground: labels that are flat ground; obstacles take the depth where they meet it.")
+    },
+    ParamSpec {
+        range: Range::Float(0.01, 100.0),
+        ..spec("camera_height", "depth_mode ground: height (m) of the camera's optical centre above the ground.")
+    },
+    ParamSpec {
+        range: Range::Float(-std::f64::consts::FRAC_PI_2, std::f64::consts::FRAC_PI_2),
+        ..spec("camera_pitch", "depth_mode ground: pitch (rad) below the horizontal; 0 = optical axis level.")
+    },
+    ParamSpec {
+        range: Range::Float(-std::f64::consts::FRAC_PI_2, std::f64::consts::FRAC_PI_2),
+        ..spec("camera_roll", "depth_mode ground: roll (rad) about the optical axis; positive = image right side down.")
     },
     ParamSpec {
         constraints: "label texts as in `labels`; unknown pixels never get depth",
@@ -158,6 +175,11 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("threads", Integer(0));
     put("depth_mode", String("none".into()));
     put("depth_invalid_labels", StringArray(vec!["sky".into()]));
+    let ground = ["ground", "grass", "road", "floor", "sidewalk", "earth", "field", "path", "dirt track", "sand", "crop row"];
+    put("ground_labels", StringArray(ground.iter().map(|s| s.to_string()).collect()));
+    put("camera_height", Double(1.0));
+    put("camera_pitch", Double(0.0));
+    put("camera_roll", Double(0.0));
     put("depth_filter_radius", Integer(1));
     put("depth_fill_radius", Integer(2));
     put("depth_sync_tolerance", Double(0.02));
@@ -311,6 +333,10 @@ pub struct OutputSettings {
     /// Lower-cased, trimmed label texts that get no depth.
     pub depth_invalid_labels: Vec<String>,
     pub depth_conditioning: engine::depth::DepthConditioning,
+    /// Lower-cased, trimmed label texts that are flat ground (depth_mode ground).
+    pub ground_labels: Vec<String>,
+    /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground).
+    pub camera_mounting: [f64; 3],
     pub points_stride: usize,
     pub diagnostics_period: f64,
     pub publish: BTreeMap<&'static str, bool>,
@@ -326,6 +352,7 @@ impl OutputSettings {
 pub enum DepthMode {
     None,
     Rgbd,
+    Ground,
 }
 
 impl Settings {
@@ -360,7 +387,11 @@ impl Settings {
             queue_depth: int("queue_depth").max(1) as usize,
             output: OutputSettings {
                 overlay_alpha: double("overlay_alpha") as f32,
-                depth_mode: if string("depth_mode") == "rgbd" { DepthMode::Rgbd } else { DepthMode::None },
+                depth_mode: match string("depth_mode").as_str() {
+                    "rgbd" => DepthMode::Rgbd,
+                    "ground" => DepthMode::Ground,
+                    _ => DepthMode::None,
+                },
                 depth_sync_tolerance: double("depth_sync_tolerance"),
                 depth_invalid_labels: strings("depth_invalid_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
                 depth_conditioning: engine::depth::DepthConditioning {
@@ -368,6 +399,8 @@ impl Settings {
                     fill_radius: int("depth_fill_radius").max(0) as usize,
                     ..Default::default()
                 },
+                ground_labels: strings("ground_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
+                camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
                 points_stride: int("points_stride").max(1) as usize,
                 diagnostics_period: double("diagnostics_period"),
                 publish: PUBLISH_TOGGLES.iter().map(|t| (*t, boolean(t))).collect(),
@@ -435,6 +468,10 @@ mod tests {
         assert!(e.contains("0..=1") && e.contains("1.5"), "{e}");
         let e = check("early_rejection_top_k", &Integer(-1), &Integer(8)).unwrap_err();
         assert!(e.contains("-1"), "{e}");
+        let e = check("camera_height", &Double(0.0), &Double(1.0)).unwrap_err();
+        assert!(e.contains("camera_height") || e.contains("0.01"), "{e}");
+        let e = check("depth_mode", &String("lidar".into()), &String("none".into())).unwrap_err();
+        assert!(e.contains("ground") && e.contains("'lidar'"), "{e}");
         let e = check("backend", &String("gpu".into()), &String("auto".into())).unwrap_err();
         assert!(e.contains("auto, cpu") && e.contains("'gpu'"), "{e}");
         let e = check("prompt_templates", &strings(&["a photo"]), &strings(&["{}"])).unwrap_err();
@@ -462,6 +499,13 @@ mod tests {
         assert_eq!(s.output.depth_mode, DepthMode::Rgbd);
         assert!(!s.output.publishes("publish_overlay") && s.output.publishes("publish_mask"));
         assert_eq!(s.queue_depth, 2);
+        values.insert("depth_mode".into(), String("ground".into()));
+        values.insert("ground_labels".into(), StringArray(vec![" Crop Row ".into()]));
+        values.insert("camera_pitch".into(), Double(0.3));
+        let s = Settings::from_values(&values);
+        assert_eq!(s.output.depth_mode, DepthMode::Ground);
+        assert_eq!(s.output.ground_labels, ["crop row"]);
+        assert_eq!(s.output.camera_mounting, [1.0, 0.3, 0.0]);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use calibration::PinholeCamera;
+use calibration::{PinholeCamera, Surface};
 use engine::{LabelSet, Pipeline, SegmentOptions};
 
 use super::decode::{self, RejectCounter, Rejected};
@@ -139,8 +139,8 @@ impl Processor {
             Ok(f) => f,
             Err(r) => return self.skip(r),
         };
-        let needs_depth = self.settings.depth_mode == DepthMode::Rgbd && wanted.iter().any(|t| t.needs_depth());
-        let metres = if needs_depth {
+        let wants_depth = wanted.iter().any(|t| t.needs_depth());
+        let measured = if self.settings.depth_mode == DepthMode::Rgbd && wants_depth {
             match self.depth.closest(header.stamp, self.settings.depth_sync_tolerance) {
                 Some(d) => match decode::depth_metres(d, frame.width, frame.height) {
                     Ok(m) => Some(m),
@@ -173,7 +173,14 @@ impl Processor {
             }
         };
         let started = Instant::now();
-        let metres = metres.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, frame.width as usize));
+        let (metres, depth_confidence) = match self.settings.depth_mode {
+            DepthMode::Rgbd => (measured.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, frame.width as usize)), None),
+            DepthMode::Ground if wants_depth => match self.ground_depth(&segmentation.map) {
+                Some(g) => (Some(g.depth), Some(g.confidence)),
+                None => (None, None),
+            },
+            _ => (None, None),
+        };
         let camera = if wanted.contains(&Topic::Points) && metres.is_some() { self.camera() } else { None };
         let map = &segmentation.map;
         let labels = &self.labels;
@@ -190,7 +197,8 @@ impl Processor {
                 },
                 Topic::Points => match (&metres, &camera) {
                     (Some(m), Some(camera)) => {
-                        OutMsg::Points(outputs::points(&header, map, m, camera, self.settings.points_stride, labels.len()))
+                        let stride = self.settings.points_stride;
+                        OutMsg::Points(outputs::points(&header, map, m, depth_confidence.as_deref(), camera, stride, labels.len()))
                     }
                     _ => continue,
                 },
@@ -210,6 +218,40 @@ impl Processor {
         let no_depth: Vec<bool> =
             self.labels.names.iter().map(|n| self.settings.depth_invalid_labels.contains(&n.trim().to_lowercase())).collect();
         engine::depth::condition(metres, labels, width, &no_depth, &self.settings.depth_conditioning)
+    }
+
+    /// Depth from the camera's mounting over flat ground: rays of ground labels meet the plane,
+    /// other labels take the ground depth where their column meets it.
+    fn ground_depth(&mut self, map: &engine::LabelMap) -> Option<calibration::GroundDepth> {
+        let _s = tracing::debug_span!("ground_depth").entered();
+        let camera = self.camera()?;
+        let [height, pitch, roll] = self.settings.camera_mounting;
+        let result = calibration::GroundPlane::from_extrinsics(height, pitch, roll).and_then(|plane| {
+            let kind: Vec<Surface> = self
+                .labels
+                .names
+                .iter()
+                .map(|n| {
+                    let n = n.trim().to_lowercase();
+                    if self.settings.ground_labels.contains(&n) {
+                        Surface::Ground
+                    } else if self.settings.depth_invalid_labels.contains(&n) {
+                        Surface::NoDepth
+                    } else {
+                        Surface::Obstacle
+                    }
+                })
+                .collect();
+            let surfaces: Vec<Surface> = map.labels.iter().map(|&l| kind.get(l as usize).copied().unwrap_or(Surface::Unknown)).collect();
+            calibration::ground_depth(&camera, &plane, &surfaces)
+        });
+        match result {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.note(&Rejected { kind: "ground_depth", message: format!("depth_mode ground: {e}; depth and points skipped") });
+                None
+            }
+        }
     }
 
     /// The pinhole model of the (rectified) image from the last camera_info, if usable.
