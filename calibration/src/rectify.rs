@@ -50,7 +50,7 @@ pub fn rectify_map(
 }
 
 /// Bilinear remap of a packed 8-bit gray image: `out[i] = src(map_x[i], map_y[i])`.
-/// Sources outside [0, width-1] x [0, height-1] (or NaN) give 0.
+/// Sources outside [0, width-1] x [0, height-1] by more than 1e-5 px (or NaN) give 0.
 pub fn remap_gray8(src: &[u8], width: u32, height: u32, map_x: &[f32], map_y: &[f32]) -> Result<Vec<u8>, CalibrationError> {
     remap::<1>(src, width, height, map_x, map_y)
 }
@@ -77,11 +77,15 @@ fn remap<const C: usize>(
     }
     let mut out = vec![0u8; map_x.len() * C];
     let (max_x, max_y) = (w as f32 - 1.0, h as f32 - 1.0);
+    // Sources this close outside the image are its edge pixels: maps computed through K^-1
+    // and K land a rounding error beyond the last column or row.
+    const EDGE: f32 = 1e-5;
     for (i, (&x, &y)) in map_x.iter().zip(map_y).enumerate() {
         // `contains` is false for NaN too.
-        if !((0.0..=max_x).contains(&x) && (0.0..=max_y).contains(&y)) {
+        if !((-EDGE..=max_x + EDGE).contains(&x) && (-EDGE..=max_y + EDGE).contains(&y)) {
             continue;
         }
+        let (x, y) = (x.clamp(0.0, max_x), y.clamp(0.0, max_y));
         let (x0, y0) = (x.floor() as usize, y.floor() as usize);
         let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
         let (ax, ay) = (x - x0 as f32, y - y0 as f32);

@@ -24,6 +24,11 @@ fn pinhole_with_identity_rectification_maps_every_pixel_to_itself() {
     // And remapping through it is a copy.
     let src: Vec<u8> = (0..640 * 480).map(|i| (i * 7 % 251) as u8).collect();
     assert_eq!(remap_gray8(&src, 640, 480, &mx, &my).unwrap(), src);
+    // These intrinsics put K^-1 K a rounding error (-3e-14 px) left of column 0: still a copy.
+    let camera = Camera::new(Intrinsics { fx: 497.489, fy: 497.489, cx: 187.5, cy: 124.5 }, Distortion::None, 370, 250).unwrap();
+    let (mx, my) = rectify_map(&camera, &Matrix3::identity(), &p_of(&camera.k()), 370, 250).unwrap();
+    let src: Vec<u8> = (0..370 * 250).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(remap_gray8(&src, 370, 250, &mx, &my).unwrap(), src);
 }
 
 /// Square size of the synthetic checkerboard, in ideal (undistorted) pixels.

@@ -1,8 +1,11 @@
 //! `ovseg stereo LEFT RIGHT --max-disp N`: disparity of a rectified pair by semi-global
 //! matching; writes `<left stem>.disparity.pfm` and `<left stem>.disparity.png`, prints JSON.
+//! With `--calib LEFT.yaml RIGHT.yaml` (camera_info files of a calibrated pair) the raw images
+//! are rectified first and `<left stem>.depth.pfm` (metres) is written too.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use calibration::{CameraInfoYaml, rectify_map, remap_gray8};
 use clap::Args;
 use engine::stereo::{Disparity, GrayView, Paths, StereoMatcher, StereoParams, StereoTimings};
 use image::{GrayImage, RgbImage};
@@ -12,7 +15,8 @@ use crate::render;
 
 #[derive(Args, Debug)]
 pub struct StereoArgs {
-    /// Left image of a rectified pair (PNG/JPEG; colour is converted to gray).
+    /// Left image of a rectified pair, or of a raw pair with --calib (PNG/JPEG; colour is
+    /// converted to gray).
     pub left: PathBuf,
     /// Right image, same size.
     pub right: PathBuf,
@@ -48,6 +52,71 @@ pub struct StereoArgs {
     /// buffers are reused as for a stream of frames, so the first run is the slowest).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
+    /// camera_info YAML files (camera_info_manager format) of the left and right camera:
+    /// rectify both images with their D, R and P first, and write depth in metres from the
+    /// baseline in the right P (P[0][3] = -fx * baseline).
+    #[arg(long, num_args = 2, value_names = ["LEFT_YAML", "RIGHT_YAML"])]
+    pub calib: Option<Vec<PathBuf>>,
+}
+
+/// A calibrated, rectified pair: what turns disparity into depth.
+struct Rectified {
+    /// Rectified focal length (pixels) times baseline (metres).
+    focal_baseline: f64,
+    /// cx(right) - cx(left) of the rectified projections: Z = fB / (d + doffs).
+    doffs: f64,
+}
+
+/// Rectifies `img` with one camera's calibration; errors name the file and the field.
+fn rectify(img: &GrayImage, yaml: &CameraInfoYaml, path: &Path) -> Result<GrayImage> {
+    let (w, h) = img.dimensions();
+    if (yaml.image_width, yaml.image_height) != (w, h) {
+        bail!(
+            "{}: image_width x image_height = {}x{}, but the image is {w}x{h}",
+            path.display(),
+            yaml.image_width,
+            yaml.image_height
+        );
+    }
+    let camera = yaml.camera().with_context(|| path.display().to_string())?;
+    let (mx, my) = rectify_map(&camera, &yaml.rectification(), &yaml.projection(), w, h).with_context(|| path.display().to_string())?;
+    let data = remap_gray8(img.as_raw(), w, h, &mx, &my).with_context(|| path.display().to_string())?;
+    GrayImage::from_raw(w, h, data).context("rectified image buffer")
+}
+
+fn calibrated_pair(left: &mut GrayImage, right: &mut GrayImage, files: &[PathBuf]) -> Result<Rectified> {
+    let [lp, rp] = files else { bail!("--calib takes two files (left, right)") };
+    let load = |p: &PathBuf| CameraInfoYaml::load(p).with_context(|| format!("--calib {}", p.display()));
+    let (ly, ry) = (load(lp)?, load(rp)?);
+    let (pl, pr) = (&ly.projection_matrix, &ry.projection_matrix);
+    let fx = pl[0];
+    let baseline = -pr[3] / pr[0];
+    if !(fx.is_finite() && fx > 0.0) {
+        bail!("{}: projection_matrix[0] (fx) = {fx}: must be > 0", lp.display());
+    }
+    if !(baseline.is_finite() && baseline > 0.0) {
+        bail!(
+            "{}: projection_matrix[3] = {} gives baseline {baseline} m; a right camera's P[0][3] is -fx * baseline (< 0)",
+            rp.display(),
+            pr[3]
+        );
+    }
+    *left = rectify(left, &ly, lp)?;
+    *right = rectify(right, &ry, rp)?;
+    Ok(Rectified { focal_baseline: fx * baseline, doffs: pr[2] - pl[2] })
+}
+
+/// Depth in metres from disparity (NaN where the disparity is invalid or not beyond -doffs).
+fn depth_from_disparity(d: &Disparity, pair: &Rectified) -> Disparity {
+    let data = d
+        .data
+        .iter()
+        .map(|&v| {
+            let denom = v as f64 + pair.doffs;
+            if v.is_nan() || denom <= 0.0 { f32::NAN } else { (pair.focal_baseline / denom) as f32 }
+        })
+        .collect();
+    Disparity { width: d.width, height: d.height, data }
 }
 
 impl StereoArgs {
@@ -68,8 +137,8 @@ impl StereoArgs {
 pub fn run(threads: usize, args: StereoArgs) -> Result<()> {
     let params = args.params();
     let mut matcher = StereoMatcher::new(params.clone())?;
-    let left = load_gray(&args.left)?;
-    let right = load_gray(&args.right)?;
+    let mut left = load_gray(&args.left)?;
+    let mut right = load_gray(&args.right)?;
     if left.dimensions() != right.dimensions() {
         bail!(
             "{}: {}x{} differs from the left image's {}x{}",
@@ -80,6 +149,10 @@ pub fn run(threads: usize, args: StereoArgs) -> Result<()> {
             left.height()
         );
     }
+    let pair = match &args.calib {
+        Some(files) => Some(calibrated_pair(&mut left, &mut right, files)?),
+        None => None,
+    };
     let (w, h) = (left.width() as usize, left.height() as usize);
     let (lv, rv) = (GrayView::new(w, h, left.as_raw())?, GrayView::new(w, h, right.as_raw())?);
     let mut runs: Vec<(Disparity, StereoTimings)> = Vec::new();
@@ -95,6 +168,14 @@ pub fn run(threads: usize, args: StereoArgs) -> Result<()> {
     let png = args.out.join(format!("{stem}.disparity.png"));
     render::write_file(&pfm, &pfm_bytes(&disp))?;
     render::save_rgb(&colorize(&disp, params.max_disp), &png)?;
+    let depth = match &pair {
+        Some(pair) => {
+            let path = args.out.join(format!("{stem}.depth.pfm"));
+            render::write_file(&path, &pfm_bytes(&depth_from_disparity(&disp, pair)))?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
     let report = json!({
         "left": args.left.display().to_string(),
         "right": args.right.display().to_string(),
@@ -108,6 +189,9 @@ pub fn run(threads: usize, args: StereoArgs) -> Result<()> {
         "threads": threads,
         "pfm": pfm.display().to_string(),
         "png": png.display().to_string(),
+        "depth_pfm": depth,
+        "focal_baseline": pair.as_ref().map(|p| p.focal_baseline),
+        "doffs": pair.as_ref().map(|p| p.doffs),
     });
     println!("{report}");
     Ok(())

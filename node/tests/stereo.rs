@@ -102,3 +102,85 @@ fn bad_arguments_are_named() {
     assert!(run(&[l, "/nonexistent.png", "--max-disp", "48", "--out", o]).contains("/nonexistent.png"));
     assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing written on errors");
 }
+
+/// camera_info YAML of one camera of a rectified pair: no distortion, R = I, and the right
+/// camera's P carrying the baseline (P[0][3] = -f * baseline).
+fn pair_yaml(path: &Path, size: (u32, u32), f: f64, cx: f64, baseline: f64) {
+    let (w, h) = size;
+    let cy = (h as f64 - 1.0) / 2.0;
+    calibration::CameraInfoYaml {
+        image_width: w,
+        image_height: h,
+        camera_name: "cam".into(),
+        camera_matrix: [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0],
+        distortion_model: "plumb_bob".into(),
+        distortion_coefficients: vec![0.0; 5],
+        rectification_matrix: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        projection_matrix: [f, 0.0, cx, -f * baseline, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    }
+    .save(path)
+    .unwrap();
+}
+
+#[test]
+fn calibrated_pairs_are_rectified_and_give_depth_in_metres() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (left, right) = (data("motorcycle_left.png"), data("motorcycle_right.png"));
+    let (l, r) = (left.to_str().unwrap(), right.to_str().unwrap());
+    // The pair is already rectified: identity rectification must leave the disparity as it is.
+    // Focal length and baseline of this size from scikit-image; principal points 3 px apart.
+    let (f, baseline, cx_l, cx_r) = (497.489, 0.193001, 184.5, 187.5);
+    let (ly, ry) = (tmp.path().join("left.yaml"), tmp.path().join("right.yaml"));
+    pair_yaml(&ly, (370, 250), f, cx_l, 0.0);
+    pair_yaml(&ry, (370, 250), f, cx_r, baseline);
+    let plain = tmp.path().join("plain");
+    let calibrated = tmp.path().join("calibrated");
+    let o = stereo(&[l, r, "--max-disp", "48", "--out", plain.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = stereo(&[l, r, "--max-disp", "48", "--out", calibrated.to_str().unwrap(), "--calib", ly.to_str().unwrap(), ry.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(o.stdout.trim_ascii()).unwrap();
+    assert!((report["focal_baseline"].as_f64().unwrap() - f * baseline).abs() < 1e-9);
+    let disp = read_pfm(&calibrated.join("motorcycle_left.disparity.pfm"));
+    let same = read_pfm(&plain.join("motorcycle_left.disparity.pfm"));
+    assert!(disp.data.iter().zip(&same.data).all(|(a, b)| a.to_bits() == b.to_bits()), "identity rectification changed the disparity");
+    let depth = read_pfm(&calibrated.join("motorcycle_left.depth.pfm"));
+    assert_eq!((depth.width, depth.height), (370, 250));
+    let mut valid = 0;
+    for (&d, &z) in disp.data.iter().zip(&depth.data) {
+        if d.is_infinite() {
+            assert!(z.is_infinite(), "invalid disparity must give +inf depth, got {z}");
+            continue;
+        }
+        // Z = f B / (d + cx_r - cx_l)
+        let want = f * baseline / (d as f64 + cx_r - cx_l);
+        assert!(((z as f64 - want) / want).abs() < 1e-6, "disparity {d}: depth {z}, want {want}");
+        valid += 1;
+    }
+    assert!(valid > 370 * 250 / 2, "{valid} valid pixels");
+}
+
+#[test]
+fn bad_calibration_files_are_named_with_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (left, right) = (data("motorcycle_left.png"), data("motorcycle_right.png"));
+    let (l, r) = (left.to_str().unwrap(), right.to_str().unwrap());
+    let (ly, ry) = (tmp.path().join("left.yaml"), tmp.path().join("right.yaml"));
+    let out = tmp.path().to_str().unwrap().to_string();
+    let run = |ly: &Path, ry: &Path| {
+        let o = stereo(&[l, r, "--max-disp", "48", "--out", &out, "--calib", ly.to_str().unwrap(), ry.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    pair_yaml(&ly, (640, 480), 500.0, 320.0, 0.0);
+    pair_yaml(&ry, (640, 480), 500.0, 320.0, 0.1);
+    let e = run(&ly, &ry);
+    assert!(e.contains("left.yaml") && e.contains("640x480") && e.contains("370x250"), "{e}");
+    pair_yaml(&ly, (370, 250), 500.0, 184.5, 0.0);
+    pair_yaml(&ry, (370, 250), 500.0, 184.5, 0.0);
+    let e = run(&ly, &ry);
+    assert!(e.contains("right.yaml") && e.contains("projection_matrix[3]"), "{e}");
+    std::fs::write(&ry, "image_width: 370\n").unwrap();
+    let e = run(&ly, &ry);
+    assert!(e.contains("right.yaml"), "{e}");
+}
