@@ -106,18 +106,7 @@ fn calibrated_pair(left: &mut GrayImage, right: &mut GrayImage, files: &[PathBuf
     Ok(Rectified { focal_baseline: fx * baseline, doffs: pr[2] - pl[2] })
 }
 
-/// Depth in metres from disparity (NaN where the disparity is invalid or not beyond -doffs).
-fn depth_from_disparity(d: &Disparity, pair: &Rectified) -> Disparity {
-    let data = d
-        .data
-        .iter()
-        .map(|&v| {
-            let denom = v as f64 + pair.doffs;
-            if v.is_nan() || denom <= 0.0 { f32::NAN } else { (pair.focal_baseline / denom) as f32 }
-        })
-        .collect();
-    Disparity { width: d.width, height: d.height, data }
-}
+
 
 impl StereoArgs {
     fn params(&self) -> StereoParams {
@@ -171,7 +160,8 @@ pub fn run(threads: usize, args: StereoArgs) -> Result<()> {
     let depth = match &pair {
         Some(pair) => {
             let path = args.out.join(format!("{stem}.depth.pfm"));
-            render::write_file(&path, &pfm_bytes(&depth_from_disparity(&disp, pair)))?;
+            let depth = Disparity { data: disp.depth(pair.focal_baseline, pair.doffs), ..disp.clone() };
+            render::write_file(&path, &pfm_bytes(&depth))?;
             Some(path.display().to_string())
         }
         None => None,

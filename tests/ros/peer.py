@@ -494,6 +494,10 @@ def cmd_pubsub(a):
         pubs["camera_info"] = node.create_publisher(CameraInfo, "camera_info", input_qos())
     if a.depth_mm:
         pubs["depth_registered"] = node.create_publisher(Image, "depth_registered", input_qos())
+    rights = [InputFrame(p, a.resize, a.encoding) for p in a.right_images]
+    if rights:
+        pubs["right/camera_info"] = node.create_publisher(CameraInfo, "right/camera_info", input_qos())
+        pubs["right/image"] = node.create_publisher(Image, "right/image", input_qos())
 
     published = []  # [{index, sec, nanosec, image}]
     published_stamps = set()
@@ -607,6 +611,13 @@ def cmd_pubsub(a):
                 pubs["camera_info"].publish(fill(CameraInfo(), frame.camera_info(header)))
             if "depth_registered" in pubs:
                 pubs["depth_registered"].publish(fill(Image(), frame.depth(header)))
+            if rights:
+                # The right camera of a rectified pair: same intrinsics, P[0][3] = -f * baseline.
+                right = rights[index % len(rights)]
+                info = right.camera_info(header)
+                info["p"][3] = -info["p"][0] * a.baseline
+                pubs["right/camera_info"].publish(fill(CameraInfo(), info))
+                pubs["right/image"].publish(fill(Image(), right.image(header)))
             pubs["image"].publish(fill(Image(), frame.image(header)))
             published.append({"index": index, "sec": sec, "nanosec": nanosec,
                               "image": frame.path})
@@ -1045,6 +1056,10 @@ def build_parser():
     s.add_argument("--depth-mm", action="store_true",
                    help="also publish synthetic 16UC1 depth_registered")
     s.add_argument("--camera-info", action="store_true", help="also publish camera_info")
+    s.add_argument("--right-images", nargs="*", default=[], metavar="FILE",
+                   help="right images of rectified pairs, published on right/image (and "
+                        "right/camera_info) with the stamp of the --images entry at the same index")
+    s.add_argument("--baseline", type=float, default=0.1, help="stereo baseline (m) in right/camera_info")
     s.add_argument("--collect", nargs="*", choices=OUTPUT_TOPICS, default=[])
     s.add_argument("--expect", type=int, default=1,
                    help="stop after N messages with a published stamp on each collected topic")

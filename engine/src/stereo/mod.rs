@@ -84,6 +84,19 @@ impl Disparity {
         Some(self.data[y * self.width + x]).filter(|d| !d.is_nan())
     }
 
+    /// Depth in metres of a rectified pair, `Z = focal_baseline / (d + doffs)` (focal length
+    /// in pixels times baseline in metres; `doffs` = cx(right) - cx(left)); NaN where the
+    /// disparity is invalid or the denominator is not positive.
+    pub fn depth(&self, focal_baseline: f64, doffs: f64) -> Vec<f32> {
+        self.data
+            .iter()
+            .map(|&v| {
+                let denom = v as f64 + doffs;
+                if v.is_nan() || denom <= 0.0 { f32::NAN } else { (focal_baseline / denom) as f32 }
+            })
+            .collect()
+    }
+
     /// Share of pixels with a valid disparity.
     pub fn valid_fraction(&self) -> f64 {
         self.data.iter().filter(|d| !d.is_nan()).count() as f64 / self.data.len().max(1) as f64

@@ -41,6 +41,8 @@ const POLL: Duration = Duration::from_millis(100);
 enum Side {
     CameraInfo(Box<CameraInfo>),
     Depth(Image),
+    RightCameraInfo(Box<CameraInfo>),
+    Right(Image),
 }
 
 struct Incoming {
@@ -100,6 +102,8 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let mut image_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("image")?, &input_qos)?;
     let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
     let mut depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth_registered")?, &input_qos)?;
+    let mut right_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("right/image")?, &input_qos)?;
+    let mut right_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("right/camera_info")?, &input_qos)?;
 
     let mut outputs = BTreeMap::new();
     for topic in Topic::ALL {
@@ -148,6 +152,8 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     poll.registry().register(&mut image_sub, Token(0), Interest::READABLE)?;
     poll.registry().register(&mut info_sub, Token(1), Interest::READABLE)?;
     poll.registry().register(&mut depth_sub, Token(2), Interest::READABLE)?;
+    poll.registry().register(&mut right_sub, Token(3), Interest::READABLE)?;
+    poll.registry().register(&mut right_info_sub, Token(4), Interest::READABLE)?;
     let mut events = Events::with_capacity(8);
     let mut side_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
@@ -164,13 +170,19 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
         while let Some(depth) = take(&depth_sub, "depth_registered") {
             side_dropped += side_tx.try_send(Side::Depth(depth)).is_err() as u64;
         }
+        while let Some(info) = take(&right_info_sub, "right/camera_info") {
+            side_dropped += side_tx.try_send(Side::RightCameraInfo(Box::new(info))).is_err() as u64;
+        }
+        while let Some(right) = take(&right_sub, "right/image") {
+            side_dropped += side_tx.try_send(Side::Right(right)).is_err() as u64;
+        }
         // The newest frame wins; older ones waiting are counted as dropped.
         while let Some(image) = take(&image_sub, "image") {
             frame_tx.offer(Incoming { image, received: Instant::now() });
         }
     }
     if side_dropped > 0 {
-        tracing::warn!("{side_dropped} camera_info/depth messages dropped while processing lagged");
+        tracing::warn!("{side_dropped} camera_info/depth/right messages dropped while processing lagged");
     }
     stop.store(true, Ordering::Relaxed);
     drop(frame_tx);
@@ -267,9 +279,7 @@ fn process_loop(
                 // What was sent before this frame is in the side channel by now.
                 drain_side(&mut processor, &side);
                 let stamp = incoming.image.header.stamp;
-                if processor.settings().depth_mode == params::DepthMode::Rgbd {
-                    wait_for_depth(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
-                }
+                wait_for_depth_input(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
                 let outcome = processor.process(incoming.image, incoming.received, |t| publishers.has_subscribers(t));
                 if let FrameOutcome::Published(msgs) = outcome {
                     for msg in msgs {
@@ -300,13 +310,15 @@ fn apply_side(processor: &mut Processor, msg: Side) {
     match msg {
         Side::CameraInfo(info) => processor.set_camera_info(*info),
         Side::Depth(depth) => processor.depth.push(depth),
+        Side::RightCameraInfo(info) => processor.set_right_camera_info(*info),
+        Side::Right(image) => processor.right.push(image),
     }
 }
 
-/// Camera drivers publish colour and depth at nearly the same time, in either order.
-fn wait_for_depth(processor: &mut Processor, side: &Receiver<Side>, stamp: Time, deadline: Instant) {
-    let tolerance = processor.settings().depth_sync_tolerance;
-    while processor.depth.closest(stamp, tolerance).is_none() {
+/// Camera drivers publish colour and depth (or left and right) at nearly the same time, in
+/// either order.
+fn wait_for_depth_input(processor: &mut Processor, side: &Receiver<Side>, stamp: Time, deadline: Instant) {
+    while !processor.has_depth_input(stamp) {
         match side.recv_deadline(deadline) {
             Ok(msg) => apply_side(processor, msg),
             Err(_) => return,

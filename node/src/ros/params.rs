@@ -44,7 +44,7 @@ pub const PUBLISH_TOGGLES: [&str; 7] = [
     "publish_label_info",
 ];
 
-pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground"];
+pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground", "stereo"];
 pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
 
@@ -88,12 +88,21 @@ pub static SPECS: &[ParamSpec] = &[
     ParamSpec {
         choices: DEPTH_MODES,
         constraints: "none: no depth outputs; rgbd: `depth_registered` (16UC1 mm or 32FC1 m, registered to `image`); \
-                      ground: one camera over flat ground (`ground_labels`, `camera_height`, `camera_pitch`, `camera_roll`)",
+                      ground: one camera over flat ground (`ground_labels`, `camera_height`, `camera_pitch`, `camera_roll`); \
+                      stereo: semi-global matching of `image` against `right/image` (both rectified; baseline from `right/camera_info` P)",
         ..spec("depth_mode", "Where `depth` and `points` come from.")
     },
     ParamSpec {
         constraints: "label texts as in `labels`; other labels (but `depth_invalid_labels`) are obstacles",
         ..spec("ground_labels", "depth_mode ground: labels that are flat ground; obstacles take the depth where they meet it.")
+    },
+    ParamSpec {
+        range: Range::Int(8, 256),
+        constraints: "a multiple of 8",
+        ..spec("stereo_max_disp", "depth_mode stereo: disparities searched (0..N-1 pixels); sets the nearest depth, f * baseline / N.")
+    },
+    ParamSpec {
+        ..spec("stereo_label_penalties", "depth_mode stereo: smoothness penalties lower inside one label and higher across label borders.")
     },
     ParamSpec {
         range: Range::Float(0.01, 100.0),
@@ -177,6 +186,8 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("depth_invalid_labels", StringArray(vec!["sky".into()]));
     let ground = ["ground", "grass", "road", "floor", "sidewalk", "earth", "field", "path", "dirt track", "sand", "crop row"];
     put("ground_labels", StringArray(ground.iter().map(|s| s.to_string()).collect()));
+    put("stereo_max_disp", Integer(64));
+    put("stereo_label_penalties", Boolean(true));
     put("camera_height", Double(1.0));
     put("camera_pitch", Double(0.0));
     put("camera_roll", Double(0.0));
@@ -223,6 +234,7 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
     }
     match (name, value) {
         ("labels", ParameterValue::StringArray(labels)) => check_labels(labels),
+        ("stereo_max_disp", ParameterValue::Integer(n)) if n % 8 != 0 => Err(format!("'stereo_max_disp' must be a multiple of 8, got {n}")),
         ("label_descriptions", ParameterValue::StringArray(lines)) => {
             too_long(name, lines, MAX_SENTENCE_BYTES)?;
             engine::labels::parse_descriptions(lines.iter().map(String::as_str)).map(|_| ()).map_err(|e| e.to_string())
@@ -337,6 +349,9 @@ pub struct OutputSettings {
     pub ground_labels: Vec<String>,
     /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground).
     pub camera_mounting: [f64; 3],
+    /// depth_mode stereo: disparity levels and label-aware smoothness.
+    pub stereo_max_disp: usize,
+    pub stereo_label_penalties: bool,
     pub points_stride: usize,
     pub diagnostics_period: f64,
     pub publish: BTreeMap<&'static str, bool>,
@@ -353,6 +368,7 @@ pub enum DepthMode {
     None,
     Rgbd,
     Ground,
+    Stereo,
 }
 
 impl Settings {
@@ -390,6 +406,7 @@ impl Settings {
                 depth_mode: match string("depth_mode").as_str() {
                     "rgbd" => DepthMode::Rgbd,
                     "ground" => DepthMode::Ground,
+                    "stereo" => DepthMode::Stereo,
                     _ => DepthMode::None,
                 },
                 depth_sync_tolerance: double("depth_sync_tolerance"),
@@ -401,6 +418,8 @@ impl Settings {
                 },
                 ground_labels: strings("ground_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
                 camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
+                stereo_max_disp: int("stereo_max_disp").max(8) as usize,
+                stereo_label_penalties: boolean("stereo_label_penalties"),
                 points_stride: int("points_stride").max(1) as usize,
                 diagnostics_period: double("diagnostics_period"),
                 publish: PUBLISH_TOGGLES.iter().map(|t| (*t, boolean(t))).collect(),
@@ -468,6 +487,8 @@ mod tests {
         assert!(e.contains("0..=1") && e.contains("1.5"), "{e}");
         let e = check("early_rejection_top_k", &Integer(-1), &Integer(8)).unwrap_err();
         assert!(e.contains("-1"), "{e}");
+        let e = check("stereo_max_disp", &Integer(60), &Integer(64)).unwrap_err();
+        assert!(e.contains("multiple of 8") && e.contains("60"), "{e}");
         let e = check("camera_height", &Double(0.0), &Double(1.0)).unwrap_err();
         assert!(e.contains("camera_height") || e.contains("0.01"), "{e}");
         let e = check("depth_mode", &String("lidar".into()), &String("none".into())).unwrap_err();

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use calibration::{PinholeCamera, Surface};
-use engine::{LabelSet, Pipeline, SegmentOptions};
+use engine::stereo::{GrayView, StereoMatcher, StereoParams};
+use engine::{Frame, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 
 use super::decode::{self, RejectCounter, Rejected};
 use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
@@ -22,16 +23,16 @@ pub enum Update {
     Pipeline(Box<Pipeline>, Arc<LabelSet>),
 }
 
-/// Recent depth images, matched to colour frames by stamp.
-pub struct DepthBuffer {
+/// Recent depth or right-camera images, matched to colour frames by stamp.
+pub struct StampedImages {
     images: VecDeque<Image>,
 }
 
 const DEPTH_BUFFER: usize = 8;
 
-impl DepthBuffer {
+impl StampedImages {
     pub fn new() -> Self {
-        DepthBuffer { images: VecDeque::with_capacity(DEPTH_BUFFER) }
+        StampedImages { images: VecDeque::with_capacity(DEPTH_BUFFER) }
     }
 
     pub fn push(&mut self, image: Image) {
@@ -67,7 +68,12 @@ pub struct Processor {
     labels: Arc<LabelSet>,
     settings: OutputSettings,
     camera_info: Option<CameraInfo>,
-    pub depth: DepthBuffer,
+    pub depth: StampedImages,
+    /// depth_mode stereo: right images, the right camera's info, and the matcher (kept across
+    /// frames for its buffers).
+    pub right: StampedImages,
+    right_camera_info: Option<CameraInfo>,
+    stereo: Option<StereoMatcher>,
     pub rejects: RejectCounter,
     pub latency: Latencies,
     /// Set when labels change, so the owner republishes `label_info`.
@@ -83,7 +89,10 @@ impl Processor {
             labels,
             settings,
             camera_info: None,
-            depth: DepthBuffer::new(),
+            depth: StampedImages::new(),
+            right: StampedImages::new(),
+            right_camera_info: None,
+            stereo: None,
             rejects: RejectCounter::default(),
             latency: Latencies::default(),
             labels_changed: true,
@@ -115,6 +124,20 @@ impl Processor {
 
     pub fn set_camera_info(&mut self, info: CameraInfo) {
         self.camera_info = Some(info);
+    }
+
+    pub fn set_right_camera_info(&mut self, info: CameraInfo) {
+        self.right_camera_info = Some(info);
+    }
+
+    /// Whether the input `mode` needs for a frame stamped `stamp` has arrived.
+    pub fn has_depth_input(&self, stamp: Time) -> bool {
+        let tolerance = self.settings.depth_sync_tolerance;
+        match self.settings.depth_mode {
+            DepthMode::Rgbd => self.depth.closest(stamp, tolerance).is_some(),
+            DepthMode::Stereo => self.right.closest(stamp, tolerance).is_some(),
+            DepthMode::None | DepthMode::Ground => true,
+        }
     }
 
     pub fn settings(&self) -> &OutputSettings {
@@ -179,6 +202,10 @@ impl Processor {
                 Some(g) => (Some(g.depth), Some(g.confidence)),
                 None => (None, None),
             },
+            DepthMode::Stereo if wants_depth => {
+                let metres = self.stereo_depth(&frame, header.stamp, &segmentation.map);
+                (metres.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, frame.width as usize)), None)
+            }
             _ => (None, None),
         };
         let camera = if wanted.contains(&Topic::Points) && metres.is_some() { self.camera() } else { None };
@@ -218,6 +245,67 @@ impl Processor {
         let no_depth: Vec<bool> =
             self.labels.names.iter().map(|n| self.settings.depth_invalid_labels.contains(&n.trim().to_lowercase())).collect();
         engine::depth::condition(metres, labels, width, &no_depth, &self.settings.depth_conditioning)
+    }
+
+    /// Depth by semi-global matching against the right image with the nearest stamp. Both
+    /// images are taken as rectified; f, baseline and the principal-point offset come from the
+    /// two camera_info P matrices.
+    fn stereo_depth(&mut self, left: &Frame, stamp: Time, map: &engine::LabelMap) -> Option<Vec<f32>> {
+        let _s = tracing::debug_span!("stereo").entered();
+        let skip = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
+        let Some(mut right) = self.right.closest(stamp, self.settings.depth_sync_tolerance).cloned() else {
+            let tolerance = self.settings.depth_sync_tolerance;
+            self.note(&skip("no_right_image", format!("no right/image within {tolerance} s of image stamp {}.{:09}", stamp.sec, stamp.nanosec)));
+            return None;
+        };
+        let (Some(left_info), Some(right_info)) = (&self.camera_info, &self.right_camera_info) else {
+            self.note(&skip("no_camera_info", "depth_mode stereo needs camera_info and right/camera_info".into()));
+            return None;
+        };
+        let (pl, pr) = (projection(left_info), projection(right_info));
+        // As `ovseg stereo --calib` computes it.
+        let focal_baseline = pl[0] * (-pr[3] / pr[0]);
+        if !(focal_baseline.is_finite() && focal_baseline > 0.0) {
+            let message = format!("right/camera_info: `p[3]` = {} gives no baseline (a right camera's P[0][3] is -fx * baseline < 0)", pr[3]);
+            self.note(&skip("camera_info", message));
+            return None;
+        }
+        let doffs = pr[2] - pl[2];
+        let right_info = right_info.clone();
+        let right = match decode::frame(&mut right, Some(&right_info)) {
+            Ok(f) if (f.width, f.height) == (left.width, left.height) => f,
+            Ok(f) => {
+                let message = format!("right/image: {}x{}, but image is {}x{}", f.width, f.height, left.width, left.height);
+                self.note(&skip("size_mismatch", message));
+                return None;
+            }
+            Err(r) => {
+                self.note(&r);
+                return None;
+            }
+        };
+        let max_disp = self.settings.stereo_max_disp;
+        if self.stereo.as_ref().is_none_or(|m| m.params().max_disp != max_disp) {
+            match StereoMatcher::new(StereoParams { max_disp, ..StereoParams::default() }) {
+                Ok(m) => self.stereo = Some(m),
+                Err(e) => {
+                    self.note(&skip("stereo", format!("stereo_max_disp {max_disp}: {e}")));
+                    return None;
+                }
+            }
+        }
+        let (w, h) = (left.width as usize, left.height as usize);
+        let (lg, rg) = (gray(left), gray(&right));
+        let labels = self.settings.stereo_label_penalties.then_some(map.labels.as_slice());
+        let matcher = self.stereo.as_mut()?;
+        let result = GrayView::new(w, h, &lg).and_then(|l| GrayView::new(w, h, &rg).and_then(|r| matcher.compute(l, r, labels)));
+        match result {
+            Ok((disparity, _)) => Some(disparity.depth(focal_baseline, doffs)),
+            Err(e) => {
+                self.note(&skip("stereo", format!("stereo matching: {e}")));
+                None
+            }
+        }
     }
 
     /// Depth from the camera's mounting over flat ground: rays of ground labels meet the plane,
@@ -312,4 +400,30 @@ impl Processor {
         };
         DiagnosticStatus { level, name: name.into(), message, hardware_id: "ovseg".into(), values }
     }
+}
+
+/// A camera_info's rectified projection P (row-major 3x4), or [K | 0] when P is unset.
+fn projection(info: &CameraInfo) -> [f64; 12] {
+    if info.p.iter().any(|&v| v != 0.0) {
+        info.p
+    } else {
+        let k = &info.k;
+        [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
+    }
+}
+
+/// 8-bit gray of a frame: mono8 as it is, colour as BT.601 luma (integer, rounded).
+fn gray(frame: &Frame) -> Vec<u8> {
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    if frame.format == PixelFormat::Mono8 {
+        return (0..h).flat_map(|y| frame.data[y * frame.step..y * frame.step + w].iter().copied()).collect();
+    }
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let [r, g, b] = frame.rgb(x, y).map(u32::from);
+            out.push(((299 * r + 587 * g + 114 * b + 500) / 1000) as u8);
+        }
+    }
+    out
 }
