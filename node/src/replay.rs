@@ -35,6 +35,12 @@ pub struct ReplayArgs {
     /// Registered depth topic (used when the depth_mode parameter is rgbd).
     #[arg(long, default_value = "/depth_registered")]
     pub depth_topic: String,
+    /// Right image of a rectified stereo pair (used when depth_mode is stereo).
+    #[arg(long, default_value = "/right/image")]
+    pub right_topic: String,
+    /// camera_info of the right camera (its P carries the baseline).
+    #[arg(long, default_value = "/right/camera_info")]
+    pub right_camera_info_topic: String,
     /// Namespace the output topics are written under (`<ns>/mask`, ...).
     #[arg(long, default_value = "/")]
     pub output_namespace: String,
@@ -106,14 +112,19 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     let settings = state.settings();
     let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
 
-    // Depth and camera_info first, so each image finds its depth whatever the order in the bag.
+    // Depth and right images first, so each image finds its partner whatever the order in the
+    // bag.
     let mut depth_images: Vec<Image> = Vec::new();
+    let mut right_images: Vec<Image> = Vec::new();
     let mut images = 0usize;
     for message in mcap::MessageStream::new(&bytes).context("reading the input bag")? {
         let message = message.context("reading the input bag")?;
         if message.channel.topic == args.depth_topic {
             let depth: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
             depth_images.push(depth);
+        } else if message.channel.topic == args.right_topic {
+            let right: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.right_topic))?;
+            right_images.push(right);
         } else if message.channel.topic == args.image_topic {
             images += 1;
         }
@@ -144,9 +155,10 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         {
             rec.write_raw(topic, &schema.name, &schema.data, message.log_time, &message.data)?;
         }
-        if topic == args.camera_info_topic {
+        if topic == args.camera_info_topic || topic == args.right_camera_info_topic {
             match msgs::from_cdr::<CameraInfo>(&message.data) {
-                Ok(info) => processor.set_camera_info(info),
+                Ok(info) if topic == args.camera_info_topic => processor.set_camera_info(info),
+                Ok(info) => processor.set_right_camera_info(info),
                 Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
             }
         } else if topic == args.image_topic {
@@ -159,6 +171,9 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
             };
             if let Some(depth) = closest_in_time(&depth_images, image.header.stamp) {
                 processor.depth.push(depth.clone());
+            }
+            if let Some(right) = closest_in_time(&right_images, image.header.stamp) {
+                processor.right.push(right.clone());
             }
             if let Some(info) = processor.take_label_info(image.header.stamp) {
                 rec.write::<LabelInfo>(&out_topic(&args.output_namespace, "label_info"), &info, message.log_time)?;

@@ -514,6 +514,25 @@ fn replay_writes_a_bag_python_decodes_and_reads_a_bag_python_wrote() {
     assert_eq!(topics["/points"]["schema"], "sensor_msgs/msg/PointCloud2");
     assert_eq!(check["errors"].as_array().map(Vec::len), Some(0), "{check:#}");
 
+    // A stereo bag (left, right and both camera_infos) replays with depth_mode stereo.
+    let stereo_dir = repo().join("tests/data/stereo");
+    let stereo_bag = tmp.path().join("stereo.mcap");
+    let (l, r) = (stereo_dir.join("motorcycle_left.png"), stereo_dir.join("motorcycle_right.png"));
+    let (l, r) = (l.to_str().unwrap(), r.to_str().unwrap());
+    let args = ["mcap-make", "--out", stereo_bag.to_str().unwrap(), "--camera-info", "--encoding", "mono8", "--images", l, l, "--right-images", r, r];
+    ok(peer(0, &args));
+    let stereo_out = tmp.path().join("stereo-out.mcap");
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
+        .args(["replay", stereo_bag.to_str().unwrap(), "--out", stereo_out.to_str().unwrap(), "--outputs-only", "--ros-args"])
+        .args(["-p", "depth_mode:=stereo", "-p", "stereo_max_disp:=48", "-p", "labels:=[motorcycle, wall, floor]"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "stereo replay failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("no_right_image") && !log.contains("skipped"), "{log}");
+    let topics = ok(peer(0, &["mcap-check", "--file", stereo_out.to_str().unwrap()]))["topics"].clone();
+    assert_eq!(topics["/depth"]["count"], 2, "{topics:#}");
+
     // Refuses to overwrite without --force, and leaves the existing bag alone.
     let before = std::fs::read(&out_bag).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["replay", bag.to_str().unwrap(), "--out", out_bag.to_str().unwrap()]).output().unwrap();

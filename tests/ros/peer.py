@@ -943,6 +943,7 @@ CAMERA_INFO_MSGDEF = (
 def cmd_mcap_make(a):
 
     frames = [InputFrame(p, a.resize, a.encoding) for p in a.images]
+    rights = [InputFrame(p, a.resize, a.encoding) for p in a.right_images]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -965,6 +966,12 @@ def cmd_mcap_make(a):
                 write("/camera_info", info_schema, frame.camera_info(header), t_ns)
             if a.depth_mm:
                 write("/depth_registered", image_schema, frame.depth(header), t_ns)
+            if rights:
+                right = rights[i % len(rights)]
+                info = right.camera_info(header)
+                info["p"][3] = -info["p"][0] * a.baseline
+                write("/right/camera_info", info_schema, info, t_ns)
+                write("/right/image", image_schema, right.image(header), t_ns)
             write("/image", image_schema, frame.image(header), t_ns)
             stamps.append({"index": i, "sec": sec, "nanosec": nanosec, "image": frame.path})
         writer.finish()
@@ -1112,6 +1119,9 @@ def build_parser():
     s.add_argument("--encoding", choices=ENCODINGS, default="rgb8")
     s.add_argument("--frame-id", default="camera")
     s.add_argument("--depth-mm", action="store_true")
+    s.add_argument("--right-images", nargs="*", default=[], metavar="FILE",
+                   help="right images of rectified pairs (/right/image, /right/camera_info)")
+    s.add_argument("--baseline", type=float, default=0.1, help="stereo baseline (m) in /right/camera_info")
     s.add_argument("--camera-info", action="store_true")
     return p
 
