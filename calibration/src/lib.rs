@@ -30,6 +30,7 @@ mod models;
 mod monocular;
 mod pinhole;
 mod rectify;
+mod stereo;
 
 pub use camera::{Camera, Intrinsics};
 pub use camera_info::CameraInfoYaml;
@@ -39,3 +40,4 @@ pub use models::{ACCEPTED_MODELS, Distortion};
 pub use monocular::{CONTACT_CONFIDENCE, GroundDepth, Surface, ground_depth};
 pub use pinhole::PinholeCamera;
 pub use rectify::{INVALID_SOURCE, rectify_map, remap_gray8, remap_rgb8};
+pub use stereo::{StereoFields, StereoGeometry};

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use calibration::{CameraInfoYaml, rectify_map, remap_gray8};
+use calibration::{CameraInfoYaml, StereoFields, StereoGeometry, rectify_map, remap_gray8};
 use clap::Args;
 use engine::stereo::{Disparity, GrayView, Paths, StereoMatcher, StereoParams, StereoTimings};
 use image::{GrayImage, RgbImage};
@@ -59,14 +59,6 @@ pub struct StereoArgs {
     pub calib: Option<Vec<PathBuf>>,
 }
 
-/// A calibrated, rectified pair: what turns disparity into depth.
-struct Rectified {
-    /// Rectified focal length (pixels) times baseline (metres).
-    focal_baseline: f64,
-    /// cx(right) - cx(left) of the rectified projections: Z = fB / (d + doffs).
-    doffs: f64,
-}
-
 /// Rectifies `img` with one camera's calibration; errors name the file and the field.
 fn rectify(img: &GrayImage, yaml: &CameraInfoYaml, path: &Path) -> Result<GrayImage> {
     let (w, h) = img.dimensions();
@@ -84,29 +76,17 @@ fn rectify(img: &GrayImage, yaml: &CameraInfoYaml, path: &Path) -> Result<GrayIm
     GrayImage::from_raw(w, h, data).context("rectified image buffer")
 }
 
-fn calibrated_pair(left: &mut GrayImage, right: &mut GrayImage, files: &[PathBuf]) -> Result<Rectified> {
+fn calibrated_pair(left: &mut GrayImage, right: &mut GrayImage, files: &[PathBuf]) -> Result<StereoGeometry> {
     let [lp, rp] = files else { bail!("--calib takes two files (left, right)") };
     let load = |p: &PathBuf| CameraInfoYaml::load(p).with_context(|| format!("--calib {}", p.display()));
     let (ly, ry) = (load(lp)?, load(rp)?);
-    let (pl, pr) = (&ly.projection_matrix, &ry.projection_matrix);
-    let fx = pl[0];
-    let baseline = -pr[3] / pr[0];
-    if !(fx.is_finite() && fx > 0.0) {
-        bail!("{}: projection_matrix[0] (fx) = {fx}: must be > 0", lp.display());
-    }
-    if !(baseline.is_finite() && baseline > 0.0) {
-        bail!(
-            "{}: projection_matrix[3] = {} gives baseline {baseline} m; a right camera's P[0][3] is -fx * baseline (< 0)",
-            rp.display(),
-            pr[3]
-        );
-    }
+    const FIELDS: StereoFields = StereoFields { left_fx: "left projection_matrix[0] (fx)", right_tx: "right projection_matrix[3]" };
+    let geometry = StereoGeometry::from_projections(&ly.projection_matrix, &ry.projection_matrix, &FIELDS)
+        .with_context(|| format!("--calib {} {}", lp.display(), rp.display()))?;
     *left = rectify(left, &ly, lp)?;
     *right = rectify(right, &ry, rp)?;
-    Ok(Rectified { focal_baseline: fx * baseline, doffs: pr[2] - pl[2] })
+    Ok(geometry)
 }
-
-
 
 impl StereoArgs {
     fn params(&self) -> StereoParams {

@@ -105,10 +105,26 @@ fn floats(values: &[f32]) -> Vec<u8> {
 /// (K and D describe the raw image); K is used when P is not filled in.
 pub fn rectified_camera(info: &CameraInfo) -> Result<PinholeCamera, calibration::CalibrationError> {
     let p = &info.p;
-    if p.iter().all(|&v| v == 0.0) {
+    if !has_projection(info) {
         PinholeCamera::from_k(&info.k, info.width, info.height)
     } else {
         PinholeCamera::new(p[0], p[5], p[2], p[6], info.width, info.height)
+    }
+}
+
+/// Whether camera_info carries a rectified projection P (all zeros means unset).
+fn has_projection(info: &CameraInfo) -> bool {
+    info.p.iter().any(|&v| v != 0.0)
+}
+
+/// camera_info's rectified projection P (row-major 3x4), or [K | 0] when P is unset, as
+/// [`rectified_camera`] reads it.
+pub fn projection(info: &CameraInfo) -> [f64; 12] {
+    if has_projection(info) {
+        info.p
+    } else {
+        let k = &info.k;
+        [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use calibration::{PinholeCamera, Surface};
+use calibration::{PinholeCamera, StereoFields, StereoGeometry, Surface};
 use engine::stereo::{GrayView, StereoMatcher, StereoParams};
 use engine::{Frame, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 
@@ -262,15 +262,14 @@ impl Processor {
             self.note(&skip("no_camera_info", "depth_mode stereo needs camera_info and right/camera_info".into()));
             return None;
         };
-        let (pl, pr) = (projection(left_info), projection(right_info));
-        // As `ovseg stereo --calib` computes it.
-        let focal_baseline = pl[0] * (-pr[3] / pr[0]);
-        if !(focal_baseline.is_finite() && focal_baseline > 0.0) {
-            let message = format!("right/camera_info: `p[3]` = {} gives no baseline (a right camera's P[0][3] is -fx * baseline < 0)", pr[3]);
-            self.note(&skip("camera_info", message));
-            return None;
-        }
-        let doffs = pr[2] - pl[2];
+        const FIELDS: StereoFields = StereoFields { left_fx: "camera_info `p[0]` (fx)", right_tx: "right/camera_info `p[3]`" };
+        let geometry = match StereoGeometry::from_projections(&outputs::projection(left_info), &outputs::projection(right_info), &FIELDS) {
+            Ok(g) => g,
+            Err(e) => {
+                self.note(&skip("camera_info", e.to_string()));
+                return None;
+            }
+        };
         let right_info = right_info.clone();
         let right = match decode::frame(&mut right, Some(&right_info)) {
             Ok(f) if (f.width, f.height) == (left.width, left.height) => f,
@@ -300,7 +299,7 @@ impl Processor {
         let matcher = self.stereo.as_mut()?;
         let result = GrayView::new(w, h, &lg).and_then(|l| GrayView::new(w, h, &rg).and_then(|r| matcher.compute(l, r, labels)));
         match result {
-            Ok((disparity, _)) => Some(disparity.depth(focal_baseline, doffs)),
+            Ok((disparity, _)) => Some(disparity.depth(geometry.focal_baseline, geometry.doffs)),
             Err(e) => {
                 self.note(&skip("stereo", format!("stereo matching: {e}")));
                 None
@@ -399,16 +398,6 @@ impl Processor {
             None => (DiagnosticStatus::OK, format!("{} frames processed", self.frames)),
         };
         DiagnosticStatus { level, name: name.into(), message, hardware_id: "ovseg".into(), values }
-    }
-}
-
-/// A camera_info's rectified projection P (row-major 3x4), or [K | 0] when P is unset.
-fn projection(info: &CameraInfo) -> [f64; 12] {
-    if info.p.iter().any(|&v| v != 0.0) {
-        info.p
-    } else {
-        let k = &info.k;
-        [k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, k[6], k[7], k[8], 0.0]
     }
 }
 
