@@ -32,18 +32,24 @@ impl ScoringPlan<'_> {
     }
 
     pub fn check(&self, levels: &[EmbeddingMap]) -> Result<()> {
-        if levels.is_empty() {
+        self.check_dims(levels.iter().map(|l| l.dim))
+    }
+
+    /// [`Self::check`] for levels known by their embedding dimensions (on a device, say).
+    pub fn check_dims(&self, dims: impl ExactSizeIterator<Item = usize>) -> Result<()> {
+        let count = dims.len();
+        if count == 0 {
             return Err(EngineError::Runtime("image encoder returned no levels".into()));
         }
-        if levels.len() != self.fusion_weights.len() {
+        if count != self.fusion_weights.len() {
             return Err(EngineError::Runtime(format!(
-                "image encoder returned {} levels, the manifest lists {}",
-                levels.len(),
+                "image encoder returned {count} levels, the manifest lists {}",
                 self.fusion_weights.len()
             )));
         }
-        if let Some(l) = levels.iter().find(|l| l.dim != self.labels.dim) {
-            return Err(EngineError::DimMismatch { labels: self.labels.dim, model: l.dim });
+        let mut dims = dims;
+        if let Some(dim) = dims.find(|&d| d != self.labels.dim) {
+            return Err(EngineError::DimMismatch { labels: self.labels.dim, model: dim });
         }
         Ok(())
     }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{pair_yaml, read_pfm};
 use serde_json::Value;
+
+mod common;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -247,19 +250,6 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
     assert!(node.log().contains("stopped"), "{}", node.log());
 }
 
-/// Middlebury PFM (one channel, little-endian, rows bottom to top) as top-down values.
-fn read_pfm_values(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let header_end = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(2).unwrap().0 + 1;
-    let header = std::str::from_utf8(&bytes[..header_end]).unwrap();
-    let width: usize = header.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let rows: Vec<Vec<f32>> = bytes[header_end..]
-        .chunks_exact(width * 4)
-        .map(|r| r.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-        .collect();
-    rows.into_iter().rev().flatten().collect()
-}
-
 #[test]
 fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
     let tmp = tempfile::tempdir().unwrap();
@@ -290,29 +280,19 @@ fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
 
     // The same pair and calibration (the peer's camera_info: f = width, centred principal
     // point) through `ovseg stereo --calib`.
-    let (f, cx, cy) = (w as f64, (w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
-    for (name, p3) in [("left.yaml", 0.0), ("right.yaml", -f * baseline)] {
-        calibration::CameraInfoYaml {
-            image_width: w as u32,
-            image_height: h as u32,
-            camera_name: "cam".into(),
-            camera_matrix: [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0],
-            distortion_model: "plumb_bob".into(),
-            distortion_coefficients: vec![0.0; 5],
-            rectification_matrix: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-            projection_matrix: [f, 0.0, cx, p3, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
-        }
-        .save(tmp.path().join(name))
-        .unwrap();
-    }
-    let cli_out = tmp.path().join("cli");
     let (ly, ry) = (tmp.path().join("left.yaml"), tmp.path().join("right.yaml"));
+    let (f, cx) = (w as f64, (w as f64 - 1.0) / 2.0);
+    pair_yaml(&ly, (w as u32, h as u32), f, cx, 0.0);
+    pair_yaml(&ry, (w as u32, h as u32), f, cx, baseline);
+    let cli_out = tmp.path().join("cli");
     let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
         .args(["stereo", &l, &r, "--max-disp", "48", "--out", cli_out.to_str().unwrap(), "--calib", ly.to_str().unwrap(), ry.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = read_pfm_values(&cli_out.join("motorcycle_left.depth.pfm"));
+    let want = read_pfm(&cli_out.join("motorcycle_left.depth.pfm"));
+    assert_eq!((want.width, want.height), (w, h));
+    let want = want.data;
     assert_eq!((got.len(), want.len()), (w * h, w * h));
     let mut valid = 0;
     for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {

@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{pair_yaml, read_pfm};
 use serde_json::Value;
+
+mod common;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/stereo").join(name)
@@ -11,44 +14,6 @@ fn data(name: &str) -> PathBuf {
 
 fn stereo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ovseg")).arg("stereo").args(args).output().expect("running ovseg")
-}
-
-/// A PFM image: width, height, values top row first.
-struct Pfm {
-    width: usize,
-    height: usize,
-    data: Vec<f32>,
-}
-
-/// Reads a one-channel PFM ("Pf", width height, scale: negative = little-endian; rows stored
-/// bottom to top).
-fn read_pfm(path: &Path) -> Pfm {
-    let bytes = std::fs::read(path).unwrap();
-    let mut fields = Vec::new();
-    let mut pos = 0;
-    // Header: four whitespace-separated tokens, then exactly one whitespace byte.
-    while fields.len() < 4 {
-        while bytes[pos].is_ascii_whitespace() {
-            pos += 1;
-        }
-        let start = pos;
-        while !bytes[pos].is_ascii_whitespace() {
-            pos += 1;
-        }
-        fields.push(std::str::from_utf8(&bytes[start..pos]).unwrap().to_string());
-    }
-    pos += 1;
-    assert_eq!(fields[0], "Pf", "one-channel PFM");
-    let (width, height): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
-    let scale: f32 = fields[3].parse().unwrap();
-    let body = &bytes[pos..];
-    assert_eq!(body.len(), width * height * 4, "PFM body size");
-    let value = |c: &[u8]| {
-        let b = [c[0], c[1], c[2], c[3]];
-        if scale < 0.0 { f32::from_le_bytes(b) } else { f32::from_be_bytes(b) }
-    };
-    let rows: Vec<Vec<f32>> = body.chunks_exact(width * 4).map(|r| r.chunks_exact(4).map(value).collect()).collect();
-    Pfm { width, height, data: rows.into_iter().rev().flatten().collect() }
 }
 
 #[test]
@@ -101,25 +66,6 @@ fn bad_arguments_are_named() {
     assert!(run(&[l, other.to_str().unwrap(), "--max-disp", "48", "--out", o]).contains("differs from the left image's 370x250"));
     assert!(run(&[l, "/nonexistent.png", "--max-disp", "48", "--out", o]).contains("/nonexistent.png"));
     assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing written on errors");
-}
-
-/// camera_info YAML of one camera of a rectified pair: no distortion, R = I, and the right
-/// camera's P carrying the baseline (P[0][3] = -f * baseline).
-fn pair_yaml(path: &Path, size: (u32, u32), f: f64, cx: f64, baseline: f64) {
-    let (w, h) = size;
-    let cy = (h as f64 - 1.0) / 2.0;
-    calibration::CameraInfoYaml {
-        image_width: w,
-        image_height: h,
-        camera_name: "cam".into(),
-        camera_matrix: [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0],
-        distortion_model: "plumb_bob".into(),
-        distortion_coefficients: vec![0.0; 5],
-        rectification_matrix: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-        projection_matrix: [f, 0.0, cx, -f * baseline, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
-    }
-    .save(path)
-    .unwrap();
 }
 
 #[test]

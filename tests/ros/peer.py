@@ -283,8 +283,13 @@ class InputFrame:
     def depth(self, header):
         return depth_fields(header, self.height, self.width)
 
-    def camera_info(self, header):
-        return camera_info_fields(header, self.height, self.width)
+    def camera_info(self, header, baseline=0.0):
+        """This camera's info; with a baseline, as the right camera of a rectified
+        pair (same intrinsics, P[0][3] = -f * baseline)."""
+        info = camera_info_fields(header, self.height, self.width)
+        if baseline:
+            info["p"][3] = -info["p"][0] * baseline
+        return info
 
 
 BAD_KINDS = ["step", "encoding", "zero_size", "size_mismatch"]
@@ -612,11 +617,8 @@ def cmd_pubsub(a):
             if "depth_registered" in pubs:
                 pubs["depth_registered"].publish(fill(Image(), frame.depth(header)))
             if rights:
-                # The right camera of a rectified pair: same intrinsics, P[0][3] = -f * baseline.
                 right = rights[index % len(rights)]
-                info = right.camera_info(header)
-                info["p"][3] = -info["p"][0] * a.baseline
-                pubs["right/camera_info"].publish(fill(CameraInfo(), info))
+                pubs["right/camera_info"].publish(fill(CameraInfo(), right.camera_info(header, a.baseline)))
                 pubs["right/image"].publish(fill(Image(), right.image(header)))
             pubs["image"].publish(fill(Image(), frame.image(header)))
             published.append({"index": index, "sec": sec, "nanosec": nanosec,
@@ -968,9 +970,7 @@ def cmd_mcap_make(a):
                 write("/depth_registered", image_schema, frame.depth(header), t_ns)
             if rights:
                 right = rights[i % len(rights)]
-                info = right.camera_info(header)
-                info["p"][3] = -info["p"][0] * a.baseline
-                write("/right/camera_info", info_schema, info, t_ns)
+                write("/right/camera_info", info_schema, right.camera_info(header, a.baseline), t_ns)
                 write("/right/image", image_schema, right.image(header), t_ns)
             write("/image", image_schema, frame.image(header), t_ns)
             stamps.append({"index": i, "sec": sec, "nanosec": nanosec, "image": frame.path})

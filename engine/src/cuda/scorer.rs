@@ -268,12 +268,7 @@ impl CudaScorer {
 
     /// Cost map, fusion, rejection and softmax, on the device.
     fn fuse(&mut self, levels: &[DeviceLevel], plan: &ScoringPlan) -> Result<DeviceField> {
-        if let Some(l) = levels.iter().find(|l| l.dim != plan.labels.dim) {
-            return Err(EngineError::DimMismatch { labels: plan.labels.dim, model: l.dim });
-        }
-        if levels.is_empty() || levels.len() != plan.fusion_weights.len() {
-            return Err(EngineError::Runtime(format!("{} levels for {} fusion weights", levels.len(), plan.fusion_weights.len())));
-        }
+        plan.check_dims(levels.iter().map(|l| l.dim))?;
         self.upload_labels(plan.labels)?;
         let k = plan.labels.len();
         let scale = plan.logit_scale;
@@ -304,7 +299,6 @@ impl CudaScorer {
 
     /// The finest level's per-cell probabilities, copied back (for parity checks).
     pub fn fused_probabilities(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<ScoreField> {
-        plan.check(levels)?;
         let levels = self.upload_levels(levels)?;
         let field = self.fuse(&levels, plan)?;
         Ok(ScoreField {
@@ -399,7 +393,6 @@ impl Scorer for CudaScorer {
             }
             return self.cpu.score(levels, plan);
         }
-        plan.check(levels)?;
         let t = Instant::now();
         let resident = self.upload_levels(levels)?;
         let upload_ms = ms_since(t);
