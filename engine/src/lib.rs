@@ -12,6 +12,7 @@ mod isa;
 pub mod handoff;
 pub mod labels;
 pub mod manifest;
+pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod post;

@@ -63,18 +63,27 @@ fn environment(explicit: Option<&Path>) -> Result<&'static (PathBuf, ort::enviro
 
 /// Opens an ONNX file on the CPU with `threads` intra-op threads.
 pub fn open_session(path: &Path, threads: usize) -> Result<Session> {
+    let mut builder = cpu_builder(path, threads)?;
+    builder.commit_from_file(path).map_err(|e| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Opens an in-memory ONNX model (`name` stands for it in errors).
+pub fn open_session_from_memory(name: &Path, bytes: &[u8], threads: usize) -> Result<Session> {
+    let mut builder = cpu_builder(name, threads)?;
+    builder.commit_from_memory(bytes).map_err(|e| EngineError::ModelFile { path: name.to_path_buf(), reason: e.to_string() })
+}
+
+fn cpu_builder(path: &Path, threads: usize) -> Result<ort::session::builder::SessionBuilder> {
     let (_, env) = environment(None)?;
     let model_error = |e: ort::Error<_>| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() };
-    let builder = Session::builder(env)
+    Session::builder(env)
         .map_err(|e| EngineError::Runtime(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(model_error)?
         .with_intra_threads(threads.max(1))
         .map_err(model_error)?
         .with_inter_threads(1)
-        .map_err(model_error)?;
-    let mut builder = builder;
-    builder.commit_from_file(path).map_err(|e| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() })
+        .map_err(model_error)
 }
 
 /// Shape of a named tensor input or output (-1 for dynamic dims), or an error naming file and tensor.

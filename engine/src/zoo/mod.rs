@@ -4,6 +4,7 @@ pub mod onnx_graph;
 pub mod effnet;
 pub mod build;
 pub mod head;
+pub mod trained;
 pub mod packages;
 
 /// Directory name of the default model under the cache's `models/`.

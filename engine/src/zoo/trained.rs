@@ -1,0 +1,88 @@
+//! The trainable head, defined once for the trainer and the engine: a residual MLP on the
+//! backbone's head features, added to the data-free embedding, with the same weights at both
+//! levels: `e = base + W2 relu(W1 f + b1) + b2`. Zero `W2` and `b2` give the data-free model.
+//!
+//! The trainer runs [`build_feature_extractor`] (frozen backbone: features and data-free
+//! embeddings per level) and learns the MLP; [`build_trained_encoder`] writes the same maths
+//! as the ONNX image encoder the engine loads.
+use super::effnet::{self, EffNetError};
+use super::head::{self, LevelTensors};
+use super::onnx_graph::{ConvParams, GraphBuilder, Padding};
+use super::pth::StateDict;
+
+/// Channels of the features the head reads (EfficientNet-Lite0 `_conv_head`).
+pub const FEATURE_CHANNELS: usize = effnet::HEAD_CHANNELS;
+pub const FEATURES_COARSE: &str = "features_s32";
+pub const FEATURES_FINE: &str = "features_s16";
+pub const BASE_COARSE: &str = "base_s32";
+pub const BASE_FINE: &str = "base_s16";
+
+/// Weights of the residual MLP, row-major `[out, in]` like ONNX 1x1 conv kernels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadWeights {
+    pub hidden: usize,
+    pub dim: usize,
+    /// `hidden x FEATURE_CHANNELS`
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    /// `dim x hidden`
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+}
+
+impl HeadWeights {
+    /// Checks every length and that all weights are finite; names the tensor that is not.
+    pub fn check(&self) -> Result<(), EffNetError> {
+        let expect = [
+            ("head.w1", vec![self.hidden, FEATURE_CHANNELS], self.w1.as_slice()),
+            ("head.b1", vec![self.hidden], self.b1.as_slice()),
+            ("head.w2", vec![self.dim, self.hidden], self.w2.as_slice()),
+            ("head.b2", vec![self.dim], self.b2.as_slice()),
+        ];
+        for (name, shape, data) in expect {
+            if data.len() != shape.iter().product::<usize>() || self.hidden == 0 || self.dim == 0 {
+                return Err(EffNetError::ShapeMismatch { name: name.into(), expected: shape, actual: vec![data.len()] });
+            }
+            if let Some(index) = data.iter().position(|x| !x.is_finite()) {
+                return Err(EffNetError::NotFinite { name: name.into(), index, value: data[index] });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Frozen part of the trainable model: outputs the head features and data-free embeddings of
+/// both levels ([`FEATURES_COARSE`], [`FEATURES_FINE`], [`BASE_COARSE`], [`BASE_FINE`]).
+pub fn build_feature_extractor(weights: &StateDict, class_text: &[f32], dim: usize) -> Result<GraphBuilder, EffNetError> {
+    let mut g = GraphBuilder::new("ovseg_effnetlite0_features");
+    let levels = head::emit_data_free(&mut g, weights, class_text, dim, true)?;
+    head::emit_output(&mut g, &levels.coarse.features, FEATURES_COARSE, FEATURE_CHANNELS)?;
+    head::emit_output(&mut g, &levels.fine.features, FEATURES_FINE, FEATURE_CHANNELS)?;
+    head::emit_output(&mut g, &levels.coarse.base, BASE_COARSE, dim)?;
+    head::emit_output(&mut g, &levels.fine.base, BASE_FINE, dim)?;
+    Ok(g)
+}
+
+/// The image encoder with a trained head: the default model's outputs
+/// ([`head::COARSE_OUTPUT`], [`head::FINE_OUTPUT`]) with the residual added.
+pub fn build_trained_encoder(weights: &StateDict, class_text: &[f32], trained: &HeadWeights) -> Result<GraphBuilder, EffNetError> {
+    trained.check()?;
+    let mut g = GraphBuilder::new("ovseg_effnetlite0_trained");
+    let levels = head::emit_data_free(&mut g, weights, class_text, trained.dim, true)?;
+    let w1 = g.initializer_f32("head.w1", &[trained.hidden, FEATURE_CHANNELS, 1, 1], &trained.w1)?;
+    let b1 = g.initializer_f32("head.b1", &[trained.hidden], &trained.b1)?;
+    let w2 = g.initializer_f32("head.w2", &[trained.dim, trained.hidden, 1, 1], &trained.w2)?;
+    let b2 = g.initializer_f32("head.b2", &[trained.dim], &trained.b2)?;
+    let pointwise = ConvParams { padding: Padding::Valid, ..ConvParams::new(1) };
+    let residual = |g: &mut GraphBuilder, level: &LevelTensors| -> Result<String, EffNetError> {
+        let h = g.conv(&level.features, &w1, Some(&b1), &pointwise, "head_hidden")?;
+        let h = g.op1("Relu", &[&h], Vec::new(), "head_relu")?;
+        let r = g.conv(&h, &w2, Some(&b2), &pointwise, "head_residual")?;
+        Ok(g.add(&level.base, &r, "head_embedding")?)
+    };
+    let coarse = residual(&mut g, &levels.coarse)?;
+    let fine = residual(&mut g, &levels.fine)?;
+    head::emit_output(&mut g, &coarse, head::COARSE_OUTPUT, trained.dim)?;
+    head::emit_output(&mut g, &fine, head::FINE_OUTPUT, trained.dim)?;
+    Ok(g)
+}

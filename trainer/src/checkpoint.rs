@@ -1,0 +1,189 @@
+//! Training checkpoints as safetensors: the head in the engine's layout (what `export` needs),
+//! the learned scales, metadata (step, labels, configuration, history) and, for resuming, burn's
+//! own records of the module and the optimizer (Adam moments) as byte tensors.
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
+
+/// One validation point of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    pub step: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    /// Share of validation cells whose argmax equals the majority label of their window.
+    pub val_cell_accuracy: f64,
+}
+
+/// What a checkpoint holds besides the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub step: usize,
+    pub labels: Vec<String>,
+    /// The training configuration, as JSON.
+    pub config: String,
+    #[serde(default)]
+    pub history: Vec<HistoryPoint>,
+    /// Smoothed training loss at `step` (NaN before the first step).
+    #[serde(default)]
+    pub running_loss: f64,
+}
+
+/// burn's records of the module and the optimizer, serialised (needed to resume exactly).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingState {
+    pub module: Vec<u8>,
+    pub optimizer: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub weights: HeadWeights,
+    /// Per-level scale, coarse first.
+    pub scales: [f32; 2],
+    pub meta: CheckpointMeta,
+    pub state: Option<TrainingState>,
+}
+
+const METADATA_KEY: &str = "ovseg";
+const MODULE_STATE: &str = "state.module";
+const OPTIMIZER_STATE: &str = "state.optimizer";
+
+/// Writes the checkpoint to a temporary name, then renames it, so a crash never leaves a
+/// half-written file under the real name.
+pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    let Checkpoint { weights, scales, meta, state } = checkpoint;
+    weights.check()?;
+    check_scales(scales).with_context(|| path.display().to_string())?;
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut tensors = vec![
+        ("head.w1", Dtype::F32, vec![weights.hidden, FEATURE_CHANNELS], bytes(&weights.w1)),
+        ("head.b1", Dtype::F32, vec![weights.hidden], bytes(&weights.b1)),
+        ("head.w2", Dtype::F32, vec![weights.dim, weights.hidden], bytes(&weights.w2)),
+        ("head.b2", Dtype::F32, vec![weights.dim], bytes(&weights.b2)),
+        ("scales", Dtype::F32, vec![2], bytes(scales)),
+    ];
+    if let Some(state) = state {
+        tensors.push((MODULE_STATE, Dtype::U8, vec![state.module.len()], state.module.clone()));
+        tensors.push((OPTIMIZER_STATE, Dtype::U8, vec![state.optimizer.len()], state.optimizer.clone()));
+    }
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| Ok((*name, TensorView::new(*dtype, shape.clone(), data)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(meta)?)]);
+    let data = safetensors::serialize(views, Some(metadata))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&data).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let meta: CheckpointMeta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .map(|s| serde_json::from_str(s))
+        .transpose()
+        .with_context(|| format!("{}: unreadable checkpoint metadata", path.display()))?
+        .with_context(|| format!("{}: no ovseg metadata (not a checkpoint of this trainer)", path.display()))?;
+    let file = SafeTensors::deserialize(&data).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let raw = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8])> {
+        let t = file.tensor(name).with_context(|| format!("{}: tensor {name} missing", path.display()))?;
+        if t.dtype() != dtype {
+            bail!("{}: tensor {name} is {:?}, expected {dtype:?}", path.display(), t.dtype());
+        }
+        Ok((t.shape().to_vec(), t.data()))
+    };
+    let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+        let (shape, data) = raw(name, Dtype::F32)?;
+        Ok((shape, data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    };
+    let (w1_shape, w1) = read("head.w1")?;
+    let (w2_shape, w2) = read("head.w2")?;
+    let (_, scales) = read("scales")?;
+    let (Some(&hidden), Some(&dim)) = (w1_shape.first(), w2_shape.first()) else {
+        bail!("{}: head.w1 / head.w2 have no shape", path.display());
+    };
+    let weights = HeadWeights { hidden, dim, w1, b1: read("head.b1")?.1, w2, b2: read("head.b2")?.1 };
+    weights.check().with_context(|| path.display().to_string())?;
+    check_scales(&scales).with_context(|| path.display().to_string())?;
+    let names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    let state = if names.iter().any(|n| n == MODULE_STATE) {
+        Some(TrainingState { module: raw(MODULE_STATE, Dtype::U8)?.1.to_vec(), optimizer: raw(OPTIMIZER_STATE, Dtype::U8)?.1.to_vec() })
+    } else {
+        None
+    };
+    Ok(Checkpoint { weights, scales: [scales[0], scales[1]], meta, state })
+}
+
+fn check_scales(scales: &[f32]) -> Result<()> {
+    if scales.len() != 2 || scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        bail!("scales {scales:?} must be two positive finite numbers");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(state: Option<TrainingState>) -> Checkpoint {
+        let (hidden, dim) = (3, 4);
+        let ramp = |n: usize, k: f32| (0..n).map(|i| k * i as f32 - 0.5).collect::<Vec<f32>>();
+        Checkpoint {
+            weights: HeadWeights {
+                hidden,
+                dim,
+                w1: ramp(hidden * FEATURE_CHANNELS, 1e-3),
+                b1: ramp(hidden, 0.1),
+                w2: ramp(dim * hidden, 0.01),
+                b2: ramp(dim, 0.2),
+            },
+            scales: [2.5, 7.0],
+            meta: CheckpointMeta {
+                step: 12,
+                labels: vec!["sky".into(), "weed".into()],
+                config: "{}".into(),
+                history: vec![HistoryPoint { step: 10, train_loss: 0.5, val_loss: 0.7, val_cell_accuracy: 0.8 }],
+                running_loss: 0.45,
+            },
+            state,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        for state in [None, Some(TrainingState { module: vec![1, 2, 3], optimizer: vec![9; 17] })] {
+            let c = sample(state);
+            save_checkpoint(&path, &c).unwrap();
+            let back = load_checkpoint(&path).unwrap();
+            assert_eq!(back.weights, c.weights);
+            assert_eq!((back.scales, back.meta, back.state), (c.scales, c.meta, c.state));
+        }
+        assert!(!path.with_extension("safetensors.tmp").exists(), "the temporary file is renamed away");
+    }
+
+    #[test]
+    fn refuses_bad_files_and_non_finite_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let err = format!("{:#}", load_checkpoint(&path).unwrap_err());
+        assert!(err.contains("not a safetensors file"), "{err}");
+        let mut c = sample(None);
+        c.weights.b2[1] = f32::NAN;
+        let err = format!("{:#}", save_checkpoint(&path, &c).unwrap_err());
+        assert!(err.contains("b2") && err.contains("NaN"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a checkpoint", "a failed save leaves the old file alone");
+    }
+}

@@ -1,0 +1,302 @@
+//! Training data: image + mask samples from the built-in synthetic set or from folder data sets,
+//! augmentation, and per-cell training targets.
+//!
+//! Folder layout: `labels.txt` (one label per line; mask value i = line i), `images/<stem>.jpg`
+//! or `.png`, `masks/<stem>.png` (8-bit, same size as the image, 255 = ignore). Several folders
+//! with different label lists merge by label text.
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::{GrayImage, RgbImage};
+use rand::Rng;
+use rand::rngs::StdRng;
+
+use engine::costmap::Grid;
+
+pub const IGNORE: u8 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{path}: mask is {mask_w}x{mask_h}, image is {image_w}x{image_h}")]
+    SizeMismatch { path: PathBuf, mask_w: u32, mask_h: u32, image_w: u32, image_h: u32 },
+    #[error("{path}: mask value {value} at ({x}, {y}) is outside the label list ({labels} labels; 255 = ignore)")]
+    UnknownLabel { path: PathBuf, value: u8, x: u32, y: u32, labels: usize },
+    #[error("{0}: the data set has no samples (expected images/<stem>.jpg|png with masks/<stem>.png)")]
+    Empty(PathBuf),
+}
+
+/// An image with its mask (values index the data set's labels; [`IGNORE`] = not annotated).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub image: RgbImage,
+    pub mask: GrayImage,
+}
+
+/// Where a sample comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Synthetic { seed: u64 },
+    Files { image: PathBuf, mask: PathBuf, to_global: Vec<u8> },
+}
+
+/// A training or evaluation split: global label names and its samples.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub labels: Vec<String>,
+    pub descriptions: Vec<Option<String>>,
+    pub sources: Vec<Source>,
+    /// Output size of synthetic scenes.
+    pub synthetic_size: (u32, u32),
+}
+
+impl Split {
+    /// `count` synthetic scenes with seeds `first_seed..`.
+    pub fn synthetic(first_seed: u64, count: usize, size: (u32, u32)) -> Self {
+        Split {
+            labels: crate::synth::CLASSES.iter().map(|(n, _)| n.to_string()).collect(),
+            descriptions: crate::synth::CLASSES.iter().map(|(_, d)| Some(d.to_string())).collect(),
+            sources: (0..count as u64).map(|i| Source::Synthetic { seed: first_seed + i }).collect(),
+            synthetic_size: size,
+        }
+    }
+
+    /// Folder data sets merged by label text (labels keep the order of first appearance).
+    pub fn folders(dirs: &[PathBuf]) -> Result<Self, DataError> {
+        let mut split = Split { labels: Vec::new(), descriptions: Vec::new(), sources: Vec::new(), synthetic_size: (0, 0) };
+        for dir in dirs {
+            let labels_path = dir.join("labels.txt");
+            let text = std::fs::read_to_string(&labels_path)
+                .map_err(|e| DataError::File { path: labels_path.clone(), reason: format!("cannot read: {e}") })?;
+            let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            if names.is_empty() || names.len() > usize::from(IGNORE) {
+                return Err(DataError::File { path: labels_path, reason: format!("{} labels; need 1..=255", names.len()) });
+            }
+            let mut to_global = Vec::with_capacity(names.len());
+            for name in names {
+                let id = match split.labels.iter().position(|l| *l == name) {
+                    Some(id) => id,
+                    None => {
+                        split.labels.push(name);
+                        split.descriptions.push(None);
+                        split.labels.len() - 1
+                    }
+                };
+                let id = u8::try_from(id).ok().filter(|&id| id != IGNORE).ok_or_else(|| DataError::File {
+                    path: labels_path.clone(),
+                    reason: "more than 255 distinct labels across the data sets".into(),
+                })?;
+                to_global.push(id);
+            }
+            let images = dir.join("images");
+            let entries = std::fs::read_dir(&images)
+                .map_err(|e| DataError::File { path: images.clone(), reason: format!("cannot list: {e}") })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().to_str().unwrap_or(""))))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(DataError::Empty(dir.clone()));
+            }
+            for image in found {
+                let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let mask = dir.join("masks").join(format!("{stem}.png"));
+                if !mask.is_file() {
+                    return Err(DataError::File { path: mask, reason: format!("missing mask for {}", image.display()) });
+                }
+                split.sources.push(Source::Files { image, mask, to_global: to_global.clone() });
+            }
+        }
+        Ok(split)
+    }
+
+    /// The labels as the engine's label specs, with the descriptions the split carries.
+    pub fn label_specs(&self) -> Vec<engine::LabelSpec> {
+        self.labels
+            .iter()
+            .zip(&self.descriptions)
+            .map(|(n, d)| engine::LabelSpec { description: d.clone(), ..engine::LabelSpec::new(n.clone()) })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Loads sample `i` with its mask in global label ids, checked.
+    pub fn load(&self, i: usize) -> Result<Sample, DataError> {
+        match &self.sources[i] {
+            Source::Synthetic { seed } => Ok(crate::synth::scene(*seed, self.synthetic_size.0, self.synthetic_size.1)),
+            Source::Files { image, mask, to_global } => load_files(image, mask, to_global),
+        }
+    }
+}
+
+fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8]) -> Result<Sample, DataError> {
+    let read = |p: &Path| image::open(p).map_err(|e| DataError::File { path: p.to_path_buf(), reason: format!("cannot decode: {e}") });
+    let image = read(image_path)?.to_rgb8();
+    let raw = read(mask_path)?;
+    if raw.color() != image::ColorType::L8 {
+        return Err(DataError::File {
+            path: mask_path.to_path_buf(),
+            reason: format!("mask is {:?}; expected 8-bit single-channel (L8) label ids", raw.color()),
+        });
+    }
+    let mut mask = raw.to_luma8();
+    if mask.dimensions() != image.dimensions() {
+        let ((mask_w, mask_h), (image_w, image_h)) = (mask.dimensions(), image.dimensions());
+        return Err(DataError::SizeMismatch { path: mask_path.to_path_buf(), mask_w, mask_h, image_w, image_h });
+    }
+    for (x, y, p) in mask.enumerate_pixels_mut() {
+        let v = p.0[0];
+        if v == IGNORE {
+            continue;
+        }
+        p.0[0] = *to_global.get(usize::from(v)).ok_or(DataError::UnknownLabel {
+            path: mask_path.to_path_buf(),
+            value: v,
+            x,
+            y,
+            labels: to_global.len(),
+        })?;
+    }
+    Ok(Sample { image, mask })
+}
+
+/// Random scale, crop to `size`, horizontal flip and colour jitter.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    pub scale_min: f32,
+    pub scale_max: f32,
+    pub flip: bool,
+    /// Brightness and contrast are multiplied by a factor in `1 ± color`.
+    pub color: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment { scale_min: 0.5, scale_max: 1.75, flip: true, color: 0.2 }
+    }
+}
+
+impl Augment {
+    pub const NONE: Augment = Augment { scale_min: 1.0, scale_max: 1.0, flip: false, color: 0.0 };
+
+    /// Scales the sample so that it covers `size` at a random scale relative to that cover,
+    /// crops `size` at a random place (padding with ignore where it does not reach), then flips
+    /// and jitters colour.
+    pub fn apply(&self, sample: &Sample, size: (u32, u32), rng: &mut StdRng) -> Sample {
+        let (w, h) = sample.image.dimensions();
+        let cover = (size.0 as f32 / w as f32).max(size.1 as f32 / h as f32);
+        let s = cover * if self.scale_max > self.scale_min { rng.random_range(self.scale_min..self.scale_max) } else { self.scale_min };
+        let (sw, sh) = (((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1));
+        let (image, mask) = if (sw, sh) == (w, h) {
+            (sample.image.clone(), sample.mask.clone())
+        } else {
+            (
+                image::imageops::resize(&sample.image, sw, sh, FilterType::Triangle),
+                image::imageops::resize(&sample.mask, sw, sh, FilterType::Nearest),
+            )
+        };
+        let x0 = if sw > size.0 { rng.random_range(0..=sw - size.0) } else { 0 };
+        let y0 = if sh > size.1 { rng.random_range(0..=sh - size.1) } else { 0 };
+        let flip = self.flip && rng.random_bool(0.5);
+        let (gain, contrast) = if self.color > 0.0 {
+            (rng.random_range(1.0 - self.color..1.0 + self.color), rng.random_range(1.0 - self.color..1.0 + self.color))
+        } else {
+            (1.0, 1.0)
+        };
+        let mut out = Sample { image: RgbImage::from_pixel(size.0, size.1, image::Rgb([128; 3])), mask: GrayImage::from_pixel(size.0, size.1, image::Luma([IGNORE])) };
+        for y in 0..size.1.min(sh - y0) {
+            for x in 0..size.0.min(sw - x0) {
+                let ox = if flip { size.0 - 1 - x } else { x };
+                let p = image.get_pixel(x0 + x, y0 + y).0;
+                let jittered = p.map(|v| ((v as f32 - 128.0) * contrast + 128.0 * gain).clamp(0.0, 255.0) as u8);
+                out.image.put_pixel(ox, y, image::Rgb(jittered));
+                out.mask.put_pixel(ox, y, *mask.get_pixel(x0 + x, y0 + y));
+            }
+        }
+        out
+    }
+}
+
+/// Per cell of `grid`: the label distribution of the mask pixels whose centres lie within half a
+/// stride of the cell centre (`cells x num_labels`), and the annotated share of that window.
+pub fn cell_targets(mask: &GrayImage, grid: Grid, num_labels: usize) -> (Vec<f32>, Vec<f32>) {
+    let cells = grid.width * grid.height;
+    let (mut target, mut weight) = (vec![0.0f32; cells * num_labels], vec![0.0f32; cells]);
+    let half = grid.stride as f32 / 2.0;
+    let window = |i: usize, n: u32| {
+        let c = grid.offset + (i as u32 * grid.stride) as f32;
+        let lo = (c - half - 0.5).ceil().max(0.0) as u32;
+        let hi = ((c + half - 0.5).ceil().max(0.0) as u32).min(n);
+        lo..hi
+    };
+    for cy in 0..grid.height {
+        for cx in 0..grid.width {
+            let cell = cy * grid.width + cx;
+            let (mut counted, mut total) = (0usize, 0usize);
+            for y in window(cy, mask.height()) {
+                for x in window(cx, mask.width()) {
+                    total += 1;
+                    let v = usize::from(mask.get_pixel(x, y).0[0]);
+                    if v < num_labels {
+                        target[cell * num_labels + v] += 1.0;
+                        counted += 1;
+                    }
+                }
+            }
+            if counted > 0 {
+                target[cell * num_labels..(cell + 1) * num_labels].iter_mut().for_each(|t| *t /= counted as f32);
+                weight[cell] = counted as f32 / total as f32;
+            }
+        }
+    }
+    (target, weight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn cell_targets_count_the_window_and_skip_ignore() {
+        // 32x16 mask: left half label 0, right half label 1, one ignored column.
+        let mut mask = GrayImage::from_fn(32, 16, |x, _| image::Luma([u8::from(x >= 16)]));
+        for y in 0..16 {
+            mask.put_pixel(0, y, image::Luma([IGNORE]));
+        }
+        let grid = Grid { stride: 16, offset: 8.0, width: 2, height: 1 };
+        let (t, w) = cell_targets(&mask, grid, 2);
+        assert_eq!(&t[..2], &[1.0, 0.0]);
+        assert_eq!(&t[2..], &[0.0, 1.0]);
+        assert!((w[0] - 15.0 / 16.0).abs() < 1e-6 && w[1] == 1.0, "{w:?}");
+    }
+
+    #[test]
+    fn augmentation_keeps_image_and_mask_aligned() {
+        let sample = crate::synth::scene(3, 160, 120);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..5 {
+            let out = Augment::default().apply(&sample, (128, 96), &mut rng);
+            assert_eq!(out.image.dimensions(), (128, 96));
+            assert_eq!(out.mask.dimensions(), (128, 96));
+            // Sky pixels (label 0) stay blue-ish after colour jitter (alignment check; the
+            // image is resized with a smoother filter than the mask, so edges may blend).
+            let sky: Vec<_> = out.mask.enumerate_pixels().filter(|p| p.2.0[0] == 0).map(|(x, y, _)| out.image.get_pixel(x, y).0).collect();
+            let blue = sky.iter().filter(|p| p[2] >= p[0]).count();
+            assert!(blue as f64 >= 0.97 * sky.len() as f64, "{blue} of {} sky pixels are blue-ish", sky.len());
+        }
+        let same = Augment::NONE.apply(&sample, (160, 120), &mut rng);
+        assert_eq!(same.image, sample.image);
+        assert_eq!(same.mask, sample.mask);
+    }
+}

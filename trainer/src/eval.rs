@@ -1,0 +1,93 @@
+//! Evaluation through the engine itself (the path the node runs): mIoU over a split, per-class
+//! IoU accumulated over all its pixels, pixel accuracy; JSON and Markdown reports.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use engine::{BackendKind, Frame, Model};
+
+use crate::data::{IGNORE, Split};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClassIou {
+    pub label: String,
+    /// `None` when the label neither occurs in the truth nor is predicted.
+    pub iou: Option<f64>,
+    pub pixels: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalReport {
+    pub model: String,
+    pub images: usize,
+    /// Mean over the labels that occur in the split's truth.
+    pub miou: f64,
+    pub pixel_accuracy: f64,
+    pub classes: Vec<ClassIou>,
+}
+
+impl EvalReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "## {}\n\n{} images: mIoU {:.1}%, pixel accuracy {:.1}%\n\n| label | IoU | pixels |\n|---|---|---|\n",
+            self.model,
+            self.images,
+            100.0 * self.miou,
+            100.0 * self.pixel_accuracy
+        );
+        for c in &self.classes {
+            let iou = c.iou.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+            s.push_str(&format!("| {} | {iou} | {} |\n", c.label, c.pixels));
+        }
+        s
+    }
+}
+
+/// Segments every sample of `split` with the model in `model_dir` and scores it.
+pub fn evaluate(model_dir: &Path, split: &Split, threads: usize) -> Result<EvalReport> {
+    let model = Model::open(model_dir).with_context(|| format!("opening the model in {}", model_dir.display()))?;
+    let mut pipeline = model.pipeline(BackendKind::Cpu, threads)?;
+    let mut bank = model.label_bank(threads, None)?;
+    let labels = bank.build(&split.label_specs())?;
+    let k = split.labels.len();
+    let (mut inter, mut union, mut truth_pixels) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+    let (mut correct, mut valid) = (0u64, 0u64);
+    for i in 0..split.len() {
+        let sample = split.load(i)?;
+        let seg = pipeline.process(&Frame::from_rgb_image(&sample.image), &labels)?;
+        for (&p, &t) in seg.map.labels.iter().zip(sample.mask.as_raw()) {
+            if t == IGNORE {
+                continue;
+            }
+            let (t, p) = (usize::from(t), usize::from(p));
+            valid += 1;
+            truth_pixels[t] += 1;
+            if p == t {
+                correct += 1;
+                inter[t] += 1;
+                union[t] += 1;
+            } else {
+                union[t] += 1;
+                if p < k {
+                    union[p] += 1;
+                }
+            }
+        }
+    }
+    let classes: Vec<ClassIou> = (0..k)
+        .map(|c| ClassIou {
+            label: split.labels[c].clone(),
+            iou: (union[c] > 0).then(|| inter[c] as f64 / union[c] as f64),
+            pixels: truth_pixels[c],
+        })
+        .collect();
+    let present: Vec<f64> = classes.iter().filter(|c| c.pixels > 0).filter_map(|c| c.iou).collect();
+    Ok(EvalReport {
+        model: model.manifest.name.clone(),
+        images: split.len(),
+        miou: present.iter().sum::<f64>() / present.len().max(1) as f64,
+        pixel_accuracy: correct as f64 / valid.max(1) as f64,
+        classes,
+    })
+}

@@ -1,0 +1,190 @@
+//! The trainable head in burn: the forward of `engine::zoo::trained` (residual MLP on the
+//! backbone features, added to the data-free embedding) followed by the engine's scoring
+//! (cosine to each label, per-label calibration, coarse cost bilinearly upsampled and fused
+//! with the fine cost, softmax), so the loss sees what the node will compute.
+use burn::module::{Module, Param};
+use burn::prelude::Backend;
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::{Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use engine::LabelSet;
+use engine::costmap::{Grid, corners, fusion_axes};
+use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
+
+#[derive(Module, Debug)]
+pub struct Head<B: Backend> {
+    /// `FEATURE_CHANNELS x hidden` (input-major, for `x.matmul(w1)`).
+    w1: Param<Tensor<B, 2>>,
+    b1: Param<Tensor<B, 1>>,
+    /// `hidden x dim`
+    w2: Param<Tensor<B, 2>>,
+    b2: Param<Tensor<B, 1>>,
+    /// ln of logit_scale x fusion weight, per level (coarse, fine): the learned temperature.
+    log_scale: Param<Tensor<B, 1>>,
+}
+
+/// One batch of images with the same grids, cells pixel-major.
+pub struct Batch<B: Backend> {
+    pub images: usize,
+    pub coarse_features: Tensor<B, 2>,
+    pub coarse_base: Tensor<B, 2>,
+    pub fine_features: Tensor<B, 2>,
+    pub fine_base: Tensor<B, 2>,
+    /// `images x fine cells x labels` target distributions.
+    pub target: Tensor<B, 3>,
+    /// `images x fine cells`: annotated share of each cell (0 = no loss there).
+    pub weight: Tensor<B, 2>,
+}
+
+/// Label text embeddings and calibration as tensors.
+pub struct Labels<B: Backend> {
+    /// `dim x labels`
+    text: Tensor<B, 2>,
+    gain: Tensor<B, 2>,
+    bias: Tensor<B, 2>,
+    pub count: usize,
+}
+
+impl<B: Backend> Labels<B> {
+    pub fn new(labels: &LabelSet, device: &B::Device) -> Self {
+        let (k, d) = (labels.len(), labels.dim);
+        let mut text = vec![0.0f32; d * k];
+        for j in 0..k {
+            for (i, &v) in labels.embedding(j).iter().enumerate() {
+                text[i * k + j] = v;
+            }
+        }
+        Labels {
+            text: tensor2(text, [d, k], device),
+            gain: tensor2(labels.gain.clone(), [1, k], device),
+            bias: tensor2(labels.bias.clone(), [1, k], device),
+            count: k,
+        }
+    }
+}
+
+pub fn tensor2<B: Backend>(data: Vec<f32>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+pub fn tensor3<B: Backend>(data: Vec<f32>, shape: [usize; 3], device: &B::Device) -> Tensor<B, 3> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// The engine's coarse-to-fine bilinear weights as a dense `fine cells x coarse cells` matrix.
+pub fn interpolation_matrix(coarse: Grid, fine: Grid) -> Vec<f32> {
+    let (rows, cols) = fusion_axes(coarse, fine);
+    let nc = coarse.width * coarse.height;
+    let mut m = vec![0.0f32; fine.width * fine.height * nc];
+    for (y, &row) in rows.iter().enumerate() {
+        for (x, &col) in cols.iter().enumerate() {
+            for (cell, w) in corners(row, col, coarse.width) {
+                m[(y * fine.width + x) * nc + cell] += w;
+            }
+        }
+    }
+    m
+}
+
+impl<B: Backend> Head<B> {
+    /// Kaiming-uniform `w1`, zero `w2`/`b2` (so the untrained head is the data-free model) and
+    /// the default model's scales.
+    pub fn init(hidden: usize, dim: usize, scales: [f32; 2], seed: u64, device: &B::Device) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let bound = (6.0 / FEATURE_CHANNELS as f32).sqrt();
+        let w1: Vec<f32> = (0..FEATURE_CHANNELS * hidden).map(|_| rng.random_range(-bound..bound)).collect();
+        Head {
+            w1: Param::from_tensor(tensor2(w1, [FEATURE_CHANNELS, hidden], device)),
+            b1: Param::from_tensor(Tensor::zeros([hidden], device)),
+            w2: Param::from_tensor(Tensor::zeros([hidden, dim], device)),
+            b2: Param::from_tensor(Tensor::zeros([dim], device)),
+            log_scale: Param::from_tensor(Tensor::from_data(TensorData::new(scales.map(f32::ln).to_vec(), [2]), device)),
+        }
+    }
+
+    /// Rebuilds the module from exported weights and scales.
+    pub fn from_weights(weights: &HeadWeights, scales: [f32; 2], device: &B::Device) -> Self {
+        let (h, d, c) = (weights.hidden, weights.dim, FEATURE_CHANNELS);
+        Head {
+            w1: Param::from_tensor(tensor2(transpose(&weights.w1, h, c), [c, h], device)),
+            b1: Param::from_tensor(Tensor::from_data(TensorData::new(weights.b1.clone(), [h]), device)),
+            w2: Param::from_tensor(tensor2(transpose(&weights.w2, d, h), [h, d], device)),
+            b2: Param::from_tensor(Tensor::from_data(TensorData::new(weights.b2.clone(), [d]), device)),
+            log_scale: Param::from_tensor(Tensor::from_data(TensorData::new(scales.map(f32::ln).to_vec(), [2]), device)),
+        }
+    }
+
+    /// The weights in the engine's layout, and the two scales (coarse, fine).
+    pub fn to_weights(&self) -> anyhow::Result<(HeadWeights, [f32; 2])> {
+        let [c, h] = self.w1.val().dims();
+        let d = self.w2.val().dims()[1];
+        let w1 = values(self.w1.val())?;
+        let w2 = values(self.w2.val())?;
+        let scales = self.scales()?;
+        let weights = HeadWeights {
+            hidden: h,
+            dim: d,
+            w1: transpose(&w1, c, h),
+            b1: values(self.b1.val())?,
+            w2: transpose(&w2, h, d),
+            b2: values(self.b2.val())?,
+        };
+        Ok((weights, [scales[0], scales[1]]))
+    }
+
+    /// The per-level scales (coarse, fine).
+    pub fn scales(&self) -> anyhow::Result<Vec<f32>> {
+        values(self.log_scale.val().exp())
+    }
+
+    /// Embeddings (not normalised) of cells: `base + W2 relu(W1 f + b1) + b2`.
+    pub fn embed(&self, features: Tensor<B, 2>, base: Tensor<B, 2>) -> Tensor<B, 2> {
+        let hidden = relu(features.matmul(self.w1.val()) + self.b1.val().unsqueeze::<2>());
+        base + hidden.matmul(self.w2.val()) + self.b2.val().unsqueeze::<2>()
+    }
+
+    /// Fused logits at the fine cells: `images x fine cells x labels`.
+    pub fn logits(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>) -> Tensor<B, 3> {
+        let cost = |e: Tensor<B, 2>| {
+            let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
+            (e / norm).matmul(labels.text.clone()) * labels.gain.clone() + labels.bias.clone()
+        };
+        let n = batch.images;
+        let k = labels.count;
+        let coarse = cost(self.embed(batch.coarse_features.clone(), batch.coarse_base.clone()));
+        let fine = cost(self.embed(batch.fine_features.clone(), batch.fine_base.clone()));
+        let nc = coarse.dims()[0] / n;
+        let nf = fine.dims()[0] / n;
+        let scale = self.log_scale.val().exp();
+        let scale_coarse = scale.clone().slice(0..1).reshape([1, 1, 1]);
+        let scale_fine = scale.slice(1..2).reshape([1, 1, 1]);
+        let upsampled = interp.clone().expand([n, nf, nc]).matmul(coarse.reshape([n, nc, k]));
+        upsampled * scale_coarse + fine.reshape([n, nf, k]) * scale_fine
+    }
+
+    /// Weighted soft cross-entropy over the fine cells, and the logits.
+    pub fn loss(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>) -> (Tensor<B, 1>, Tensor<B, 3>) {
+        let logits = self.logits(batch, labels, interp);
+        let [n, nf, _] = logits.dims();
+        let per_cell = (batch.target.clone() * log_softmax(logits.clone(), 2)).sum_dim(2).reshape([n, nf]).neg();
+        let total = batch.weight.clone().sum().add_scalar(1e-6);
+        ((per_cell * batch.weight.clone()).sum() / total, logits)
+    }
+}
+
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> anyhow::Result<Vec<f32>> {
+    t.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
+}
+
+/// Row-major `rows x cols` -> `cols x rows`.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = m[r * cols + c];
+        }
+    }
+    out
+}

@@ -1,0 +1,484 @@
+//! The training loop: frozen features computed once per augmented image, the head trained with
+//! Adam on the weighted soft cross-entropy, validation on held-out images, checkpoints, export,
+//! and the untrained-vs-trained evaluation through the engine.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::prelude::Backend;
+use burn::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Augment, Split, cell_targets};
+use crate::eval::{EvalReport, evaluate};
+use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
+use crate::export::{BaseModel, check_destination, export_model};
+use crate::features::{FeatureExtractor, ImageFeatures};
+use crate::model::{Batch, Head, Labels, interpolation_matrix, tensor2, tensor3, values};
+
+pub type TrainBackend = Autodiff<Flex>;
+
+/// Training configuration (a YAML file, every field optional; CLI flags override it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub seed: u64,
+    /// Training crop `[width, height]`: multiples of 32, at most 512 (the network sees it unscaled).
+    pub image_size: [u32; 2],
+    /// Folder data sets (see `data`); empty = the built-in synthetic set.
+    pub data: Vec<PathBuf>,
+    /// Folder data sets for validation; empty = every 5th image of `data` is held out.
+    pub val_data: Vec<PathBuf>,
+    /// Synthetic scenes for training and for validation (when `data` is empty).
+    pub synthetic_train: usize,
+    pub synthetic_val: usize,
+    /// Augmented copies of each training image (the frozen features are computed once per copy).
+    pub copies: usize,
+    pub augment: Augment,
+    /// Width of the head's hidden layer.
+    pub hidden: usize,
+    pub steps: usize,
+    /// Images per step.
+    pub batch: usize,
+    pub learning_rate: f64,
+    /// Validate and checkpoint every this many steps.
+    pub eval_every: usize,
+    /// Threads for ONNX Runtime (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 1,
+            image_size: [256, 192],
+            data: Vec::new(),
+            val_data: Vec::new(),
+            synthetic_train: 64,
+            synthetic_val: 16,
+            copies: 2,
+            augment: Augment::default(),
+            hidden: 128,
+            steps: 300,
+            batch: 8,
+            learning_rate: 2e-3,
+            eval_every: 50,
+            threads: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: invalid training configuration", path.display()))
+    }
+
+    /// Names the first field whose value cannot work.
+    pub fn check(&self) -> Result<()> {
+        let [w, h] = self.image_size;
+        if w % 32 != 0 || h % 32 != 0 || w == 0 || h == 0 || w.max(h) > 512 {
+            bail!("image_size [{w}, {h}]: both sides must be positive multiples of 32, at most 512");
+        }
+        let positive = [
+            ("steps", self.steps),
+            ("batch", self.batch),
+            ("hidden", self.hidden),
+            ("copies", self.copies),
+            ("eval_every", self.eval_every),
+        ];
+        if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
+            bail!("{name} is {v}; it must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            bail!("learning_rate {} must be a positive number", self.learning_rate);
+        }
+        let a = &self.augment;
+        if !(a.scale_min > 0.0 && a.scale_min <= a.scale_max && a.scale_max <= 4.0) {
+            bail!("augment.scale_min {} / scale_max {}: need 0 < min <= max <= 4", a.scale_min, a.scale_max);
+        }
+        if !(0.0..1.0).contains(&a.color) {
+            bail!("augment.color {} must be in 0..1", a.color);
+        }
+        if self.data.is_empty() && (self.synthetic_train == 0 || self.synthetic_val == 0) {
+            bail!("synthetic_train / synthetic_val must be at least 1 when no data set is given");
+        }
+        Ok(())
+    }
+
+    /// Training and validation splits.
+    pub fn splits(&self) -> Result<(Split, Split)> {
+        let size = (self.image_size[0], self.image_size[1]);
+        if self.data.is_empty() {
+            let base = self.seed << 20;
+            return Ok((Split::synthetic(base, self.synthetic_train, size), Split::synthetic(base + (1 << 19), self.synthetic_val, size)));
+        }
+        let all = Split::folders(&self.data)?;
+        if !self.val_data.is_empty() {
+            let val = Split::folders(&self.val_data)?;
+            if let Some(label) = val.labels.iter().find(|l| !all.labels.contains(l)) {
+                bail!("val_data: label {label:?} is in no training data set");
+            }
+            let val = remap_labels(val, &all.labels);
+            return Ok((all, val));
+        }
+        let (mut train, mut val) = (all.clone(), all);
+        train.sources = train.sources.iter().enumerate().filter(|(i, _)| i % 5 != 4).map(|(_, s)| s.clone()).collect();
+        val.sources = val.sources.iter().enumerate().filter(|(i, _)| i % 5 == 4).map(|(_, s)| s.clone()).collect();
+        if train.is_empty() || val.is_empty() {
+            bail!("{} images are too few to hold out every 5th for validation; give val_data", train.len() + val.len());
+        }
+        Ok((train, val))
+    }
+}
+
+/// Re-expresses a split's mask ids in another (super)set of label names.
+fn remap_labels(mut split: Split, labels: &[String]) -> Split {
+    for source in &mut split.sources {
+        if let crate::data::Source::Files { to_global, .. } = source {
+            for id in to_global.iter_mut() {
+                let name = &split.labels[usize::from(*id)];
+                *id = labels.iter().position(|l| l == name).unwrap_or(usize::from(crate::data::IGNORE)) as u8;
+            }
+        }
+    }
+    split.descriptions = labels.iter().map(|_| None).collect();
+    split.labels = labels.to_vec();
+    split
+}
+
+/// One training or validation image, ready for batching.
+struct Prepared {
+    features: ImageFeatures,
+    target: Vec<f32>,
+    weight: Vec<f32>,
+    /// Which split sample it came from (named in errors).
+    source: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub config: TrainConfig,
+    pub labels: Vec<String>,
+    pub steps_done: usize,
+    pub interrupted: bool,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub feature_seconds: f64,
+    pub train_seconds: f64,
+    /// Training images (augmented copies) per second through the head, features excluded.
+    pub train_images_per_second: f64,
+    pub history: Vec<HistoryPoint>,
+    pub scales: [f32; 2],
+    pub untrained: EvalReport,
+    pub trained: EvalReport,
+    pub model_dir: String,
+    pub export_seconds: f64,
+}
+
+/// How a training run is driven (not part of the configuration a checkpoint records).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub progress: bool,
+    /// Continue from this checkpoint (same configuration except `steps` and `threads`).
+    pub resume: Option<PathBuf>,
+}
+
+type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
+type HeadOptimizer = OptimizerAdaptor<Adam, Head<TrainBackend>, TrainBackend>;
+
+/// Trains, exports the model directory to `out` and evaluates untrained vs trained.
+pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
+    config.check()?;
+    check_destination(out)?;
+    let resume = options.resume.as_deref().map(|path| resume_point(path, config)).transpose()?;
+    let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.threads };
+    let (train_split, val_split) = config.splits()?;
+    let quiet = |_: usize, _: usize, _: &str| {};
+    let (base_dir, weights, class_text) = engine::zoo::build::default_backbone(&quiet).context("loading the default model's backbone")?;
+    let base = BaseModel { dir: base_dir, weights, class_text };
+    let model = engine::Model::open(&base.dir)?;
+    let mut bank = model.label_bank(threads, None)?;
+    let label_set = bank.build(&train_split.label_specs())?;
+
+    let started = Instant::now();
+    let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads)?;
+    let size = (config.image_size[0], config.image_size[1]);
+    // Augmentation draws from its own generator so the pool is the same on resume.
+    let mut augment_rng = StdRng::seed_from_u64(config.seed);
+    let bar = progress_bar(options.progress, (train_split.len() * config.copies + val_split.len()) as u64, "features");
+    let mut prepare = |split: &Split, i: usize, augment: &Augment, rng: &mut StdRng| -> Result<Prepared> {
+        let sample = augment.apply(&split.load(i)?, size, rng);
+        let features = extractor.extract(&sample.image)?;
+        let (target, weight) = cell_targets(&sample.mask, features.fine.grid, split.labels.len());
+        bar.inc(1);
+        Ok(Prepared { features, target, weight, source: i })
+    };
+    let mut train_pool = Vec::with_capacity(train_split.len() * config.copies);
+    for i in 0..train_split.len() {
+        for _ in 0..config.copies {
+            train_pool.push(prepare(&train_split, i, &config.augment, &mut augment_rng)?);
+        }
+    }
+    let val_pool = (0..val_split.len()).map(|i| prepare(&val_split, i, &Augment::NONE, &mut augment_rng)).collect::<Result<Vec<_>>>()?;
+    bar.finish_and_clear();
+    let feature_seconds = started.elapsed().as_secs_f64();
+
+    let device = Default::default();
+    let first = &train_pool[0].features;
+    let (coarse_grid, fine_grid) = (first.coarse.grid, first.fine.grid);
+    let interp = tensor3::<TrainBackend>(
+        interpolation_matrix(coarse_grid, fine_grid),
+        [1, fine_grid.width * fine_grid.height, coarse_grid.width * coarse_grid.height],
+        &device,
+    );
+    let labels = Labels::<TrainBackend>::new(&label_set, &device);
+    let mut head = Head::<TrainBackend>::init(config.hidden, label_set.dim, default_scales(&model.manifest), config.seed, &device);
+    let mut optimizer: HeadOptimizer = AdamConfig::new().init();
+    let recorder = StateRecorder::default();
+    let (mut history, mut running, first_step) = match resume {
+        Some(checkpoint) => {
+            let state = checkpoint.state.context("the checkpoint holds no training state")?;
+            let module = Recorder::<TrainBackend>::load(&recorder, state.module, &device).context("restoring the head from the checkpoint")?;
+            head = head.load_record(module);
+            let moments = Recorder::<TrainBackend>::load(&recorder, state.optimizer, &device).context("restoring the optimizer from the checkpoint")?;
+            optimizer = optimizer.load_record(moments);
+            tracing::info!(step = checkpoint.meta.step, "resuming");
+            (checkpoint.meta.history, checkpoint.meta.running_loss, checkpoint.meta.step + 1)
+        }
+        None => (Vec::new(), f64::NAN, 1),
+    };
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
+    let checkpoint_path = checkpoint_path(out);
+    let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: f64, with_state: bool| -> Result<Checkpoint> {
+        let (weights, scales) = head.to_weights()?;
+        let state = with_state
+            .then(|| -> Result<TrainingState> {
+                Ok(TrainingState {
+                    module: Recorder::<TrainBackend>::record(&recorder, head.clone().into_record(), ())?,
+                    optimizer: Recorder::<TrainBackend>::record(&recorder, optimizer.to_record(), ())?,
+                })
+            })
+            .transpose()?;
+        let meta = CheckpointMeta {
+            step,
+            labels: train_split.labels.clone(),
+            config: serde_json::to_string(config)?,
+            history: history.to_vec(),
+            running_loss: running,
+        };
+        Ok(Checkpoint { weights, scales, meta, state })
+    };
+    let mut batches = BatchOrder::new(config.seed, train_pool.len(), config.batch);
+    let mut steps_done = first_step - 1;
+    let train_started = Instant::now();
+    let bar = progress_bar(options.progress, config.steps as u64, "training");
+    bar.set_position(steps_done as u64);
+    for step in first_step..=config.steps {
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+        let items: Vec<&Prepared> = batches.at(step).into_iter().map(|i| &train_pool[i]).collect();
+        let batch = make_batch::<TrainBackend>(&items, labels.count, &device);
+        let (loss, _) = head.loss(&batch, &labels, &interp);
+        let loss_value = f64::from(values(loss.clone())?[0]);
+        // Stops a diverging run naming where, on what, and what is left to go back to.
+        let diverged = |what: String| -> Result<()> {
+            let sources: Vec<String> = items.iter().map(|p| describe(&train_split, p.source)).collect();
+            let last_good = history.last().map_or("no checkpoint was written yet".to_string(), |h: &HistoryPoint| {
+                format!("the last good checkpoint is {} (step {})", checkpoint_path.display(), h.step)
+            });
+            bail!("training diverged at step {step}: {what} (batch: {}); {last_good}", sources.join(", "))
+        };
+        if !loss_value.is_finite() {
+            diverged(format!("the loss is {loss_value}"))?;
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &head);
+        head = optimizer.step(config.learning_rate, head, grads);
+        let scales = head.scales()?;
+        if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            diverged(format!("the learned scales became {scales:?}"))?;
+        }
+        running = if running.is_nan() { loss_value } else { 0.9 * running + 0.1 * loss_value };
+        steps_done = step;
+        bar.set_message(format!("loss {running:.3}"));
+        bar.inc(1);
+        if step % config.eval_every == 0 || step == config.steps {
+            let (val_loss, val_cell_accuracy) = validate(&head, &val_pool, &labels, &interp, config.batch, &device)?;
+            history.push(HistoryPoint { step, train_loss: running, val_loss, val_cell_accuracy });
+            tracing::info!(step, train_loss = running, val_loss, val_cell_accuracy, "validation");
+            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, step, &history, running, true)?)?;
+        }
+    }
+    bar.finish_and_clear();
+    let train_seconds = train_started.elapsed().as_secs_f64();
+    let was_interrupted = interrupted.load(Ordering::Relaxed);
+    let last = snapshot(&head, &optimizer, steps_done, &history, running, true)?;
+    save_checkpoint(&checkpoint_path, &last)?;
+
+    let t = Instant::now();
+    export_model(out, &base, &last)?;
+    let export_seconds = t.elapsed().as_secs_f64();
+    let untrained = evaluate(&base.dir, &val_split, threads)?;
+    let trained = evaluate(out, &val_split, threads)?;
+    Ok(TrainReport {
+        config: config.clone(),
+        labels: train_split.labels.clone(),
+        steps_done,
+        interrupted: was_interrupted,
+        train_images: train_pool.len(),
+        val_images: val_pool.len(),
+        feature_seconds,
+        train_seconds,
+        train_images_per_second: ((steps_done + 1 - first_step) * config.batch) as f64 / train_seconds.max(1e-9),
+        history,
+        scales: last.scales,
+        untrained,
+        trained,
+        model_dir: out.display().to_string(),
+        export_seconds,
+    })
+}
+
+/// Reads a checkpoint to resume from and checks that it belongs to this configuration.
+fn resume_point(path: &Path, config: &TrainConfig) -> Result<Checkpoint> {
+    let checkpoint = load_checkpoint(path)?;
+    let saved: TrainConfig = serde_json::from_str(&checkpoint.meta.config).with_context(|| format!("{}: unreadable configuration", path.display()))?;
+    let comparable = |c: &TrainConfig| TrainConfig { steps: 0, threads: 0, ..c.clone() };
+    if comparable(&saved) != comparable(config) {
+        bail!("{}: the checkpoint was trained with another configuration (only steps and threads may change on resume)", path.display());
+    }
+    if checkpoint.meta.step >= config.steps {
+        bail!("{}: the checkpoint is at step {}; steps ({}) must be larger to resume", path.display(), checkpoint.meta.step, config.steps);
+    }
+    Ok(checkpoint)
+}
+
+/// Which pool entries step `s` trains on: epochs of one seeded permutation each, so a resumed
+/// run sees the same batches as an uninterrupted one.
+struct BatchOrder {
+    seed: u64,
+    len: usize,
+    batch: usize,
+    epoch: Option<(usize, Vec<usize>)>,
+}
+
+impl BatchOrder {
+    fn new(seed: u64, len: usize, batch: usize) -> Self {
+        BatchOrder { seed, len, batch, epoch: None }
+    }
+
+    fn at(&mut self, step: usize) -> Vec<usize> {
+        let first = (step - 1) * self.batch;
+        (first..first + self.batch)
+            .map(|position| {
+                let epoch = position / self.len;
+                if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let mut order: Vec<usize> = (0..self.len).collect();
+                    order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64));
+                    self.epoch = Some((epoch, order));
+                }
+                self.epoch.as_ref().map_or(0, |(_, order)| order[position % self.len])
+            })
+            .collect()
+    }
+}
+
+/// Where the running checkpoint of a training that exports to `out` is kept.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    out.with_file_name(format!("{name}.checkpoint.safetensors"))
+}
+
+/// The manifest's per-level scale (logit_scale x fusion weight), coarse first.
+pub fn default_scales(manifest: &engine::Manifest) -> [f32; 2] {
+    let levels = manifest.levels_coarse_to_fine();
+    let s = manifest.segmentation.logit_scale;
+    [s * levels[0].fusion_weight, s * levels[levels.len() - 1].fusion_weight]
+}
+
+fn describe(split: &Split, i: usize) -> String {
+    match &split.sources[i] {
+        crate::data::Source::Synthetic { seed } => format!("synthetic scene {seed}"),
+        crate::data::Source::Files { image, .. } => image.display().to_string(),
+    }
+}
+
+fn progress_bar(show: bool, len: u64, what: &'static str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_prefix(what);
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>9} {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::Device) -> Batch<B> {
+    let cat = |f: &dyn Fn(&Prepared) -> &[f32]| items.iter().flat_map(|p| f(p).iter().copied()).collect::<Vec<f32>>();
+    let first = &items[0].features;
+    let (nc, nf) = (first.coarse.cells(), first.fine.cells());
+    let channels = first.fine.features.len() / nf;
+    let dim = first.fine.base.len() / nf;
+    let n = items.len();
+    Batch {
+        images: n,
+        coarse_features: tensor2(cat(&|p| &p.features.coarse.features), [n * nc, channels], device),
+        coarse_base: tensor2(cat(&|p| &p.features.coarse.base), [n * nc, dim], device),
+        fine_features: tensor2(cat(&|p| &p.features.fine.features), [n * nf, channels], device),
+        fine_base: tensor2(cat(&|p| &p.features.fine.base), [n * nf, dim], device),
+        target: tensor3(cat(&|p| &p.target), [n, nf, num_labels], device),
+        weight: tensor2(cat(&|p| &p.weight), [n, nf], device),
+    }
+}
+
+/// Mean validation loss and cell accuracy.
+fn validate<B: Backend>(
+    head: &Head<B>,
+    pool: &[Prepared],
+    labels: &Labels<B>,
+    interp: &Tensor<B, 3>,
+    batch: usize,
+    device: &B::Device,
+) -> Result<(f64, f64)> {
+    let (mut loss_sum, mut weight_sum, mut correct, mut cells) = (0.0f64, 0.0f64, 0usize, 0usize);
+    for chunk in pool.chunks(batch) {
+        let items: Vec<&Prepared> = chunk.iter().collect();
+        let b = make_batch::<B>(&items, labels.count, device);
+        let (loss, logits) = head.loss(&b, labels, interp);
+        let w: f64 = items.iter().flat_map(|p| p.weight.iter()).map(|&w| f64::from(w)).sum();
+        loss_sum += f64::from(values(loss)?[0]) * w;
+        weight_sum += w;
+        let logits = values(logits)?;
+        let k = labels.count;
+        for (cell, scores) in logits.chunks(k).enumerate() {
+            let (p, c) = (cell / (logits.len() / k / items.len()), cell % (logits.len() / k / items.len()));
+            let item = items[p];
+            if item.weight[c] == 0.0 {
+                continue;
+            }
+            let truth = &item.target[c * k..(c + 1) * k];
+            cells += 1;
+            correct += usize::from(argmax(scores) == argmax(truth));
+        }
+    }
+    Ok((loss_sum / weight_sum.max(1e-9), correct as f64 / cells.max(1) as f64))
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
+}

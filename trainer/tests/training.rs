@@ -1,0 +1,231 @@
+//! End-to-end training on the CPU with the real backbone (fetched like the default model), the
+//! real ONNX export and the engine's CPU backend.
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+
+use engine::{BackendKind, Frame, Model};
+use trainer::checkpoint::load_checkpoint;
+use trainer::data::IGNORE;
+use trainer::export::HEAD_FILE;
+use trainer::features::FeatureExtractor;
+use trainer::model::{Head, tensor2, values};
+use trainer::synth;
+use trainer::train::{TrainConfig, TrainOptions, checkpoint_path, train};
+
+fn tiny(steps: usize) -> TrainConfig {
+    TrainConfig { steps, synthetic_train: 16, synthetic_val: 8, eval_every: 20, threads: 2, ..TrainConfig::default() }
+}
+
+fn run(config: &TrainConfig, out: &Path, resume: Option<PathBuf>) -> anyhow::Result<trainer::train::TrainReport> {
+    train(config, out, &TrainOptions { progress: false, resume })
+}
+
+/// Max abs difference between the burn head's normalised embeddings and the exported ONNX
+/// image encoder run by the engine's CPU backend, both levels.
+fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
+    let checkpoint = load_checkpoint(&model_dir.join(HEAD_FILE)).unwrap();
+    let device = Default::default();
+    let head = Head::<Flex>::from_weights(&checkpoint.weights, checkpoint.scales, &device);
+    let model = Model::open(model_dir).unwrap();
+    let (_, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
+    let features = FeatureExtractor::new(&weights, &class_text, &model.manifest, 2).unwrap().extract(image).unwrap();
+
+    let mut backend = model.image_backend(BackendKind::Cpu, 2).unwrap();
+    let net = engine::preprocess::preprocess(&Frame::from_rgb_image(image), &model.manifest.image_encoder.input);
+    let maps = backend.encode(&net).unwrap();
+    assert_eq!(maps.len(), 2, "coarse and fine level");
+    let mut worst = 0.0f32;
+    for (level, map) in [&features.coarse, &features.fine].into_iter().zip(&maps) {
+        assert_eq!((level.grid.width, level.grid.height), (map.width, map.height));
+        let cells = level.cells();
+        let embedded = head.embed(
+            tensor2(level.features.clone(), [cells, level.features.len() / cells], &device),
+            tensor2(level.base.clone(), [cells, map.dim], &device),
+        );
+        let norm = (embedded.clone() * embedded.clone()).sum_dim(1).sqrt();
+        let ours = values::<Flex, 2>(embedded / norm).unwrap();
+        assert_eq!(ours.len(), map.data.len());
+        worst = ours.iter().zip(&map.data).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+    }
+    worst
+}
+
+#[test]
+fn training_beats_the_untrained_head_and_the_export_equals_the_trained_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let report = run(&tiny(60), &out, None).unwrap();
+    println!(
+        "held-out synthetic mIoU: untrained {:.3}, trained {:.3}; {:.0} img/s through the head",
+        report.untrained.miou, report.trained.miou, report.train_images_per_second
+    );
+    assert_eq!(report.steps_done, 60);
+    assert_eq!(report.untrained.images, 8);
+    assert!(report.trained.miou > report.untrained.miou + 0.15, "trained {} vs untrained {}", report.trained.miou, report.untrained.miou);
+    assert!(report.trained.miou > 0.5, "trained mIoU {}", report.trained.miou);
+    let first = &report.history[0];
+    let last = report.history.last().unwrap();
+    assert!(last.val_loss < first.val_loss, "validation loss falls: {:?}", report.history);
+
+    // The exported directory is a model the engine opens with the training labels as defaults.
+    let model = Model::open(&out).unwrap();
+    assert_eq!(model.manifest.segmentation.default_labels, report.labels);
+    assert!(checkpoint_path(&out).is_file());
+
+    // One model definition: held-out scene, both levels.
+    let scene = synth::scene(99_999, 320, 224);
+    let diff = export_parity(&out, &scene.image);
+    println!("export parity: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "exported ONNX vs burn head: max abs diff {diff}");
+}
+
+#[test]
+fn resuming_gives_the_weights_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |steps| TrainConfig { synthetic_train: 6, synthetic_val: 2, eval_every: 4, hidden: 32, ..tiny(steps) };
+    let whole = dir.path().join("whole");
+    run(&config(12), &whole, None).unwrap();
+    let part = dir.path().join("part");
+    run(&config(8), &part, None).unwrap();
+    let report = run(&config(12), &part, Some(checkpoint_path(&part))).unwrap();
+    assert_eq!(report.steps_done, 12);
+    assert_eq!(report.history.iter().map(|h| h.step).collect::<Vec<_>>(), [4, 8, 12]);
+    let a = load_checkpoint(&checkpoint_path(&whole)).unwrap();
+    let b = load_checkpoint(&checkpoint_path(&part)).unwrap();
+    assert_eq!(a.weights, b.weights, "resumed weights equal the uninterrupted run's bit for bit");
+    assert_eq!(a.scales, b.scales);
+
+    // A checkpoint already at or past the requested steps, or from another configuration, is refused.
+    let err = format!("{:#}", run(&config(12), &part, Some(checkpoint_path(&part))).unwrap_err());
+    assert!(err.contains("at step 12") && err.contains("steps (12)"), "{err}");
+    let other = TrainConfig { seed: 2, ..config(16) };
+    let err = format!("{:#}", run(&other, &part, Some(checkpoint_path(&part))).unwrap_err());
+    assert!(err.contains("another configuration"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_the_batch_and_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let config = TrainConfig { synthetic_train: 4, synthetic_val: 2, eval_every: 1, batch: 2, learning_rate: 40.0, ..tiny(20) };
+    let err = format!("{:#}", run(&config, &out, None).unwrap_err());
+    assert!(err.contains("training diverged at step") && err.contains("synthetic scene"), "{err}");
+    assert!(err.contains(&checkpoint_path(&out).display().to_string()), "{err}");
+    let checkpoint = load_checkpoint(&checkpoint_path(&out)).unwrap();
+    assert!(err.contains(&format!("(step {})", checkpoint.meta.step)), "{err}");
+    assert!(!out.exists(), "nothing is exported from a diverged run");
+}
+
+/// A folder data set with `count` synthetic scenes; `corrupt` may then spoil it.
+fn folder_set(root: &Path, count: u64) -> PathBuf {
+    let dir = root.join("set");
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    std::fs::write(dir.join("labels.txt"), synth::CLASSES.map(|(n, _)| n).join("\n")).unwrap();
+    for i in 0..count {
+        let s = synth::scene(500 + i, 256, 192);
+        s.image.save(dir.join(format!("images/{i:03}.png"))).unwrap();
+        s.mask.save(dir.join(format!("masks/{i:03}.png"))).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn bad_data_is_refused_naming_the_file_and_the_value() {
+    let root = tempfile::tempdir().unwrap();
+    let set = folder_set(root.path(), 5);
+    let config = |data: &Path| TrainConfig { data: vec![data.to_path_buf()], steps: 2, ..tiny(2) };
+    let out = root.path().join("model");
+    let expect_error = |needles: &[&str]| {
+        let err = format!("{:#}", run(&config(&set), &out, None).unwrap_err());
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} missing from: {err}");
+        }
+    };
+
+    // A mask value beyond the 4 labels.
+    let mask_path = set.join("masks/002.png");
+    let good_mask = image::open(&mask_path).unwrap().to_luma8();
+    let mut bad = good_mask.clone();
+    bad.put_pixel(7, 3, image::Luma([9]));
+    bad.save(&mask_path).unwrap();
+    expect_error(&["002.png", "mask value 9 at (7, 3)", "4 labels"]);
+
+    // A mask of another size.
+    image::imageops::crop_imm(&good_mask, 0, 0, 128, 192).to_image().save(&mask_path).unwrap();
+    expect_error(&["002.png", "mask is 128x192, image is 256x192"]);
+    good_mask.save(&mask_path).unwrap();
+
+    // An image that does not decode.
+    let image_path = set.join("images/001.png");
+    let good_image = std::fs::read(&image_path).unwrap();
+    std::fs::write(&image_path, &good_image[..200]).unwrap();
+    expect_error(&["001.png", "cannot decode"]);
+    std::fs::write(&image_path, &good_image).unwrap();
+
+    // No images at all.
+    let empty = root.path().join("empty");
+    std::fs::create_dir_all(empty.join("images")).unwrap();
+    std::fs::write(empty.join("labels.txt"), "weed\n").unwrap();
+    let err = format!("{:#}", run(&config(&empty), &out, None).unwrap_err());
+    assert!(err.contains("no samples") && err.contains("empty"), "{err}");
+
+    // A label outside the training sets in the validation set.
+    let val = root.path().join("val");
+    std::fs::create_dir_all(val.join("images")).unwrap();
+    std::fs::create_dir_all(val.join("masks")).unwrap();
+    std::fs::write(val.join("labels.txt"), "sky\nweed\n").unwrap();
+    std::fs::copy(set.join("images/000.png"), val.join("images/000.png")).unwrap();
+    std::fs::copy(set.join("masks/000.png"), val.join("masks/000.png")).unwrap();
+    let cfg = TrainConfig { val_data: vec![val], ..config(&set) };
+    let err = format!("{:#}", run(&cfg, &out, None).unwrap_err());
+    assert!(err.contains("\"weed\" is in no training data set"), "{err}");
+    assert!(!out.exists(), "no model is written from bad data");
+
+    // With the data repaired the same folder trains (every 5th image held out).
+    let ignore_edge = {
+        let mut m = good_mask;
+        for y in 0..192 {
+            m.put_pixel(0, y, image::Luma([IGNORE]));
+        }
+        m
+    };
+    ignore_edge.save(&mask_path).unwrap();
+    let report = run(&config(&set), &out, None).unwrap();
+    assert_eq!((report.train_images, report.val_images), (4 * 2, 1));
+}
+
+#[test]
+fn configuration_errors_name_the_field() {
+    let cases = [
+        (TrainConfig { image_size: [250, 192], ..TrainConfig::default() }, "image_size [250, 192]"),
+        (TrainConfig { steps: 0, ..TrainConfig::default() }, "steps is 0"),
+        (TrainConfig { learning_rate: f64::NAN, ..TrainConfig::default() }, "learning_rate NaN"),
+        (TrainConfig { synthetic_val: 0, ..TrainConfig::default() }, "synthetic_train / synthetic_val"),
+    ];
+    for (config, needle) in cases {
+        let err = format!("{:#}", config.check().unwrap_err());
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "steps: 10\nlearning_rat: 0.1\n").unwrap();
+    let err = format!("{:#}", TrainConfig::read(&path).unwrap_err());
+    assert!(err.contains("learning_rat"), "{err}");
+    std::fs::write(&path, "steps: 10\naugment: {scale_min: 0.8, scale_max: 1.2, flip: false, color: 0.1}\n").unwrap();
+    let config = TrainConfig::read(&path).unwrap();
+    assert_eq!((config.steps, config.augment.scale_min, config.hidden), (10, 0.8, TrainConfig::default().hidden));
+}
+
+#[test]
+fn export_never_replaces_a_directory_that_is_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("photos");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("holiday.jpg"), b"precious").unwrap();
+    let config = TrainConfig { synthetic_train: 2, synthetic_val: 1, ..tiny(1) };
+    let err = format!("{:#}", run(&config, &out, None).unwrap_err());
+    assert!(err.contains("not a model directory"), "{err}");
+    assert_eq!(std::fs::read(out.join("holiday.jpg")).unwrap(), b"precious");
+}
