@@ -24,18 +24,27 @@ pub struct EvalReport {
     /// Mean over the labels that occur in the split's truth.
     pub miou: f64,
     pub pixel_accuracy: f64,
+    /// With held-out labels: mIoU over the trained (seen) and held-out (unseen) labels that occur,
+    /// and their harmonic mean (generalized zero-shot).
+    pub seen_miou: Option<f64>,
+    pub unseen_miou: Option<f64>,
+    pub harmonic_miou: Option<f64>,
     pub classes: Vec<ClassIou>,
 }
 
 impl EvalReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "## {}\n\n{} images: mIoU {:.1}%, pixel accuracy {:.1}%\n\n| label | IoU | pixels |\n|---|---|---|\n",
+            "## {}\n\n{} images: mIoU {:.1}%, pixel accuracy {:.1}%\n\n",
             self.model,
             self.images,
             100.0 * self.miou,
             100.0 * self.pixel_accuracy
         );
+        if let (Some(seen), Some(unseen), Some(h)) = (self.seen_miou, self.unseen_miou, self.harmonic_miou) {
+            s.push_str(&format!("seen mIoU {:.1}%, unseen (held-out) mIoU {:.1}%, harmonic {:.1}%\n\n", 100.0 * seen, 100.0 * unseen, 100.0 * h));
+        }
+        s.push_str("| label | IoU | pixels |\n|---|---|---|\n");
         for c in &self.classes {
             let iou = c.iou.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
             s.push_str(&format!("| {} | {iou} | {} |\n", c.label, c.pixels));
@@ -44,8 +53,9 @@ impl EvalReport {
     }
 }
 
-/// Segments every sample of `split` with the model in `model_dir` and scores it.
-pub fn evaluate(model_dir: &Path, split: &Split, threads: usize) -> Result<EvalReport> {
+/// Segments every sample of `split` with the model in `model_dir` and scores it; `unseen` names
+/// the labels held out of training (empty: no seen/unseen split).
+pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[String]) -> Result<EvalReport> {
     let model = Model::open(model_dir).with_context(|| format!("opening the model in {}", model_dir.display()))?;
     let mut pipeline = model.pipeline(BackendKind::Cpu, threads)?;
     let mut bank = model.label_bank(threads, None)?;
@@ -82,12 +92,24 @@ pub fn evaluate(model_dir: &Path, split: &Split, threads: usize) -> Result<EvalR
             pixels: truth_pixels[c],
         })
         .collect();
-    let present: Vec<f64> = classes.iter().filter(|c| c.pixels > 0).filter_map(|c| c.iou).collect();
+    let mean = |keep: &dyn Fn(&ClassIou) -> bool| -> Option<f64> {
+        let present: Vec<f64> = classes.iter().filter(|c| c.pixels > 0 && keep(c)).filter_map(|c| c.iou).collect();
+        (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
+    };
+    let (seen_miou, unseen_miou) = if unseen.is_empty() {
+        (None, None)
+    } else {
+        (mean(&|c| !unseen.contains(&c.label)), mean(&|c| unseen.contains(&c.label)))
+    };
+    let harmonic_miou = seen_miou.zip(unseen_miou).map(|(s, u)| if s + u > 0.0 { 2.0 * s * u / (s + u) } else { 0.0 });
     Ok(EvalReport {
         model: model.manifest.name.clone(),
         images: split.len(),
-        miou: present.iter().sum::<f64>() / present.len().max(1) as f64,
+        miou: mean(&|_| true).unwrap_or(0.0),
         pixel_accuracy: correct as f64 / valid.max(1) as f64,
+        seen_miou,
+        unseen_miou,
+        harmonic_miou,
         classes,
     })
 }

@@ -47,6 +47,9 @@ struct TrainArgs {
     data: Vec<PathBuf>,
     #[arg(long)]
     val_data: Vec<PathBuf>,
+    /// Keep this label out of training and evaluate it zero-shot (repeat for several).
+    #[arg(long)]
+    holdout_label: Vec<String>,
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long)]
@@ -94,6 +97,9 @@ struct EvalArgs {
     height: u32,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Labels the model was not trained on (repeat): the report adds seen, unseen and harmonic mIoU.
+    #[arg(long)]
+    unseen: Vec<String>,
     /// Write the report as Markdown here (JSON goes to stdout).
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -137,6 +143,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
     if !args.val_data.is_empty() {
         config.val_data = args.val_data;
     }
+    if !args.holdout_label.is_empty() {
+        config.holdout_labels = args.holdout_label;
+    }
     macro_rules! override_with {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
     }
@@ -168,7 +177,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     } else {
         Split::folders(&args.data)?
     };
-    let report: EvalReport = evaluate(&args.model_dir, &split, args.threads)?;
+    let report: EvalReport = evaluate(&args.model_dir, &split, args.threads, &args.unseen)?;
     if let Some(path) = &args.markdown {
         write_file(path, report.markdown().as_bytes())?;
     }

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, Split, cell_targets};
+use crate::data::{Augment, IGNORE, Split, cell_targets};
 use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
 use crate::export::{BaseModel, check_destination, export_model};
@@ -56,6 +56,9 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Threads for ONNX Runtime (0 = all cores).
     pub threads: usize,
+    /// Labels kept out of training (their pixels are ignored) and evaluated zero-shot:
+    /// the report gives seen, unseen and harmonic mIoU.
+    pub holdout_labels: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +78,7 @@ impl Default for TrainConfig {
             learning_rate: 2e-3,
             eval_every: 50,
             threads: 0,
+            holdout_labels: Vec::new(),
         }
     }
 }
@@ -149,7 +153,7 @@ fn remap_labels(mut split: Split, labels: &[String]) -> Split {
         if let crate::data::Source::Files { to_global, .. } = source {
             for id in to_global.iter_mut() {
                 let name = &split.labels[usize::from(*id)];
-                *id = labels.iter().position(|l| l == name).unwrap_or(usize::from(crate::data::IGNORE)) as u8;
+                *id = labels.iter().position(|l| l == name).unwrap_or(usize::from(IGNORE)) as u8;
             }
         }
     }
@@ -210,7 +214,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let base = BaseModel { dir: base_dir, weights, class_text };
     let model = engine::Model::open(&base.dir)?;
     let mut bank = model.label_bank(threads, None)?;
-    let label_set = bank.build(&train_split.label_specs())?;
+    let seen = SeenLabels::new(&train_split, &config.holdout_labels)?;
+    let label_set = bank.build(&seen.specs)?;
 
     let started = Instant::now();
     let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads)?;
@@ -219,9 +224,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let mut augment_rng = StdRng::seed_from_u64(config.seed);
     let bar = progress_bar(options.progress, (train_split.len() * config.copies + val_split.len()) as u64, "features");
     let mut prepare = |split: &Split, i: usize, augment: &Augment, rng: &mut StdRng| -> Result<Prepared> {
-        let sample = augment.apply(&split.load(i)?, size, rng);
+        let mut sample = augment.apply(&split.load(i)?, size, rng);
+        seen.hide_unseen(&mut sample.mask);
         let features = extractor.extract(&sample.image)?;
-        let (target, weight) = cell_targets(&sample.mask, features.fine.grid, split.labels.len());
+        let (target, weight) = cell_targets(&sample.mask, features.fine.grid, seen.specs.len());
         bar.inc(1);
         Ok(Prepared { features, target, weight, source: i })
     };
@@ -275,7 +281,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             .transpose()?;
         let meta = CheckpointMeta {
             step,
-            labels: train_split.labels.clone(),
+            labels: seen.names(),
             config: serde_json::to_string(config)?,
             history: history.to_vec(),
             running_loss: running,
@@ -332,11 +338,11 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let t = Instant::now();
     export_model(out, &base, &last)?;
     let export_seconds = t.elapsed().as_secs_f64();
-    let untrained = evaluate(&base.dir, &val_split, threads)?;
-    let trained = evaluate(out, &val_split, threads)?;
+    let untrained = evaluate(&base.dir, &val_split, threads, &config.holdout_labels)?;
+    let trained = evaluate(out, &val_split, threads, &config.holdout_labels)?;
     Ok(TrainReport {
         config: config.clone(),
-        labels: train_split.labels.clone(),
+        labels: seen.names(),
         steps_done,
         interrupted: was_interrupted,
         train_images: train_pool.len(),
@@ -351,6 +357,48 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         model_dir: out.display().to_string(),
         export_seconds,
     })
+}
+
+/// The labels training sees: all of the split's except the held-out ones.
+struct SeenLabels {
+    specs: Vec<engine::LabelSpec>,
+    /// Split label id -> training label id, or IGNORE for held-out labels.
+    to_seen: Vec<u8>,
+}
+
+impl SeenLabels {
+    fn new(split: &Split, holdout: &[String]) -> Result<Self> {
+        if let Some(missing) = holdout.iter().find(|h| !split.labels.contains(h)) {
+            bail!("holdout_labels: {missing:?} is not a label of the training data ({})", split.labels.join(", "));
+        }
+        let all = split.label_specs();
+        let mut specs = Vec::new();
+        let mut to_seen = Vec::with_capacity(all.len());
+        for spec in all {
+            if holdout.contains(&spec.name) {
+                to_seen.push(IGNORE);
+            } else {
+                to_seen.push(specs.len() as u8);
+                specs.push(spec);
+            }
+        }
+        if specs.is_empty() {
+            bail!("holdout_labels: every label is held out; at least one must be trained");
+        }
+        Ok(SeenLabels { specs, to_seen })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.specs.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn hide_unseen(&self, mask: &mut image::GrayImage) {
+        for p in mask.pixels_mut() {
+            if let Some(&id) = self.to_seen.get(usize::from(p.0[0])) {
+                p.0[0] = id;
+            }
+        }
+    }
 }
 
 /// Reads a checkpoint to resume from and checks that it belongs to this configuration.

@@ -229,3 +229,22 @@ fn export_never_replaces_a_directory_that_is_not_a_model() {
     assert!(err.contains("not a model directory"), "{err}");
     assert_eq!(std::fs::read(out.join("holiday.jpg")).unwrap(), b"precious");
 }
+
+#[test]
+fn held_out_labels_are_not_trained_and_are_scored_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let config = TrainConfig { synthetic_train: 4, synthetic_val: 4, holdout_labels: vec!["brick wall".into()], ..tiny(5) };
+    let report = run(&config, &out, None).unwrap();
+    assert_eq!(report.labels, ["sky", "grass", "gravel path"]);
+    assert_eq!(Model::open(&out).unwrap().manifest.segmentation.default_labels, report.labels);
+    for eval in [&report.untrained, &report.trained] {
+        let brick = eval.classes.iter().find(|c| c.label == "brick wall").unwrap();
+        assert!(brick.pixels > 0, "the held-out label is still evaluated");
+        let (seen, unseen, h) = (eval.seen_miou.unwrap(), eval.unseen_miou.unwrap(), eval.harmonic_miou.unwrap());
+        assert_eq!(Some(unseen), brick.iou);
+        assert!((h - 2.0 * seen * unseen / (seen + unseen).max(1e-12)).abs() < 1e-12);
+    }
+    let err = format!("{:#}", run(&TrainConfig { holdout_labels: vec!["weed".into()], ..config }, &out, None).unwrap_err());
+    assert!(err.contains("holdout_labels: \"weed\" is not a label"), "{err}");
+}
