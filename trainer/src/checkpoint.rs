@@ -14,10 +14,14 @@ use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryPoint {
     pub step: usize,
-    pub train_loss: f64,
+    /// Smoothed training loss (none at step 0).
+    pub train_loss: Option<f64>,
     pub val_loss: f64,
     /// Share of validation cells whose argmax equals the majority label of their window.
     pub val_cell_accuracy: f64,
+    /// mIoU over the validation cells (same truth).
+    #[serde(default)]
+    pub val_cell_miou: f64,
 }
 
 /// What a checkpoint holds besides the weights.
@@ -29,9 +33,9 @@ pub struct CheckpointMeta {
     pub config: String,
     #[serde(default)]
     pub history: Vec<HistoryPoint>,
-    /// Smoothed training loss at `step` (NaN before the first step).
+    /// Smoothed training loss at `step` (none before the first step).
     #[serde(default)]
-    pub running_loss: f64,
+    pub running_loss: Option<f64>,
 }
 
 /// burn's records of the module and the optimizer, serialised (needed to resume exactly).
@@ -152,8 +156,8 @@ mod tests {
                 step: 12,
                 labels: vec!["sky".into(), "weed".into()],
                 config: "{}".into(),
-                history: vec![HistoryPoint { step: 10, train_loss: 0.5, val_loss: 0.7, val_cell_accuracy: 0.8 }],
-                running_loss: 0.45,
+                history: vec![HistoryPoint { step: 10, train_loss: Some(0.5), val_loss: 0.7, val_cell_accuracy: 0.8, val_cell_miou: 0.6 }],
+                running_loss: Some(0.45),
             },
             state,
         }

@@ -7,12 +7,12 @@ use serde::Serialize;
 
 use engine::{BackendKind, Frame, Model};
 
-use crate::data::{IGNORE, Split};
+use crate::data::Split;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClassIou {
     pub label: String,
-    /// `None` when the label neither occurs in the truth nor is predicted.
+    /// `None` when the label does not occur in the truth.
     pub iou: Option<f64>,
     pub pixels: u64,
 }
@@ -60,36 +60,22 @@ pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[Strin
     let mut pipeline = model.pipeline(BackendKind::Cpu, threads)?;
     let mut bank = model.label_bank(threads, None)?;
     let labels = bank.build(&split.label_specs())?;
-    let k = split.labels.len();
-    let (mut inter, mut union, mut truth_pixels) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
-    let (mut correct, mut valid) = (0u64, 0u64);
+    // Pixels of all images in one list, so IoU accumulates over the split, not per image.
+    let (mut predicted, mut truth) = (Vec::new(), Vec::new());
     for i in 0..split.len() {
         let sample = split.load(i)?;
         let seg = pipeline.process(&Frame::from_rgb_image(&sample.image), &labels)?;
-        for (&p, &t) in seg.map.labels.iter().zip(sample.mask.as_raw()) {
-            if t == IGNORE {
-                continue;
-            }
-            let (t, p) = (usize::from(t), usize::from(p));
-            valid += 1;
-            truth_pixels[t] += 1;
-            if p == t {
-                correct += 1;
-                inter[t] += 1;
-                union[t] += 1;
-            } else {
-                union[t] += 1;
-                if p < k {
-                    union[p] += 1;
-                }
-            }
-        }
+        predicted.extend_from_slice(&seg.map.labels);
+        truth.extend_from_slice(sample.mask.as_raw());
     }
+    let k = split.labels.len();
+    let identity: Vec<u16> = (0..k as u16).collect();
+    let (ious, pixel_accuracy) = engine::metrics::score(&predicted, &truth, &identity);
     let classes: Vec<ClassIou> = (0..k)
         .map(|c| ClassIou {
             label: split.labels[c].clone(),
-            iou: (union[c] > 0).then(|| inter[c] as f64 / union[c] as f64),
-            pixels: truth_pixels[c],
+            iou: ious.iter().find(|(id, _)| *id == c).map(|(_, iou)| *iou),
+            pixels: truth.iter().filter(|&&t| usize::from(t) == c).count() as u64,
         })
         .collect();
     let mean = |keep: &dyn Fn(&ClassIou) -> bool| -> Option<f64> {
@@ -106,7 +92,7 @@ pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[Strin
         model: model.manifest.name.clone(),
         images: split.len(),
         miou: mean(&|_| true).unwrap_or(0.0),
-        pixel_accuracy: correct as f64 / valid.max(1) as f64,
+        pixel_accuracy,
         seen_miou,
         unseen_miou,
         harmonic_miou,

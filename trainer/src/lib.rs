@@ -7,5 +7,6 @@ pub mod eval;
 pub mod export;
 pub mod features;
 pub mod model;
+pub mod plot;
 pub mod synth;
 pub mod train;

@@ -157,6 +157,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     write_file(&report_path, json.as_bytes())?;
     let markdown = format!("{}\n{}", report.untrained.markdown(), report.trained.markdown());
     write_file(&args.out.join("eval.md"), markdown.as_bytes())?;
+    trainer::plot::write_curves(&args.out.join("curves.png"), &report.history)?;
     println!("{json}");
     eprintln!(
         "held-out mIoU: untrained {:.1}% -> trained {:.1}%; model in {}{}",

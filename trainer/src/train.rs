@@ -263,13 +263,17 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             tracing::info!(step = checkpoint.meta.step, "resuming");
             (checkpoint.meta.history, checkpoint.meta.running_loss, checkpoint.meta.step + 1)
         }
-        None => (Vec::new(), f64::NAN, 1),
+        None => {
+            // Step 0: the untrained head (the data-free model) as the first point of the curves.
+            let v = validate(&head, &val_pool, &labels, &interp, config.batch, &device)?;
+            (vec![HistoryPoint { step: 0, train_loss: None, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou }], None, 1)
+        }
     };
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
     let checkpoint_path = checkpoint_path(out);
-    let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: f64, with_state: bool| -> Result<Checkpoint> {
+    let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: Option<f64>, with_state: bool| -> Result<Checkpoint> {
         let (weights, scales) = head.to_weights()?;
         let state = with_state
             .then(|| -> Result<TrainingState> {
@@ -290,6 +294,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     };
     let mut batches = BatchOrder::new(config.seed, train_pool.len(), config.batch);
     let mut steps_done = first_step - 1;
+    let mut saved_at = (first_step > 1).then_some(steps_done);
     let train_started = Instant::now();
     let bar = progress_bar(options.progress, config.steps as u64, "training");
     bar.set_position(steps_done as u64);
@@ -304,8 +309,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         // Stops a diverging run naming where, on what, and what is left to go back to.
         let diverged = |what: String| -> Result<()> {
             let sources: Vec<String> = items.iter().map(|p| describe(&train_split, p.source)).collect();
-            let last_good = history.last().map_or("no checkpoint was written yet".to_string(), |h: &HistoryPoint| {
-                format!("the last good checkpoint is {} (step {})", checkpoint_path.display(), h.step)
+            let last_good = saved_at.map_or("no checkpoint was written yet".to_string(), |at| {
+                format!("the last good checkpoint is {} (step {at})", checkpoint_path.display())
             });
             bail!("training diverged at step {step}: {what} (batch: {}); {last_good}", sources.join(", "))
         };
@@ -318,15 +323,17 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             diverged(format!("the learned scales became {scales:?}"))?;
         }
-        running = if running.is_nan() { loss_value } else { 0.9 * running + 0.1 * loss_value };
+        let smoothed = running.map_or(loss_value, |r| 0.9 * r + 0.1 * loss_value);
+        running = Some(smoothed);
         steps_done = step;
-        bar.set_message(format!("loss {running:.3}"));
+        bar.set_message(format!("loss {smoothed:.3}"));
         bar.inc(1);
         if step % config.eval_every == 0 || step == config.steps {
-            let (val_loss, val_cell_accuracy) = validate(&head, &val_pool, &labels, &interp, config.batch, &device)?;
-            history.push(HistoryPoint { step, train_loss: running, val_loss, val_cell_accuracy });
-            tracing::info!(step, train_loss = running, val_loss, val_cell_accuracy, "validation");
+            let v = validate(&head, &val_pool, &labels, &interp, config.batch, &device)?;
+            history.push(HistoryPoint { step, train_loss: running, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou });
+            tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, "validation");
             save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, step, &history, running, true)?)?;
+            saved_at = Some(step);
         }
     }
     bar.finish_and_clear();
@@ -494,7 +501,13 @@ fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::De
     }
 }
 
-/// Mean validation loss and cell accuracy.
+/// Validation over the held-out pool, at the fine cells (majority label of each cell's window).
+struct Validation {
+    loss: f64,
+    cell_accuracy: f64,
+    cell_miou: f64,
+}
+
 fn validate<B: Backend>(
     head: &Head<B>,
     pool: &[Prepared],
@@ -502,29 +515,29 @@ fn validate<B: Backend>(
     interp: &Tensor<B, 3>,
     batch: usize,
     device: &B::Device,
-) -> Result<(f64, f64)> {
-    let (mut loss_sum, mut weight_sum, mut correct, mut cells) = (0.0f64, 0.0f64, 0usize, 0usize);
+) -> Result<Validation> {
+    let k = labels.count;
+    let (mut loss_sum, mut weight_sum) = (0.0f64, 0.0f64);
+    let (mut predicted, mut truth) = (Vec::new(), Vec::new());
     for chunk in pool.chunks(batch) {
         let items: Vec<&Prepared> = chunk.iter().collect();
-        let b = make_batch::<B>(&items, labels.count, device);
+        let b = make_batch::<B>(&items, k, device);
         let (loss, logits) = head.loss(&b, labels, interp);
         let w: f64 = items.iter().flat_map(|p| p.weight.iter()).map(|&w| f64::from(w)).sum();
         loss_sum += f64::from(values(loss)?[0]) * w;
         weight_sum += w;
         let logits = values(logits)?;
-        let k = labels.count;
+        let cells_per_image = logits.len() / k / items.len();
         for (cell, scores) in logits.chunks(k).enumerate() {
-            let (p, c) = (cell / (logits.len() / k / items.len()), cell % (logits.len() / k / items.len()));
-            let item = items[p];
-            if item.weight[c] == 0.0 {
-                continue;
-            }
-            let truth = &item.target[c * k..(c + 1) * k];
-            cells += 1;
-            correct += usize::from(argmax(scores) == argmax(truth));
+            let (item, c) = (items[cell / cells_per_image], cell % cells_per_image);
+            predicted.push(argmax(scores) as u16);
+            truth.push(if item.weight[c] == 0.0 { IGNORE } else { argmax(&item.target[c * k..(c + 1) * k]) as u8 });
         }
     }
-    Ok((loss_sum / weight_sum.max(1e-9), correct as f64 / cells.max(1) as f64))
+    let identity: Vec<u16> = (0..k as u16).collect();
+    let (ious, cell_accuracy) = engine::metrics::score(&predicted, &truth, &identity);
+    let cell_miou = ious.iter().map(|(_, iou)| iou).sum::<f64>() / ious.len().max(1) as f64;
+    Ok(Validation { loss: loss_sum / weight_sum.max(1e-9), cell_accuracy, cell_miou })
 }
 
 fn argmax(v: &[f32]) -> usize {
