@@ -3,7 +3,9 @@
 //!
 //! Folder layout: `labels.txt` (one label per line; mask value i = line i), `images/<stem>.jpg`
 //! or `.png`, `masks/<stem>.png` (8-bit, same size as the image, 255 = ignore). Several folders
-//! with different label lists merge by label text.
+//! with different label lists merge by label text. An optional `dataset.yaml` says how the set
+//! is annotated: `annotation: fine` (the default), `coarse` (rough masks), or `tags` (no masks;
+//! `tags.json` maps each image stem to the labels it shows).
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -27,18 +29,68 @@ pub enum DataError {
     Empty(PathBuf),
 }
 
-/// An image with its mask (values index the data set's labels; [`IGNORE`] = not annotated).
+/// How a sample is annotated; this decides its loss.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Annotation {
+    /// Every mask pixel is trusted.
+    Fine,
+    /// A rough mask: only cells the model already finds likely are trained on.
+    Coarse,
+    /// Only the labels the image shows (global ids); the mask is all [`IGNORE`].
+    Tags(Vec<u8>),
+}
+
+/// An image with its mask (values index the split's labels; [`IGNORE`] = not annotated).
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub image: RgbImage,
     pub mask: GrayImage,
+    pub annotation: Annotation,
 }
 
 /// Where a sample comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
     Synthetic { seed: u64 },
-    Files { image: PathBuf, mask: PathBuf, to_global: Vec<u8> },
+    Files { image: PathBuf, mask: PathBuf, to_global: Vec<u8>, coarse: bool },
+    Tagged { image: PathBuf, tags: Vec<u8> },
+}
+
+impl Source {
+    pub fn has_mask(&self) -> bool {
+        !matches!(self, Source::Tagged { .. })
+    }
+
+    /// Re-expresses label ids through `map` (old global id -> new global id).
+    pub fn remap(&mut self, map: &dyn Fn(u8) -> u8) {
+        match self {
+            Source::Synthetic { .. } => {}
+            Source::Files { to_global, .. } => to_global.iter_mut().for_each(|id| *id = map(*id)),
+            Source::Tagged { tags, .. } => tags.iter_mut().for_each(|id| *id = map(*id)),
+        }
+    }
+
+    /// Names the sample in errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Synthetic { seed } => format!("synthetic scene {seed}"),
+            Source::Files { image, .. } | Source::Tagged { image, .. } => image.display().to_string(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetInfo {
+    annotation: AnnotationKind,
+}
+
+#[derive(serde::Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum AnnotationKind {
+    Fine,
+    Coarse,
+    Tags,
 }
 
 /// A training or evaluation split: global label names and its samples.
@@ -69,12 +121,12 @@ impl Split {
             let labels_path = dir.join("labels.txt");
             let text = std::fs::read_to_string(&labels_path)
                 .map_err(|e| DataError::File { path: labels_path.clone(), reason: format!("cannot read: {e}") })?;
-            let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-            if names.is_empty() || names.len() > usize::from(IGNORE) {
-                return Err(DataError::File { path: labels_path, reason: format!("{} labels; need 1..=255", names.len()) });
+            let label_names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            if label_names.is_empty() || label_names.len() > usize::from(IGNORE) {
+                return Err(DataError::File { path: labels_path, reason: format!("{} labels; need 1..=255", label_names.len()) });
             }
-            let mut to_global = Vec::with_capacity(names.len());
-            for name in names {
+            let mut to_global = Vec::with_capacity(label_names.len());
+            for name in label_names.iter().cloned() {
                 let id = match split.labels.iter().position(|l| *l == name) {
                     Some(id) => id,
                     None => {
@@ -100,13 +152,22 @@ impl Split {
             if found.is_empty() {
                 return Err(DataError::Empty(dir.clone()));
             }
+            let kind = annotation_kind(dir)?;
+            let tags = if kind == AnnotationKind::Tags { Some(read_tags(dir, &label_names, &to_global)?) } else { None };
             for image in found {
                 let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                if let Some(tags) = &tags {
+                    let Some(ids) = tags.get(&stem) else {
+                        return Err(DataError::File { path: dir.join("tags.json"), reason: format!("no entry for image {stem:?}") });
+                    };
+                    split.sources.push(Source::Tagged { image, tags: ids.clone() });
+                    continue;
+                }
                 let mask = dir.join("masks").join(format!("{stem}.png"));
                 if !mask.is_file() {
                     return Err(DataError::File { path: mask, reason: format!("missing mask for {}", image.display()) });
                 }
-                split.sources.push(Source::Files { image, mask, to_global: to_global.clone() });
+                split.sources.push(Source::Files { image, mask, to_global: to_global.clone(), coarse: kind == AnnotationKind::Coarse });
             }
         }
         Ok(split)
@@ -133,15 +194,59 @@ impl Split {
     pub fn load(&self, i: usize) -> Result<Sample, DataError> {
         match &self.sources[i] {
             Source::Synthetic { seed } => Ok(crate::synth::scene(*seed, self.synthetic_size.0, self.synthetic_size.1)),
-            Source::Files { image, mask, to_global } => load_files(image, mask, to_global),
+            Source::Files { image, mask, to_global, coarse } => {
+                let (image, mask) = load_files(image, mask, to_global)?;
+                Ok(Sample { image, mask, annotation: if *coarse { Annotation::Coarse } else { Annotation::Fine } })
+            }
+            Source::Tagged { image, tags } => {
+                let image = decode(image)?.to_rgb8();
+                let mask = GrayImage::from_pixel(image.width(), image.height(), image::Luma([IGNORE]));
+                Ok(Sample { image, mask, annotation: Annotation::Tags(tags.clone()) })
+            }
         }
     }
 }
 
-fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8]) -> Result<Sample, DataError> {
-    let read = |p: &Path| image::open(p).map_err(|e| DataError::File { path: p.to_path_buf(), reason: format!("cannot decode: {e}") });
-    let image = read(image_path)?.to_rgb8();
-    let raw = read(mask_path)?;
+fn decode(path: &Path) -> Result<image::DynamicImage, DataError> {
+    image::open(path).map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot decode: {e}") })
+}
+
+fn annotation_kind(dir: &Path) -> Result<AnnotationKind, DataError> {
+    let path = dir.join("dataset.yaml");
+    if !path.exists() {
+        return Ok(AnnotationKind::Fine);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| DataError::File { path: path.clone(), reason: format!("cannot read: {e}") })?;
+    let info: DatasetInfo = serde_yaml_ng::from_str(&text)
+        .map_err(|e| DataError::File { path, reason: format!("{e} (expected `annotation: fine | coarse | tags`)") })?;
+    Ok(info.annotation)
+}
+
+/// `tags.json`: image stem -> label names (each from `labels.txt`), as global ids.
+fn read_tags(dir: &Path, names: &[String], to_global: &[u8]) -> Result<std::collections::HashMap<String, Vec<u8>>, DataError> {
+    let path = dir.join("tags.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| DataError::File { path: path.clone(), reason: format!("cannot read: {e}") })?;
+    let raw: std::collections::HashMap<String, Vec<String>> =
+        serde_json::from_str(&text).map_err(|e| DataError::File { path: path.clone(), reason: format!("expected {{\"<image stem>\": [\"label\", ...]}}: {e}") })?;
+    raw.into_iter()
+        .map(|(stem, labels)| {
+            let ids = labels
+                .iter()
+                .map(|l| {
+                    names.iter().position(|n| n == l).map(|i| to_global[i]).ok_or_else(|| DataError::File {
+                        path: path.clone(),
+                        reason: format!("image {stem:?}: tag {l:?} is not in labels.txt"),
+                    })
+                })
+                .collect::<Result<Vec<u8>, _>>()?;
+            Ok((stem, ids))
+        })
+        .collect()
+}
+
+fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8]) -> Result<(RgbImage, GrayImage), DataError> {
+    let image = decode(image_path)?.to_rgb8();
+    let raw = decode(mask_path)?;
     if raw.color() != image::ColorType::L8 {
         return Err(DataError::File {
             path: mask_path.to_path_buf(),
@@ -166,7 +271,7 @@ fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8]) -> Result<S
             labels: to_global.len(),
         })?;
     }
-    Ok(Sample { image, mask })
+    Ok((image, mask))
 }
 
 /// Random scale, crop to `size`, horizontal flip and colour jitter.
@@ -213,7 +318,11 @@ impl Augment {
         } else {
             (1.0, 1.0)
         };
-        let mut out = Sample { image: RgbImage::from_pixel(size.0, size.1, image::Rgb([128; 3])), mask: GrayImage::from_pixel(size.0, size.1, image::Luma([IGNORE])) };
+        let mut out = Sample {
+            image: RgbImage::from_pixel(size.0, size.1, image::Rgb([128; 3])),
+            mask: GrayImage::from_pixel(size.0, size.1, image::Luma([IGNORE])),
+            annotation: sample.annotation.clone(),
+        };
         for y in 0..size.1.min(sh - y0) {
             for x in 0..size.0.min(sw - x0) {
                 let ox = if flip { size.0 - 1 - x } else { x };

@@ -36,6 +36,24 @@ pub struct Batch<B: Backend> {
     pub target: Tensor<B, 3>,
     /// `images x fine cells`: annotated share of each cell (0 = no loss there).
     pub weight: Tensor<B, 2>,
+    /// `images x 1`: 1 for images with a coarse mask.
+    pub coarse: Tensor<B, 2>,
+    /// `images x labels`: 1 where an image-tag sample shows the label.
+    pub tags: Tensor<B, 2>,
+    /// `images x 1`: 1 for image-tag samples.
+    pub tagged: Tensor<B, 2>,
+    /// How many images are tag samples (their losses are skipped when none are).
+    pub tagged_images: usize,
+}
+
+/// Weights of the weak losses and the fixed scales of the data-free teacher.
+#[derive(Debug, Clone, Copy)]
+pub struct LossWeights {
+    /// Multiple-instance loss on image tags.
+    pub tags: f32,
+    /// Distillation from the data-free model on image-tag samples.
+    pub distill: f32,
+    pub teacher_scales: [f32; 2],
 }
 
 /// Label text embeddings and calibration as tensors.
@@ -147,31 +165,71 @@ impl<B: Backend> Head<B> {
 
     /// Fused logits at the fine cells: `images x fine cells x labels`.
     pub fn logits(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>) -> Tensor<B, 3> {
-        let cost = |e: Tensor<B, 2>| {
-            let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
-            (e / norm).matmul(labels.text.clone()) * labels.gain.clone() + labels.bias.clone()
-        };
-        let n = batch.images;
-        let k = labels.count;
-        let coarse = cost(self.embed(batch.coarse_features.clone(), batch.coarse_base.clone()));
-        let fine = cost(self.embed(batch.fine_features.clone(), batch.fine_base.clone()));
-        let nc = coarse.dims()[0] / n;
-        let nf = fine.dims()[0] / n;
+        let coarse = self.embed(batch.coarse_features.clone(), batch.coarse_base.clone());
+        let fine = self.embed(batch.fine_features.clone(), batch.fine_base.clone());
         let scale = self.log_scale.val().exp();
-        let scale_coarse = scale.clone().slice(0..1).reshape([1, 1, 1]);
-        let scale_fine = scale.slice(1..2).reshape([1, 1, 1]);
-        let upsampled = interp.clone().expand([n, nf, nc]).matmul(coarse.reshape([n, nc, k]));
-        upsampled * scale_coarse + fine.reshape([n, nf, k]) * scale_fine
+        fuse(batch.images, labels, interp, coarse, fine, scale.clone().slice(0..1), scale.slice(1..2))
     }
 
-    /// Weighted soft cross-entropy over the fine cells, and the logits.
-    pub fn loss(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>) -> (Tensor<B, 1>, Tensor<B, 3>) {
+    /// The loss and the logits. Fine masks: cross-entropy of each cell's label distribution,
+    /// weighted by its annotated share. Coarse masks: the same, on the cells where the model
+    /// gives the annotated labels at least the image's mean probability (an adaptive
+    /// threshold). Image tags: multiple-instance loss (each label's image score is its highest
+    /// cell probability) plus distillation from the data-free model, which keeps what the
+    /// backbone already knew where the tags say little.
+    pub fn loss(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>, weights: &LossWeights) -> (Tensor<B, 1>, Tensor<B, 3>) {
         let logits = self.logits(batch, labels, interp);
-        let [n, nf, _] = logits.dims();
-        let per_cell = (batch.target.clone() * log_softmax(logits.clone(), 2)).sum_dim(2).reshape([n, nf]).neg();
-        let total = batch.weight.clone().sum().add_scalar(1e-6);
-        ((per_cell * batch.weight.clone()).sum() / total, logits)
+        let [n, nf, k] = logits.dims();
+        let log_p = log_softmax(logits.clone(), 2);
+        let weight = batch.weight.clone();
+        let p_target = (batch.target.clone() * log_p.clone().exp()).sum_dim(2).reshape([n, nf]).detach();
+        let mean_p = (p_target.clone() * weight.clone()).sum_dim(1) / weight.clone().sum_dim(1).add_scalar(1e-6);
+        let confident = p_target.greater_equal(mean_p.expand([n, nf])).float();
+        let coarse = batch.coarse.clone();
+        let weight = weight * (confident * coarse.clone() + coarse.neg().add_scalar(1.0));
+        let per_cell = (batch.target.clone() * log_p.clone()).sum_dim(2).reshape([n, nf]).neg();
+        let mut loss = (per_cell * weight.clone()).sum() / weight.sum().add_scalar(1e-6);
+        if batch.tagged_images > 0 {
+            let tagged = batch.tagged.clone();
+            let count = batch.tagged_images as f64;
+            let score = log_p.clone().exp().max_dim(1).reshape([n, k]).clamp(1e-6, 1.0 - 1e-6);
+            let tags = batch.tags.clone();
+            let bce = (tags.clone() * score.clone().log() + tags.neg().add_scalar(1.0) * score.neg().add_scalar(1.0).log()).neg().mean_dim(1);
+            loss = loss + (bce * tagged.clone()).sum().div_scalar(count).mul_scalar(weights.tags);
+
+            let device = logits.device();
+            let scale = |s: f32| Tensor::<B, 1>::from_data(TensorData::new(vec![s], [1]), &device);
+            let [sc, sf] = weights.teacher_scales;
+            let teacher_logits =
+                fuse(n, labels, interp, batch.coarse_base.clone(), batch.fine_base.clone(), scale(sc), scale(sf)).detach();
+            let teacher_log_p = log_softmax(teacher_logits, 2);
+            let kl = (teacher_log_p.clone().exp() * (teacher_log_p - log_p)).sum_dim(2).reshape([n, nf]).mean_dim(1);
+            loss = loss + (kl * tagged).sum().div_scalar(count).mul_scalar(weights.distill);
+        }
+        (loss, logits)
     }
+}
+
+/// The engine's scoring: cosine cost of each level's embeddings, calibrated per label, the
+/// coarse level bilinearly upsampled onto the fine cells, each level times its scale.
+fn fuse<B: Backend>(
+    images: usize,
+    labels: &Labels<B>,
+    interp: &Tensor<B, 3>,
+    coarse: Tensor<B, 2>,
+    fine: Tensor<B, 2>,
+    scale_coarse: Tensor<B, 1>,
+    scale_fine: Tensor<B, 1>,
+) -> Tensor<B, 3> {
+    let cost = |e: Tensor<B, 2>| {
+        let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
+        (e / norm).matmul(labels.text.clone()) * labels.gain.clone() + labels.bias.clone()
+    };
+    let (n, k) = (images, labels.count);
+    let (coarse, fine) = (cost(coarse), cost(fine));
+    let (nc, nf) = (coarse.dims()[0] / n, fine.dims()[0] / n);
+    let upsampled = interp.clone().expand([n, nf, nc]).matmul(coarse.reshape([n, nc, k]));
+    upsampled * scale_coarse.reshape([1, 1, 1]) + fine.reshape([n, nf, k]) * scale_fine.reshape([1, 1, 1])
 }
 
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> anyhow::Result<Vec<f32>> {

@@ -122,7 +122,7 @@ pub fn scene(seed: u64, width: u32, height: u32) -> Sample {
             mask.put_pixel(x, y, Luma([class]));
         }
     }
-    Sample { image, mask }
+    Sample { image, mask, annotation: crate::data::Annotation::Fine }
 }
 
 #[cfg(test)]

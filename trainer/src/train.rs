@@ -20,12 +20,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, IGNORE, Split, cell_targets};
+use crate::data::{Annotation, Augment, IGNORE, Split, cell_targets};
 use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
 use crate::export::{BaseModel, check_destination, export_model};
 use crate::features::{FeatureExtractor, ImageFeatures};
-use crate::model::{Batch, Head, Labels, interpolation_matrix, tensor2, tensor3, values};
+use crate::model::{Batch, Head, Labels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
 
 pub type TrainBackend = Autodiff<Flex>;
 
@@ -56,6 +56,10 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Threads for ONNX Runtime (0 = all cores).
     pub threads: usize,
+    /// Weight of the multiple-instance loss on image-tag samples.
+    pub tag_loss_weight: f32,
+    /// Weight of the distillation from the data-free model on image-tag samples.
+    pub distill_weight: f32,
     /// Labels kept out of training (their pixels are ignored) and evaluated zero-shot:
     /// the report gives seen, unseen and harmonic mIoU.
     pub holdout_labels: Vec<String>,
@@ -79,6 +83,8 @@ impl Default for TrainConfig {
             eval_every: 50,
             threads: 0,
             holdout_labels: Vec::new(),
+            tag_loss_weight: 1.0,
+            distill_weight: 1.0,
         }
     }
 }
@@ -108,6 +114,11 @@ impl TrainConfig {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             bail!("learning_rate {} must be a positive number", self.learning_rate);
         }
+        for (name, w) in [("tag_loss_weight", self.tag_loss_weight), ("distill_weight", self.distill_weight)] {
+            if !(w.is_finite() && w >= 0.0) {
+                bail!("{name} {w} must be a non-negative number");
+            }
+        }
         let a = &self.augment;
         if !(a.scale_min > 0.0 && a.scale_min <= a.scale_max && a.scale_max <= 4.0) {
             bail!("augment.scale_min {} / scale_max {}: need 0 < min <= max <= 4", a.scale_min, a.scale_max);
@@ -131,32 +142,40 @@ impl TrainConfig {
         let all = Split::folders(&self.data)?;
         if !self.val_data.is_empty() {
             let val = Split::folders(&self.val_data)?;
+            if let Some(tagged) = val.sources.iter().find(|s| !s.has_mask()) {
+                bail!("val_data: {} has tags only; validation needs masks", tagged.describe());
+            }
             if let Some(label) = val.labels.iter().find(|l| !all.labels.contains(l)) {
                 bail!("val_data: label {label:?} is in no training data set");
             }
             let val = remap_labels(val, &all.labels);
             return Ok((all, val));
         }
+        // Every 5th image with a mask is held out; tag-only images all train.
         let (mut train, mut val) = (all.clone(), all);
-        train.sources = train.sources.iter().enumerate().filter(|(i, _)| i % 5 != 4).map(|(_, s)| s.clone()).collect();
-        val.sources = val.sources.iter().enumerate().filter(|(i, _)| i % 5 == 4).map(|(_, s)| s.clone()).collect();
+        let mut masked = 0;
+        let held_out: Vec<bool> = train
+            .sources
+            .iter()
+            .map(|s| {
+                masked += usize::from(s.has_mask());
+                s.has_mask() && masked % 5 == 0
+            })
+            .collect();
+        let pick = |keep: bool| train.sources.iter().zip(&held_out).filter(|(_, h)| **h == keep).map(|(s, _)| s.clone()).collect::<Vec<_>>();
+        (train.sources, val.sources) = (pick(false), pick(true));
         if train.is_empty() || val.is_empty() {
-            bail!("{} images are too few to hold out every 5th for validation; give val_data", train.len() + val.len());
+            bail!("{masked} images with masks are too few to hold out every 5th for validation; give val_data");
         }
         Ok((train, val))
     }
 }
 
-/// Re-expresses a split's mask ids in another (super)set of label names.
+/// Re-expresses a split's label ids in another (super)set of label names.
 fn remap_labels(mut split: Split, labels: &[String]) -> Split {
-    for source in &mut split.sources {
-        if let crate::data::Source::Files { to_global, .. } = source {
-            for id in to_global.iter_mut() {
-                let name = &split.labels[usize::from(*id)];
-                *id = labels.iter().position(|l| l == name).unwrap_or(usize::from(IGNORE)) as u8;
-            }
-        }
-    }
+    let names = split.labels.clone();
+    let map = |id: u8| names.get(usize::from(id)).and_then(|n| labels.iter().position(|l| l == n)).map_or(IGNORE, |i| i as u8);
+    split.sources.iter_mut().for_each(|s| s.remap(&map));
     split.descriptions = labels.iter().map(|_| None).collect();
     split.labels = labels.to_vec();
     split
@@ -167,6 +186,9 @@ struct Prepared {
     features: ImageFeatures,
     target: Vec<f32>,
     weight: Vec<f32>,
+    coarse: bool,
+    /// Image-tag samples: 1 for each label the image shows.
+    tags: Option<Vec<f32>>,
     /// Which split sample it came from (named in errors).
     source: usize,
 }
@@ -225,11 +247,15 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let bar = progress_bar(options.progress, (train_split.len() * config.copies + val_split.len()) as u64, "features");
     let mut prepare = |split: &Split, i: usize, augment: &Augment, rng: &mut StdRng| -> Result<Prepared> {
         let mut sample = augment.apply(&split.load(i)?, size, rng);
-        seen.hide_unseen(&mut sample.mask);
+        seen.hide_unseen(&mut sample);
         let features = extractor.extract(&sample.image)?;
         let (target, weight) = cell_targets(&sample.mask, features.fine.grid, seen.specs.len());
+        let tags = match &sample.annotation {
+            Annotation::Tags(ids) => Some((0..seen.specs.len()).map(|k| if ids.contains(&(k as u8)) { 1.0 } else { 0.0 }).collect()),
+            _ => None,
+        };
         bar.inc(1);
-        Ok(Prepared { features, target, weight, source: i })
+        Ok(Prepared { features, target, weight, coarse: sample.annotation == Annotation::Coarse, tags, source: i })
     };
     let mut train_pool = Vec::with_capacity(train_split.len() * config.copies);
     for i in 0..train_split.len() {
@@ -250,7 +276,9 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         &device,
     );
     let labels = Labels::<TrainBackend>::new(&label_set, &device);
-    let mut head = Head::<TrainBackend>::init(config.hidden, label_set.dim, default_scales(&model.manifest), config.seed, &device);
+    let teacher_scales = default_scales(&model.manifest);
+    let loss_weights = LossWeights { tags: config.tag_loss_weight, distill: config.distill_weight, teacher_scales };
+    let mut head = Head::<TrainBackend>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
     let mut optimizer: HeadOptimizer = AdamConfig::new().init();
     let recorder = StateRecorder::default();
     let (mut history, mut running, first_step) = match resume {
@@ -265,7 +293,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         }
         None => {
             // Step 0: the untrained head (the data-free model) as the first point of the curves.
-            let v = validate(&head, &val_pool, &labels, &interp, config.batch, &device)?;
+            let v = validate(&head, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
             (vec![HistoryPoint { step: 0, train_loss: None, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou }], None, 1)
         }
     };
@@ -304,11 +332,11 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         }
         let items: Vec<&Prepared> = batches.at(step).into_iter().map(|i| &train_pool[i]).collect();
         let batch = make_batch::<TrainBackend>(&items, labels.count, &device);
-        let (loss, _) = head.loss(&batch, &labels, &interp);
+        let (loss, _) = head.loss(&batch, &labels, &interp, &loss_weights);
         let loss_value = f64::from(values(loss.clone())?[0]);
         // Stops a diverging run naming where, on what, and what is left to go back to.
         let diverged = |what: String| -> Result<()> {
-            let sources: Vec<String> = items.iter().map(|p| describe(&train_split, p.source)).collect();
+            let sources: Vec<String> = items.iter().map(|p| train_split.sources[p.source].describe()).collect();
             let last_good = saved_at.map_or("no checkpoint was written yet".to_string(), |at| {
                 format!("the last good checkpoint is {} (step {at})", checkpoint_path.display())
             });
@@ -329,7 +357,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         bar.set_message(format!("loss {smoothed:.3}"));
         bar.inc(1);
         if step % config.eval_every == 0 || step == config.steps {
-            let v = validate(&head, &val_pool, &labels, &interp, config.batch, &device)?;
+            let v = validate(&head, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
             history.push(HistoryPoint { step, train_loss: running, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou });
             tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, "validation");
             save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, step, &history, running, true)?)?;
@@ -399,11 +427,15 @@ impl SeenLabels {
         self.specs.iter().map(|s| s.name.clone()).collect()
     }
 
-    fn hide_unseen(&self, mask: &mut image::GrayImage) {
-        for p in mask.pixels_mut() {
+    /// Re-expresses the sample's mask and tags in training label ids (held-out labels ignored).
+    fn hide_unseen(&self, sample: &mut crate::data::Sample) {
+        for p in sample.mask.pixels_mut() {
             if let Some(&id) = self.to_seen.get(usize::from(p.0[0])) {
                 p.0[0] = id;
             }
+        }
+        if let Annotation::Tags(ids) = &mut sample.annotation {
+            *ids = ids.iter().filter_map(|&id| self.to_seen.get(usize::from(id)).copied().filter(|&s| s != IGNORE)).collect();
         }
     }
 }
@@ -465,13 +497,6 @@ pub fn default_scales(manifest: &engine::Manifest) -> [f32; 2] {
     [s * levels[0].fusion_weight, s * levels[levels.len() - 1].fusion_weight]
 }
 
-fn describe(split: &Split, i: usize) -> String {
-    match &split.sources[i] {
-        crate::data::Source::Synthetic { seed } => format!("synthetic scene {seed}"),
-        crate::data::Source::Files { image, .. } => image.display().to_string(),
-    }
-}
-
 fn progress_bar(show: bool, len: u64, what: &'static str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -498,6 +523,10 @@ fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::De
         fine_base: tensor2(cat(&|p| &p.features.fine.base), [n * nf, dim], device),
         target: tensor3(cat(&|p| &p.target), [n, nf, num_labels], device),
         weight: tensor2(cat(&|p| &p.weight), [n, nf], device),
+        coarse: tensor2(items.iter().map(|p| if p.coarse { 1.0 } else { 0.0 }).collect(), [n, 1], device),
+        tags: tensor2(items.iter().flat_map(|p| p.tags.clone().unwrap_or_else(|| vec![0.0; num_labels])).collect(), [n, num_labels], device),
+        tagged: tensor2(items.iter().map(|p| if p.tags.is_some() { 1.0 } else { 0.0 }).collect(), [n, 1], device),
+        tagged_images: items.iter().filter(|p| p.tags.is_some()).count(),
     }
 }
 
@@ -513,6 +542,7 @@ fn validate<B: Backend>(
     pool: &[Prepared],
     labels: &Labels<B>,
     interp: &Tensor<B, 3>,
+    loss_weights: &LossWeights,
     batch: usize,
     device: &B::Device,
 ) -> Result<Validation> {
@@ -522,7 +552,7 @@ fn validate<B: Backend>(
     for chunk in pool.chunks(batch) {
         let items: Vec<&Prepared> = chunk.iter().collect();
         let b = make_batch::<B>(&items, k, device);
-        let (loss, logits) = head.loss(&b, labels, interp);
+        let (loss, logits) = head.loss(&b, labels, interp, loss_weights);
         let w: f64 = items.iter().flat_map(|p| p.weight.iter()).map(|&w| f64::from(w)).sum();
         loss_sum += f64::from(values(loss)?[0]) * w;
         weight_sum += w;
