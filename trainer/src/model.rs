@@ -53,6 +53,9 @@ pub struct LossWeights {
     pub tags: f32,
     /// Distillation from the data-free model on image-tag samples.
     pub distill: f32,
+    /// Distillation from the data-free model on samples with masks, over the anchor concepts
+    /// (not the training labels), so that labels the data does not show keep working.
+    pub distill_masked: f32,
     pub teacher_scales: [f32; 2],
 }
 
@@ -63,7 +66,13 @@ pub struct Labels<B: Backend> {
     gain: Tensor<B, 2>,
     bias: Tensor<B, 2>,
     pub count: usize,
+    /// `dim x anchors`: normalised text embeddings of general concepts (the default model's
+    /// 1000 class descriptions) for the distillation on masked samples.
+    anchors: Option<Tensor<B, 2>>,
 }
+
+/// Temperature of the anchor distillation (cosine x 20).
+const ANCHOR_SCALE: f32 = 20.0;
 
 impl<B: Backend> Labels<B> {
     pub fn new(labels: &LabelSet, device: &B::Device) -> Self {
@@ -79,7 +88,22 @@ impl<B: Backend> Labels<B> {
             gain: tensor2(labels.gain.clone(), [1, k], device),
             bias: tensor2(labels.bias.clone(), [1, k], device),
             count: k,
+            anchors: None,
         }
+    }
+
+    /// Adds the anchor concepts (`anchors x dim`, row-major).
+    pub fn with_anchors(mut self, anchors: &[f32], dim: usize, device: &B::Device) -> Self {
+        let n = anchors.len() / dim;
+        let mut t = vec![0.0f32; dim * n];
+        for (a, row) in anchors.chunks_exact(dim).enumerate() {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            for (d, &v) in row.iter().enumerate() {
+                t[d * n + a] = v / norm;
+            }
+        }
+        self.anchors = Some(tensor2(t, [dim, n], device));
+        self
     }
 }
 
@@ -163,13 +187,6 @@ impl<B: Backend> Head<B> {
         base + hidden.matmul(self.w2.val()) + self.b2.val().unsqueeze::<2>()
     }
 
-    /// Fused logits at the fine cells: `images x fine cells x labels`.
-    pub fn logits(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>) -> Tensor<B, 3> {
-        let coarse = self.embed(batch.coarse_features.clone(), batch.coarse_base.clone());
-        let fine = self.embed(batch.fine_features.clone(), batch.fine_base.clone());
-        let scale = self.log_scale.val().exp();
-        fuse(batch.images, labels, interp, coarse, fine, scale.clone().slice(0..1), scale.slice(1..2))
-    }
 
     /// The loss and the logits. Fine masks: cross-entropy of each cell's label distribution,
     /// weighted by its annotated share. Coarse masks: the same, on the cells where the model
@@ -178,7 +195,10 @@ impl<B: Backend> Head<B> {
     /// cell probability) plus distillation from the data-free model, which keeps what the
     /// backbone already knew where the tags say little.
     pub fn loss(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>, weights: &LossWeights) -> (Tensor<B, 1>, Tensor<B, 3>) {
-        let logits = self.logits(batch, labels, interp);
+        let coarse_e = self.embed(batch.coarse_features.clone(), batch.coarse_base.clone());
+        let fine_e = self.embed(batch.fine_features.clone(), batch.fine_base.clone());
+        let scale = self.log_scale.val().exp();
+        let logits = fuse(batch.images, labels, interp, coarse_e, fine_e.clone(), scale.clone().slice(0..1), scale.slice(1..2));
         let [n, nf, k] = logits.dims();
         let log_p = log_softmax(logits.clone(), 2);
         let weight = batch.weight.clone();
@@ -195,8 +215,21 @@ impl<B: Backend> Head<B> {
             let score = log_p.clone().exp().max_dim(1).reshape([n, k]).clamp(1e-6, 1.0 - 1e-6);
             let tags = batch.tags.clone();
             let bce = (tags.clone() * score.clone().log() + tags.neg().add_scalar(1.0) * score.neg().add_scalar(1.0).log()).neg().mean_dim(1);
-            loss = loss + (bce * tagged.clone()).sum().div_scalar(count).mul_scalar(weights.tags);
-
+            loss = loss + (bce * tagged).sum().div_scalar(count).mul_scalar(weights.tags);
+        }
+        let masked_images = n - batch.tagged_images;
+        if let (Some(anchors), true) = (&labels.anchors, masked_images > 0 && weights.distill_masked > 0.0) {
+            let log_p_anchors = |e: Tensor<B, 2>| {
+                let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
+                log_softmax((e / norm).matmul(anchors.clone()).mul_scalar(ANCHOR_SCALE), 1)
+            };
+            let teacher = log_p_anchors(batch.fine_base.clone()).detach();
+            let kl = (teacher.clone().exp() * (teacher - log_p_anchors(fine_e))).sum_dim(1).reshape([n, nf]).mean_dim(1);
+            let per_image = batch.tagged.clone().neg().add_scalar(1.0).mul_scalar(weights.distill_masked / masked_images as f32);
+            loss = loss + (kl * per_image).sum();
+        }
+        if batch.tagged_images > 0 && weights.distill > 0.0 {
+            let per_image = batch.tagged.clone().mul_scalar(weights.distill / batch.tagged_images as f32);
             let device = logits.device();
             let scale = |s: f32| Tensor::<B, 1>::from_data(TensorData::new(vec![s], [1]), &device);
             let [sc, sf] = weights.teacher_scales;
@@ -204,7 +237,7 @@ impl<B: Backend> Head<B> {
                 fuse(n, labels, interp, batch.coarse_base.clone(), batch.fine_base.clone(), scale(sc), scale(sf)).detach();
             let teacher_log_p = log_softmax(teacher_logits, 2);
             let kl = (teacher_log_p.clone().exp() * (teacher_log_p - log_p)).sum_dim(2).reshape([n, nf]).mean_dim(1);
-            loss = loss + (kl * tagged).sum().div_scalar(count).mul_scalar(weights.distill);
+            loss = loss + (kl * per_image).sum();
         }
         (loss, logits)
     }

@@ -60,6 +60,9 @@ pub struct TrainConfig {
     pub tag_loss_weight: f32,
     /// Weight of the distillation from the data-free model on image-tag samples.
     pub distill_weight: f32,
+    /// Weight of the same distillation on samples with masks (keeps labels the data does not
+    /// show closer to the data-free model).
+    pub distill_masked_weight: f32,
     /// Labels kept out of training (their pixels are ignored) and evaluated zero-shot:
     /// the report gives seen, unseen and harmonic mIoU.
     pub holdout_labels: Vec<String>,
@@ -85,6 +88,7 @@ impl Default for TrainConfig {
             holdout_labels: Vec::new(),
             tag_loss_weight: 1.0,
             distill_weight: 1.0,
+            distill_masked_weight: 1.0,
         }
     }
 }
@@ -114,7 +118,11 @@ impl TrainConfig {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             bail!("learning_rate {} must be a positive number", self.learning_rate);
         }
-        for (name, w) in [("tag_loss_weight", self.tag_loss_weight), ("distill_weight", self.distill_weight)] {
+        for (name, w) in [
+            ("tag_loss_weight", self.tag_loss_weight),
+            ("distill_weight", self.distill_weight),
+            ("distill_masked_weight", self.distill_masked_weight),
+        ] {
             if !(w.is_finite() && w >= 0.0) {
                 bail!("{name} {w} must be a non-negative number");
             }
@@ -275,9 +283,14 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         [1, fine_grid.width * fine_grid.height, coarse_grid.width * coarse_grid.height],
         &device,
     );
-    let labels = Labels::<TrainBackend>::new(&label_set, &device);
+    let labels = Labels::<TrainBackend>::new(&label_set, &device).with_anchors(&base.class_text, label_set.dim, &device);
     let teacher_scales = default_scales(&model.manifest);
-    let loss_weights = LossWeights { tags: config.tag_loss_weight, distill: config.distill_weight, teacher_scales };
+    let loss_weights = LossWeights {
+        tags: config.tag_loss_weight,
+        distill: config.distill_weight,
+        distill_masked: config.distill_masked_weight,
+        teacher_scales,
+    };
     let mut head = Head::<TrainBackend>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
     let mut optimizer: HeadOptimizer = AdamConfig::new().init();
     let recorder = StateRecorder::default();
