@@ -312,7 +312,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     };
 
     let interrupted = Arc::new(AtomicBool::new(false));
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
+    // First Ctrl-C: finish the step, checkpoint, export. A second one exits at once (130).
+    signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 130, Arc::clone(&interrupted))
+        .context("installing the Ctrl-C handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted)).context("installing the Ctrl-C handler")?;
     let checkpoint_path = checkpoint_path(out);
     let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: Option<f64>, with_state: bool| -> Result<Checkpoint> {
         let (weights, scales) = head.to_weights()?;

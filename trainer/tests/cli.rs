@@ -37,3 +37,38 @@ fn train_eval_and_export_from_the_command_line() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("batch is 0"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_stops_after_the_step_saves_a_checkpoint_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let checkpoint = dir.path().join("model.checkpoint.safetensors");
+    let config = dir.path().join("long.yaml");
+    std::fs::write(&config, "steps: 1000000\neval_every: 3\nsynthetic_train: 3\nsynthetic_val: 1\nthreads: 2\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ovseg-train"))
+        .args(["train", "--quiet", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training has begun once the first periodic checkpoint exists (bounded wait).
+    let started = std::time::Instant::now();
+    while !checkpoint.exists() {
+        assert!(started.elapsed().as_secs() < 180, "no checkpoint after 180 s");
+        assert!(child.try_wait().unwrap().is_none(), "trainer exited early");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["interrupted"], true);
+    let steps = report["steps_done"].as_u64().unwrap();
+    assert!((3..1_000_000).contains(&steps), "{steps}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("interrupted after step {steps}")));
+    let saved = trainer::checkpoint::load_checkpoint(&checkpoint).unwrap();
+    assert_eq!(saved.meta.step as u64, steps, "the checkpoint holds the last step done");
+    assert!(saved.state.is_some(), "and can be resumed");
+    assert!(out.join("manifest.yaml").is_file(), "the model is exported");
+}
