@@ -45,25 +45,34 @@ struct TrainArgs {
     /// Folder data sets (labels.txt, images/, masks/); repeat for several.
     #[arg(long)]
     data: Vec<PathBuf>,
+    /// Folder data sets for validation (default: every 5th image with a mask is held out).
     #[arg(long)]
     val_data: Vec<PathBuf>,
     /// Keep this label out of training and evaluate it zero-shot (repeat for several).
     #[arg(long)]
     holdout_label: Vec<String>,
+    /// Optimiser steps [default: 300].
     #[arg(long)]
     steps: Option<usize>,
+    /// Seed of every random choice (scenes, augmentation, batches, initial weights) [default: 1].
     #[arg(long)]
     seed: Option<u64>,
+    /// Images per step [default: 8].
     #[arg(long)]
     batch: Option<usize>,
+    /// Width of the head's hidden layer [default: 128].
     #[arg(long)]
     hidden: Option<usize>,
+    /// Adam learning rate [default: 0.002].
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// Synthetic training scenes when no --data is given [default: 64].
     #[arg(long)]
     synthetic_train: Option<usize>,
+    /// Synthetic validation scenes when no --data is given [default: 16].
     #[arg(long)]
     synthetic_val: Option<usize>,
+    /// ONNX Runtime threads for the backbone features and evaluation [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
     /// Also write the report here (default: <out>/train_report.json).
@@ -80,6 +89,7 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EvalArgs {
+    /// The model directory to evaluate.
     #[arg(long)]
     model_dir: PathBuf,
     /// Folder data sets to evaluate on (default: synthetic scenes).
@@ -91,10 +101,12 @@ struct EvalArgs {
     /// First synthetic seed (the trainer's validation scenes of seed s start at s * 2^20 + 2^19).
     #[arg(long, default_value_t = (1 << 20) + (1 << 19))]
     first_seed: u64,
+    /// Size of the synthetic scenes.
     #[arg(long, default_value_t = 256)]
     width: u32,
     #[arg(long, default_value_t = 192)]
     height: u32,
+    /// ONNX Runtime threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Labels the model was not trained on (repeat): the report adds seen, unseen and harmonic mIoU.
@@ -107,8 +119,10 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct ExportArgs {
+    /// A training checkpoint (`<out>.checkpoint.safetensors`) or an exported `head.safetensors`.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Model directory to write (replaced only if it already is a model directory).
     #[arg(long)]
     out: PathBuf,
 }
