@@ -58,8 +58,9 @@ fn ctrl_c_stops_after_the_step_saves_a_checkpoint_and_exports() {
         assert!(child.try_wait().unwrap().is_none(), "trainer exited early");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    // SAFETY: plain kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0, "kill(SIGINT) failed");
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
