@@ -5,7 +5,8 @@
 //! or `.png`, `masks/<stem>.png` (8-bit, same size as the image, 255 = ignore). Several folders
 //! with different label lists merge by label text. An optional `dataset.yaml` says how the set
 //! is annotated: `annotation: fine` (the default), `coarse` (rough masks), or `tags` (no masks;
-//! `tags.json` maps each image stem to the labels it shows).
+//! `tags.json` maps each image stem to the labels it shows). ADE20K, Cityscapes and VOC roots are
+//! read in place (see `layouts`).
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -14,6 +15,8 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use engine::costmap::Grid;
+
+use crate::layouts::MaskEncoding;
 
 pub const IGNORE: u8 = 255;
 
@@ -52,7 +55,7 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub enum Source {
     Synthetic { seed: u64 },
-    Files { image: PathBuf, mask: PathBuf, to_global: Vec<u8>, coarse: bool },
+    Files { image: PathBuf, mask: PathBuf, to_global: Vec<u8>, coarse: bool, encoding: MaskEncoding },
     Tagged { image: PathBuf, tags: Vec<u8> },
 }
 
@@ -118,6 +121,21 @@ impl Split {
     pub fn folders(dirs: &[PathBuf]) -> Result<Self, DataError> {
         let mut split = Split { labels: Vec::new(), descriptions: Vec::new(), sources: Vec::new(), synthetic_size: (0, 0) };
         for dir in dirs {
+            if let Some(set) = crate::layouts::detect(dir)? {
+                let mut ids = Vec::with_capacity(set.labels.len());
+                for name in &set.labels {
+                    ids.push(split.global_id(name, dir)?);
+                }
+                let to_global: Vec<u8> = set.raw_to_label.iter().map(|l| l.map_or(IGNORE, |l| ids[l])).collect();
+                split.sources.extend(set.pairs.into_iter().map(|(image, mask)| Source::Files {
+                    image,
+                    mask,
+                    to_global: to_global.clone(),
+                    coarse: false,
+                    encoding: set.encoding,
+                }));
+                continue;
+            }
             let labels_path = dir.join("labels.txt");
             let text = std::fs::read_to_string(&labels_path)
                 .map_err(|e| DataError::File { path: labels_path.clone(), reason: format!("cannot read: {e}") })?;
@@ -126,20 +144,8 @@ impl Split {
                 return Err(DataError::File { path: labels_path, reason: format!("{} labels; need 1..=255", label_names.len()) });
             }
             let mut to_global = Vec::with_capacity(label_names.len());
-            for name in label_names.iter().cloned() {
-                let id = match split.labels.iter().position(|l| *l == name) {
-                    Some(id) => id,
-                    None => {
-                        split.labels.push(name);
-                        split.descriptions.push(None);
-                        split.labels.len() - 1
-                    }
-                };
-                let id = u8::try_from(id).ok().filter(|&id| id != IGNORE).ok_or_else(|| DataError::File {
-                    path: labels_path.clone(),
-                    reason: "more than 255 distinct labels across the data sets".into(),
-                })?;
-                to_global.push(id);
+            for name in &label_names {
+                to_global.push(split.global_id(name, &labels_path)?);
             }
             let images = dir.join("images");
             let entries = std::fs::read_dir(&images)
@@ -167,10 +173,32 @@ impl Split {
                 if !mask.is_file() {
                     return Err(DataError::File { path: mask, reason: format!("missing mask for {}", image.display()) });
                 }
-                split.sources.push(Source::Files { image, mask, to_global: to_global.clone(), coarse: kind == AnnotationKind::Coarse });
+                split.sources.push(Source::Files {
+                    image,
+                    mask,
+                    to_global: to_global.clone(),
+                    coarse: kind == AnnotationKind::Coarse,
+                    encoding: MaskEncoding::Gray,
+                });
             }
         }
         Ok(split)
+    }
+
+    /// The split's id of label `name`, added if new (`origin` is named in the error).
+    fn global_id(&mut self, name: &str, origin: &Path) -> Result<u8, DataError> {
+        let id = match self.labels.iter().position(|l| l == name) {
+            Some(id) => id,
+            None => {
+                self.labels.push(name.to_string());
+                self.descriptions.push(None);
+                self.labels.len() - 1
+            }
+        };
+        u8::try_from(id).ok().filter(|&id| id != IGNORE).ok_or_else(|| DataError::File {
+            path: origin.to_path_buf(),
+            reason: "more than 255 distinct labels across the data sets".into(),
+        })
     }
 
     /// The labels as the engine's label specs, with the descriptions the split carries.
@@ -194,8 +222,8 @@ impl Split {
     pub fn load(&self, i: usize) -> Result<Sample, DataError> {
         match &self.sources[i] {
             Source::Synthetic { seed } => Ok(crate::synth::scene(*seed, self.synthetic_size.0, self.synthetic_size.1)),
-            Source::Files { image, mask, to_global, coarse } => {
-                let (image, mask) = load_files(image, mask, to_global)?;
+            Source::Files { image, mask, to_global, coarse, encoding } => {
+                let (image, mask) = load_files(image, mask, to_global, *encoding)?;
                 Ok(Sample { image, mask, annotation: if *coarse { Annotation::Coarse } else { Annotation::Fine } })
             }
             Source::Tagged { image, tags } => {
@@ -244,9 +272,13 @@ fn read_tags(dir: &Path, names: &[String], to_global: &[u8]) -> Result<std::coll
         .collect()
 }
 
-fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8]) -> Result<(RgbImage, GrayImage), DataError> {
+fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8], encoding: MaskEncoding) -> Result<(RgbImage, GrayImage), DataError> {
     let image = decode(image_path)?.to_rgb8();
     let raw = decode(mask_path)?;
+    let raw = match encoding {
+        MaskEncoding::VocPalette => image::DynamicImage::ImageLuma8(crate::layouts::voc_mask(&raw.to_rgb8(), mask_path)?),
+        MaskEncoding::Gray => raw,
+    };
     if raw.color() != image::ColorType::L8 {
         return Err(DataError::File {
             path: mask_path.to_path_buf(),

@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod layouts;
 pub mod model;
 pub mod plot;
 pub mod synth;

@@ -42,7 +42,8 @@ struct TrainArgs {
     /// Model directory to write (replaced only if it already is a model directory).
     #[arg(long)]
     out: PathBuf,
-    /// Folder data sets (labels.txt, images/, masks/); repeat for several.
+    /// Folder data sets (labels.txt, images/, masks/; or ADE20K, Cityscapes, VOC roots, with
+    /// `#split` to pick a split); repeat for several.
     #[arg(long)]
     data: Vec<PathBuf>,
     /// Folder data sets for validation (default: every 5th image with a mask is held out).
