@@ -2,6 +2,7 @@
 //! sets), the frozen backbone's features, the head in burn, export to the model directory the
 //! engine loads, and evaluation through the engine.
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;

@@ -1,6 +1,6 @@
 //! The training loop: frozen features computed once per augmented image, the head trained with
-//! Adam on the weighted soft cross-entropy, validation on held-out images, checkpoints, export,
-//! and the untrained-vs-trained evaluation through the engine.
+//! Adam on the losses of `model`, validation on held-out images, checkpoints, export, and the
+//! untrained-vs-trained evaluation through the engine.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::config::TrainConfig;
 use crate::data::{Annotation, Augment, IGNORE, Split, cell_targets};
 use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
@@ -28,166 +29,6 @@ use crate::features::{FeatureExtractor, ImageFeatures};
 use crate::model::{Batch, Head, Labels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
 
 pub type TrainBackend = Autodiff<Flex>;
-
-/// Training configuration (a YAML file, every field optional; CLI flags override it).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    pub seed: u64,
-    /// Training crop `[width, height]`: multiples of 32, at most 512 (the network sees it unscaled).
-    pub image_size: [u32; 2],
-    /// Folder data sets (see `data`); empty = the built-in synthetic set.
-    pub data: Vec<PathBuf>,
-    /// Folder data sets for validation; empty = every 5th image of `data` is held out.
-    pub val_data: Vec<PathBuf>,
-    /// Synthetic scenes for training and for validation (when `data` is empty).
-    pub synthetic_train: usize,
-    pub synthetic_val: usize,
-    /// Augmented copies of each training image (the frozen features are computed once per copy).
-    pub copies: usize,
-    pub augment: Augment,
-    /// Width of the head's hidden layer.
-    pub hidden: usize,
-    pub steps: usize,
-    /// Images per step.
-    pub batch: usize,
-    pub learning_rate: f64,
-    /// Validate and checkpoint every this many steps.
-    pub eval_every: usize,
-    /// Threads for ONNX Runtime (0 = all cores).
-    pub threads: usize,
-    /// Weight of the multiple-instance loss on image-tag samples.
-    pub tag_loss_weight: f32,
-    /// Weight of the distillation from the data-free model on image-tag samples.
-    pub distill_weight: f32,
-    /// Weight of the same distillation on samples with masks (keeps labels the data does not
-    /// show closer to the data-free model).
-    pub distill_masked_weight: f32,
-    /// Labels kept out of training (their pixels are ignored) and evaluated zero-shot:
-    /// the report gives seen, unseen and harmonic mIoU.
-    pub holdout_labels: Vec<String>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            seed: 1,
-            image_size: [256, 192],
-            data: Vec::new(),
-            val_data: Vec::new(),
-            synthetic_train: 64,
-            synthetic_val: 16,
-            copies: 2,
-            augment: Augment::default(),
-            hidden: 128,
-            steps: 300,
-            batch: 8,
-            learning_rate: 2e-3,
-            eval_every: 50,
-            threads: 0,
-            holdout_labels: Vec::new(),
-            tag_loss_weight: 1.0,
-            distill_weight: 1.0,
-            distill_masked_weight: 1.0,
-        }
-    }
-}
-
-impl TrainConfig {
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: invalid training configuration", path.display()))
-    }
-
-    /// Names the first field whose value cannot work.
-    pub fn check(&self) -> Result<()> {
-        let [w, h] = self.image_size;
-        if w % 32 != 0 || h % 32 != 0 || w == 0 || h == 0 || w.max(h) > 512 {
-            bail!("image_size [{w}, {h}]: both sides must be positive multiples of 32, at most 512");
-        }
-        let positive = [
-            ("steps", self.steps),
-            ("batch", self.batch),
-            ("hidden", self.hidden),
-            ("copies", self.copies),
-            ("eval_every", self.eval_every),
-        ];
-        if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
-            bail!("{name} is {v}; it must be at least 1");
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            bail!("learning_rate {} must be a positive number", self.learning_rate);
-        }
-        for (name, w) in [
-            ("tag_loss_weight", self.tag_loss_weight),
-            ("distill_weight", self.distill_weight),
-            ("distill_masked_weight", self.distill_masked_weight),
-        ] {
-            if !(w.is_finite() && w >= 0.0) {
-                bail!("{name} {w} must be a non-negative number");
-            }
-        }
-        let a = &self.augment;
-        if !(a.scale_min > 0.0 && a.scale_min <= a.scale_max && a.scale_max <= 4.0) {
-            bail!("augment.scale_min {} / scale_max {}: need 0 < min <= max <= 4", a.scale_min, a.scale_max);
-        }
-        if !(0.0..1.0).contains(&a.color) {
-            bail!("augment.color {} must be in 0..1", a.color);
-        }
-        if self.data.is_empty() && (self.synthetic_train == 0 || self.synthetic_val == 0) {
-            bail!("synthetic_train / synthetic_val must be at least 1 when no data set is given");
-        }
-        Ok(())
-    }
-
-    /// Training and validation splits.
-    pub fn splits(&self) -> Result<(Split, Split)> {
-        let size = (self.image_size[0], self.image_size[1]);
-        if self.data.is_empty() {
-            let base = self.seed << 20;
-            return Ok((Split::synthetic(base, self.synthetic_train, size), Split::synthetic(base + (1 << 19), self.synthetic_val, size)));
-        }
-        let all = Split::folders(&self.data)?;
-        if !self.val_data.is_empty() {
-            let val = Split::folders(&self.val_data)?;
-            if let Some(tagged) = val.sources.iter().find(|s| !s.has_mask()) {
-                bail!("val_data: {} has tags only; validation needs masks", tagged.describe());
-            }
-            if let Some(label) = val.labels.iter().find(|l| !all.labels.contains(l)) {
-                bail!("val_data: label {label:?} is in no training data set");
-            }
-            let val = remap_labels(val, &all.labels);
-            return Ok((all, val));
-        }
-        // Every 5th image with a mask is held out; tag-only images all train.
-        let (mut train, mut val) = (all.clone(), all);
-        let mut masked = 0;
-        let held_out: Vec<bool> = train
-            .sources
-            .iter()
-            .map(|s| {
-                masked += usize::from(s.has_mask());
-                s.has_mask() && masked % 5 == 0
-            })
-            .collect();
-        let pick = |keep: bool| train.sources.iter().zip(&held_out).filter(|(_, h)| **h == keep).map(|(s, _)| s.clone()).collect::<Vec<_>>();
-        (train.sources, val.sources) = (pick(false), pick(true));
-        if train.is_empty() || val.is_empty() {
-            bail!("{masked} images with masks are too few to hold out every 5th for validation; give val_data");
-        }
-        Ok((train, val))
-    }
-}
-
-/// Re-expresses a split's label ids in another (super)set of label names.
-fn remap_labels(mut split: Split, labels: &[String]) -> Split {
-    let names = split.labels.clone();
-    let map = |id: u8| names.get(usize::from(id)).and_then(|n| labels.iter().position(|l| l == n)).map_or(IGNORE, |i| i as u8);
-    split.sources.iter_mut().for_each(|s| s.remap(&map));
-    split.descriptions = labels.iter().map(|_| None).collect();
-    split.labels = labels.to_vec();
-    split
-}
 
 /// One training or validation image, ready for batching.
 struct Prepared {
