@@ -158,16 +158,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         .context("installing the Ctrl-C handler")?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted)).context("installing the Ctrl-C handler")?;
     let checkpoint_path = checkpoint_path(out);
-    let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: Option<f64>, with_state: bool| -> Result<Checkpoint> {
+    let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: Option<f64>| -> Result<Checkpoint> {
         let (weights, scales) = head.to_weights()?;
-        let state = with_state
-            .then(|| -> Result<TrainingState> {
-                Ok(TrainingState {
-                    module: Recorder::<TrainBackend>::record(&recorder, head.clone().into_record(), ())?,
-                    optimizer: Recorder::<TrainBackend>::record(&recorder, optimizer.to_record(), ())?,
-                })
-            })
-            .transpose()?;
+        let state = Some(TrainingState {
+            module: Recorder::<TrainBackend>::record(&recorder, head.clone().into_record(), ())?,
+            optimizer: Recorder::<TrainBackend>::record(&recorder, optimizer.to_record(), ())?,
+        });
         let meta = CheckpointMeta {
             step,
             labels: seen.names(),
@@ -217,14 +213,14 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             let v = validate(&head, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
             history.push(HistoryPoint { step, train_loss: running, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou });
             tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, "validation");
-            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, step, &history, running, true)?)?;
+            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, step, &history, running)?)?;
             saved_at = Some(step);
         }
     }
     bar.finish_and_clear();
     let train_seconds = train_started.elapsed().as_secs_f64();
     let was_interrupted = interrupted.load(Ordering::Relaxed);
-    let last = snapshot(&head, &optimizer, steps_done, &history, running, true)?;
+    let last = snapshot(&head, &optimizer, steps_done, &history, running)?;
     save_checkpoint(&checkpoint_path, &last)?;
 
     let t = Instant::now();
