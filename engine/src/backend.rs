@@ -161,15 +161,20 @@ impl ImageBackend for CpuBackend {
     }
 }
 
-/// Transposes `D x H x W` to pixel-major and L2-normalises each pixel (cosine cost map).
-pub fn nchw_to_pixel_major(data: &[f32], dim: usize, height: usize, width: usize, level: &EmbeddingOutput) -> EmbeddingMap {
-    let plane = height * width;
-    let mut out = vec![0.0f32; plane * dim];
-    for d in 0..dim {
-        for p in 0..plane {
-            out[p * dim + d] = data[d * plane + p];
+/// Row-major `rows x cols` -> `cols x rows` (channel-major network outputs to pixel-major).
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = m[r * cols + c];
         }
     }
+    out
+}
+
+/// Transposes `D x H x W` to pixel-major and L2-normalises each pixel (cosine cost map).
+pub fn nchw_to_pixel_major(data: &[f32], dim: usize, height: usize, width: usize, level: &EmbeddingOutput) -> EmbeddingMap {
+    let mut out = transpose(&data[..dim * height * width], dim, height * width);
     for v in out.chunks_mut(dim) {
         l2_normalize(v);
     }

@@ -114,15 +114,16 @@ impl Model {
     /// The label bank with this model's text encoder and default templates.
     pub fn label_bank(&self, threads: usize, disk_cache: Option<PathBuf>) -> Result<LabelBank> {
         let encoder = TextEncoder::load(&self.dir, &self.manifest, threads)?;
-        let anchors = match &self.manifest.label_calibration {
-            Some(c) => Some(self.read_anchors(&c.anchors)?),
-            None => None,
-        };
+        let anchors = self.calibration_anchors()?;
         LabelBank::new(encoder, self.manifest.segmentation.prompt_templates.clone(), disk_cache, anchors)
     }
 
-    fn read_anchors(&self, file: &str) -> Result<Vec<f32>> {
-        let path = self.dir.join(file);
+    /// The label-calibration anchors (`n x embedding_dim`, row-major), if the model has them.
+    pub fn calibration_anchors(&self) -> Result<Option<Vec<f32>>> {
+        let Some(calibration) = &self.manifest.label_calibration else {
+            return Ok(None);
+        };
+        let path = self.dir.join(&calibration.anchors);
         let bytes = std::fs::read(&path).map_err(|e| EngineError::ModelFile { path: path.clone(), reason: format!("cannot read: {e}") })?;
         let dim = self.manifest.embedding_dim;
         if bytes.is_empty() || bytes.len() % (4 * dim) != 0 {
@@ -131,7 +132,7 @@ impl Model {
                 reason: format!("{} bytes is not a whole number of {dim}-float embeddings (label_calibration.anchors)", bytes.len()),
             });
         }
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
     }
 }
 

@@ -137,9 +137,8 @@ impl Split {
                 continue;
             }
             let labels_path = dir.join("labels.txt");
-            let text = std::fs::read_to_string(&labels_path)
-                .map_err(|e| DataError::File { path: labels_path.clone(), reason: format!("cannot read: {e}") })?;
-            let label_names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            let label_names: Vec<String> = read_text(&labels_path)?
+                .lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
             if label_names.is_empty() || label_names.len() > usize::from(IGNORE) {
                 return Err(DataError::File { path: labels_path, reason: format!("{} labels; need 1..=255", label_names.len()) });
             }
@@ -147,14 +146,10 @@ impl Split {
             for name in &label_names {
                 to_global.push(split.global_id(name, &labels_path)?);
             }
-            let images = dir.join("images");
-            let entries = std::fs::read_dir(&images)
-                .map_err(|e| DataError::File { path: images.clone(), reason: format!("cannot list: {e}") })?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
+            let found: Vec<PathBuf> = list(&dir.join("images"))?
+                .into_iter()
                 .filter(|p| p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().to_str().unwrap_or(""))))
                 .collect();
-            found.sort();
             if found.is_empty() {
                 return Err(DataError::Empty(dir.clone()));
             }
@@ -235,8 +230,24 @@ impl Split {
     }
 }
 
+pub(crate) fn file_error(path: &Path, reason: impl Into<String>) -> DataError {
+    DataError::File { path: path.to_path_buf(), reason: reason.into() }
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
+    std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
+}
+
+/// The entries of `dir`, sorted.
+pub(crate) fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| file_error(dir, format!("cannot list: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}
+
 fn decode(path: &Path) -> Result<image::DynamicImage, DataError> {
-    image::open(path).map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot decode: {e}") })
+    image::open(path).map_err(|e| file_error(path, format!("cannot decode: {e}")))
 }
 
 fn annotation_kind(dir: &Path) -> Result<AnnotationKind, DataError> {
@@ -244,7 +255,7 @@ fn annotation_kind(dir: &Path) -> Result<AnnotationKind, DataError> {
     if !path.exists() {
         return Ok(AnnotationKind::Fine);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| DataError::File { path: path.clone(), reason: format!("cannot read: {e}") })?;
+    let text = read_text(&path)?;
     let info: DatasetInfo = serde_yaml_ng::from_str(&text)
         .map_err(|e| DataError::File { path, reason: format!("{e} (expected `annotation: fine | coarse | tags`)") })?;
     Ok(info.annotation)
@@ -253,7 +264,7 @@ fn annotation_kind(dir: &Path) -> Result<AnnotationKind, DataError> {
 /// `tags.json`: image stem -> label names (each from `labels.txt`), as global ids.
 fn read_tags(dir: &Path, names: &[String], to_global: &[u8]) -> Result<std::collections::HashMap<String, Vec<u8>>, DataError> {
     let path = dir.join("tags.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| DataError::File { path: path.clone(), reason: format!("cannot read: {e}") })?;
+    let text = read_text(&path)?;
     let raw: std::collections::HashMap<String, Vec<String>> =
         serde_json::from_str(&text).map_err(|e| DataError::File { path: path.clone(), reason: format!("expected {{\"<image stem>\": [\"label\", ...]}}: {e}") })?;
     raw.into_iter()

@@ -85,7 +85,9 @@ fn write_model(dir: &Path, base: &BaseModel, checkpoint: &Checkpoint, name: &str
     let graph = build_trained_encoder(&base.weights, &base.class_text, &checkpoint.weights).context("building the image encoder")?;
     let encoder = dir.join(&manifest.image_encoder.file);
     graph.write(&encoder).with_context(|| format!("writing {}", encoder.display()))?;
-    save_checkpoint(&dir.join(HEAD_FILE), &Checkpoint { state: None, ..checkpoint.clone() })?;
+    // The head without its training state (the optimizer moments are not part of a model).
+    let head = Checkpoint { weights: checkpoint.weights.clone(), scales: checkpoint.scales, meta: checkpoint.meta.clone(), state: None };
+    save_checkpoint(&dir.join(HEAD_FILE), &head)?;
     manifest.write(dir)?;
     let model = engine::Model::open(dir).context("the exported model does not load")?;
     model.image_backend(engine::BackendKind::Cpu, 1).context("the exported image encoder does not load")?;

@@ -89,11 +89,5 @@ fn to_pixel_major(outputs: &ort::session::SessionOutputs, name: &str, channels: 
         bail!("feature graph: {name} is {dims:?}, expected [1, {channels}, h, w]");
     }
     let plane = dims[2] * dims[3];
-    let mut out = vec![0.0f32; plane * channels];
-    for c in 0..channels {
-        for p in 0..plane {
-            out[p * channels + c] = data[c * plane + p];
-        }
-    }
-    Ok(((dims[2], dims[3]), out))
+    Ok(((dims[2], dims[3]), engine::backend::transpose(&data[..channels * plane], channels, plane)))
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::data::DataError;
+use crate::data::{DataError, file_error, list, read_text};
 
 /// How mask files store label ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,21 +60,6 @@ pub fn detect(spec: &Path) -> Result<Option<PublicSet>, DataError> {
         return Err(DataError::File { path: root, reason: "a #split is only understood for ADE20K, Cityscapes and VOC layouts".into() });
     }
     Ok(None)
-}
-
-fn file_error(path: &Path, reason: impl Into<String>) -> DataError {
-    DataError::File { path: path.to_path_buf(), reason: reason.into() }
-}
-
-fn read_text(path: &Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
-}
-
-fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| file_error(dir, format!("cannot list: {e}")))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    Ok(paths)
 }
 
 fn non_empty(set: PublicSet, root: &Path) -> Result<PublicSet, DataError> {

