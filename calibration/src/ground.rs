@@ -50,6 +50,15 @@ impl GroundPlane {
         Ok(GroundPlane { normal: Unit::new_normalize(up), offset: height_m })
     }
 
+    /// Camera height, pitch and roll over this plane: the inverse of
+    /// [`GroundPlane::from_extrinsics`] (pitch and roll in -π/2..=π/2).
+    pub fn mounting(&self) -> [f64; 3] {
+        let n = self.normal;
+        let pitch = (-n.z).clamp(-1.0, 1.0).asin();
+        let roll = (-n.x).atan2(-n.y);
+        [self.offset, pitch, roll]
+    }
+
     /// Signed distance of a point from the plane, positive on the camera's side.
     pub fn signed_distance(&self, p: &Point3<f64>) -> f64 {
         self.normal.dot(&p.coords) + self.offset

@@ -7,8 +7,12 @@
 //!   undistort, refusing points outside the model's invertible region.
 //! - [`CameraInfoYaml`]: camera_info_manager's YAML files, read and written exactly.
 //! - [`rectify_map`], [`remap_gray8`], [`remap_rgb8`]: undistortion and rectification of images.
-//! - [`GroundPlane`]: flat ground from mounting extrinsics or a RANSAC fit, and ray intersection.
+//! - [`GroundPlane`]: flat ground from mounting extrinsics or a RANSAC fit, and ray intersection;
+//!   [`fit_ground_to_depth`] and [`fill_from_plane`]: the plane from labelled depth, and its holes.
 //! - [`ground_depth`]: monocular depth from a label mask over flat ground.
+//! - [`Extrinsics`]: rigid transforms between sensor frames from xyz + rpy, a quaternion, a 4x4
+//!   matrix or YAML; [`DepthRegistration`]: a depth camera's image redrawn in the colour camera.
+//! - [`PixelRays`]: every pixel's viewing ray, computed once per calibration.
 //!
 //! ```
 //! use calibration::{Camera, GroundPlane};
@@ -25,19 +29,27 @@
 mod camera;
 mod camera_info;
 mod error;
+mod extrinsics;
 mod ground;
+mod ground_fit;
 mod models;
 mod monocular;
 mod pinhole;
+mod rays;
 mod rectify;
+mod register;
 mod stereo;
 
 pub use camera::{Camera, Intrinsics};
 pub use camera_info::CameraInfoYaml;
 pub use error::CalibrationError;
+pub use extrinsics::Extrinsics;
 pub use ground::GroundPlane;
+pub use ground_fit::{DepthGroundFit, MAX_FIT_POINTS, MIN_FIT_POINTS, fill_from_plane, fit_ground_to_depth};
 pub use models::{ACCEPTED_MODELS, Distortion};
 pub use monocular::{CONTACT_CONFIDENCE, GroundDepth, Surface, ground_depth};
 pub use pinhole::PinholeCamera;
+pub use rays::PixelRays;
 pub use rectify::{INVALID_SOURCE, rectify_map, remap_gray8, remap_rgb8};
+pub use register::DepthRegistration;
 pub use stereo::{StereoFields, StereoGeometry};

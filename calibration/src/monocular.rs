@@ -1,9 +1,7 @@
 //! Depth from one calibrated camera over flat ground: pixels of ground labels take the depth where
 //! their ray meets the ground plane; pixels of other things take the depth of the ground where
 //! their column meets it (the obstacle's contact point), with lower confidence.
-use nalgebra::{Point2, Vector3};
-
-use crate::{CalibrationError, GroundPlane, PinholeCamera};
+use crate::{CalibrationError, GroundPlane, PixelRays};
 
 /// What a pixel's label says about its depth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,10 +28,10 @@ pub struct GroundDepth {
     pub confidence: Vec<f32>,
 }
 
-/// Depth of every pixel of a `camera.width x camera.height` image whose surfaces are given row
-/// by row. The camera must look at a rectified (undistorted) image.
-pub fn ground_depth(camera: &PinholeCamera, plane: &GroundPlane, surfaces: &[Surface]) -> Result<GroundDepth, CalibrationError> {
-    let (w, h) = (camera.width as usize, camera.height as usize);
+/// Depth of every pixel of an image whose surfaces are given row by row, with the rays of its
+/// pixel centres ([`PixelRays::centres`] of the camera, distortion included).
+pub fn ground_depth(rays: &PixelRays, plane: &GroundPlane, surfaces: &[Surface]) -> Result<GroundDepth, CalibrationError> {
+    let (w, h) = rays.size();
     if surfaces.len() != w * h {
         return Err(CalibrationError::Count { field: "surfaces", got: surfaces.len(), expected: format!("{w} x {h} = {}", w * h) });
     }
@@ -41,8 +39,8 @@ pub fn ground_depth(camera: &PinholeCamera, plane: &GroundPlane, surfaces: &[Sur
     let mut confidence = vec![0.0f32; w * h];
     // z-depth of the ground along the ray through (x, y): the plane scale of a ray with z = 1.
     let ground_z = |x: usize, y: usize| -> Option<f64> {
-        let ray: Vector3<f64> = camera.unproject(&Point2::new(x as f64, y as f64)).into_inner();
-        plane.ray_intersection(&ray).map(|t| t * ray.z).filter(|z| *z > 0.0)
+        let ray = rays.at(x, y)?;
+        plane.ray_intersection(&ray).filter(|z| *z > 0.0)
     };
     for x in 0..w {
         // Walking up each column, the ground depth just below the current obstacle.
@@ -72,12 +70,17 @@ pub fn ground_depth(camera: &PinholeCamera, plane: &GroundPlane, surfaces: &[Sur
 
 #[cfg(test)]
 mod tests {
-    use nalgebra::{Matrix3, Rotation3};
+    use nalgebra::{Matrix3, Point2, Rotation3, Vector3};
 
     use super::*;
+    use crate::{Camera, PinholeCamera};
 
     fn camera() -> PinholeCamera {
         PinholeCamera::new(420.0, 410.0, 322.5, 236.0, 640, 480).unwrap()
+    }
+
+    fn rays() -> PixelRays {
+        PixelRays::centres(&Camera::from(camera()))
     }
 
     /// Camera-to-world rotation built independently of `GroundPlane::from_extrinsics`: world x
@@ -95,7 +98,7 @@ mod tests {
         let cam = camera();
         let plane = GroundPlane::from_extrinsics(height, pitch, roll).unwrap();
         let r = camera_to_world(pitch, roll);
-        let out = ground_depth(&cam, &plane, &vec![Surface::Ground; 640 * 480]).unwrap();
+        let out = ground_depth(&rays(), &plane, &vec![Surface::Ground; 640 * 480]).unwrap();
         let mut checked = 0;
         for y in 0..480 {
             for x in 0..640 {
@@ -117,8 +120,35 @@ mod tests {
     }
 
     #[test]
+    fn with_lens_distortion_every_ground_depth_projects_back_onto_its_pixel_and_the_ground() {
+        let (height, pitch, roll) = (0.9, 0.35, -0.03);
+        let k = [410.0, 0.0, 318.0, 0.0, 405.0, 242.0, 0.0, 0.0, 1.0];
+        let camera = Camera::from_camera_info("plumb_bob", &[-0.3, 0.09, 4e-4, -3e-4, -0.01], &k, 640, 480).unwrap();
+        let plane = GroundPlane::from_extrinsics(height, pitch, roll).unwrap();
+        let r = camera_to_world(pitch, roll);
+        let out = ground_depth(&PixelRays::centres(&camera), &plane, &vec![Surface::Ground; 640 * 480]).unwrap();
+        let mut checked = 0;
+        for y in (0..480).step_by(3) {
+            for x in (0..640).step_by(3) {
+                let z = out.depth[y * 640 + x];
+                if z.is_nan() {
+                    continue;
+                }
+                // The forward (closed-form) model, not the iterative inverse used to get there.
+                let ray = camera.unproject(&Point2::new(x as f64, y as f64)).unwrap().into_inner();
+                let p = ray * (z as f64 / ray.z);
+                let px = camera.project(&p.into()).unwrap();
+                assert!((px - Point2::new(x as f64, y as f64)).norm() < 1e-3, "({x}, {y}) -> {px}");
+                let world_height = height + (r * p).z;
+                assert!(world_height.abs() < 1e-5 * z as f64, "({x}, {y}) at {z} m is {world_height} m off the ground");
+                checked += 1;
+            }
+        }
+        assert!(checked > 15_000, "only {checked} ground pixels");
+    }
+
+    #[test]
     fn obstacles_take_their_ground_contact_depth_and_sky_breaks_the_column() {
-        let cam = camera();
         let plane = GroundPlane::from_extrinsics(1.0, 0.3, 0.0).unwrap();
         let mut surfaces = vec![Surface::Ground; 640 * 480];
         // Column 100: ground below row 350, unknown at 349, obstacle 300..349, sky above 300.
@@ -129,7 +159,7 @@ mod tests {
                 _ => Surface::NoDepth,
             };
         }
-        let out = ground_depth(&cam, &plane, &surfaces).unwrap();
+        let out = ground_depth(&rays(), &plane, &surfaces).unwrap();
         let contact = out.depth[350 * 640 + 100];
         assert!(contact.is_finite() && contact > 1.0);
         assert!(out.depth[349 * 640 + 100].is_nan(), "unknown pixels have no depth");
@@ -145,7 +175,7 @@ mod tests {
     #[test]
     fn a_mask_of_another_size_is_refused_by_name() {
         let plane = GroundPlane::from_extrinsics(1.0, 0.3, 0.0).unwrap();
-        let e = ground_depth(&camera(), &plane, &[Surface::Ground; 10]).unwrap_err();
+        let e = ground_depth(&rays(), &plane, &[Surface::Ground; 10]).unwrap_err();
         assert!(e.to_string().contains("surfaces") && e.to_string().contains("640 x 480"), "{e}");
     }
 }

@@ -98,6 +98,14 @@ fn rays_parallel_to_or_away_from_the_ground_give_none_not_infinity() {
 }
 
 #[test]
+fn mounting_inverts_from_extrinsics() {
+    for (h, pitch, roll) in [(1.2, 0.3, 0.0), (0.4, -0.2, 0.1), (2.5, 1.2, -0.7), (1.0, 0.0, 0.0)] {
+        let [h2, p2, r2] = GroundPlane::from_extrinsics(h, pitch, roll).unwrap().mounting();
+        assert!((h2 - h).abs() < 1e-12 && (p2 - pitch).abs() < 1e-12 && (r2 - roll).abs() < 1e-12, "{h} {pitch} {roll}");
+    }
+}
+
+#[test]
 fn bad_extrinsics_are_rejected() {
     for (h, pitch, roll, field) in [
         (0.0, 0.0, 0.0, "`height_m` = 0"),

@@ -30,18 +30,11 @@ pub fn condition(metres: &[f32], labels: &[u16], width: usize, no_depth: &[bool]
         .zip(labels)
         .map(|(&m, &l)| if keeps(l) && m.is_finite() && m > 0.0 { m } else { f32::NAN })
         .collect();
-    let filtered = same_label_pass(&valid, labels, width, params.median_radius, |own, mut near| {
-        if own.is_nan() {
-            return own;
-        }
-        median(&mut near)
-    });
-    same_label_pass(&filtered, labels, width, params.fill_radius, |own, mut near| {
-        // Only holes of labels that may have depth are filled.
-        if !own.is_nan() || near.len() < params.fill_min_neighbours {
-            return own;
-        }
-        median(&mut near)
+    // The median only where there is a measurement; filling only where there is none (and
+    // only for labels that may have depth).
+    let filtered = same_label_pass(&valid, labels, width, params.median_radius, |own| !own.is_nan(), |_, near| median(near));
+    same_label_pass(&filtered, labels, width, params.fill_radius, f32::is_nan, |own, near| {
+        if near.len() < params.fill_min_neighbours { own } else { median(near) }
     })
     .into_iter()
     .zip(labels)
@@ -49,8 +42,16 @@ pub fn condition(metres: &[f32], labels: &[u16], width: usize, no_depth: &[bool]
     .collect()
 }
 
-/// For every pixel, `f(own value, finite values of same-label pixels in the window)`.
-fn same_label_pass(values: &[f32], labels: &[u16], width: usize, radius: usize, f: impl Fn(f32, Vec<f32>) -> f32 + Sync) -> Vec<f32> {
+/// For every pixel where `wanted(own value)`, `f(own value, finite values of same-label pixels
+/// in the window)`; other pixels keep their value.
+fn same_label_pass(
+    values: &[f32],
+    labels: &[u16],
+    width: usize,
+    radius: usize,
+    wanted: impl Fn(f32) -> bool + Sync,
+    f: impl Fn(f32, &mut [f32]) -> f32 + Sync,
+) -> Vec<f32> {
     if radius == 0 || width == 0 {
         return values.to_vec();
     }
@@ -60,6 +61,10 @@ fn same_label_pass(values: &[f32], labels: &[u16], width: usize, radius: usize, 
         let mut near = Vec::with_capacity((2 * radius + 1).pow(2));
         for (x, o) in row.iter_mut().enumerate() {
             let i = y * width + x;
+            if !wanted(values[i]) {
+                *o = values[i];
+                continue;
+            }
             near.clear();
             for ny in y.saturating_sub(radius)..(y + radius + 1).min(height) {
                 for nx in x.saturating_sub(radius)..(x + radius + 1).min(width) {
@@ -69,7 +74,7 @@ fn same_label_pass(values: &[f32], labels: &[u16], width: usize, radius: usize, 
                     }
                 }
             }
-            *o = f(values[i], std::mem::take(&mut near));
+            *o = f(values[i], &mut near);
         }
     });
     out

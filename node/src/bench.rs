@@ -36,6 +36,8 @@ pub enum BenchTarget {
     /// Cost map + fusion + argmax at 160x120 cells on real-image embeddings: every label at
     /// every level against category early rejection, CPU and (where a device answers) CUDA.
     Costmap(crate::bench_costmap::CostmapBenchArgs),
+    /// Depth registration, ground fit and conditioning at 640x480 against segmenting the frame.
+    Depth(crate::bench_depth::DepthBenchArgs),
 }
 
 pub fn label_list(text: &str) -> Vec<LabelSpec> {

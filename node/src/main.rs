@@ -1,6 +1,7 @@
 //! `ovseg`: open-vocabulary segmentation from the command line.
 mod bench;
 mod bench_costmap;
+mod bench_depth;
 mod bench_ros;
 mod eval;
 mod model;
@@ -115,6 +116,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Costmap(args)), .. }) => {
             bench_costmap::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Depth(args)), .. }) => {
+            bench_depth::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),

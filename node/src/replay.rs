@@ -32,9 +32,13 @@ pub struct ReplayArgs {
     pub image_topic: String,
     #[arg(long, default_value = "/camera_info")]
     pub camera_info_topic: String,
-    /// Registered depth topic (used when the depth_mode parameter is rgbd).
+    /// Depth topic (used when the depth_mode parameter is rgbd): registered depth, or the depth
+    /// camera's own image when depth_registration is extrinsics.
     #[arg(long, default_value = "/depth_registered")]
     pub depth_topic: String,
+    /// camera_info of the depth camera (used when depth_registration is extrinsics).
+    #[arg(long, default_value = "/depth/camera_info")]
+    pub depth_camera_info_topic: String,
     /// Right image of a rectified stereo pair (used when depth_mode is stereo).
     #[arg(long, default_value = "/right/image")]
     pub right_topic: String,
@@ -155,9 +159,10 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         {
             rec.write_raw(topic, &schema.name, &schema.data, message.log_time, &message.data)?;
         }
-        if topic == args.camera_info_topic || topic == args.right_camera_info_topic {
+        if topic == args.camera_info_topic || topic == args.right_camera_info_topic || topic == args.depth_camera_info_topic {
             match msgs::from_cdr::<CameraInfo>(&message.data) {
                 Ok(info) if topic == args.camera_info_topic => processor.set_camera_info(info),
+                Ok(info) if topic == args.depth_camera_info_topic => processor.set_depth_camera_info(info),
                 Ok(info) => processor.set_right_camera_info(info),
                 Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
             }

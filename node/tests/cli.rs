@@ -328,6 +328,19 @@ fn bench_costmap_reports_full_against_early_and_round_trips_its_fixture() {
 }
 
 #[test]
+fn bench_depth_times_every_depth_step_against_segmentation() {
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["bench", "depth", "--frames", "1"]).output().expect("running ovseg");
+    assert_exit(&o, 0);
+    let r = json_of(&o);
+    for key in ["register", "ground_fit", "condition"] {
+        let ratio = r[format!("{key}_over_segment")].as_f64().unwrap_or_else(|| panic!("{key} missing: {r}"));
+        assert!(ratio > 0.0 && ratio.is_finite(), "{key}: {ratio}");
+    }
+    // Every 11th depth pixel of the flat ground is missing and the fit fills them.
+    assert!(r["ground_pixels_filled"].as_u64().unwrap() > 10_000, "{r}");
+}
+
+#[test]
 fn bench_costmap_rejects_bad_fixtures_and_label_counts_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_fixture = dir.path().join("mask.png");

@@ -367,6 +367,132 @@ fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
     assert!(ground_pixels > 500, "the photo needs table or wall pixels below the horizon ({ground_pixels})");
 }
 
+/// The peer's synthetic 16UC1 depth (see `synthetic_depth_mm` in peer.py), in metres.
+fn synthetic_depth_m(w: usize, h: usize) -> Vec<f32> {
+    (0..h).flat_map(|r| (0..w).map(move |c| if c % 17 == 0 { 0.0 } else { (1000 + 4 * r + c % 7) as f32 / 1000.0 })).collect()
+}
+
+/// The peer's camera_info camera (f = width, centred principal point) with plumb_bob `d`.
+fn peer_camera(w: u32, h: u32, d: &[f64]) -> calibration::Camera {
+    let (f, cx, cy) = (w as f64, (w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+    calibration::Camera::from_camera_info("plumb_bob", d, &[f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0], w, h).unwrap()
+}
+
+#[test]
+fn raw_depth_camera_images_are_registered_to_the_distorted_colour_camera() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    let extrinsics = "translation: [0.04, -0.005, 0.01]\nrotation_rpy: [0.01, -0.02, 0.015]\n";
+    let extrinsics_file = tmp.path().join("depth_to_color.yaml");
+    std::fs::write(&extrinsics_file, extrinsics).unwrap();
+    let file_arg = format!("depth_extrinsics_file:={}", extrinsics_file.display());
+    let args = [
+        "-p", "labels:=[person, cup, table, wall]", "-p", "depth_mode:=rgbd", "-p", "depth_registration:=extrinsics", "-p", &file_arg,
+        "-p", "image_rectified:=false", "-p", "depth_filter_radius:=0", "-p", "depth_fill_radius:=0", "-p", "depth_invalid_labels:=[]",
+    ];
+    let mut node = NodeProcess::start(domain, &args, tmp.path());
+    let out = tmp.path().join("received");
+    let png = pngs[0].display().to_string();
+    let (dw, dh) = (SIZE.0 / 2 + 7, SIZE.1 / 2 + 3);
+    let depth_size = format!("{dw}x{dh}");
+    let d = [-0.12, 0.03, 1e-3, -5e-4, 0.0];
+    // `=` form: a leading minus would read as an option.
+    let distortion = format!("--distortion={}", d.map(|v| v.to_string()).join(","));
+    let peer_args = [
+        "pubsub", "--images", &png, "--camera-info", &distortion, "--depth-camera", &depth_size, "--repeat", "3", "--rate-hz", "4",
+        "--expect", "1", "--timeout", "90", "--collect", "mask", "depth", "--out", out.to_str().unwrap(),
+    ];
+    let result = ok(peer(domain, &peer_args));
+    node.assert_running();
+    let sec = published_stems(&result)
+        .into_keys()
+        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
+        .unwrap_or_else(|| panic!("no depth received: {result}\n{}", node.log()));
+    let got: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+
+    // The same registration through the calibration crate, whose geometry its own tests check
+    // against ray-cast scenes.
+    let (w, h) = SIZE;
+    let registration = calibration::DepthRegistration::new(
+        &peer_camera(dw, dh, &d),
+        &peer_camera(w, h, &d),
+        calibration::Extrinsics::from_yaml(extrinsics).unwrap(),
+    );
+    let want = registration.register(&synthetic_depth_m(dw as usize, dh as usize)).unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut valid = 0;
+    for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+        if e.is_nan() || mask[i] == 255 {
+            assert!(g.is_nan(), "pixel {i}: nothing registered there (or unknown), but depth {g}");
+        } else {
+            assert_eq!(g, e, "pixel {i}");
+            valid += 1;
+        }
+    }
+    // Upsampled about 2x with every 17th depth column missing: most pixels still get depth.
+    assert!(valid > want.len() * 3 / 5, "{valid} of {} pixels have depth", want.len());
+}
+
+#[test]
+fn ground_fit_recovers_the_mounting_and_fills_ground_holes_from_the_plane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    // Every label is ground here, so every labelled pixel is checked against the plane.
+    let labels = "labels:=[person, cup, table, wall, sky]";
+    let args = [
+        "-p", labels, "-p", "ground_labels:=[person, cup, table, wall, sky]", "-p", "depth_invalid_labels:=[]", "-p", "depth_mode:=rgbd",
+        "-p", "ground_fit:=true", "-p", "ground_fit_tolerance:=0.01", "-p", "depth_filter_radius:=0", "-p", "depth_fill_radius:=0",
+        "-p", "diagnostics_period:=0.2",
+    ];
+    let mut node = NodeProcess::start(domain, &args, tmp.path());
+    let out = tmp.path().join("received");
+    let png = pngs[0].display().to_string();
+    let (height, pitch) = (1.3f64, 0.5f64);
+    let plane = format!("{height},{pitch}");
+    let peer_args = [
+        "pubsub", "--images", &png, "--camera-info", "--depth-plane", &plane, "--repeat", "4", "--rate-hz", "4", "--expect", "2",
+        "--timeout", "90", "--diagnostics", "--collect", "mask", "depth", "--out", out.to_str().unwrap(),
+    ];
+    let result = ok(peer(domain, &peer_args));
+    node.assert_running();
+    let diagnostics = &result["diagnostics"];
+    let value = |key: &str| -> f64 {
+        diagnostics[key].as_str().unwrap_or_else(|| panic!("no {key} in /diagnostics: {diagnostics}")).parse().unwrap()
+    };
+    assert!((value("ground_fit.camera_height") - height).abs() < 2e-3, "{diagnostics}");
+    assert!((value("ground_fit.camera_pitch") - pitch).abs() < 2e-3, "{diagnostics}");
+    assert!(value("ground_fit.camera_roll").abs() < 2e-3, "{diagnostics}");
+    assert!(value("ground_fit.filled_pixels") > 100.0, "{diagnostics}");
+
+    let sec = published_stems(&result)
+        .into_keys()
+        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
+        .unwrap_or_else(|| panic!("no depth received: {result}"));
+    let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
+    let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);
+    let mut filled = 0;
+    for y in 0..h {
+        let along = pitch.cos() * (y as f64 - cy) / f + pitch.sin();
+        for x in (0..w).step_by(17) {
+            let (label, got) = (mask[y * w + x], depth[y * w + x]);
+            // Holes (every 17th column) below the horizon on labelled pixels take the plane's depth.
+            if label == 255 || along <= 1e-9 {
+                assert!(got.is_nan(), "({x},{y}) label {label}: {got}");
+                continue;
+            }
+            let want = height / along;
+            assert!(((got as f64 - want) / want).abs() < 5e-3, "({x},{y}): filled {got}, plane {want}");
+            filled += 1;
+        }
+    }
+    assert!(filled > 100, "{filled} hole pixels checked");
+}
+
 #[test]
 fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

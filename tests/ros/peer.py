@@ -161,6 +161,15 @@ def parse_size(text):
     return w, h
 
 
+def parse_floats(n):
+    def parse(text):
+        values = [float(v) for v in text.split(",")]
+        if len(values) != n:
+            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers, got {text!r}")
+        return values
+    return parse
+
+
 def load_rgb(path, size=None):
     """Read an image file as an HxWx3 uint8 RGB array, optionally resized."""
     with PILImage.open(path) as im:
@@ -249,17 +258,32 @@ def image_fields(header, h, w, encoding, step, data):
             "is_bigendian": 0, "step": step, "data": data}
 
 
+def ground_plane_depth_m(h, w, height, pitch):
+    """32FC1 metres of flat ground seen by the camera_info_fields camera from
+    `height` m, pitched down by `pitch` rad (level roll): the z where each pixel
+    ray meets the ground; 0 (no measurement) above the horizon and, as holes to
+    fill, on every 17th column."""
+    f, cx, cy = float(w), (w - 1) / 2.0, (h - 1) / 2.0
+    dy = (np.arange(h, dtype=np.float64)[:, None] - cy) / f
+    along = np.broadcast_to(np.cos(pitch) * dy + np.sin(pitch), (h, w))
+    z = np.zeros((h, w))
+    below_horizon = along > 1e-9
+    z[below_horizon] = height / along[below_horizon]
+    z[:, np.arange(w) % 17 == 0] = 0.0
+    return z.astype("<f4")
+
+
 def depth_fields(header, h, w):
     return image_fields(header, h, w, "16UC1", 2 * w, synthetic_depth_mm(h, w).tobytes())
 
 
-def camera_info_fields(header, h, w):
+def camera_info_fields(header, h, w, distortion=None):
     """Pinhole, fx = fy = width, principal point at the image centre,
-    plumb_bob with zero distortion."""
+    plumb_bob with the given coefficients (zero by default)."""
     f, cx, cy = float(w), (w - 1) / 2.0, (h - 1) / 2.0
     return {
         "header": header, "height": h, "width": w, "distortion_model": "plumb_bob",
-        "d": [0.0] * 5,
+        "d": list(distortion) if distortion else [0.0] * 5,
         "k": [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0],
         "r": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
         "p": [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
@@ -283,10 +307,10 @@ class InputFrame:
     def depth(self, header):
         return depth_fields(header, self.height, self.width)
 
-    def camera_info(self, header, baseline=0.0):
+    def camera_info(self, header, baseline=0.0, distortion=None):
         """This camera's info; with a baseline, as the right camera of a rectified
         pair (same intrinsics, P[0][3] = -f * baseline)."""
-        info = camera_info_fields(header, self.height, self.width)
+        info = camera_info_fields(header, self.height, self.width, distortion)
         if baseline:
             info["p"][3] = -info["p"][0] * baseline
         return info
@@ -497,8 +521,11 @@ def cmd_pubsub(a):
     pubs = {"image": node.create_publisher(Image, "image", input_qos())}
     if a.camera_info:
         pubs["camera_info"] = node.create_publisher(CameraInfo, "camera_info", input_qos())
-    if a.depth_mm:
+    if a.depth_mm or a.depth_plane:
         pubs["depth_registered"] = node.create_publisher(Image, "depth_registered", input_qos())
+    if a.depth_camera:
+        pubs["depth/camera_info"] = node.create_publisher(CameraInfo, "depth/camera_info", input_qos())
+        pubs["depth/image"] = node.create_publisher(Image, "depth/image", input_qos())
     rights = [InputFrame(p, a.resize, a.encoding) for p in a.right_images]
     if rights:
         pubs["right/camera_info"] = node.create_publisher(CameraInfo, "right/camera_info", input_qos())
@@ -613,9 +640,19 @@ def cmd_pubsub(a):
             published_stamps.add((sec, nanosec))
             # camera_info and depth first, so they are there when the image is.
             if "camera_info" in pubs:
-                pubs["camera_info"].publish(fill(CameraInfo(), frame.camera_info(header)))
-            if "depth_registered" in pubs:
+                info = frame.camera_info(header, distortion=a.distortion)
+                pubs["camera_info"].publish(fill(CameraInfo(), info))
+            if a.depth_plane:
+                z = ground_plane_depth_m(frame.height, frame.width, *a.depth_plane)
+                depth = image_fields(header, frame.height, frame.width, "32FC1", 4 * frame.width, z.tobytes())
+                pubs["depth_registered"].publish(fill(Image(), depth))
+            elif "depth_registered" in pubs:
                 pubs["depth_registered"].publish(fill(Image(), frame.depth(header)))
+            if a.depth_camera:
+                dw, dh = a.depth_camera
+                info = camera_info_fields(header, dh, dw, a.distortion)
+                pubs["depth/camera_info"].publish(fill(CameraInfo(), info))
+                pubs["depth/image"].publish(fill(Image(), depth_fields(header, dh, dw)))
             if rights:
                 right = rights[index % len(rights)]
                 pubs["right/camera_info"].publish(fill(CameraInfo(), right.camera_info(header, a.baseline)))
@@ -1063,6 +1100,14 @@ def build_parser():
     s.add_argument("--depth-mm", action="store_true",
                    help="also publish synthetic 16UC1 depth_registered")
     s.add_argument("--camera-info", action="store_true", help="also publish camera_info")
+    s.add_argument("--distortion", type=parse_floats(5), metavar="K1,K2,P1,P2,K3",
+                   help="plumb_bob coefficients of every published camera_info (default 0)")
+    s.add_argument("--depth-camera", type=parse_size, metavar="WxH",
+                   help="also publish synthetic 16UC1 depth/image of this size and its "
+                        "depth/camera_info (f = width, centred), for depth registration")
+    s.add_argument("--depth-plane", type=parse_floats(2), metavar="HEIGHT,PITCH",
+                   help="publish depth_registered as 32FC1 flat ground seen from HEIGHT m, "
+                        "pitched down PITCH rad, with holes on every 17th column")
     s.add_argument("--right-images", nargs="*", default=[], metavar="FILE",
                    help="right images of rectified pairs, published on right/image (and "
                         "right/camera_info) with the stamp of the --images entry at the same index")

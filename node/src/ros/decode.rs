@@ -51,10 +51,10 @@ type ReadDepth = fn([u8; 4], bool) -> f32;
 
 /// A registered depth image in metres (NaN where there is no measurement), resampled by
 /// nearest neighbour to `width` x `height` if it has another size.
-pub fn depth_metres(msg: &Image, width: u32, height: u32) -> Result<Vec<f32>, Rejected> {
+pub fn depth_metres(msg: &Image, topic: &str, width: u32, height: u32) -> Result<Vec<f32>, Rejected> {
     let (w, h) = (msg.width as usize, msg.height as usize);
     if w == 0 || h == 0 {
-        return Err(reject("depth_zero_size", format!("depth_registered: `width` x `height` = {w}x{h}")));
+        return Err(reject("depth_zero_size", format!("{topic}: `width` x `height` = {w}x{h}")));
     }
     let (bytes, read): (usize, ReadDepth) = match msg.encoding.as_str() {
         "16UC1" | "mono16" => (2, |b, be| {
@@ -68,18 +68,18 @@ pub fn depth_metres(msg: &Image, width: u32, height: u32) -> Result<Vec<f32>, Re
         other => {
             return Err(reject(
                 "depth_encoding",
-                format!("depth_registered: `encoding` = {other:?}; expected 16UC1 (millimetres) or 32FC1 (metres)"),
+                format!("{topic}: `encoding` = {other:?}; expected 16UC1 (millimetres) or 32FC1 (metres)"),
             ));
         }
     };
     let step = msg.step as usize;
     if step < w * bytes {
-        return Err(reject("depth_step", format!("depth_registered: `step` = {step}, shorter than width * {bytes} = {}", w * bytes)));
+        return Err(reject("depth_step", format!("{topic}: `step` = {step}, shorter than width * {bytes} = {}", w * bytes)));
     }
     if msg.data.len() < step * (h - 1) + w * bytes {
         return Err(reject(
             "depth_size",
-            format!("depth_registered: `data` is {} bytes; {w}x{h} with step {step} needs {}", msg.data.len(), step * (h - 1) + w * bytes),
+            format!("{topic}: `data` is {} bytes; {w}x{h} with step {step} needs {}", msg.data.len(), step * (h - 1) + w * bytes),
         ));
     }
     let big_endian = msg.is_bigendian != 0;
@@ -154,13 +154,13 @@ mod tests {
     fn depth_converts_units_marks_holes_and_resamples() {
         let mut mm = image(2, 1, "16UC1", 4, 4);
         mm.data = [1500u16.to_le_bytes(), 0u16.to_le_bytes()].concat();
-        let d = depth_metres(&mm, 2, 1).unwrap();
+        let d = depth_metres(&mm, "depth_registered", 2, 1).unwrap();
         assert_eq!(d[0], 1.5);
         assert!(d[1].is_nan());
         let mut m = image(1, 1, "32FC1", 4, 4);
         m.data = 2.25f32.to_le_bytes().to_vec();
-        assert_eq!(depth_metres(&m, 2, 2).unwrap(), vec![2.25; 4]);
-        let r = depth_metres(&image(1, 1, "rgb8", 3, 3), 1, 1).unwrap_err();
+        assert_eq!(depth_metres(&m, "depth_registered", 2, 2).unwrap(), vec![2.25; 4]);
+        let r = depth_metres(&image(1, 1, "rgb8", 3, 3), "depth/image", 1, 1).unwrap_err();
         assert!(r.message.contains("\"rgb8\""), "{}", r.message);
     }
 

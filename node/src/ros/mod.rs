@@ -40,7 +40,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// What the DDS thread hands to the processing thread besides frames.
 enum Side {
     CameraInfo(Box<CameraInfo>),
-    Depth(Image),
+    /// From `depth_registered` (`registered`) or `depth/image`.
+    Depth { image: Image, registered: bool },
+    DepthCameraInfo(Box<CameraInfo>),
     RightCameraInfo(Box<CameraInfo>),
     Right(Image),
 }
@@ -102,6 +104,8 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let mut image_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("image")?, &input_qos)?;
     let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
     let mut depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth_registered")?, &input_qos)?;
+    let mut raw_depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth/image")?, &input_qos)?;
+    let mut depth_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("depth/camera_info")?, &input_qos)?;
     let mut right_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("right/image")?, &input_qos)?;
     let mut right_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("right/camera_info")?, &input_qos)?;
 
@@ -154,6 +158,8 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     poll.registry().register(&mut depth_sub, Token(2), Interest::READABLE)?;
     poll.registry().register(&mut right_sub, Token(3), Interest::READABLE)?;
     poll.registry().register(&mut right_info_sub, Token(4), Interest::READABLE)?;
+    poll.registry().register(&mut raw_depth_sub, Token(5), Interest::READABLE)?;
+    poll.registry().register(&mut depth_info_sub, Token(6), Interest::READABLE)?;
     let mut events = Events::with_capacity(8);
     let mut side_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
@@ -167,8 +173,14 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
         while let Some(info) = take(&info_sub, "camera_info") {
             side_dropped += side_tx.try_send(Side::CameraInfo(Box::new(info))).is_err() as u64;
         }
-        while let Some(depth) = take(&depth_sub, "depth_registered") {
-            side_dropped += side_tx.try_send(Side::Depth(depth)).is_err() as u64;
+        while let Some(image) = take(&depth_sub, "depth_registered") {
+            side_dropped += side_tx.try_send(Side::Depth { image, registered: true }).is_err() as u64;
+        }
+        while let Some(info) = take(&depth_info_sub, "depth/camera_info") {
+            side_dropped += side_tx.try_send(Side::DepthCameraInfo(Box::new(info))).is_err() as u64;
+        }
+        while let Some(image) = take(&raw_depth_sub, "depth/image") {
+            side_dropped += side_tx.try_send(Side::Depth { image, registered: false }).is_err() as u64;
         }
         while let Some(info) = take(&right_info_sub, "right/camera_info") {
             side_dropped += side_tx.try_send(Side::RightCameraInfo(Box::new(info))).is_err() as u64;
@@ -309,7 +321,13 @@ fn drain_side(processor: &mut Processor, side: &Receiver<Side>) {
 fn apply_side(processor: &mut Processor, msg: Side) {
     match msg {
         Side::CameraInfo(info) => processor.set_camera_info(*info),
-        Side::Depth(depth) => processor.depth.push(depth),
+        // Only the depth topic the current depth_registration reads.
+        Side::Depth { image, registered } => {
+            if registered == processor.settings().depth_registration.is_none() {
+                processor.depth.push(image);
+            }
+        }
+        Side::DepthCameraInfo(info) => processor.set_depth_camera_info(*info),
         Side::RightCameraInfo(info) => processor.set_right_camera_info(*info),
         Side::Right(image) => processor.right.push(image),
     }

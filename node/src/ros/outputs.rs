@@ -1,7 +1,6 @@
 //! Output messages built from one segmented frame; shared by the live node and replay.
-use calibration::PinholeCamera;
+use calibration::{Camera, CalibrationError, PinholeCamera, PixelRays};
 use engine::{Frame, LabelMap, LabelSet, MaskPixels};
-use nalgebra::Point2;
 
 use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
 
@@ -112,6 +111,21 @@ pub fn rectified_camera(info: &CameraInfo) -> Result<PinholeCamera, calibration:
     }
 }
 
+/// The camera model of an image described by `info`: the pinhole of P for a rectified image,
+/// K with the distortion model `d` for a raw one.
+pub fn image_camera(info: &CameraInfo, rectified: bool) -> Result<Camera, CalibrationError> {
+    if rectified {
+        rectified_camera(info).map(Camera::from)
+    } else {
+        Camera::from_camera_info(&info.distortion_model, &info.d, &info.k, info.width, info.height)
+    }
+}
+
+/// Whether two camera_info messages describe the same calibration (stamps aside).
+pub fn same_calibration(a: &CameraInfo, b: &CameraInfo) -> bool {
+    (a.width, a.height, &a.distortion_model, &a.d, a.k, a.p) == (b.width, b.height, &b.distortion_model, &b.d, b.k, b.p)
+}
+
 /// Whether camera_info carries a rectified projection P (all zeros means unset).
 fn has_projection(info: &CameraInfo) -> bool {
     info.p.iter().any(|&v| v != 0.0)
@@ -139,7 +153,7 @@ pub fn points(
     map: &LabelMap,
     metres: &[f32],
     depth_confidence: Option<&[f32]>,
-    camera: &PinholeCamera,
+    rays: &PixelRays,
     stride: usize,
     num_labels: usize,
 ) -> PointCloud2 {
@@ -150,17 +164,15 @@ pub fn points(
         for x in (0..w).step_by(stride.max(1)) {
             let i = y * w + x;
             let z = metres[i];
-            if !z.is_finite() {
+            // Depth images hold z (distance along the optical axis): the point is z * (ray with z = 1).
+            let Some(ray) = rays.at(x, y).filter(|_| z.is_finite()) else {
                 continue;
-            }
-            let ray = camera.unproject(&Point2::new(x as f64, y as f64));
-            // Depth images hold z (distance along the optical axis), not range along the ray.
-            let scale = z as f64 / ray.z;
+            };
             let label = match &ids {
                 MaskPixels::Mono8(m) => m[i] as u16,
                 MaskPixels::Mono16(m) => m[i],
             };
-            for v in [ray.x * scale, ray.y * scale, z as f64] {
+            for v in [ray.x * z as f64, ray.y * z as f64, z as f64] {
                 data.extend_from_slice(&(v as f32).to_le_bytes());
             }
             data.extend_from_slice(&label.to_le_bytes());
@@ -231,10 +243,26 @@ mod tests {
     }
 
     #[test]
+    fn raw_images_use_k_and_the_distortion_model_rectified_ones_p() {
+        let mut info = CameraInfo { width: 640, height: 480, distortion_model: "plumb_bob".into(), ..Default::default() };
+        info.d = vec![-0.2, 0.05, 1e-3, 0.0, 0.0];
+        info.k = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0];
+        info.p = [480.0, 0.0, 315.0, 0.0, 0.0, 480.0, 238.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        let raw = image_camera(&info, false).unwrap();
+        assert_eq!(raw.distortion(), calibration::Distortion::PlumbBob { k1: -0.2, k2: 0.05, p1: 1e-3, p2: 0.0, k3: 0.0 });
+        assert_eq!(raw.intrinsics().fx, 500.0);
+        let rectified = image_camera(&info, true).unwrap();
+        assert_eq!((rectified.distortion(), rectified.intrinsics().fx), (calibration::Distortion::None, 480.0));
+        info.distortion_model = "fisheye".into();
+        let e = image_camera(&info, false).unwrap_err().to_string();
+        assert!(e.contains("distortion_model") && e.contains("fisheye"), "{e}");
+    }
+
+    #[test]
     fn points_skip_holes_and_carry_label_and_confidence() {
-        let camera = PinholeCamera::new(1.0, 1.0, 0.0, 0.0, 2, 2).unwrap();
+        let rays = PixelRays::centres(&PinholeCamera::new(1.0, 1.0, 0.0, 0.0, 2, 2).unwrap().into());
         let metres = [2.0, f32::NAN, 1.0, 4.0];
-        let cloud = points(&Header::default(), &map(), &metres, None, &camera, 1, 2);
+        let cloud = points(&Header::default(), &map(), &metres, None, &rays, 1, 2);
         assert_eq!(cloud.width, 3);
         assert_eq!(cloud.data.len(), 60);
         let f = |i: usize, o: usize| f32::from_le_bytes(cloud.data[i * 20 + o..i * 20 + o + 4].try_into().unwrap());
@@ -245,7 +273,7 @@ mod tests {
         // the unknown pixel keeps its mask value 255
         assert_eq!(u16::from_le_bytes([cloud.data[20 + 12], cloud.data[20 + 13]]), 255);
         // A depth confidence (monocular obstacle contact) scales the label's.
-        let weighted = points(&Header::default(), &map(), &metres, Some(&[1.0, 0.0, 1.0, 0.5]), &camera, 1, 2);
+        let weighted = points(&Header::default(), &map(), &metres, Some(&[1.0, 0.0, 1.0, 0.5]), &rays, 1, 2);
         let g = |i: usize| f32::from_le_bytes(weighted.data[i * 20 + 16..i * 20 + 20].try_into().unwrap());
         assert_eq!(g(2), 0.7 * 0.5);
     }

@@ -148,7 +148,7 @@ impl ParamState {
             }
         }
         if old.output != new.output {
-            sent.push(Update::Output(new.output.clone()));
+            sent.push(Update::Output(Box::new(new.output.clone())));
         }
         for update in sent {
             self.updates.send(update).map_err(|_| "the processing thread has stopped".to_string())?;

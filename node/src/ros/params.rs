@@ -47,6 +47,7 @@ pub const PUBLISH_TOGGLES: [&str; 7] = [
 pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground", "stereo"];
 pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
+pub const DEPTH_REGISTRATIONS: &[&str] = &["none", "extrinsics"];
 
 /// Every parameter the node declares, in the order `--help` and `ros2 param list` show them.
 pub static SPECS: &[ParamSpec] = &[
@@ -93,8 +94,34 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("depth_mode", "Where `depth` and `points` come from.")
     },
     ParamSpec {
+        constraints: "true: rays from camera_info P (or K when P is unset); false: from K and the distortion model `d` \
+                      (plumb_bob, rational_polynomial, equidistant)",
+        ..spec("image_rectified", "Whether `image` is rectified (image_rect) or raw from the lens (image_raw); sets the rays of depth, points and registration.")
+    },
+    ParamSpec {
+        choices: DEPTH_REGISTRATIONS,
+        constraints: "none: `depth_registered` is already aligned with `image`; extrinsics: `depth/image` with `depth/camera_info` \
+                      is redrawn in the colour camera with `depth_extrinsics` (or `depth_extrinsics_file`)",
+        ..spec("depth_registration", "depth_mode rgbd: whether the node registers the depth camera's image to `image` itself.")
+    },
+    ParamSpec {
+        constraints: "6 finite values: x y z (m) roll pitch yaw (rad, fixed axes as in URDF); pose of the depth camera's optical frame in the colour camera's",
+        ..spec("depth_extrinsics", "depth_registration extrinsics: depth camera -> colour camera transform.")
+    },
+    ParamSpec {
+        constraints: "empty, or a YAML file with translation + rotation_rpy | rotation_quaternion, or a 4x4 matrix; read when set",
+        ..spec("depth_extrinsics_file", "depth_registration extrinsics: file with the transform; overrides `depth_extrinsics` when set.")
+    },
+    ParamSpec {
+        ..spec("ground_fit", "depth_mode rgbd or stereo: fit the ground plane to the depth of `ground_labels` pixels (RANSAC) and fill their holes from it.")
+    },
+    ParamSpec {
+        range: Range::Float(0.001, 1.0),
+        ..spec("ground_fit_tolerance", "ground_fit: largest distance (m) of a point from the plane for it to count as ground.")
+    },
+    ParamSpec {
         constraints: "label texts as in `labels`; other labels (but `depth_invalid_labels`) are obstacles",
-        ..spec("ground_labels", "depth_mode ground: labels that are flat ground; obstacles take the depth where they meet it.")
+        ..spec("ground_labels", "Labels that are flat ground: depth_mode ground intersects their rays with it; ground_fit fits it to them.")
     },
     ParamSpec {
         range: Range::Int(8, 256),
@@ -140,7 +167,7 @@ pub static SPECS: &[ParamSpec] = &[
         choices: QOS_PROFILES,
         read_only: true,
         constraints: "sensor_data: best effort, keep last queue_depth (REP 2003); reliable: reliable, keep last queue_depth",
-        ..spec("image_qos", "QoS of the image, camera_info and depth_registered subscriptions.")
+        ..spec("image_qos", "QoS of the image, camera_info, depth and right camera subscriptions.")
     },
     ParamSpec {
         range: Range::Int(1, 100),
@@ -183,6 +210,12 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("model_dir", String("".into()));
     put("threads", Integer(0));
     put("depth_mode", String("none".into()));
+    put("image_rectified", Boolean(true));
+    put("depth_registration", String("none".into()));
+    put("depth_extrinsics", DoubleArray(vec![0.0; 6]));
+    put("depth_extrinsics_file", String("".into()));
+    put("ground_fit", Boolean(false));
+    put("ground_fit_tolerance", Double(0.05));
     put("depth_invalid_labels", StringArray(vec!["sky".into()]));
     let ground = ["ground", "grass", "road", "floor", "sidewalk", "earth", "field", "path", "dirt track", "sand", "crop row"];
     put("ground_labels", StringArray(ground.iter().map(|s| s.to_string()).collect()));
@@ -235,6 +268,10 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
     match (name, value) {
         ("labels", ParameterValue::StringArray(labels)) => check_labels(labels),
         ("stereo_max_disp", ParameterValue::Integer(n)) if n % 8 != 0 => Err(format!("'stereo_max_disp' must be a multiple of 8, got {n}")),
+        ("depth_extrinsics", ParameterValue::DoubleArray(v)) => depth_extrinsics(v).map(|_| ()),
+        ("depth_extrinsics_file", ParameterValue::String(path)) if !path.is_empty() => {
+            calibration::Extrinsics::from_yaml_file(std::path::Path::new(path)).map(|_| ()).map_err(|e| format!("'depth_extrinsics_file': {e}"))
+        }
         ("label_descriptions", ParameterValue::StringArray(lines)) => {
             too_long(name, lines, MAX_SENTENCE_BYTES)?;
             engine::labels::parse_descriptions(lines.iter().map(String::as_str)).map(|_| ()).map_err(|e| e.to_string())
@@ -251,6 +288,14 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
         }
         _ => Ok(()),
     }
+}
+
+/// `depth_extrinsics` (x y z roll pitch yaw) as a transform.
+pub fn depth_extrinsics(v: &[f64]) -> Result<calibration::Extrinsics, String> {
+    let [x, y, z, roll, pitch, yaw] = v else {
+        return Err(format!("'depth_extrinsics' needs 6 values (x y z roll pitch yaw), got {}", v.len()));
+    };
+    calibration::Extrinsics::from_xyz_rpy([*x, *y, *z], [*roll, *pitch, *yaw]).map_err(|e| format!("'depth_extrinsics': {e}"))
 }
 
 fn check_labels(labels: &[String]) -> Result<(), String> {
@@ -274,6 +319,7 @@ fn too_long(name: &str, items: &[String], max: usize) -> Result<(), String> {
 pub fn coerce(value: &ParameterValue, current: &ParameterValue) -> ParameterValue {
     match (value, current) {
         (ParameterValue::Integer(i), ParameterValue::Double(_)) => ParameterValue::Double(*i as f64),
+        (ParameterValue::IntegerArray(a), ParameterValue::DoubleArray(_)) => ParameterValue::DoubleArray(a.iter().map(|&i| i as f64).collect()),
         (ParameterValue::IntegerArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
         (ParameterValue::DoubleArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
         (ParameterValue::BooleanArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
@@ -345,8 +391,15 @@ pub struct OutputSettings {
     /// Lower-cased, trimmed label texts that get no depth.
     pub depth_invalid_labels: Vec<String>,
     pub depth_conditioning: engine::depth::DepthConditioning,
-    /// Lower-cased, trimmed label texts that are flat ground (depth_mode ground).
+    /// Whether `image` is rectified (rays from P) or raw (K and distortion).
+    pub image_rectified: bool,
+    /// depth_mode rgbd: register `depth/image` with this transform (depth_registration
+    /// extrinsics) instead of reading `depth_registered`.
+    pub depth_registration: Option<DepthExtrinsics>,
+    /// Lower-cased, trimmed label texts that are flat ground (depth_mode ground, ground_fit).
     pub ground_labels: Vec<String>,
+    /// depth_mode rgbd or stereo: RANSAC inlier distance (m) of the ground fit, if on.
+    pub ground_fit: Option<f64>,
     /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground).
     pub camera_mounting: [f64; 3],
     /// depth_mode stereo: disparity levels and label-aware smoothness.
@@ -360,6 +413,24 @@ pub struct OutputSettings {
 impl OutputSettings {
     pub fn publishes(&self, toggle: &str) -> bool {
         self.publish.get(toggle).copied().unwrap_or(false)
+    }
+}
+
+/// Where the depth -> colour transform comes from: the file when set, else the array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepthExtrinsics {
+    pub xyz_rpy: Vec<f64>,
+    pub file: String,
+}
+
+impl DepthExtrinsics {
+    /// The transform; the file is read here (it was checked when set, but may have changed).
+    pub fn load(&self) -> Result<calibration::Extrinsics, String> {
+        if self.file.is_empty() {
+            depth_extrinsics(&self.xyz_rpy)
+        } else {
+            calibration::Extrinsics::from_yaml_file(std::path::Path::new(&self.file)).map_err(|e| format!("'depth_extrinsics_file': {e}"))
+        }
     }
 }
 
@@ -390,6 +461,10 @@ impl Settings {
             _ => 0,
         };
         let boolean = |n: &str| matches!(values.get(n), Some(ParameterValue::Boolean(true)));
+        let doubles = |n: &str| match values.get(n) {
+            Some(ParameterValue::DoubleArray(v)) => v.clone(),
+            _ => vec![],
+        };
         Settings {
             labels: strings("labels"),
             label_descriptions: strings("label_descriptions"),
@@ -416,7 +491,11 @@ impl Settings {
                     fill_radius: int("depth_fill_radius").max(0) as usize,
                     ..Default::default()
                 },
+                image_rectified: boolean("image_rectified"),
+                depth_registration: (string("depth_registration") == "extrinsics")
+                    .then(|| DepthExtrinsics { xyz_rpy: doubles("depth_extrinsics"), file: string("depth_extrinsics_file") }),
                 ground_labels: strings("ground_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
+                ground_fit: boolean("ground_fit").then(|| double("ground_fit_tolerance")),
                 camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
                 stereo_max_disp: int("stereo_max_disp").max(8) as usize,
                 stereo_label_penalties: boolean("stereo_label_penalties"),

@@ -4,21 +4,21 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use calibration::{PinholeCamera, StereoFields, StereoGeometry, Surface};
+use calibration::{DepthGroundFit, DepthRegistration, PixelRays, StereoFields, StereoGeometry, Surface};
 use engine::stereo::{GrayView, StereoMatcher, StereoParams};
 use engine::{Frame, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 
 use super::decode::{self, RejectCounter, Rejected};
 use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
 use super::outputs::{self, OutMsg, Topic};
-use super::params::{DepthMode, OutputSettings};
+use super::params::{DepthExtrinsics, DepthMode, OutputSettings};
 use super::stats::Latencies;
 
 /// A change made through parameters, applied between frames so a frame never mixes states.
 pub enum Update {
     Labels(Arc<LabelSet>),
     Options(SegmentOptions),
-    Output(OutputSettings),
+    Output(Box<OutputSettings>),
     /// A new model or backend, with the labels encoded by its text encoder.
     Pipeline(Box<Pipeline>, Arc<LabelSet>),
 }
@@ -57,6 +57,28 @@ pub fn closest_in_time<'a>(images: impl IntoIterator<Item = &'a Image>, stamp: T
     images.into_iter().min_by_key(|d| stamp_gap_ns(d, stamp))
 }
 
+/// The colour image's pixel rays, kept until its calibration or `image_rectified` changes.
+struct RaysCache {
+    info: CameraInfo,
+    rectified: bool,
+    rays: Arc<PixelRays>,
+}
+
+/// The depth -> colour registration, kept until a calibration or the transform changes.
+struct RegistrationCache {
+    color: CameraInfo,
+    depth: CameraInfo,
+    rectified: bool,
+    source: DepthExtrinsics,
+    registration: DepthRegistration,
+}
+
+/// The last ground plane fitted to depth (ground_fit), for /diagnostics.
+struct GroundFit {
+    fit: DepthGroundFit,
+    filled: usize,
+}
+
 /// What happened to one frame.
 pub enum FrameOutcome {
     Published(Vec<OutMsg>),
@@ -68,7 +90,12 @@ pub struct Processor {
     labels: Arc<LabelSet>,
     settings: OutputSettings,
     camera_info: Option<CameraInfo>,
+    rays: Option<RaysCache>,
+    /// Depth images: `depth_registered`, or `depth/image` with depth_registration extrinsics.
     pub depth: StampedImages,
+    depth_camera_info: Option<CameraInfo>,
+    registration: Option<RegistrationCache>,
+    ground: Option<GroundFit>,
     /// depth_mode stereo: right images, the right camera's info, and the matcher (kept across
     /// frames for its buffers).
     pub right: StampedImages,
@@ -89,7 +116,11 @@ impl Processor {
             labels,
             settings,
             camera_info: None,
+            rays: None,
             depth: StampedImages::new(),
+            depth_camera_info: None,
+            registration: None,
+            ground: None,
             right: StampedImages::new(),
             right_camera_info: None,
             stereo: None,
@@ -113,7 +144,7 @@ impl Processor {
                     tracing::error!("segmentation options refused: {e}");
                 }
             }
-            Update::Output(settings) => self.settings = settings,
+            Update::Output(settings) => self.settings = *settings,
             Update::Pipeline(pipeline, labels) => {
                 self.pipeline = *pipeline;
                 self.labels = labels;
@@ -124,6 +155,10 @@ impl Processor {
 
     pub fn set_camera_info(&mut self, info: CameraInfo) {
         self.camera_info = Some(info);
+    }
+
+    pub fn set_depth_camera_info(&mut self, info: CameraInfo) {
+        self.depth_camera_info = Some(info);
     }
 
     pub fn set_right_camera_info(&mut self, info: CameraInfo) {
@@ -164,22 +199,9 @@ impl Processor {
         };
         let wants_depth = wanted.iter().any(|t| t.needs_depth());
         let measured = if self.settings.depth_mode == DepthMode::Rgbd && wants_depth {
-            match self.depth.closest(header.stamp, self.settings.depth_sync_tolerance) {
-                Some(d) => match decode::depth_metres(d, frame.width, frame.height) {
-                    Ok(m) => Some(m),
-                    Err(r) => return self.skip(r),
-                },
-                None => {
-                    let r = Rejected {
-                        kind: "no_depth",
-                        message: format!(
-                            "no depth_registered image within {} s of image stamp {}.{:09}; depth and points skipped",
-                            self.settings.depth_sync_tolerance, header.stamp.sec, header.stamp.nanosec
-                        ),
-                    };
-                    self.note(&r);
-                    None
-                }
+            match self.measured_depth(header.stamp, &frame) {
+                Ok(m) => m,
+                Err(r) => return self.skip(r),
             }
         } else {
             None
@@ -196,19 +218,28 @@ impl Processor {
             }
         };
         let started = Instant::now();
-        let (metres, depth_confidence) = match self.settings.depth_mode {
-            DepthMode::Rgbd => (measured.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, frame.width as usize)), None),
+        let width = frame.width as usize;
+        let (mut metres, depth_confidence) = match self.settings.depth_mode {
+            DepthMode::Rgbd => (measured.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, width)), None),
             DepthMode::Ground if wants_depth => match self.ground_depth(&segmentation.map) {
                 Some(g) => (Some(g.depth), Some(g.confidence)),
                 None => (None, None),
             },
             DepthMode::Stereo if wants_depth => {
                 let metres = self.stereo_depth(&frame, header.stamp, &segmentation.map);
-                (metres.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, frame.width as usize)), None)
+                (metres.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, width)), None)
             }
             _ => (None, None),
         };
-        let camera = if wanted.contains(&Topic::Points) && metres.is_some() { self.camera() } else { None };
+        let measured_modes = matches!(self.settings.depth_mode, DepthMode::Rgbd | DepthMode::Stereo);
+        let wants_rays = wanted.contains(&Topic::Points) || (measured_modes && self.settings.ground_fit.is_some());
+        let rays = match metres.is_some() && wants_rays {
+            true => self.image_rays(&frame, "points and ground_fit"),
+            false => None,
+        };
+        if let (Some(m), Some(rays), Some(tolerance), true) = (&mut metres, &rays, self.settings.ground_fit, measured_modes) {
+            self.fit_ground(m, &segmentation.map.labels, rays, tolerance);
+        }
         let map = &segmentation.map;
         let labels = &self.labels;
         let mut out = Vec::with_capacity(wanted.len());
@@ -222,10 +253,10 @@ impl Processor {
                     Some(m) => OutMsg::Image(topic, outputs::depth(&header, map, m)),
                     None => continue,
                 },
-                Topic::Points => match (&metres, &camera) {
-                    (Some(m), Some(camera)) => {
+                Topic::Points => match (&metres, &rays) {
+                    (Some(m), Some(rays)) => {
                         let stride = self.settings.points_stride;
-                        OutMsg::Points(outputs::points(&header, map, m, depth_confidence.as_deref(), camera, stride, labels.len()))
+                        OutMsg::Points(outputs::points(&header, map, m, depth_confidence.as_deref(), rays, stride, labels.len()))
                     }
                     _ => continue,
                 },
@@ -245,6 +276,80 @@ impl Processor {
         let no_depth: Vec<bool> =
             self.labels.names.iter().map(|n| self.settings.depth_invalid_labels.contains(&n.trim().to_lowercase())).collect();
         engine::depth::condition(metres, labels, width, &no_depth, &self.settings.depth_conditioning)
+    }
+
+    /// The depth image nearest in time, in metres and aligned with `frame`: `depth_registered`
+    /// as it is, or `depth/image` registered here (depth_registration extrinsics). Ok(None) when
+    /// none can be had for this frame (noted); Err for a malformed depth message.
+    fn measured_depth(&mut self, stamp: Time, frame: &Frame) -> Result<Option<Vec<f32>>, Rejected> {
+        let tolerance = self.settings.depth_sync_tolerance;
+        let topic = if self.settings.depth_registration.is_some() { "depth/image" } else { "depth_registered" };
+        let Some(depth) = self.depth.closest(stamp, tolerance) else {
+            let message = format!("no {topic} image within {tolerance} s of image stamp {}.{:09}; depth and points skipped", stamp.sec, stamp.nanosec);
+            self.note(&Rejected { kind: "no_depth", message });
+            return Ok(None);
+        };
+        let Some(source) = self.settings.depth_registration.clone() else {
+            return decode::depth_metres(depth, topic, frame.width, frame.height).map(Some);
+        };
+        let size = (depth.width as usize, depth.height as usize);
+        let metres = decode::depth_metres(depth, topic, depth.width, depth.height)?;
+        match self.register(&metres, size, frame, &source) {
+            Ok(m) => Ok(Some(m)),
+            Err(r) => {
+                self.note(&r);
+                Ok(None)
+            }
+        }
+    }
+
+    /// `metres` from the depth camera redrawn as the colour camera's z-depth.
+    fn register(&mut self, metres: &[f32], size: (usize, usize), frame: &Frame, source: &DepthExtrinsics) -> Result<Vec<f32>, Rejected> {
+        let _s = tracing::debug_span!("register_depth").entered();
+        let reject = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
+        let (Some(color), Some(depth)) = (&self.camera_info, &self.depth_camera_info) else {
+            return Err(reject("no_camera_info", "depth_registration extrinsics needs camera_info and depth/camera_info".into()));
+        };
+        let rectified = self.settings.image_rectified;
+        let current = self.registration.as_ref().is_some_and(|c| {
+            c.rectified == rectified && c.source == *source && outputs::same_calibration(&c.color, color) && outputs::same_calibration(&c.depth, depth)
+        });
+        if !current {
+            let extrinsics = source.load().map_err(|e| reject("depth_extrinsics", e))?;
+            let color_camera = outputs::image_camera(color, rectified).map_err(|e| reject("camera_info", format!("camera_info: {e}")))?;
+            let depth_camera = outputs::image_camera(depth, rectified).map_err(|e| reject("depth_camera_info", format!("depth/camera_info: {e}")))?;
+            let registration = DepthRegistration::new(&depth_camera, &color_camera, extrinsics);
+            self.registration = Some(RegistrationCache { color: color.clone(), depth: depth.clone(), rectified, source: source.clone(), registration });
+        }
+        let Some(cache) = &self.registration else {
+            return Err(reject("registration", "depth registration unavailable".into()));
+        };
+        let registration = &cache.registration;
+        if registration.depth_size() != size {
+            let (w, h) = registration.depth_size();
+            return Err(reject("depth_size", format!("depth/image is {}x{}, but depth/camera_info says {w}x{h}", size.0, size.1)));
+        }
+        if registration.color_size() != (frame.width as usize, frame.height as usize) {
+            let (w, h) = registration.color_size();
+            return Err(reject("camera_info_size", format!("image is {}x{}, but camera_info says {w}x{h}", frame.width, frame.height)));
+        }
+        registration.register(metres).map_err(|e| reject("registration", e.to_string()))
+    }
+
+    /// Fits the ground plane to the depth of ground-label pixels (RANSAC) and gives ground
+    /// pixels without depth the plane's. A fit that fails fills nothing and is noted.
+    fn fit_ground(&mut self, metres: &mut [f32], labels: &[u16], rays: &PixelRays, tolerance: f64) {
+        let _s = tracing::debug_span!("ground_fit").entered();
+        self.ground = None;
+        let is_ground: Vec<bool> = self.labels.names.iter().map(|n| self.settings.ground_labels.contains(&n.trim().to_lowercase())).collect();
+        let on_ground: Vec<bool> = labels.iter().map(|&l| is_ground.get(l as usize).copied().unwrap_or(false)).collect();
+        match calibration::fit_ground_to_depth(rays, metres, &on_ground, tolerance) {
+            Ok(fit) => {
+                let filled = calibration::fill_from_plane(rays, metres, &on_ground, &fit.plane);
+                self.ground = Some(GroundFit { fit, filled });
+            }
+            Err(e) => self.note(&Rejected { kind: "ground_fit", message: format!("ground_fit: {e}; ground holes not filled") }),
+        }
     }
 
     /// Depth by semi-global matching against the right image with the nearest stamp. Both
@@ -311,7 +416,7 @@ impl Processor {
     /// other labels take the ground depth where their column meets it.
     fn ground_depth(&mut self, map: &engine::LabelMap) -> Option<calibration::GroundDepth> {
         let _s = tracing::debug_span!("ground_depth").entered();
-        let camera = self.camera()?;
+        let rays = self.image_rays_of(map.width, map.height, "depth and points")?;
         let [height, pitch, roll] = self.settings.camera_mounting;
         let result = calibration::GroundPlane::from_extrinsics(height, pitch, roll).and_then(|plane| {
             let kind: Vec<Surface> = self
@@ -330,7 +435,7 @@ impl Processor {
                 })
                 .collect();
             let surfaces: Vec<Surface> = map.labels.iter().map(|&l| kind.get(l as usize).copied().unwrap_or(Surface::Unknown)).collect();
-            calibration::ground_depth(&camera, &plane, &surfaces)
+            calibration::ground_depth(&rays, &plane, &surfaces)
         });
         match result {
             Ok(g) => Some(g),
@@ -341,20 +446,37 @@ impl Processor {
         }
     }
 
-    /// The pinhole model of the (rectified) image from the last camera_info, if usable.
-    fn camera(&mut self) -> Option<PinholeCamera> {
-        let info = match &self.camera_info {
-            Some(info) => info,
-            None => {
-                self.note(&Rejected { kind: "no_camera_info", message: "no camera_info received yet; points skipped".into() });
-                return None;
-            }
+    fn image_rays(&mut self, frame: &Frame, what: &str) -> Option<Arc<PixelRays>> {
+        self.image_rays_of(frame.width, frame.height, what)
+    }
+
+    /// The rays of the image's pixels from the last camera_info (P when `image_rectified`, K
+    /// and the distortion model otherwise), if it is usable and of the image's size.
+    fn image_rays_of(&mut self, width: u32, height: u32, what: &str) -> Option<Arc<PixelRays>> {
+        let rectified = self.settings.image_rectified;
+        let Some(info) = &self.camera_info else {
+            self.note(&Rejected { kind: "no_camera_info", message: format!("no camera_info received yet; {what} skipped") });
+            return None;
         };
-        match outputs::rectified_camera(info) {
-            Ok(c) => Some(c),
+        if (info.width, info.height) != (width, height) {
+            let message = format!("image is {width}x{height}, but camera_info says {}x{}; {what} skipped", info.width, info.height);
+            self.note(&Rejected { kind: "camera_info_size", message });
+            return None;
+        }
+        if let Some(cache) = &self.rays
+            && cache.rectified == rectified
+            && outputs::same_calibration(&cache.info, info)
+        {
+            return Some(cache.rays.clone());
+        }
+        match outputs::image_camera(info, rectified) {
+            Ok(camera) => {
+                let rays = Arc::new(PixelRays::centres(&camera));
+                self.rays = Some(RaysCache { info: info.clone(), rectified, rays: rays.clone() });
+                Some(rays)
+            }
             Err(e) => {
-                let message = format!("camera_info: {e}; points skipped");
-                self.note(&Rejected { kind: "camera_info", message });
+                self.note(&Rejected { kind: "camera_info", message: format!("camera_info: {e}; {what} skipped") });
                 None
             }
         }
@@ -388,6 +510,14 @@ impl Processor {
         values.extend(self.latency.summary().into_iter().map(|(k, v)| kv(&k, format!("{v:.2}"))));
         if let Some(reason) = self.pipeline.scorer_fallback() {
             values.push(kv("scorer_fallback", reason.into()));
+        }
+        if let Some(GroundFit { fit, filled }) = &self.ground {
+            let [height, pitch, roll] = fit.plane.mounting();
+            values.push(kv("ground_fit.camera_height", format!("{height:.3}")));
+            values.push(kv("ground_fit.camera_pitch", format!("{pitch:.4}")));
+            values.push(kv("ground_fit.camera_roll", format!("{roll:.4}")));
+            values.push(kv("ground_fit.inliers", format!("{}/{}", fit.inliers, fit.points)));
+            values.push(kv("ground_fit.filled_pixels", filled.to_string()));
         }
         let (level, message) = match &self.last_error {
             Some(e) => (DiagnosticStatus::ERROR, e.clone()),
