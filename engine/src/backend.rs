@@ -17,6 +17,10 @@ pub trait ImageBackend: Send {
     fn name(&self) -> &'static str;
     /// One map per manifest output, ordered coarse to fine.
     fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>>;
+    /// Why the backend asked for is not the one running, if so (see [`crate::fallback`]).
+    fn fallback_reason(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Which backend the caller asks for.
@@ -27,11 +31,17 @@ pub enum BackendKind {
     /// Cost map, fusion and post-processing on a CUDA device (feature `cuda`).
     #[cfg(feature = "cuda")]
     Cuda,
+    /// The image encoder on TensorRT, then ONNX Runtime's CUDA provider, then the CPU; scoring
+    /// as `Auto` (feature `tensorrt`).
+    #[cfg(feature = "tensorrt")]
+    TensorRt,
 }
 
 impl BackendKind {
     /// Names this build accepts.
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "tensorrt")]
+    pub const AVAILABLE: &[&str] = &["auto", "cpu", "cuda", "tensorrt"];
+    #[cfg(all(feature = "cuda", not(feature = "tensorrt")))]
     pub const AVAILABLE: &[&str] = &["auto", "cpu", "cuda"];
     #[cfg(not(feature = "cuda"))]
     pub const AVAILABLE: &[&str] = &["auto", "cpu"];
@@ -47,6 +57,9 @@ impl std::str::FromStr for BackendKind {
             "cuda" => Ok(BackendKind::Cuda),
             #[cfg(not(feature = "cuda"))]
             "cuda" => Err(EngineError::Runtime("backend \"cuda\" is not available in this build (feature `cuda`)".into())),
+            #[cfg(feature = "tensorrt")]
+            "tensorrt" => Ok(BackendKind::TensorRt),
+            #[cfg(not(feature = "tensorrt"))]
             "tensorrt" => Err(EngineError::Runtime(format!(
                 "backend {s:?} is not available in this build (available: {})",
                 BackendKind::AVAILABLE.join(", ")
@@ -59,8 +72,10 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// ONNX Runtime on the CPU.
-pub struct CpuBackend {
+/// The image encoder on an ONNX Runtime session: on the CPU, or on whatever execution provider
+/// the session was built with (TensorRT, CUDA).
+pub struct OrtBackend {
+    name: &'static str,
     session: Session,
     path: PathBuf,
     input_name: String,
@@ -68,16 +83,22 @@ pub struct CpuBackend {
     dim: usize,
 }
 
-impl CpuBackend {
-    pub fn load(dir: &Path, manifest: &Manifest, threads: usize) -> Result<Self> {
-        let spec = &manifest.image_encoder;
-        let path = dir.join(&spec.file);
+impl OrtBackend {
+    /// ONNX Runtime on the CPU (the reference backend).
+    pub fn cpu(dir: &Path, manifest: &Manifest, threads: usize) -> Result<Self> {
+        let path = dir.join(&manifest.image_encoder.file);
         let session = runtime::open_session(&path, threads)?;
+        Self::from_session("cpu", session, path, manifest)
+    }
+
+    /// Wraps a session opened on `path` after checking its inputs and outputs.
+    pub fn from_session(name: &'static str, session: Session, path: PathBuf, manifest: &Manifest) -> Result<Self> {
         check_image_io(&session, &path, manifest)?;
-        Ok(CpuBackend {
+        Ok(OrtBackend {
+            name,
             session,
             path,
-            input_name: spec.input.name.clone(),
+            input_name: manifest.image_encoder.input.name.clone(),
             levels: manifest.levels_coarse_to_fine(),
             dim: manifest.embedding_dim,
         })
@@ -129,9 +150,9 @@ fn check_image_io(session: &Session, path: &Path, manifest: &Manifest) -> Result
     Ok(())
 }
 
-impl ImageBackend for CpuBackend {
+impl ImageBackend for OrtBackend {
     fn name(&self) -> &'static str {
-        "cpu"
+        self.name
     }
 
     fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {

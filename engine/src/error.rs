@@ -28,6 +28,11 @@ pub enum EngineError {
     #[error("CUDA: {0}")]
     Gpu(String),
 
+    /// TensorRT missing, or an engine that cannot be built or loaded; the image encoder falls
+    /// back to the next backend on it.
+    #[error("TensorRT: {0}")]
+    TensorRt(String),
+
     #[error("label set was built for embedding dim {labels}, model produces {model}")]
     DimMismatch { labels: usize, model: usize },
 }

@@ -7,6 +7,7 @@ pub mod costmap;
 pub mod cuda;
 pub mod depth;
 pub mod error;
+pub mod fallback;
 pub mod frame;
 mod isa;
 pub mod handoff;
@@ -20,6 +21,8 @@ pub mod preprocess;
 pub mod runtime;
 pub mod scoring;
 pub mod stereo;
+#[cfg(feature = "tensorrt")]
+pub mod tensorrt;
 pub mod text;
 pub mod zoo;
 

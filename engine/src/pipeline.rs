@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{BackendKind, CpuBackend, ImageBackend};
+use crate::backend::{BackendKind, ImageBackend, OrtBackend};
 use crate::error::{EngineError, Result};
 use crate::frame::Frame;
 use crate::labels::{LabelBank, LabelSet};
@@ -68,6 +68,7 @@ pub struct Segmentation {
 }
 
 /// A loaded model directory.
+#[derive(Debug, Clone)]
 pub struct Model {
     pub dir: PathBuf,
     pub manifest: Manifest,
@@ -99,9 +100,15 @@ impl Model {
         Ok(Model { dir: dir.to_path_buf(), manifest })
     }
 
-    /// The image encoder (ONNX Runtime on the CPU for every kind until a GPU runtime is built in).
-    pub fn image_backend(&self, _kind: BackendKind, threads: usize) -> Result<Box<dyn ImageBackend>> {
-        Ok(Box::new(CpuBackend::load(&self.dir, &self.manifest, threads)?))
+    /// The image encoder: TensorRT's fallback chain for `tensorrt` (default options), ONNX
+    /// Runtime on the CPU otherwise.
+    pub fn image_backend(&self, kind: BackendKind, threads: usize) -> Result<Box<dyn ImageBackend>> {
+        #[cfg(feature = "tensorrt")]
+        if kind == BackendKind::TensorRt {
+            return crate::tensorrt::fallback_chain(self, &crate::tensorrt::TensorRtOptions::default(), threads);
+        }
+        let _ = kind;
+        Ok(Box::new(OrtBackend::cpu(&self.dir, &self.manifest, threads)?))
     }
 
     /// Image encoder and scorer for `kind`; `auto` takes CUDA where a driver and a device answer
@@ -109,6 +116,14 @@ impl Model {
     pub fn pipeline(&self, kind: BackendKind, threads: usize) -> Result<Pipeline> {
         let scorer = crate::scoring::scorer_for(kind)?;
         Ok(Pipeline::with_scorer(self, self.image_backend(kind, threads)?, scorer))
+    }
+
+    /// Image encoder on TensorRT (falling back to ONNX Runtime's CUDA provider, then the CPU)
+    /// and the scorer `auto` picks.
+    #[cfg(feature = "tensorrt")]
+    pub fn pipeline_tensorrt(&self, options: &crate::tensorrt::TensorRtOptions, threads: usize) -> Result<Pipeline> {
+        let scorer = crate::scoring::scorer_for(BackendKind::TensorRt)?;
+        Ok(Pipeline::with_scorer(self, crate::tensorrt::fallback_chain(self, options, threads)?, scorer))
     }
 
     /// The label bank with this model's text encoder and default templates.
@@ -171,6 +186,11 @@ impl Pipeline {
     /// Where the cost map, fusion and post-processing run.
     pub fn scorer_name(&self) -> &'static str {
         self.scorer.name()
+    }
+
+    /// Why the image encoder is not on the backend asked for, if it is not.
+    pub fn backend_fallback(&self) -> Option<&str> {
+        self.backend.fallback_reason()
     }
 
     /// Set once a GPU scorer failed and the CPU took over.

@@ -67,6 +67,14 @@ pub fn open_session(path: &Path, threads: usize) -> Result<Session> {
     builder.commit_from_file(path).map_err(|e| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() })
 }
 
+/// Opens an ONNX file with execution providers tried in order before the CPU; a provider that
+/// fails to register is an error (not a silent CPU run).
+pub fn open_session_with_providers(path: &Path, threads: usize, providers: &[ort::ep::ExecutionProviderDispatch]) -> Result<Session> {
+    let builder = cpu_builder(path, threads)?;
+    let mut builder = builder.with_execution_providers(providers).map_err(|e| EngineError::Runtime(e.to_string()))?;
+    builder.commit_from_file(path).map_err(|e| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() })
+}
+
 /// Opens an in-memory ONNX model (`name` stands for it in errors).
 pub fn open_session_from_memory(name: &Path, bytes: &[u8], threads: usize) -> Result<Session> {
     let mut builder = cpu_builder(name, threads)?;

@@ -116,6 +116,8 @@ pub fn scorer_for(kind: BackendKind) -> Result<Box<dyn Scorer>> {
         BackendKind::Cpu => Ok(Box::new(CpuScorer)),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Ok(Box::new(crate::cuda::CudaScorer::new()?)),
+        #[cfg(feature = "tensorrt")]
+        BackendKind::TensorRt => scorer_for(BackendKind::Auto),
         #[cfg(feature = "cuda")]
         BackendKind::Auto => match crate::cuda::CudaScorer::new() {
             Ok(s) => {

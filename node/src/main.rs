@@ -2,6 +2,8 @@
 mod bench;
 mod bench_costmap;
 mod bench_depth;
+#[cfg(feature = "tensorrt")]
+mod engine_cmd;
 mod bench_ros;
 mod eval;
 mod model;
@@ -38,7 +40,8 @@ pub struct CommonArgs {
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     /// Where the cost map, fusion and post-processing run: auto (CUDA when a device answers,
-    /// else CPU), cpu, or cuda.
+    /// else CPU), cpu, or cuda; tensorrt also runs the image encoder on TensorRT (falling back
+    /// to ONNX Runtime's CUDA provider, then the CPU).
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
     /// More log output (-v info, -vv debug with per-stage spans).
@@ -57,6 +60,10 @@ enum Command {
     /// Manage models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// TensorRT engines of a model (needs a TensorRT-enabled ONNX Runtime, libnvinfer and a GPU).
+    #[cfg(feature = "tensorrt")]
+    #[command(subcommand)]
+    Engine(EngineCommand),
     /// Per-stage timings as JSON (preprocess, image encoder, label encoding, cost map, post).
     Bench(bench::BenchArgs),
     /// mIoU and pixel accuracy on an annotated set (e.g. tests/data/eval/annotations.json).
@@ -66,7 +73,8 @@ enum Command {
     /// `--params-file file.yaml`. Honours ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
     /// and ROS_LOCALHOST_ONLY=1.
     ///
-    /// Subscribes `image`, `camera_info`, `depth_registered`; publishes `mask`, `mask_color`,
+    /// Subscribes `image`, `camera_info`, `depth_registered` (or `depth/image` and
+    /// `depth/camera_info`), `right/image` and `right/camera_info`; publishes `mask`, `mask_color`,
     /// `overlay`, `confidence`, `depth`, `points` (each only while subscribed), `label_info`
     /// and `/diagnostics`.
     #[command(after_long_help = ros::params::help_text())]
@@ -80,6 +88,13 @@ enum Command {
     /// writes <left stem>.disparity.pfm (Middlebury PFM, +inf = invalid) and
     /// <left stem>.disparity.png (colour-coded, invalid black) and prints JSON with timings.
     Stereo(stereo::StereoArgs),
+}
+
+#[cfg(feature = "tensorrt")]
+#[derive(Subcommand)]
+enum EngineCommand {
+    /// Build the engine now (or check the cached one) and print its key and cache entry as JSON.
+    Build(engine_cmd::EngineBuildArgs),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +138,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Fetch { force }) => model::fetch(force).map(|_| ExitCode::SUCCESS),
+        #[cfg(feature = "tensorrt")]
+        Command::Engine(EngineCommand::Build(args)) => engine_cmd::build(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Path) => model::print_path(&cli.common, threads).map(|_| ExitCode::SUCCESS),
         Command::Node => ros::run(&cli.common, threads, ros_args).map(|_| ExitCode::SUCCESS),
         Command::Replay(args) => replay::run(&cli.common, threads, args, ros_args).map(|_| ExitCode::SUCCESS),

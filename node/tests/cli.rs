@@ -341,6 +341,18 @@ fn bench_depth_times_every_depth_step_against_segmentation() {
 }
 
 #[test]
+fn engine_build_without_tensorrt_exits_1_and_names_what_is_missing() {
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["engine", "build", "--precision", "fp16"]).output().expect("running ovseg");
+    assert_exit(&o, 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // This machine's ONNX Runtime is the CPU build: the first missing piece is its TensorRT provider.
+    assert!(err.contains("TensorRT is needed to build an engine") && err.contains("without the TensorRT execution provider"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["engine", "build", "--precision", "half"]).output().expect("running ovseg");
+    assert_exit(&o, 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("precision \"half\": expected one of fp32, fp16, int8"));
+}
+
+#[test]
 fn bench_costmap_rejects_bad_fixtures_and_label_counts_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_fixture = dir.path().join("mask.png");

@@ -493,6 +493,35 @@ fn ground_fit_recovers_the_mounting_and_fills_ground_holes_from_the_plane() {
     assert!(filled > 100, "{filled} hole pixels checked");
 }
 
+/// No machine here has TensorRT: the node asked for it must keep publishing what the CPU
+/// backend publishes, and say why on /diagnostics.
+#[test]
+fn backend_tensorrt_without_tensorrt_falls_back_to_the_cpu_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    let labels = "person,cup,table,wall";
+    let label_list = format!("labels:={:?}", labels.split(',').collect::<Vec<_>>());
+    let args = ["-p", &label_list, "-p", "backend:=tensorrt", "-p", "tensorrt_precision:=fp16", "-p", "diagnostics_period:=0.2"];
+    let mut node = NodeProcess::start(domain, &args, tmp.path());
+    let out = tmp.path().join("received");
+    let png = pngs[0].display().to_string();
+    let peer_args = [
+        "pubsub", "--images", &png, "--camera-info", "--repeat", "3", "--rate-hz", "4", "--expect", "1", "--timeout", "90", "--diagnostics",
+        "--collect", "mask", "--out", out.to_str().unwrap(),
+    ];
+    let result = ok(peer(domain, &peer_args));
+    node.assert_running();
+    let diagnostics = &result["diagnostics"];
+    let reason = diagnostics["backend_fallback"].as_str().unwrap_or_else(|| panic!("no backend_fallback: {diagnostics}"));
+    assert!(reason.contains("running on cpu") && reason.contains("tensorrt unavailable"), "{reason}");
+    assert_eq!(diagnostics["backend"], "cpu", "{diagnostics}");
+    let expected = segment_masks(&pngs, labels, &tmp.path().join("segment"));
+    let sec = published_stems(&result).into_keys().find(|sec| out.join(format!("mask_{sec}_0.bin")).exists()).expect("a mask");
+    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    assert!(mask == expected.values().next().cloned().unwrap(), "the fallback mask differs from `ovseg segment` on the CPU");
+}
+
 #[test]
 fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

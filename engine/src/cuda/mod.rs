@@ -130,6 +130,20 @@ impl Device {
     }
 }
 
+/// Name and compute capability of device 0, without compiling anything.
+pub fn device_identity() -> Result<(String, (i32, i32))> {
+    use cudarc::driver::CudaContext;
+    if !driver_present() {
+        return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
+    }
+    if CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))? < 1 {
+        return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
+    }
+    let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
+    let capability = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
+    Ok((ctx.name().map_err(|e| gpu("device name", e))?, capability))
+}
+
 /// NVRTC's version as (major, minor).
 pub fn nvrtc_version() -> Result<(i32, i32)> {
     ensure_nvrtc(None)?;

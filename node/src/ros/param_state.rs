@@ -40,11 +40,27 @@ fn load(settings: &Settings, threads: usize) -> Result<(Pipeline, LabelBank, Arc
 
 fn load_model(model: &Model, settings: &Settings, threads: usize) -> Result<(Pipeline, LabelBank, Arc<LabelSet>)> {
     let kind: BackendKind = settings.backend.parse().context("backend")?;
-    let mut pipeline = model.pipeline(kind, threads)?;
+    let mut pipeline = match kind {
+        #[cfg(feature = "tensorrt")]
+        BackendKind::TensorRt => model.pipeline_tensorrt(&tensorrt_options(&settings.tensorrt)?, threads)?,
+        _ => model.pipeline(kind, threads)?,
+    };
     pipeline.set_options(options(settings, pipeline.options())).context("unknown_threshold / early_rejection_top_k")?;
     let mut bank = model.label_bank(threads, Some(engine::paths::label_cache_dir()))?;
     let labels = encode(&mut bank, settings)?;
     Ok((pipeline, bank, labels))
+}
+
+#[cfg(feature = "tensorrt")]
+fn tensorrt_options(t: &super::params::TensorRtSettings) -> Result<engine::tensorrt::TensorRtOptions> {
+    Ok(engine::tensorrt::TensorRtOptions {
+        precision: t.precision.parse().context("tensorrt_precision")?,
+        workspace_mb: t.workspace_mb,
+        dla_core: t.dla_core,
+        int8_calibration_table: (!t.int8_calibration_table.is_empty()).then(|| PathBuf::from(&t.int8_calibration_table)),
+        force_rebuild: t.force_rebuild,
+        ..Default::default()
+    })
 }
 
 fn options(settings: &Settings, base: &SegmentOptions) -> SegmentOptions {
@@ -127,7 +143,8 @@ impl ParamState {
         }
         let (old, new) = (self.settings(), Settings::from_values(&next));
         let mut sent = Vec::new();
-        if (&old.backend, &old.model_dir) != (&new.backend, &new.model_dir) {
+        let tensorrt_changed = new.backend == "tensorrt" && old.tensorrt != new.tensorrt;
+        if (&old.backend, &old.model_dir) != (&new.backend, &new.model_dir) || tensorrt_changed {
             let (pipeline, bank, labels) = load(&new, self.threads).map_err(|e| format!("{e:#}"))?;
             self.bank = bank;
             self.base_options = pipeline.options().clone();

@@ -74,8 +74,30 @@ pub static SPECS: &[ParamSpec] = &[
     ParamSpec { range: Range::Float(0.0, 1.0), ..spec("overlay_alpha", "Weight of the label colour in `overlay`.") },
     ParamSpec {
         choices: BACKENDS,
-        constraints: "auto (CUDA where a device answers, else CPU), cpu, or cuda where built in; a change reloads the model",
-        ..spec("backend", "Where the cost map, fusion and post-processing run (the image encoder runs on ONNX Runtime, CPU).")
+        constraints: "auto (CUDA where a device answers, else CPU), cpu, cuda; tensorrt: the image encoder on TensorRT, falling back to \
+                      ONNX Runtime's CUDA provider, then the CPU (reason on /diagnostics); a change reloads the model",
+        ..spec("backend", "Where the cost map, fusion and post-processing run, and with tensorrt the image encoder too.")
+    },
+    ParamSpec {
+        choices: &["fp32", "fp16", "int8"],
+        constraints: "fp32, fp16, or int8 (needs `tensorrt_int8_calibration_table`); a change rebuilds or reloads the engine",
+        ..spec("tensorrt_precision", "backend tensorrt: precision the engine is built with.")
+    },
+    ParamSpec {
+        constraints: "empty, or a TensorRT calibration cache file (trtexec / polygraphy); needed for int8",
+        ..spec("tensorrt_int8_calibration_table", "backend tensorrt: INT8 calibration table.")
+    },
+    ParamSpec {
+        range: Range::Int(64, 65536),
+        ..spec("tensorrt_workspace_mb", "backend tensorrt: builder workspace limit (MiB).")
+    },
+    ParamSpec {
+        range: Range::Int(-1, 7),
+        ..spec("tensorrt_dla_core", "backend tensorrt: Jetson DLA core to run on; -1 = the GPU.")
+    },
+    ParamSpec {
+        constraints: "engines are cached per model, TensorRT version, GPU, precision and build settings",
+        ..spec("force_engine_rebuild", "backend tensorrt: rebuild the engine even when an intact one is cached (on the next load).")
     },
     ParamSpec {
         constraints: "a directory with manifest.yaml; a change reloads the model and re-encodes the labels",
@@ -208,6 +230,11 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("overlay_alpha", Double(0.5));
     put("backend", String("auto".into()));
     put("model_dir", String("".into()));
+    put("tensorrt_precision", String("fp16".into()));
+    put("tensorrt_int8_calibration_table", String("".into()));
+    put("tensorrt_workspace_mb", Integer(1024));
+    put("tensorrt_dla_core", Integer(-1));
+    put("force_engine_rebuild", Boolean(false));
     put("threads", Integer(0));
     put("depth_mode", String("none".into()));
     put("image_rectified", Boolean(true));
@@ -269,6 +296,9 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
         ("labels", ParameterValue::StringArray(labels)) => check_labels(labels),
         ("stereo_max_disp", ParameterValue::Integer(n)) if n % 8 != 0 => Err(format!("'stereo_max_disp' must be a multiple of 8, got {n}")),
         ("depth_extrinsics", ParameterValue::DoubleArray(v)) => depth_extrinsics(v).map(|_| ()),
+        ("tensorrt_int8_calibration_table", ParameterValue::String(path)) if !path.is_empty() && !std::path::Path::new(path).is_file() => {
+            Err(format!("'tensorrt_int8_calibration_table': {path} is not a file"))
+        }
         ("depth_extrinsics_file", ParameterValue::String(path)) if !path.is_empty() => {
             calibration::Extrinsics::from_yaml_file(std::path::Path::new(path)).map(|_| ()).map_err(|e| format!("'depth_extrinsics_file': {e}"))
         }
@@ -375,11 +405,22 @@ pub struct Settings {
     pub early_rejection_top_k: usize,
     pub backend: String,
     pub model_dir: String,
+    /// backend tensorrt: how the engine is built.
+    pub tensorrt: TensorRtSettings,
     pub threads: usize,
     pub image_qos: String,
     pub queue_depth: usize,
     pub output: OutputSettings,
     pub use_sim_time: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRtSettings {
+    pub precision: String,
+    pub int8_calibration_table: String,
+    pub workspace_mb: u64,
+    pub dla_core: Option<u32>,
+    pub force_rebuild: bool,
 }
 
 /// What the processing thread needs besides the model and labels.
@@ -473,6 +514,13 @@ impl Settings {
             early_rejection_top_k: int("early_rejection_top_k").max(0) as usize,
             backend: string("backend"),
             model_dir: string("model_dir"),
+            tensorrt: TensorRtSettings {
+                precision: string("tensorrt_precision"),
+                int8_calibration_table: string("tensorrt_int8_calibration_table"),
+                workspace_mb: int("tensorrt_workspace_mb").max(1) as u64,
+                dla_core: u32::try_from(int("tensorrt_dla_core")).ok(),
+                force_rebuild: boolean("force_engine_rebuild"),
+            },
             threads: int("threads").max(0) as usize,
             image_qos: string("image_qos"),
             queue_depth: int("queue_depth").max(1) as usize,
@@ -511,6 +559,7 @@ impl Settings {
 /// One line per parameter for `--help`.
 pub fn help_text() -> String {
     let mut out = String::from("ROS parameters (set with --ros-args -p name:=value or --params-file; live unless read-only):\n");
+    let width = SPECS.iter().map(|s| s.name.len()).max().unwrap_or(0) + 2;
     for spec in SPECS {
         let mut extra = Vec::new();
         match spec.range {
@@ -525,7 +574,7 @@ pub fn help_text() -> String {
             extra.push("read-only".into());
         }
         let extra = if extra.is_empty() { String::new() } else { format!(" [{}]", extra.join(", ")) };
-        out.push_str(&format!("  {:<24}{}{extra}\n", spec.name, spec.description));
+        out.push_str(&format!("  {:<width$}{}{extra}\n", spec.name, spec.description));
     }
     out
 }

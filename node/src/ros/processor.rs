@@ -511,6 +511,9 @@ impl Processor {
         if let Some(reason) = self.pipeline.scorer_fallback() {
             values.push(kv("scorer_fallback", reason.into()));
         }
+        if let Some(reason) = self.pipeline.backend_fallback() {
+            values.push(kv("backend_fallback", reason.into()));
+        }
         if let Some(GroundFit { fit, filled }) = &self.ground {
             let [height, pitch, roll] = fit.plane.mounting();
             values.push(kv("ground_fit.camera_height", format!("{height:.3}")));
@@ -524,6 +527,10 @@ impl Processor {
             None if self.pipeline.scorer_fallback().is_some() => {
                 (DiagnosticStatus::WARN, format!("{} frames processed; GPU scoring failed, scoring on the CPU", self.frames))
             }
+            None if self.pipeline.backend_fallback().is_some() => (
+                DiagnosticStatus::WARN,
+                format!("{} frames processed; image encoder on {} instead of the backend asked for", self.frames, self.pipeline.backend_name()),
+            ),
             None if self.frames == 0 => (DiagnosticStatus::WARN, "no frame processed yet".to_string()),
             None => (DiagnosticStatus::OK, format!("{} frames processed", self.frames)),
         };

@@ -1,0 +1,135 @@
+//! TensorRT backend. Where TensorRT is present (a TensorRT-enabled ONNX Runtime, libnvinfer and
+//! a GPU), the engine is checked against the CPU backend on real photos and the cache is made to
+//! rebuild; elsewhere those tests print why and return. What runs everywhere: the libnvinfer
+//! version probe against stand-in libraries compiled here, the refusal of this machine's
+//! ONNX Runtime (built without the TensorRT provider), and the fallback chain running real
+//! frames on the CPU with the reason reported.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use engine::tensorrt::cache::{EngineCache, SlotState};
+use engine::tensorrt::{self, Precision, TensorRtOptions, library};
+use engine::{BackendKind, ImageBackend, Pipeline};
+use ovseg_tests::{agreement, frame, label_set, model, pipeline, threads};
+
+/// A shared library compiled from `source` with the system C compiler, or None (and why) when
+/// there is none.
+fn stand_in_library(dir: &Path, name: &str, source: &str) -> Option<PathBuf> {
+    let c = dir.join(format!("{name}.c"));
+    let so = dir.join(format!("{name}.so"));
+    std::fs::write(&c, source).unwrap();
+    match Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&c).output() {
+        Ok(o) if o.status.success() => Some(so),
+        Ok(o) => panic!("cc failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("skipped: no C compiler to build the stand-in libnvinfer ({e})");
+            None
+        }
+    }
+}
+
+/// Stand-ins for libnvinfer (TensorRT is not installed here): the real library exports
+/// `int32_t getInferLibVersion()`; these export that one function, or a wrong one.
+#[test]
+fn the_tensorrt_version_is_read_from_libnvinfer_and_bad_libraries_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(good) = stand_in_library(tmp.path(), "nvinfer10", "int getInferLibVersion(void) { return 100300; }\n") else { return };
+    let no_symbol = stand_in_library(tmp.path(), "nosymbol", "int somethingElse(void) { return 1; }\n").unwrap();
+    let bad_value = stand_in_library(tmp.path(), "badvalue", "int getInferLibVersion(void) { return -1; }\n").unwrap();
+    let missing = tmp.path().join("libnvinfer.so.10");
+
+    // The first loadable candidate wins; a missing file is skipped.
+    let v = library::version(&[missing.clone(), good.clone()]).unwrap();
+    assert_eq!(v.to_string(), "10.3.0");
+    let e = library::version(&[no_symbol.clone(), good]).unwrap_err().to_string();
+    assert!(e.contains(&no_symbol.display().to_string()) && e.contains("no getInferLibVersion"), "{e}");
+    let e = library::version(&[bad_value]).unwrap_err().to_string();
+    assert!(e.contains("returned -1"), "{e}");
+    let e = library::version(std::slice::from_ref(&missing)).unwrap_err().to_string();
+    assert!(e.contains("libnvinfer not found") && e.contains(&missing.display().to_string()), "{e}");
+}
+
+/// The options for tests, with the cache in `dir`.
+fn options(dir: &Path, precision: Precision) -> TensorRtOptions {
+    TensorRtOptions { precision, cache_dir: dir.to_path_buf(), ..TensorRtOptions::default() }
+}
+
+#[test]
+fn without_tensorrt_frames_run_on_the_cpu_and_the_reason_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model();
+    if let Ok(key) = tensorrt::engine_key(m, &options(tmp.path(), Precision::Fp16)) {
+        eprintln!("skipped: TensorRT is present here ({} on {}); the fallback is for machines without it", key.tensorrt, key.gpu);
+        return;
+    }
+    let e = tensorrt::engine_key(m, &options(tmp.path(), Precision::Fp16)).unwrap_err().to_string();
+    assert!(e.starts_with("TensorRT: "), "{e}");
+
+    let labels = label_set(&["person", "sky", "grass", "building"]);
+    let mut chain = Pipeline::new(m, tensorrt::fallback_chain(m, &options(tmp.path(), Precision::Fp16), threads()).unwrap());
+    let mut cpu = pipeline();
+    assert_eq!(chain.backend_name(), "cpu");
+    let reason = chain.backend_fallback().expect("a fallback reason").to_string();
+    assert!(reason.contains("tensorrt unavailable: TensorRT:") && reason.contains("onnxruntime-cuda unavailable"), "{reason}");
+    for name in ["astronaut", "coffee"] {
+        let (a, b) = (chain.process(&frame(name), &labels).unwrap(), cpu.process(&frame(name), &labels).unwrap());
+        assert_eq!(a.map.labels, b.map.labels, "{name}: the fallback is the CPU backend itself");
+    }
+    assert!(std::fs::read_dir(tmp.path()).map_or(true, |mut d| d.next().is_none()), "nothing cached without TensorRT");
+}
+
+/// The TensorRT backend, or None (and why) where TensorRT is not present.
+fn tensorrt_backend(dir: &Path, precision: Precision) -> Option<Box<dyn ImageBackend>> {
+    match tensorrt::load(model(), &options(dir, precision), threads()) {
+        Ok(b) => Some(Box::new(b)),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn engines_match_the_cpu_backend_on_real_photos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fp32) = tensorrt_backend(tmp.path(), Precision::Fp32) else { return };
+    let m = model();
+    let labels = label_set(&["person", "sky", "grass", "building", "cup", "table"]);
+    let mut cpu_encoder = m.image_backend(BackendKind::Cpu, threads()).unwrap();
+    let input = engine::preprocess::preprocess(&frame("astronaut"), &m.manifest.image_encoder.input);
+    let (mut fp32, cpu_maps) = (fp32, cpu_encoder.encode(&input).unwrap());
+    let worst = fp32.encode(&input).unwrap().iter().zip(&cpu_maps).flat_map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs())).fold(0.0f32, f32::max);
+    // Normalised embeddings: TensorRT's FP32 kernels reorder sums, nothing more.
+    assert!(worst < 1e-3, "FP32 engine vs CPU: max abs difference {worst}");
+
+    let Some(fp16) = tensorrt_backend(tmp.path(), Precision::Fp16) else { return };
+    let (mut half, mut cpu) = (Pipeline::new(m, fp16), pipeline());
+    for name in ["astronaut", "coffee", "chelsea"] {
+        let (a, b) = (half.process(&frame(name), &labels).unwrap(), cpu.process(&frame(name), &labels).unwrap());
+        let agree = agreement(&a.map.labels, &b.map.labels);
+        assert!(agree >= 0.995, "{name}: FP16 argmax agreement {agree}");
+    }
+}
+
+#[test]
+fn a_changed_key_or_a_truncated_engine_rebuilds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_) = tensorrt_backend(tmp.path(), Precision::Fp16) else { return };
+    let m = model();
+    let key = tensorrt::engine_key(m, &options(tmp.path(), Precision::Fp16)).unwrap();
+    let cache = EngineCache::new(tmp.path());
+    let slot = cache.slot(&key, false).unwrap();
+    assert_eq!(slot.state, SlotState::Reuse, "the engine just built is reused");
+    // Another workspace limit is another key: a second entry is built beside the first.
+    let other = TensorRtOptions { workspace_mb: 512, ..options(tmp.path(), Precision::Fp16) };
+    tensorrt::load(m, &other, threads()).unwrap();
+    let entries = std::fs::read_dir(tmp.path()).unwrap().flatten().filter(|e| e.path().join("key.json").is_file()).count();
+    assert_eq!(entries, 2);
+    // Truncate the engine: the next load moves the entry aside and rebuilds.
+    let engine_file = std::fs::read_dir(&slot.dir).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "engine")).unwrap();
+    let bytes = std::fs::read(&engine_file).unwrap();
+    std::fs::write(&engine_file, &bytes[..bytes.len() / 2]).unwrap();
+    tensorrt::load(m, &options(tmp.path(), Precision::Fp16), threads()).unwrap();
+    assert!(tmp.path().join("corrupt").read_dir().unwrap().next().is_some(), "the damaged entry was moved aside");
+    assert_eq!(cache.slot(&key, false).unwrap().state, SlotState::Reuse);
+}
