@@ -33,6 +33,9 @@ pub enum EngineError {
     #[error("TensorRT: {0}")]
     TensorRt(String),
 
+    #[error(transparent)]
+    Stereo(#[from] crate::stereo::StereoError),
+
     #[error("label set was built for embedding dim {labels}, model produces {model}")]
     DimMismatch { labels: usize, model: usize },
 }

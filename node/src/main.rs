@@ -84,7 +84,8 @@ enum Command {
     /// (`--ros-args -p ...` / `--params-file`).
     #[command(after_long_help = ros::params::help_text())]
     Replay(replay::ReplayArgs),
-    /// Disparity of a rectified stereo pair by semi-global matching (census cost, CPU);
+    /// Disparity of a rectified stereo pair by semi-global matching (census cost; on CUDA with
+    /// --backend auto where a device answers, else the CPU; identical results);
     /// writes <left stem>.disparity.pfm (Middlebury PFM, +inf = invalid) and
     /// <left stem>.disparity.png (colour-coded, invalid black) and prints JSON with timings.
     Stereo(stereo::StereoArgs),
@@ -143,7 +144,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Path) => model::print_path(&cli.common, threads).map(|_| ExitCode::SUCCESS),
         Command::Node => ros::run(&cli.common, threads, ros_args).map(|_| ExitCode::SUCCESS),
         Command::Replay(args) => replay::run(&cli.common, threads, args, ros_args).map(|_| ExitCode::SUCCESS),
-        Command::Stereo(args) => stereo::run(threads, args).map(|_| ExitCode::SUCCESS),
+        Command::Stereo(args) => stereo::run(&cli.common.backend, threads, args).map(|_| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

@@ -56,6 +56,60 @@ fn kernels_compile_with_nvrtc_for_jetson_and_datacentre_gpus() {
 }
 
 #[test]
+fn stereo_kernels_compile_with_nvrtc_without_fused_multiply_adds() {
+    nvrtc();
+    for arch in ["compute_75", "compute_87", "compute_90"] {
+        let ptx = cuda::compile_source(cuda::STEREO_KERNELS, Some(arch)).unwrap_or_else(|e| panic!("{arch}: {e}")).to_src();
+        for entry in cuda::STEREO_ENTRY_POINTS {
+            assert!(ptx.contains(&format!(".entry {entry}(")), "{arch}: no entry point {entry} in the stereo PTX");
+        }
+        // The subpixel parabola must round as the CPU's does.
+        assert!(!ptx.contains("fma.rn.f32"), "{arch}: the stereo PTX fuses multiply-adds");
+    }
+}
+
+/// The Middlebury pair shipped for the stereo tests, as 8-bit gray. Found where the build put
+/// the repository, or under the current directory (the GPU machine runs a copy from its root).
+fn motorcycle() -> (usize, usize, Vec<u8>, Vec<u8>) {
+    let built = ovseg_tests::data_dir().join("stereo");
+    let dir = if built.is_dir() { built } else { std::path::PathBuf::from("tests/data/stereo") };
+    let load = |name: &str| image::open(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).to_luma8();
+    let (l, r) = (load("motorcycle_left.png"), load("motorcycle_right.png"));
+    (l.width() as usize, l.height() as usize, l.into_raw(), r.into_raw())
+}
+
+#[test]
+fn cuda_stereo_matches_the_cpu_bit_for_bit() {
+    use engine::stereo::{GrayView, Paths, StereoMatcher, StereoParams};
+    nvrtc();
+    let (w, h, left, right) = motorcycle();
+    // A label per pixel: three vertical bands, so label borders cross every row.
+    let labels: Vec<u16> = (0..w * h).map(|i| ((i % w) * 3 / w) as u16).collect();
+    let cases = [
+        ("8 paths, defaults", StereoParams { max_disp: 48, ..StereoParams::default() }, false),
+        ("4 paths, no left-right check", StereoParams { max_disp: 64, paths: Paths::Four, lr_max_diff: None, ..StereoParams::default() }, false),
+        ("8 paths, labels, gradient P2", StereoParams { max_disp: 40, p2_gradient: Some(20), ..StereoParams::default() }, true),
+        ("no uniqueness, 128 levels", StereoParams { max_disp: 128, uniqueness: 0, ..StereoParams::default() }, false),
+    ];
+    for (case, params, with_labels) in cases {
+        let mut gpu = match cuda::CudaStereoMatcher::new(params.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("skipped, no CUDA device here: {e}");
+                return;
+            }
+        };
+        let labels = with_labels.then_some(labels.as_slice());
+        let (l, r) = (GrayView::new(w, h, &left).unwrap(), GrayView::new(w, h, &right).unwrap());
+        let (want, _) = StereoMatcher::new(params).unwrap().compute(l, r, labels).unwrap();
+        let (got, timings) = gpu.compute(l, r, labels).unwrap();
+        eprintln!("{case}: {} in {:.2} ms", gpu.device_name(), timings.total_ms);
+        let differing = want.data.iter().zip(&got.data).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
+        assert_eq!(differing, 0, "{case}: {differing} of {} disparities differ from the CPU", want.data.len());
+    }
+}
+
+#[test]
 fn a_kernel_error_is_reported_with_the_compiler_log() {
     nvrtc();
     let err = cuda::compile_source("extern \"C\" __global__ void k() { undefined_fn(); }", None).unwrap_err();

@@ -5,6 +5,7 @@
 //! the `nvidia/cu13/lib` folder of the `nvidia-cuda-nvrtc` Python wheel).
 mod preprocess;
 mod scorer;
+mod stereo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,6 +16,7 @@ use crate::error::{EngineError, Result};
 
 pub use preprocess::CudaPreprocessor;
 pub use scorer::{CudaScorer, DeviceLevel, MAX_FUSED_CANDIDATES, MAX_LABELS};
+pub use stereo::{CudaStereoMatcher, STEREO_ENTRY_POINTS, STEREO_KERNELS};
 
 /// The kernel source; [`compile`] turns it into PTX.
 pub const KERNELS: &str = include_str!("kernels.cu");
@@ -109,6 +111,11 @@ pub(crate) struct Device {
 impl Device {
     /// Says why when there is no driver, device or NVRTC.
     pub fn open() -> Result<Device> {
+        Self::open_with(KERNELS)
+    }
+
+    /// A context on device 0 with `source` compiled for it.
+    pub fn open_with(source: &str) -> Result<Device> {
         use cudarc::driver::CudaContext;
         if !driver_present() {
             return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
@@ -119,7 +126,7 @@ impl Device {
         }
         let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
-        let ptx = compile(Some(&format!("compute_{major}{minor}")))?;
+        let ptx = compile_source(source, Some(&format!("compute_{major}{minor}")))?;
         let module = ctx.load_module(ptx).map_err(|e| gpu("loading the kernels", e))?;
         let name = ctx.name().map_err(|e| gpu("device name", e))?;
         Ok(Device { stream: ctx.default_stream(), module, name: format!("{name} (sm_{major}{minor})") })

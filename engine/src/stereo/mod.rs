@@ -186,7 +186,7 @@ impl StereoMatcher {
     }
 }
 
-fn check_inputs(left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> Result<(), StereoError> {
+pub(crate) fn check_inputs(left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> Result<(), StereoError> {
     left.check("left")?;
     right.check("right")?;
     if (left.width, left.height) != (right.width, right.height) {
