@@ -27,23 +27,27 @@ pub struct LevelTensors {
     pub base: String,
 }
 
-/// The backbone and the data-free embeddings of both levels, coarse first.
+/// The backbone's head features and the data-free embeddings of both levels.
 pub struct DataFreeLevels {
-    pub coarse: LevelTensors,
-    pub fine: LevelTensors,
+    /// Backbone head features at the fine level's stride.
+    pub features: String,
+    pub coarse_base: String,
+    pub fine_base: String,
+}
+
+impl DataFreeLevels {
+    /// Both levels with their features, coarse first. Pools the coarse features, so only
+    /// graphs that use them call this (an unused node would only bloat the data-free graph).
+    pub fn with_features(self, g: &mut GraphBuilder) -> Result<[LevelTensors; 2], EffNetError> {
+        let coarse_features = pool_to_coarse(g, &self.features, "coarse_features")?;
+        Ok([LevelTensors { features: coarse_features, base: self.coarse_base }, LevelTensors { features: self.features, base: self.fine_base }])
+    }
 }
 
 /// Emits the image input, the backbone at output stride 16, the classifier map and the
 /// data-free embeddings of the two levels. `class_text` is `1000 x dim`, row-major,
-/// L2-normalised. The coarse features are only pooled when `coarse_features` (an unused
-/// node would only bloat the data-free graph).
-pub fn emit_data_free(
-    g: &mut GraphBuilder,
-    weights: &StateDict,
-    class_text: &[f32],
-    dim: usize,
-    coarse_features: bool,
-) -> Result<DataFreeLevels, EffNetError> {
+/// L2-normalised.
+pub fn emit_data_free(g: &mut GraphBuilder, weights: &StateDict, class_text: &[f32], dim: usize) -> Result<DataFreeLevels, EffNetError> {
     if class_text.len() != effnet::NUM_CLASSES * dim {
         return Err(EffNetError::ShapeMismatch {
             name: "class text embeddings".into(),
@@ -70,12 +74,7 @@ pub fn emit_data_free(
     };
     let coarse_base = embed(g, &coarse_logits)?;
     let fine_base = embed(g, &logits)?;
-    let coarse_features =
-        if coarse_features { pool_to_coarse(g, &taps.head.name, "coarse_features")? } else { String::new() };
-    Ok(DataFreeLevels {
-        coarse: LevelTensors { features: coarse_features, base: coarse_base },
-        fine: LevelTensors { features: taps.head.name, base: fine_base },
-    })
+    Ok(DataFreeLevels { features: taps.head.name, coarse_base, fine_base })
 }
 
 /// The coarse level: 3x3 stride-2 average (SAME_UPPER, padding not counted).
@@ -104,8 +103,8 @@ pub fn emit_output(g: &mut GraphBuilder, tensor: &str, name: &str, channels: usi
 /// the two embedding levels.
 pub fn build_image_encoder(weights: &StateDict, class_text: &[f32], dim: usize) -> Result<GraphBuilder, EffNetError> {
     let mut g = GraphBuilder::new("ovseg_effnetlite0_datafree");
-    let levels = emit_data_free(&mut g, weights, class_text, dim, false)?;
-    emit_output(&mut g, &levels.coarse.base, COARSE_OUTPUT, dim)?;
-    emit_output(&mut g, &levels.fine.base, FINE_OUTPUT, dim)?;
+    let levels = emit_data_free(&mut g, weights, class_text, dim)?;
+    emit_output(&mut g, &levels.coarse_base, COARSE_OUTPUT, dim)?;
+    emit_output(&mut g, &levels.fine_base, FINE_OUTPUT, dim)?;
     Ok(g)
 }

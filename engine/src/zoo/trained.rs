@@ -55,11 +55,11 @@ impl HeadWeights {
 /// both levels ([`FEATURES_COARSE`], [`FEATURES_FINE`], [`BASE_COARSE`], [`BASE_FINE`]).
 pub fn build_feature_extractor(weights: &StateDict, class_text: &[f32], dim: usize) -> Result<GraphBuilder, EffNetError> {
     let mut g = GraphBuilder::new("ovseg_effnetlite0_features");
-    let levels = head::emit_data_free(&mut g, weights, class_text, dim, true)?;
-    head::emit_output(&mut g, &levels.coarse.features, FEATURES_COARSE, FEATURE_CHANNELS)?;
-    head::emit_output(&mut g, &levels.fine.features, FEATURES_FINE, FEATURE_CHANNELS)?;
-    head::emit_output(&mut g, &levels.coarse.base, BASE_COARSE, dim)?;
-    head::emit_output(&mut g, &levels.fine.base, BASE_FINE, dim)?;
+    let [coarse, fine] = head::emit_data_free(&mut g, weights, class_text, dim)?.with_features(&mut g)?;
+    head::emit_output(&mut g, &coarse.features, FEATURES_COARSE, FEATURE_CHANNELS)?;
+    head::emit_output(&mut g, &fine.features, FEATURES_FINE, FEATURE_CHANNELS)?;
+    head::emit_output(&mut g, &coarse.base, BASE_COARSE, dim)?;
+    head::emit_output(&mut g, &fine.base, BASE_FINE, dim)?;
     Ok(g)
 }
 
@@ -68,7 +68,7 @@ pub fn build_feature_extractor(weights: &StateDict, class_text: &[f32], dim: usi
 pub fn build_trained_encoder(weights: &StateDict, class_text: &[f32], trained: &HeadWeights) -> Result<GraphBuilder, EffNetError> {
     trained.check()?;
     let mut g = GraphBuilder::new("ovseg_effnetlite0_trained");
-    let levels = head::emit_data_free(&mut g, weights, class_text, trained.dim, true)?;
+    let [coarse_level, fine_level] = head::emit_data_free(&mut g, weights, class_text, trained.dim)?.with_features(&mut g)?;
     let w1 = g.initializer_f32("head.w1", &[trained.hidden, FEATURE_CHANNELS, 1, 1], &trained.w1)?;
     let b1 = g.initializer_f32("head.b1", &[trained.hidden], &trained.b1)?;
     let w2 = g.initializer_f32("head.w2", &[trained.dim, trained.hidden, 1, 1], &trained.w2)?;
@@ -80,8 +80,8 @@ pub fn build_trained_encoder(weights: &StateDict, class_text: &[f32], trained: &
         let r = g.conv(&h, &w2, Some(&b2), &pointwise, "head_residual")?;
         Ok(g.add(&level.base, &r, "head_embedding")?)
     };
-    let coarse = residual(&mut g, &levels.coarse)?;
-    let fine = residual(&mut g, &levels.fine)?;
+    let coarse = residual(&mut g, &coarse_level)?;
+    let fine = residual(&mut g, &fine_level)?;
     head::emit_output(&mut g, &coarse, head::COARSE_OUTPUT, trained.dim)?;
     head::emit_output(&mut g, &fine, head::FINE_OUTPUT, trained.dim)?;
     Ok(g)
