@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use calibration::{CameraInfoYaml, StereoFields, StereoGeometry, rectify_map, remap_gray8};
 use clap::Args;
-use engine::stereo::{Disparity, GrayView, Paths, StereoMatcher, StereoParams, StereoTimings};
+use engine::stereo::{Disparity, DisparityMatcher, GrayView, Paths, StereoMatcher, StereoParams, StereoTimings};
 use image::{GrayImage, RgbImage};
 use serde_json::json;
 
@@ -63,68 +63,28 @@ pub struct StereoArgs {
     pub compare_cpu: bool,
 }
 
-/// Where the matching runs (`--backend`: auto takes CUDA where a device answers).
-enum Matcher {
-    Cpu(StereoMatcher),
-    #[cfg(feature = "cuda")]
-    Cuda(Box<engine::cuda::CudaStereoMatcher>),
-}
-
-impl Matcher {
-    fn new(backend: &str, params: &StereoParams) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if backend != "cpu" {
-            match engine::cuda::CudaStereoMatcher::new(params.clone()) {
-                Ok(m) => return Ok(Matcher::Cuda(Box::new(m))),
-                Err(e) if backend == "cuda" => return Err(e).context("--backend cuda"),
-                Err(e) => tracing::info!("stereo on the CPU: {e}"),
-            }
-        }
-        if !matches!(backend, "auto" | "cpu") {
-            bail!("--backend {backend}: stereo runs on auto, cpu or cuda");
-        }
-        Ok(Matcher::Cpu(StereoMatcher::new(params.clone())?))
-    }
-
-    fn device(&self) -> String {
-        match self {
-            Matcher::Cpu(_) => "cpu".into(),
-            #[cfg(feature = "cuda")]
-            Matcher::Cuda(m) => format!("cuda: {}", m.device_name()),
-        }
-    }
-
-    fn compute(&mut self, left: GrayView<'_>, right: GrayView<'_>) -> Result<(Disparity, StereoTimings)> {
-        match self {
-            Matcher::Cpu(m) => Ok(m.compute(left, right, None)?),
-            #[cfg(feature = "cuda")]
-            Matcher::Cuda(m) => Ok(m.compute(left, right, None)?),
-        }
-    }
-}
-
 /// For a GPU run: the CPU's median time on the same pair, the speed-up, and whether the
 /// disparities are identical (None when the run was on the CPU already).
 fn compare_with_cpu(
-    matcher: &Matcher,
+    matcher: &dyn DisparityMatcher,
     params: &StereoParams,
     (left, right): (GrayView<'_>, GrayView<'_>),
     repeat: u32,
     (disp, timings): (&Disparity, &StereoTimings),
 ) -> Result<Option<serde_json::Value>> {
-    if matches!(matcher, Matcher::Cpu(_)) {
+    if matcher.device() == "cpu" {
         return Ok(None);
     }
-    let ((cpu_disp, cpu_timings), _) = timed_runs(&mut Matcher::Cpu(StereoMatcher::new(params.clone())?), left, right, repeat)?;
+    let ((cpu_disp, cpu_timings), _) = timed_runs(&mut StereoMatcher::new(params.clone())?, left, right, repeat)?;
     let identical = cpu_disp.data.iter().zip(&disp.data).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
     Ok(Some(json!({ "ms": cpu_timings, "speedup": cpu_timings.total_ms / timings.total_ms, "identical": identical })))
 }
 
 /// `repeat` runs; the run with the median total time and every run's total.
-fn timed_runs(matcher: &mut Matcher, left: GrayView<'_>, right: GrayView<'_>, repeat: u32) -> Result<((Disparity, StereoTimings), Vec<f64>)> {
+fn timed_runs(matcher: &mut dyn DisparityMatcher, left: GrayView<'_>, right: GrayView<'_>, repeat: u32) -> Result<((Disparity, StereoTimings), Vec<f64>)> {
     let mut runs = Vec::new();
     for _ in 0..repeat {
-        runs.push(matcher.compute(left, right)?);
+        runs.push(matcher.compute(left, right, None)?);
     }
     runs.sort_by(|a, b| a.1.total_ms.total_cmp(&b.1.total_ms));
     let totals = runs.iter().map(|r| r.1.total_ms).collect();
@@ -177,7 +137,7 @@ impl StereoArgs {
 
 pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
     let params = args.params();
-    let mut matcher = Matcher::new(backend, &params)?;
+    let mut matcher = engine::stereo::matcher_for(backend, &params).with_context(|| format!("--backend {backend}"))?;
     let mut left = load_gray(&args.left)?;
     let mut right = load_gray(&args.right)?;
     if left.dimensions() != right.dimensions() {
@@ -196,9 +156,9 @@ pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
     };
     let (w, h) = (left.width() as usize, left.height() as usize);
     let (lv, rv) = (GrayView::new(w, h, left.as_raw())?, GrayView::new(w, h, right.as_raw())?);
-    let ((disp, timings), totals) = timed_runs(&mut matcher, lv, rv, args.repeat)?;
+    let ((disp, timings), totals) = timed_runs(matcher.as_mut(), lv, rv, args.repeat)?;
     let cpu = match args.compare_cpu {
-        true => compare_with_cpu(&matcher, &params, (lv, rv), args.repeat, (&disp, &timings))?,
+        true => compare_with_cpu(matcher.as_ref(), &params, (lv, rv), args.repeat, (&disp, &timings))?,
         false => None,
     };
 

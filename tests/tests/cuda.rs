@@ -80,7 +80,7 @@ fn motorcycle() -> (usize, usize, Vec<u8>, Vec<u8>) {
 
 #[test]
 fn cuda_stereo_matches_the_cpu_bit_for_bit() {
-    use engine::stereo::{GrayView, Paths, StereoMatcher, StereoParams};
+    use engine::stereo::{DisparityMatcher, GrayView, Paths, StereoMatcher, StereoParams};
     nvrtc();
     let (w, h, left, right) = motorcycle();
     // A label per pixel: three vertical bands, so label borders cross every row.

@@ -9,7 +9,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConf
 
 use super::gpu;
 use crate::error::{EngineError, Result};
-use crate::stereo::{Disparity, GrayView, Paths, StereoParams, StereoTimings, check_inputs};
+use crate::stereo::{Disparity, DisparityMatcher, GrayView, Paths, StereoParams, StereoTimings, check_inputs};
 
 /// The kernel source; compiled at start-up for the device found.
 pub const STEREO_KERNELS: &str = include_str!("stereo_kernels.cu");
@@ -118,13 +118,19 @@ impl CudaStereoMatcher {
         &self.device
     }
 
-    pub fn params(&self) -> &StereoParams {
+}
+
+impl DisparityMatcher for CudaStereoMatcher {
+    fn device(&self) -> String {
+        format!("cuda: {}", self.device)
+    }
+
+    fn params(&self) -> &StereoParams {
         &self.params
     }
 
-    /// Disparity of `left` against `right` and the stage timings, as
-    /// [`crate::stereo::StereoMatcher::compute`] (and equal to it).
-    pub fn compute(&mut self, left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> Result<(Disparity, StereoTimings)> {
+    /// As [`crate::stereo::StereoMatcher::compute`], and equal to it.
+    fn compute(&mut self, left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> Result<(Disparity, StereoTimings)> {
         check_inputs(left, right, labels)?;
         let (w, h) = (left.width, left.height);
         let params = self.params.clone();

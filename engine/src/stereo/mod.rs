@@ -113,6 +113,53 @@ pub struct StereoTimings {
     pub total_ms: f64,
 }
 
+/// A semi-global matcher: [`StereoMatcher`] on the CPU, or `crate::cuda::CudaStereoMatcher`
+/// (feature `cuda`), which gives the same disparities.
+pub trait DisparityMatcher: Send {
+    /// "cpu", or "cuda: <device>".
+    fn device(&self) -> String;
+    fn params(&self) -> &StereoParams;
+    /// Disparity of `left` against `right` and the stage timings; `labels` (one per left
+    /// pixel) switches the penalties across label borders.
+    fn compute(&mut self, left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> crate::Result<(Disparity, StereoTimings)>;
+}
+
+impl DisparityMatcher for StereoMatcher {
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
+    fn params(&self) -> &StereoParams {
+        &self.params
+    }
+
+    fn compute(&mut self, left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> crate::Result<(Disparity, StereoTimings)> {
+        Ok(StereoMatcher::compute(self, left, right, labels)?)
+    }
+}
+
+/// A matcher for `backend`: `cpu`; `cuda` (an error saying why when no device answers); `auto`
+/// (and `tensorrt`, whose image encoder is unrelated) CUDA where a device answers, else the CPU
+/// with the reason logged.
+pub fn matcher_for(backend: &str, params: &StereoParams) -> crate::Result<Box<dyn DisparityMatcher>> {
+    #[cfg(feature = "cuda")]
+    if backend != "cpu" {
+        match crate::cuda::CudaStereoMatcher::new(params.clone()) {
+            Ok(m) => return Ok(Box::new(m)),
+            Err(e) if backend == "cuda" => return Err(e),
+            Err(e) => tracing::info!("stereo on the CPU: {e}"),
+        }
+    }
+    if !matches!(backend, "auto" | "cpu" | "cuda" | "tensorrt") {
+        return Err(crate::EngineError::Runtime(format!("backend {backend:?}: stereo runs on auto, cpu or cuda")));
+    }
+    #[cfg(not(feature = "cuda"))]
+    if backend == "cuda" {
+        return Err(crate::EngineError::Gpu("this build has no CUDA support (feature `cuda`)".into()));
+    }
+    Ok(Box::new(StereoMatcher::new(params.clone())?))
+}
+
 /// Disparity of `left` against `right` (same size, rectified), one-off. For a stream of
 /// frames use a [`StereoMatcher`], which keeps its ~3 bytes x W x H x D of buffers.
 pub fn sgm(left: GrayView<'_>, right: GrayView<'_>, params: &StereoParams) -> Result<Disparity, StereoError> {

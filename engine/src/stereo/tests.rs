@@ -178,3 +178,17 @@ fn tiny_images_work() {
     let d = sgm(view(5, 3, &l), view(5, 3, &r), &params(8)).unwrap();
     assert_eq!(d.data.len(), 15);
 }
+
+#[test]
+fn matcher_for_picks_the_cpu_where_no_gpu_answers_and_says_why_cuda_cannot() {
+    let params = StereoParams { max_disp: 16, ..StereoParams::default() };
+    assert_eq!(super::matcher_for("cpu", &params).unwrap().device(), "cpu");
+    let e = super::matcher_for("bogus", &params).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("\"bogus\"") && e.contains("auto, cpu or cuda"), "{e}");
+    #[cfg(feature = "cuda")]
+    if !crate::cuda::driver_present() {
+        assert_eq!(super::matcher_for("auto", &params).unwrap().device(), "cpu");
+        let e = super::matcher_for("cuda", &params).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no CUDA driver"), "{e}");
+    }
+}

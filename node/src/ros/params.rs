@@ -76,7 +76,7 @@ pub static SPECS: &[ParamSpec] = &[
         choices: BACKENDS,
         constraints: "auto (CUDA where a device answers, else CPU), cpu, cuda; tensorrt: the image encoder on TensorRT, falling back to \
                       ONNX Runtime's CUDA provider, then the CPU (reason on /diagnostics); a change reloads the model",
-        ..spec("backend", "Where the cost map, fusion and post-processing run, and with tensorrt the image encoder too.")
+        ..spec("backend", "Where the cost map, fusion, post-processing and stereo matching run, and with tensorrt the image encoder too.")
     },
     ParamSpec {
         choices: &["fp32", "fp16", "int8"],
@@ -443,6 +443,9 @@ pub struct OutputSettings {
     pub ground_fit: Option<f64>,
     /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground).
     pub camera_mounting: [f64; 3],
+    /// The `backend` parameter: where stereo matching runs (auto/cuda: CUDA where a device
+    /// answers).
+    pub backend: String,
     /// depth_mode stereo: disparity levels and label-aware smoothness.
     pub stereo_max_disp: usize,
     pub stereo_label_penalties: bool,
@@ -545,6 +548,7 @@ impl Settings {
                 ground_labels: strings("ground_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
                 ground_fit: boolean("ground_fit").then(|| double("ground_fit_tolerance")),
                 camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
+                backend: string("backend"),
                 stereo_max_disp: int("stereo_max_disp").max(8) as usize,
                 stereo_label_penalties: boolean("stereo_label_penalties"),
                 points_stride: int("points_stride").max(1) as usize,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use calibration::{DepthGroundFit, DepthRegistration, PixelRays, StereoFields, StereoGeometry, Surface};
-use engine::stereo::{GrayView, StereoMatcher, StereoParams};
+use engine::stereo::{DisparityMatcher, GrayView, StereoParams};
 use engine::{Frame, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 
 use super::decode::{self, RejectCounter, Rejected};
@@ -100,7 +100,9 @@ pub struct Processor {
     /// frames for its buffers).
     pub right: StampedImages,
     right_camera_info: Option<CameraInfo>,
-    stereo: Option<StereoMatcher>,
+    stereo: Option<Box<dyn DisparityMatcher>>,
+    /// Set when GPU matching failed; the CPU matches from then on.
+    stereo_fallback: Option<String>,
     pub rejects: RejectCounter,
     pub latency: Latencies,
     /// Set when labels change, so the owner republishes `label_info`.
@@ -124,6 +126,7 @@ impl Processor {
             right: StampedImages::new(),
             right_camera_info: None,
             stereo: None,
+            stereo_fallback: None,
             rejects: RejectCounter::default(),
             latency: Latencies::default(),
             labels_changed: true,
@@ -144,7 +147,13 @@ impl Processor {
                     tracing::error!("segmentation options refused: {e}");
                 }
             }
-            Update::Output(settings) => self.settings = *settings,
+            Update::Output(settings) => {
+                if settings.backend != self.settings.backend {
+                    // A new backend gets a new matcher (and another chance on the GPU).
+                    (self.stereo, self.stereo_fallback) = (None, None);
+                }
+                self.settings = *settings;
+            }
             Update::Pipeline(pipeline, labels) => {
                 self.pipeline = *pipeline;
                 self.labels = labels;
@@ -390,10 +399,11 @@ impl Processor {
         };
         let max_disp = self.settings.stereo_max_disp;
         if self.stereo.as_ref().is_none_or(|m| m.params().max_disp != max_disp) {
-            match StereoMatcher::new(StereoParams { max_disp, ..StereoParams::default() }) {
+            let backend = if self.stereo_fallback.is_some() { "cpu" } else { self.settings.backend.as_str() };
+            match engine::stereo::matcher_for(backend, &StereoParams { max_disp, ..StereoParams::default() }) {
                 Ok(m) => self.stereo = Some(m),
                 Err(e) => {
-                    self.note(&skip("stereo", format!("stereo_max_disp {max_disp}: {e}")));
+                    self.note(&skip("stereo", format!("stereo matcher (backend {backend}, stereo_max_disp {max_disp}): {e}")));
                     return None;
                 }
             }
@@ -402,10 +412,19 @@ impl Processor {
         let (lg, rg) = (gray(left), gray(&right));
         let labels = self.settings.stereo_label_penalties.then_some(map.labels.as_slice());
         let matcher = self.stereo.as_mut()?;
-        let result = GrayView::new(w, h, &lg).and_then(|l| GrayView::new(w, h, &rg).and_then(|r| matcher.compute(l, r, labels)));
+        let result = GrayView::new(w, h, &lg)
+            .map_err(engine::EngineError::from)
+            .and_then(|l| GrayView::new(w, h, &rg).map_err(engine::EngineError::from).and_then(|r| matcher.compute(l, r, labels)));
         match result {
             Ok((disparity, _)) => Some(disparity.depth(geometry.focal_baseline, geometry.doffs)),
             Err(e) => {
+                let device = matcher.device();
+                if device != "cpu" {
+                    // As for GPU scoring: the following frames match on the CPU.
+                    tracing::error!("stereo matching on {device} failed ({e}); matching on the CPU from the next frame");
+                    self.stereo_fallback = Some(format!("{device}: {e}"));
+                    self.stereo = None;
+                }
                 self.note(&skip("stereo", format!("stereo matching: {e}")));
                 None
             }
@@ -513,6 +532,12 @@ impl Processor {
         }
         if let Some(reason) = self.pipeline.backend_fallback() {
             values.push(kv("backend_fallback", reason.into()));
+        }
+        if let Some(matcher) = &self.stereo {
+            values.push(kv("stereo", matcher.device()));
+        }
+        if let Some(reason) = &self.stereo_fallback {
+            values.push(kv("stereo_fallback", reason.clone()));
         }
         if let Some(GroundFit { fit, filled }) = &self.ground {
             let [height, pitch, roll] = fit.plane.mounting();
