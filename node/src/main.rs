@@ -96,6 +96,8 @@ enum Command {
 enum EngineCommand {
     /// Build the engine now (or check the cached one) and print its key and cache entry as JSON.
     Build(engine_cmd::EngineBuildArgs),
+    /// Write an INT8 calibration cache from a folder of real frames (runs on the CPU).
+    Calibrate(engine_cmd::EngineCalibrateArgs),
 }
 
 #[derive(Subcommand)]
@@ -141,6 +143,8 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Fetch { force }) => model::fetch(force).map(|_| ExitCode::SUCCESS),
         #[cfg(feature = "tensorrt")]
         Command::Engine(EngineCommand::Build(args)) => engine_cmd::build(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
+        #[cfg(feature = "tensorrt")]
+        Command::Engine(EngineCommand::Calibrate(args)) => engine_cmd::calibrate(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Models(ModelsCommand::Path) => model::print_path(&cli.common, threads).map(|_| ExitCode::SUCCESS),
         Command::Node => ros::run(&cli.common, threads, ros_args).map(|_| ExitCode::SUCCESS),
         Command::Replay(args) => replay::run(&cli.common, threads, args, ros_args).map(|_| ExitCode::SUCCESS),

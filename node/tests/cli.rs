@@ -350,6 +350,20 @@ fn engine_build_without_tensorrt_exits_1_and_names_what_is_missing() {
     let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["engine", "build", "--precision", "half"]).output().expect("running ovseg");
     assert_exit(&o, 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("precision \"half\": expected one of fp32, fp16, int8"));
+
+    // The INT8 calibration cache needs no TensorRT: it is measured on the CPU.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("int8.cache");
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/images");
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
+        .args(["engine", "calibrate", images.to_str().unwrap(), "--max-frames", "2", "--out", cache.to_str().unwrap()])
+        .output()
+        .expect("running ovseg");
+    assert_exit(&o, 0);
+    let r = json_of(&o);
+    assert_eq!(r["frames"], 2);
+    assert!(r["tensors"].as_u64().unwrap() > 50, "{r}");
+    assert!(std::fs::read_to_string(&cache).unwrap().starts_with("TRT-"));
 }
 
 #[test]

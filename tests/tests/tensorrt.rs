@@ -133,3 +133,45 @@ fn a_changed_key_or_a_truncated_engine_rebuilds() {
     assert!(tmp.path().join("corrupt").read_dir().unwrap().next().is_some(), "the damaged entry was moved aside");
     assert_eq!(cache.slot(&key, false).unwrap().state, SlotState::Reuse);
 }
+
+#[test]
+fn int8_calibration_ranges_come_from_real_frames_and_the_cache_is_written_safely() {
+    use engine::tensorrt::calibrate::{CalibrationTable, frames_from_dir};
+    let m = model();
+    let images = ovseg_tests::data_dir().join("images");
+    let frames = frames_from_dir(&images, 4).unwrap();
+    assert_eq!(frames.len(), 4);
+    let mut seen = Vec::new();
+    let table = CalibrationTable::measure(m, &frames, threads(), &mut |done| seen.push(done)).unwrap();
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+
+    // The input's range, computed independently from the same preprocessing.
+    let spec = &m.manifest.image_encoder.input;
+    let input_max = frames.iter().flat_map(|f| engine::preprocess::preprocess(f, spec).data).fold(0.0f32, |a, v| a.max(v.abs()));
+    assert_eq!(table.ranges[&spec.name], input_max);
+    // Every declared output and every ReLU6 is there; ReLU6 never exceeds 6.
+    for out in &m.manifest.image_encoder.outputs {
+        assert!(table.ranges.get(&out.name).is_some_and(|r| *r > 0.0), "{} missing or zero", out.name);
+    }
+    let relu6: Vec<f32> = table.ranges.iter().filter(|(n, _)| n.ends_with("relu6")).map(|(_, r)| *r).collect();
+    assert!(relu6.len() > 10 && relu6.iter().all(|r| *r > 0.0 && *r <= 6.0), "{relu6:?}");
+    assert!(table.ranges.values().all(|r| r.is_finite()));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("calibration.cache");
+    table.save(&cache, None).unwrap();
+    let back = CalibrationTable::parse(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    assert_eq!(back.ranges.len(), table.ranges.len());
+    table.save(&cache, None).unwrap(); // replacing a cache is fine
+    let precious = tmp.path().join("notes.txt");
+    std::fs::write(&precious, "field notes").unwrap();
+    let e = table.save(&precious, None).unwrap_err().to_string();
+    assert!(e.contains("not a calibration cache"), "{e}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "field notes");
+
+    let e = frames_from_dir(tmp.path(), 10).unwrap_err().to_string();
+    assert!(e.contains("no PNG or JPEG") && e.contains(&tmp.path().display().to_string()), "{e}");
+    std::fs::write(tmp.path().join("broken.png"), b"not a png").unwrap();
+    let e = frames_from_dir(tmp.path(), 10).unwrap_err().to_string();
+    assert!(e.contains("broken.png"), "{e}");
+}

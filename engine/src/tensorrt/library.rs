@@ -28,6 +28,12 @@ impl fmt::Display for TensorRtVersion {
 }
 
 impl TensorRtVersion {
+    /// The number `getInferLibVersion()` returns for this version.
+    pub fn encoded(&self) -> u32 {
+        let major_scale = if self.major >= 10 { 10_000 } else { 1000 };
+        self.major * major_scale + self.minor * 100 + self.patch
+    }
+
     /// Decodes `getInferLibVersion()`: major * 10000 + minor * 100 + patch from TensorRT 10 on,
     /// major * 1000 + minor * 100 + patch before (8.6.1 is 8601).
     pub fn from_encoded(v: i32) -> Option<Self> {
@@ -80,6 +86,9 @@ mod tests {
         assert_eq!(TensorRtVersion::from_encoded(101_302).map(|v| v.to_string()), Some("10.13.2".into()));
         assert_eq!(TensorRtVersion::from_encoded(8601).map(|v| v.to_string()), Some("8.6.1".into()));
         assert_eq!(TensorRtVersion::from_encoded(0), None);
+        for v in [100_300, 101_302, 8601] {
+            assert_eq!(TensorRtVersion::from_encoded(v).unwrap().encoded(), v as u32);
+        }
         assert_eq!(TensorRtVersion::from_encoded(-5), None);
     }
 

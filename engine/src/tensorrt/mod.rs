@@ -6,6 +6,7 @@
 //! Nothing here needs the TensorRT SDK to build: ONNX Runtime, libnvinfer and the CUDA driver
 //! are all opened at run time, and each missing piece is a clear error the caller falls back on.
 pub mod cache;
+pub mod calibrate;
 pub mod library;
 
 use std::path::{Path, PathBuf};
@@ -60,7 +61,8 @@ pub struct TensorRtOptions {
     pub workspace_mb: u64,
     /// Jetson DLA core to run on (TensorRT puts layers the DLA cannot run on the GPU).
     pub dla_core: Option<u32>,
-    /// INT8: a TensorRT calibration cache (as `trtexec --calib` or polygraphy write it).
+    /// INT8: a TensorRT calibration cache ([`calibrate::CalibrationTable`], or one written by
+    /// trtexec or polygraphy).
     pub int8_calibration_table: Option<PathBuf>,
     /// Engine cache root.
     pub cache_dir: PathBuf,

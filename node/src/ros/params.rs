@@ -84,7 +84,7 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("tensorrt_precision", "backend tensorrt: precision the engine is built with.")
     },
     ParamSpec {
-        constraints: "empty, or a TensorRT calibration cache file (trtexec / polygraphy); needed for int8",
+        constraints: "empty, or a calibration cache (`ovseg engine calibrate`, trtexec, polygraphy); needed for int8",
         ..spec("tensorrt_int8_calibration_table", "backend tensorrt: INT8 calibration table.")
     },
     ParamSpec {
