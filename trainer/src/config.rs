@@ -44,6 +44,12 @@ pub struct TrainConfig {
     /// Labels kept out of training (their pixels are ignored) and evaluated zero-shot:
     /// the report gives seen, unseen and harmonic mIoU.
     pub holdout_labels: Vec<String>,
+    /// ZS3Net: generated cells per held-out label per step (0 = off). A generator learns the
+    /// seen labels' cells from their text, and the head also trains on generated cells of the
+    /// held-out labels, classified against all labels.
+    pub zs3_generated: usize,
+    /// Weight of the loss on generated cells.
+    pub zs3_weight: f32,
 }
 
 impl Default for TrainConfig {
@@ -67,6 +73,8 @@ impl Default for TrainConfig {
             tag_loss_weight: 1.0,
             distill_weight: 1.0,
             distill_masked_weight: 1.0,
+            zs3_generated: 0,
+            zs3_weight: 1.0,
         }
     }
 }
@@ -100,10 +108,14 @@ impl TrainConfig {
             ("tag_loss_weight", self.tag_loss_weight),
             ("distill_weight", self.distill_weight),
             ("distill_masked_weight", self.distill_masked_weight),
+            ("zs3_weight", self.zs3_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 bail!("{name} {w} must be a non-negative number");
             }
+        }
+        if self.zs3_generated > 0 && self.holdout_labels.is_empty() {
+            bail!("zs3_generated is {}, but holdout_labels is empty: ZS3 generates cells of held-out labels", self.zs3_generated);
         }
         let a = &self.augment;
         if !(a.scale_min > 0.0 && a.scale_min <= a.scale_max && a.scale_max <= 4.0) {

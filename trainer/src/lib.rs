@@ -12,3 +12,4 @@ pub mod model;
 pub mod plot;
 pub mod synth;
 pub mod train;
+pub mod zs3;

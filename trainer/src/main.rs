@@ -52,6 +52,9 @@ struct TrainArgs {
     /// Keep this label out of training and evaluate it zero-shot (repeat for several).
     #[arg(long)]
     holdout_label: Vec<String>,
+    /// ZS3Net: generated cells per held-out label per step (0 = off) [default: 0].
+    #[arg(long)]
+    zs3_generated: Option<usize>,
     /// Optimiser steps [default: 300].
     #[arg(long)]
     steps: Option<usize>,
@@ -164,7 +167,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     macro_rules! override_with {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
     }
-    override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads);
+    override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume })?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -233,6 +233,20 @@ impl<B: Backend> Head<B> {
     }
 }
 
+impl<B: Backend> Head<B> {
+    /// Cross-entropy of generated cells (ZS3Net), each scored against every label as a cell
+    /// seen at both levels would be (coarse and fine scale together); `target[i]` is the label
+    /// index of cell i.
+    pub fn generated_loss(&self, features: Tensor<B, 2>, base: Tensor<B, 2>, target: &[usize], labels: &Labels<B>) -> Tensor<B, 1> {
+        let scale = self.log_scale.val().exp().sum();
+        let logits = label_cost(labels, self.embed(features, base)) * scale.unsqueeze::<2>();
+        let [n, k] = logits.dims();
+        let one_hot: Vec<f32> = target.iter().flat_map(|&t| (0..k).map(move |j| if j == t { 1.0 } else { 0.0 })).collect();
+        let one_hot = tensor2(one_hot, [n, k], &logits.device());
+        (one_hot * log_softmax(logits, 1)).sum_dim(1).mean().neg()
+    }
+}
+
 /// The engine's scoring: cosine cost of each level's embeddings, calibrated per label, the
 /// coarse level bilinearly upsampled onto the fine cells, each level times its scale.
 fn fuse<B: Backend>(
@@ -244,15 +258,18 @@ fn fuse<B: Backend>(
     scale_coarse: Tensor<B, 1>,
     scale_fine: Tensor<B, 1>,
 ) -> Tensor<B, 3> {
-    let cost = |e: Tensor<B, 2>| {
-        let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
-        (e / norm).matmul(labels.text.clone()) * labels.gain.clone() + labels.bias.clone()
-    };
+    let cost = |e: Tensor<B, 2>| label_cost(labels, e);
     let (n, k) = (images, labels.count);
     let (coarse, fine) = (cost(coarse), cost(fine));
     let (nc, nf) = (coarse.dims()[0] / n, fine.dims()[0] / n);
     let upsampled = interp.clone().expand([n, nf, nc]).matmul(coarse.reshape([n, nc, k]));
     upsampled * scale_coarse.reshape([1, 1, 1]) + fine.reshape([n, nf, k]) * scale_fine.reshape([1, 1, 1])
+}
+
+/// Calibrated cosine cost of each embedding (row) against each label.
+fn label_cost<B: Backend>(labels: &Labels<B>, e: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
+    (e / norm).matmul(labels.text.clone()) * labels.gain.clone() + labels.bias.clone()
 }
 
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> anyhow::Result<Vec<f32>> {

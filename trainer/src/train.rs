@@ -27,6 +27,7 @@ use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState,
 use crate::export::{BaseModel, check_destination, export_model};
 use crate::features::{FeatureExtractor, ImageFeatures};
 use crate::model::{Batch, Head, Labels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
+use crate::zs3;
 
 pub type TrainBackend = Autodiff<Flex>;
 
@@ -60,6 +61,8 @@ pub struct TrainReport {
     pub trained: EvalReport,
     pub model_dir: String,
     pub export_seconds: f64,
+    /// ZS3: the generator's MMD to the real cells per seen label, first and last step.
+    pub zs3_generator_mmd: Option<[Vec<f32>; 2]>,
 }
 
 /// How a training run is driven (not part of the configuration a checkpoint records).
@@ -86,7 +89,13 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let model = engine::Model::open(&base.dir)?;
     let mut bank = model.label_bank(threads, None)?;
     let seen = SeenLabels::new(&train_split, &config.holdout_labels)?;
-    let label_set = bank.build(&seen.specs)?;
+    // With ZS3 the held-out labels' names join the label set (after the seen ones); their
+    // pixels stay ignored.
+    let zs3 = config.zs3_generated > 0;
+    let unseen_specs: Vec<engine::LabelSpec> =
+        if zs3 { train_split.label_specs().into_iter().filter(|s| config.holdout_labels.contains(&s.name)).collect() } else { Vec::new() };
+    let label_set = bank.build(&[seen.specs.clone(), unseen_specs].concat())?;
+    let num_labels = label_set.len();
 
     let started = Instant::now();
     let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads)?;
@@ -98,9 +107,9 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         let mut sample = augment.apply(&split.load(i)?, size, rng);
         seen.hide_unseen(&mut sample);
         let features = extractor.extract(&sample.image)?;
-        let (target, weight) = cell_targets(&sample.mask, features.fine.grid, seen.specs.len());
+        let (target, weight) = cell_targets(&sample.mask, features.fine.grid, num_labels);
         let tags = match &sample.annotation {
-            Annotation::Tags(ids) => Some((0..seen.specs.len()).map(|k| if ids.contains(&(k as u8)) { 1.0 } else { 0.0 }).collect()),
+            Annotation::Tags(ids) => Some((0..num_labels).map(|k| if ids.contains(&(k as u8)) { 1.0 } else { 0.0 }).collect()),
             _ => None,
         };
         bar.inc(1);
@@ -115,6 +124,22 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let val_pool = (0..val_split.len()).map(|i| prepare(&val_split, i, &Augment::NONE, &mut augment_rng)).collect::<Result<Vec<_>>>()?;
     bar.finish_and_clear();
     let feature_seconds = started.elapsed().as_secs_f64();
+
+    let mut generator = match zs3 {
+        true => {
+            let cells = zs3::RealCells::collect(
+                train_pool.iter().map(|p| (&p.features.fine.features[..], &p.features.fine.base[..], &p.target[..], &p.weight[..])),
+                num_labels,
+                label_set.dim,
+                config.seed,
+            );
+            let generator = zs3::train_generator(&cells, &label_set.embeddings[..seen.specs.len() * label_set.dim], config.seed)?;
+            tracing::info!(mmd = ?generator.mmd, "zs3 generator trained");
+            Some(generator)
+        }
+        false => None,
+    };
+    let unseen_text = label_set.embeddings[seen.specs.len() * label_set.dim..].to_vec();
 
     let device = Default::default();
     let first = &train_pool[0].features;
@@ -166,7 +191,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         });
         let meta = CheckpointMeta {
             step,
-            labels: seen.names(),
+            labels: label_set.names.clone(),
             config: serde_json::to_string(config)?,
             history: history.to_vec(),
             running_loss: running,
@@ -185,7 +210,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         }
         let items: Vec<&Prepared> = batches.at(step).into_iter().map(|i| &train_pool[i]).collect();
         let batch = make_batch::<TrainBackend>(&items, labels.count, &device);
-        let (loss, _) = head.loss(&batch, &labels, &interp, &loss_weights);
+        let (mut loss, _) = head.loss(&batch, &labels, &interp, &loss_weights);
+        if let Some(generator) = &mut generator {
+            let (features, base, unseen) = generator.generate(&unseen_text, config.zs3_generated);
+            let targets: Vec<usize> = unseen.iter().map(|u| seen.specs.len() + u).collect();
+            loss = loss + head.generated_loss(features, base, &targets, &labels).mul_scalar(config.zs3_weight);
+        }
         let loss_value = f64::from(values(loss.clone())?[0]);
         // Stops a diverging run naming where, on what, and what is left to go back to.
         let diverged = |what: String| -> Result<()> {
@@ -230,7 +260,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let trained = evaluate(out, &val_split, threads, &config.holdout_labels)?;
     Ok(TrainReport {
         config: config.clone(),
-        labels: seen.names(),
+        labels: label_set.names.clone(),
         steps_done,
         interrupted: was_interrupted,
         train_images: train_pool.len(),
@@ -244,6 +274,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         trained,
         model_dir: out.display().to_string(),
         export_seconds,
+        zs3_generator_mmd: generator.map(|g| g.mmd),
     })
 }
 
@@ -274,10 +305,6 @@ impl SeenLabels {
             bail!("holdout_labels: every label is held out; at least one must be trained");
         }
         Ok(SeenLabels { specs, to_seen })
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.specs.iter().map(|s| s.name.clone()).collect()
     }
 
     /// Re-expresses the sample's mask and tags in training label ids (held-out labels ignored).

@@ -249,6 +249,25 @@ fn held_out_labels_are_not_trained_and_are_scored_apart() {
     assert!(err.contains("holdout_labels: \"weed\" is not a label"), "{err}");
 }
 
+#[test]
+fn zs3_generates_held_out_cells_from_a_generator_that_learned_the_seen_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let base = TrainConfig { synthetic_train: 6, synthetic_val: 4, holdout_labels: vec!["brick wall".into()], zs3_generated: 8, ..tiny(5) };
+    let report = run(&base, &out, None).unwrap();
+    // The held-out name joins the label set (its pixels stay unused).
+    assert_eq!(report.labels, ["sky", "grass", "gravel path", "brick wall"]);
+    let [first, last] = report.zs3_generator_mmd.clone().expect("generator report");
+    let learned: Vec<(f32, f32)> = first.iter().zip(&last).filter(|(a, _)| !a.is_nan()).map(|(a, b)| (*a, *b)).collect();
+    assert!(!learned.is_empty());
+    for (a, b) in learned {
+        assert!(b < a, "the generator's MMD to the real cells should fall: {a} -> {b}");
+    }
+    assert!(report.trained.unseen_miou.is_some());
+    let err = format!("{:#}", TrainConfig { holdout_labels: vec![], ..base }.check().unwrap_err());
+    assert!(err.contains("zs3_generated is 8, but holdout_labels is empty"), "{err}");
+}
+
 /// Writes `count` synthetic scenes (seeds from `first`) as a folder data set of `kind`
 /// ("fine"; "coarse": masks shifted 10 px sideways, the uncovered strip ignored; "tags": tags.json).
 fn annotated_set(root: &Path, name: &str, kind: &str, first: u64, count: u64) -> PathBuf {
