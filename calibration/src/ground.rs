@@ -50,6 +50,20 @@ impl GroundPlane {
         Ok(GroundPlane { normal: Unit::new_normalize(up), offset: height_m })
     }
 
+    /// The ground under a camera whose optical frame has pose `camera_in_ground_frame` in a
+    /// frame whose z = 0 plane is the ground and z points up (ROS `base_footprint`), as a URDF
+    /// or a tf lookup gives it. The camera must be above the ground.
+    pub fn from_camera_pose(camera_in_ground_frame: &crate::Extrinsics) -> Result<Self, CalibrationError> {
+        let iso = &camera_in_ground_frame.isometry;
+        let height = iso.translation.vector.z;
+        if !(height.is_finite() && height > 0.0) {
+            return Err(CalibrationError::invalid("camera_pose z", height, "the camera must be above the ground (z > 0)"));
+        }
+        // Ground frame up, seen from the camera: R^T e_z.
+        let up = iso.rotation.inverse() * Vector3::z();
+        GroundPlane::new(up, height)
+    }
+
     /// Camera height, pitch and roll over this plane: the inverse of
     /// [`GroundPlane::from_extrinsics`] (pitch and roll in -π/2..=π/2).
     pub fn mounting(&self) -> [f64; 3] {

@@ -98,6 +98,26 @@ fn rays_parallel_to_or_away_from_the_ground_give_none_not_infinity() {
 }
 
 #[test]
+fn a_camera_pose_in_the_ground_frame_gives_the_same_plane_as_height_pitch_roll() {
+    use calibration::Extrinsics;
+    use nalgebra::{Isometry3, Translation3, UnitQuaternion};
+    // The optical frame (z forward, x right, y down) of a level camera, in a body frame
+    // (x forward, y left, z up): URDF's usual rpy (-pi/2, 0, -pi/2).
+    let optical = Rotation3::from_euler_angles(-std::f64::consts::FRAC_PI_2, 0.0, -std::f64::consts::FRAC_PI_2);
+    for (h, pitch, roll) in [(1.2, 0.0, 0.0), (0.8, 0.35, 0.0), (1.5, 0.2, 0.05)] {
+        // Pitch down about the body's y axis, roll about the optical axis.
+        let rotation = Rotation3::from_axis_angle(&Vector3::y_axis(), pitch) * optical * Rotation3::from_axis_angle(&Vector3::z_axis(), roll);
+        let pose = Extrinsics { isometry: Isometry3::from_parts(Translation3::new(0.3, -0.1, h), UnitQuaternion::from_rotation_matrix(&rotation)) };
+        let got = GroundPlane::from_camera_pose(&pose).unwrap();
+        let want = GroundPlane::from_extrinsics(h, pitch, roll).unwrap();
+        assert!((got.normal.into_inner() - want.normal.into_inner()).norm() < 1e-12 && (got.offset - want.offset).abs() < 1e-12, "{got:?} vs {want:?}");
+    }
+    let below = Extrinsics::from_xyz_rpy([0.0, 0.0, -0.2], [0.0; 3]).unwrap();
+    let e = GroundPlane::from_camera_pose(&below).unwrap_err().to_string();
+    assert!(e.contains("camera_pose z") && e.contains("above the ground"), "{e}");
+}
+
+#[test]
 fn mounting_inverts_from_extrinsics() {
     for (h, pitch, roll) in [(1.2, 0.3, 0.0), (0.4, -0.2, 0.1), (2.5, 1.2, -0.7), (1.0, 0.0, 0.0)] {
         let [h2, p2, r2] = GroundPlane::from_extrinsics(h, pitch, roll).unwrap().mounting();

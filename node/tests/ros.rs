@@ -309,62 +309,78 @@ fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
 #[test]
 fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
     let tmp = tempfile::tempdir().unwrap();
-    let domain = domain_id();
     let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
     let labels = "person,sky,cup,table,wall";
     let label_list = format!("labels:={:?}", labels.split(',').collect::<Vec<_>>());
     let (height, pitch) = (0.8f64, 0.6f64);
-    let mounting = [format!("camera_height:={height}"), format!("camera_pitch:={pitch}")];
-    let args = ["-p", &label_list, "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]", "-p", "depth_invalid_labels:=[sky]"];
-    let mut node = NodeProcess::start(domain, &[&args[..], &["-p", &mounting[0], "-p", &mounting[1]]].concat(), tmp.path());
-    let out = tmp.path().join("received");
-    let png = pngs[0].display().to_string();
-    let peer_args = ["pubsub", "--images", &png, "--camera-info", "--repeat", "2", "--rate-hz", "4", "--expect", "1", "--timeout", "90"];
-    let result = ok(peer(domain, &[&peer_args[..], &["--collect", "mask", "depth", "--out", out.to_str().unwrap()]].concat()));
-    node.assert_running();
-
-    let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
-    let sec = published_stems(&result)
-        .into_keys()
-        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists())
-        .unwrap_or_else(|| panic!("no depth received: {result}"));
-    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
-    let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    assert_eq!(depth.len(), w * h);
-    // The peer's camera: f = width, principal point at the centre. Level roll, pitched down:
-    // the ray (.., (y - cy) / f, 1) meets the ground at z = height / (cos(pitch) dy + sin(pitch)).
-    let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);
-    let ground_z = |y: usize| {
-        let dy = (y as f64 - cy) / f;
-        let along = pitch.cos() * dy + pitch.sin();
-        (along > 1e-12).then(|| height / along)
+    // Height and pitch given directly, or as the pose of the camera's optical frame in
+    // base_footprint (URDF rpy: pitched down about the body's y axis, then the optical frame).
+    let pose = calibration::Extrinsics {
+        isometry: nalgebra::Isometry3::from_parts(
+            nalgebra::Translation3::new(0.2, 0.0, height),
+            nalgebra::UnitQuaternion::from_axis_angle(&nalgebra::Vector3::y_axis(), pitch)
+                * nalgebra::UnitQuaternion::from_euler_angles(-std::f64::consts::FRAC_PI_2, 0.0, -std::f64::consts::FRAC_PI_2),
+        ),
     };
-    let (table, wall, sky, unknown) = (3u8, 4u8, 1u8, 255u8);
-    let mut ground_pixels = 0;
-    for x in 0..w {
-        let mut contact: Option<f64> = None;
-        for y in (0..h).rev() {
-            let (label, got) = (mask[y * w + x], depth[y * w + x]);
-            let want = match label {
-                l if l == table || l == wall => {
-                    contact = ground_z(y);
-                    ground_pixels += contact.is_some() as usize;
-                    contact
+    let [roll_p, pitch_p, yaw_p] = pose.rpy();
+    // With camera_pose set, camera_height is ignored (5 m would give other depths).
+    let mountings = [
+        [format!("camera_height:={height}"), format!("camera_pitch:={pitch}")],
+        [format!("camera_pose:=[0.2, 0.0, {height:?}, {roll_p:?}, {pitch_p:?}, {yaw_p:?}]"), "camera_height:=5.0".to_string()],
+    ];
+    for (round, mounting) in mountings.iter().enumerate() {
+        let domain = domain_id();
+        let args = ["-p", &label_list, "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]", "-p", "depth_invalid_labels:=[sky]"];
+        let mut node = NodeProcess::start(domain, &[&args[..], &["-p", &mounting[0], "-p", &mounting[1]]].concat(), tmp.path());
+        let out = tmp.path().join(format!("received{round}"));
+        let png = pngs[0].display().to_string();
+        let peer_args = ["pubsub", "--images", &png, "--camera-info", "--repeat", "2", "--rate-hz", "4", "--expect", "1", "--timeout", "90"];
+        let result = ok(peer(domain, &[&peer_args[..], &["--collect", "mask", "depth", "--out", out.to_str().unwrap()]].concat()));
+        node.assert_running();
+
+        let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
+        let sec = published_stems(&result)
+            .into_keys()
+            .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists())
+            .unwrap_or_else(|| panic!("no depth received: {result}"));
+        let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+        let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(depth.len(), w * h);
+        // The peer's camera: f = width, principal point at the centre. Level roll, pitched down:
+        // the ray (.., (y - cy) / f, 1) meets the ground at z = height / (cos(pitch) dy + sin(pitch)).
+        let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);
+        let ground_z = |y: usize| {
+            let dy = (y as f64 - cy) / f;
+            let along = pitch.cos() * dy + pitch.sin();
+            (along > 1e-12).then(|| height / along)
+        };
+        let (table, wall, sky, unknown) = (3u8, 4u8, 1u8, 255u8);
+        let mut ground_pixels = 0;
+        for x in 0..w {
+            let mut contact: Option<f64> = None;
+            for y in (0..h).rev() {
+                let (label, got) = (mask[y * w + x], depth[y * w + x]);
+                let want = match label {
+                    l if l == table || l == wall => {
+                        contact = ground_z(y);
+                        ground_pixels += contact.is_some() as usize;
+                        contact
+                    }
+                    l if l == sky => {
+                        contact = None;
+                        None
+                    }
+                    l if l == unknown => None,
+                    _ => contact,
+                };
+                match want {
+                    Some(z) => assert!(((got as f64 - z) / z).abs() < 1e-5, "({x},{y}) label {label}: {got} vs {z}"),
+                    None => assert!(got.is_nan(), "({x},{y}) label {label} must have no depth, got {got}"),
                 }
-                l if l == sky => {
-                    contact = None;
-                    None
-                }
-                l if l == unknown => None,
-                _ => contact,
-            };
-            match want {
-                Some(z) => assert!(((got as f64 - z) / z).abs() < 1e-5, "({x},{y}) label {label}: {got} vs {z}"),
-                None => assert!(got.is_nan(), "({x},{y}) label {label} must have no depth, got {got}"),
             }
         }
+        assert!(ground_pixels > 500, "the photo needs table or wall pixels below the horizon ({ground_pixels})");
     }
-    assert!(ground_pixels > 500, "the photo needs table or wall pixels below the horizon ({ground_pixels})");
 }
 
 /// The peer's synthetic 16UC1 depth (see `synthetic_depth_mm` in peer.py), in metres.

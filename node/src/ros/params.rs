@@ -154,6 +154,15 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("stereo_label_penalties", "depth_mode stereo: smoothness penalties lower inside one label and higher across label borders.")
     },
     ParamSpec {
+        constraints: "empty, or 6 finite values: x y z (m) roll pitch yaw (rad, URDF convention) of the camera's optical frame in a frame whose \
+                      z = 0 plane is the ground (base_footprint); overrides camera_height/pitch/roll",
+        ..spec("camera_pose", "depth_mode ground: the camera's pose over the ground, as a URDF or tf gives it.")
+    },
+    ParamSpec {
+        constraints: "empty, or a YAML file (translation + rotation_rpy | rotation_quaternion, or a 4x4 matrix); overrides `camera_pose`",
+        ..spec("camera_pose_file", "depth_mode ground: file with the camera's pose over the ground.")
+    },
+    ParamSpec {
         range: Range::Float(0.01, 100.0),
         ..spec("camera_height", "depth_mode ground: height (m) of the camera's optical centre above the ground.")
     },
@@ -248,6 +257,8 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("ground_labels", StringArray(ground.iter().map(|s| s.to_string()).collect()));
     put("stereo_max_disp", Integer(64));
     put("stereo_label_penalties", Boolean(true));
+    put("camera_pose", DoubleArray(vec![]));
+    put("camera_pose_file", String("".into()));
     put("camera_height", Double(1.0));
     put("camera_pitch", Double(0.0));
     put("camera_roll", Double(0.0));
@@ -295,12 +306,13 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
     match (name, value) {
         ("labels", ParameterValue::StringArray(labels)) => check_labels(labels),
         ("stereo_max_disp", ParameterValue::Integer(n)) if n % 8 != 0 => Err(format!("'stereo_max_disp' must be a multiple of 8, got {n}")),
-        ("depth_extrinsics", ParameterValue::DoubleArray(v)) => depth_extrinsics(v).map(|_| ()),
+        ("depth_extrinsics", ParameterValue::DoubleArray(v)) => xyz_rpy(name, v).map(|_| ()),
+        ("camera_pose", ParameterValue::DoubleArray(v)) if !v.is_empty() => xyz_rpy(name, v).map(|_| ()),
         ("tensorrt_int8_calibration_table", ParameterValue::String(path)) if !path.is_empty() && !std::path::Path::new(path).is_file() => {
             Err(format!("'tensorrt_int8_calibration_table': {path} is not a file"))
         }
-        ("depth_extrinsics_file", ParameterValue::String(path)) if !path.is_empty() => {
-            calibration::Extrinsics::from_yaml_file(std::path::Path::new(path)).map(|_| ()).map_err(|e| format!("'depth_extrinsics_file': {e}"))
+        ("depth_extrinsics_file" | "camera_pose_file", ParameterValue::String(path)) if !path.is_empty() => {
+            calibration::Extrinsics::from_yaml_file(std::path::Path::new(path)).map(|_| ()).map_err(|e| format!("'{name}': {e}"))
         }
         ("label_descriptions", ParameterValue::StringArray(lines)) => {
             too_long(name, lines, MAX_SENTENCE_BYTES)?;
@@ -320,12 +332,12 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
     }
 }
 
-/// `depth_extrinsics` (x y z roll pitch yaw) as a transform.
-pub fn depth_extrinsics(v: &[f64]) -> Result<calibration::Extrinsics, String> {
+/// A pose parameter (x y z roll pitch yaw) as a transform; errors name the parameter.
+pub fn xyz_rpy(name: &str, v: &[f64]) -> Result<calibration::Extrinsics, String> {
     let [x, y, z, roll, pitch, yaw] = v else {
-        return Err(format!("'depth_extrinsics' needs 6 values (x y z roll pitch yaw), got {}", v.len()));
+        return Err(format!("'{name}' needs 6 values (x y z roll pitch yaw), got {}", v.len()));
     };
-    calibration::Extrinsics::from_xyz_rpy([*x, *y, *z], [*roll, *pitch, *yaw]).map_err(|e| format!("'depth_extrinsics': {e}"))
+    calibration::Extrinsics::from_xyz_rpy([*x, *y, *z], [*roll, *pitch, *yaw]).map_err(|e| format!("'{name}': {e}"))
 }
 
 fn check_labels(labels: &[String]) -> Result<(), String> {
@@ -344,12 +356,15 @@ fn too_long(name: &str, items: &[String], max: usize) -> Result<(), String> {
     }
 }
 
-/// An integer given where a double is expected is taken as that double (`-p x:=1`), and an
-/// empty array of any type as an empty string array (YAML `[]` has no element type).
+/// An integer given where a double is expected is taken as that double (`-p x:=1`), integer
+/// arrays as double arrays, and an empty array of any type as an empty array of the
+/// parameter's type (YAML `[]` has no element type).
 pub fn coerce(value: &ParameterValue, current: &ParameterValue) -> ParameterValue {
     match (value, current) {
         (ParameterValue::Integer(i), ParameterValue::Double(_)) => ParameterValue::Double(*i as f64),
         (ParameterValue::IntegerArray(a), ParameterValue::DoubleArray(_)) => ParameterValue::DoubleArray(a.iter().map(|&i| i as f64).collect()),
+        (ParameterValue::StringArray(a), ParameterValue::DoubleArray(_)) if a.is_empty() => ParameterValue::DoubleArray(vec![]),
+        (ParameterValue::BooleanArray(a), ParameterValue::DoubleArray(_)) if a.is_empty() => ParameterValue::DoubleArray(vec![]),
         (ParameterValue::IntegerArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
         (ParameterValue::DoubleArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
         (ParameterValue::BooleanArray(a), ParameterValue::StringArray(_)) if a.is_empty() => ParameterValue::StringArray(vec![]),
@@ -436,13 +451,15 @@ pub struct OutputSettings {
     pub image_rectified: bool,
     /// depth_mode rgbd: register `depth/image` with this transform (depth_registration
     /// extrinsics) instead of reading `depth_registered`.
-    pub depth_registration: Option<DepthExtrinsics>,
+    pub depth_registration: Option<PoseParam>,
     /// Lower-cased, trimmed label texts that are flat ground (depth_mode ground, ground_fit).
     pub ground_labels: Vec<String>,
     /// depth_mode rgbd or stereo: RANSAC inlier distance (m) of the ground fit, if on.
     pub ground_fit: Option<f64>,
-    /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground).
+    /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground)...
     pub camera_mounting: [f64; 3],
+    /// ...unless the camera's pose over the ground is given.
+    pub camera_pose: Option<PoseParam>,
     /// The `backend` parameter: where stereo matching runs (auto/cuda: CUDA where a device
     /// answers).
     pub backend: String,
@@ -460,20 +477,21 @@ impl OutputSettings {
     }
 }
 
-/// Where the depth -> colour transform comes from: the file when set, else the array.
+/// A transform given by a pair of parameters: `<name>_file` when set, else the `<name>` array.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DepthExtrinsics {
+pub struct PoseParam {
+    pub name: &'static str,
     pub xyz_rpy: Vec<f64>,
     pub file: String,
 }
 
-impl DepthExtrinsics {
+impl PoseParam {
     /// The transform; the file is read here (it was checked when set, but may have changed).
     pub fn load(&self) -> Result<calibration::Extrinsics, String> {
         if self.file.is_empty() {
-            depth_extrinsics(&self.xyz_rpy)
+            xyz_rpy(self.name, &self.xyz_rpy)
         } else {
-            calibration::Extrinsics::from_yaml_file(std::path::Path::new(&self.file)).map_err(|e| format!("'depth_extrinsics_file': {e}"))
+            calibration::Extrinsics::from_yaml_file(std::path::Path::new(&self.file)).map_err(|e| format!("'{}_file': {e}", self.name))
         }
     }
 }
@@ -544,10 +562,12 @@ impl Settings {
                 },
                 image_rectified: boolean("image_rectified"),
                 depth_registration: (string("depth_registration") == "extrinsics")
-                    .then(|| DepthExtrinsics { xyz_rpy: doubles("depth_extrinsics"), file: string("depth_extrinsics_file") }),
+                    .then(|| PoseParam { name: "depth_extrinsics", xyz_rpy: doubles("depth_extrinsics"), file: string("depth_extrinsics_file") }),
                 ground_labels: strings("ground_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
                 ground_fit: boolean("ground_fit").then(|| double("ground_fit_tolerance")),
                 camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
+                camera_pose: (!doubles("camera_pose").is_empty() || !string("camera_pose_file").is_empty())
+                    .then(|| PoseParam { name: "camera_pose", xyz_rpy: doubles("camera_pose"), file: string("camera_pose_file") }),
                 backend: string("backend"),
                 stereo_max_disp: int("stereo_max_disp").max(8) as usize,
                 stereo_label_penalties: boolean("stereo_label_penalties"),
@@ -590,6 +610,19 @@ mod tests {
 
     fn strings(v: &[&str]) -> ParameterValue {
         StringArray(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn poses_are_six_finite_numbers_or_a_readable_file() {
+        assert_eq!(coerce(&StringArray(vec![]), &DoubleArray(vec![1.0])), DoubleArray(vec![]));
+        assert_eq!(coerce(&IntegerArray(vec![1, 2]), &DoubleArray(vec![])), DoubleArray(vec![1.0, 2.0]));
+        check("camera_pose", &DoubleArray(vec![]), &DoubleArray(vec![])).unwrap();
+        let e = check("camera_pose", &DoubleArray(vec![0.0; 5]), &DoubleArray(vec![])).unwrap_err();
+        assert!(e.contains("'camera_pose' needs 6 values"), "{e}");
+        let e = check("depth_extrinsics", &DoubleArray(vec![0.0, 0.0, f64::NAN, 0.0, 0.0, 0.0]), &DoubleArray(vec![0.0; 6])).unwrap_err();
+        assert!(e.contains("'depth_extrinsics'") && e.contains("finite"), "{e}");
+        let e = check("camera_pose_file", &String("/nonexistent/pose.yaml".into()), &String("".into())).unwrap_err();
+        assert!(e.contains("'camera_pose_file'") && e.contains("/nonexistent/pose.yaml"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use engine::{Frame, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 use super::decode::{self, RejectCounter, Rejected};
 use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
 use super::outputs::{self, OutMsg, Topic};
-use super::params::{DepthExtrinsics, DepthMode, OutputSettings};
+use super::params::{DepthMode, OutputSettings, PoseParam};
 use super::stats::Latencies;
 
 /// A change made through parameters, applied between frames so a frame never mixes states.
@@ -69,7 +69,7 @@ struct RegistrationCache {
     color: CameraInfo,
     depth: CameraInfo,
     rectified: bool,
-    source: DepthExtrinsics,
+    source: PoseParam,
     registration: DepthRegistration,
 }
 
@@ -96,6 +96,8 @@ pub struct Processor {
     depth_camera_info: Option<CameraInfo>,
     registration: Option<RegistrationCache>,
     ground: Option<GroundFit>,
+    /// depth_mode ground: the plane and the parameters it came from (a pose file is read once).
+    ground_plane: Option<(Option<PoseParam>, [f64; 3], calibration::GroundPlane)>,
     /// depth_mode stereo: right images, the right camera's info, and the matcher (kept across
     /// frames for its buffers).
     pub right: StampedImages,
@@ -123,6 +125,7 @@ impl Processor {
             depth_camera_info: None,
             registration: None,
             ground: None,
+            ground_plane: None,
             right: StampedImages::new(),
             right_camera_info: None,
             stereo: None,
@@ -313,7 +316,7 @@ impl Processor {
     }
 
     /// `metres` from the depth camera redrawn as the colour camera's z-depth.
-    fn register(&mut self, metres: &[f32], size: (usize, usize), frame: &Frame, source: &DepthExtrinsics) -> Result<Vec<f32>, Rejected> {
+    fn register(&mut self, metres: &[f32], size: (usize, usize), frame: &Frame, source: &PoseParam) -> Result<Vec<f32>, Rejected> {
         let _s = tracing::debug_span!("register_depth").entered();
         let reject = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
         let (Some(color), Some(depth)) = (&self.camera_info, &self.depth_camera_info) else {
@@ -436,8 +439,21 @@ impl Processor {
     fn ground_depth(&mut self, map: &engine::LabelMap) -> Option<calibration::GroundDepth> {
         let _s = tracing::debug_span!("ground_depth").entered();
         let rays = self.image_rays_of(map.width, map.height, "depth and points")?;
-        let [height, pitch, roll] = self.settings.camera_mounting;
-        let result = calibration::GroundPlane::from_extrinsics(height, pitch, roll).and_then(|plane| {
+        let (pose, mounting) = (&self.settings.camera_pose, self.settings.camera_mounting);
+        let plane = match &self.ground_plane {
+            Some((p, m, plane)) if p == pose && *m == mounting => Ok(*plane),
+            _ => {
+                let plane = match pose {
+                    Some(pose) => pose.load().and_then(|p| calibration::GroundPlane::from_camera_pose(&p).map_err(|e| format!("'camera_pose': {e}"))),
+                    None => calibration::GroundPlane::from_extrinsics(mounting[0], mounting[1], mounting[2]).map_err(|e| e.to_string()),
+                };
+                if let Ok(plane) = &plane {
+                    self.ground_plane = Some((pose.clone(), mounting, *plane));
+                }
+                plane
+            }
+        };
+        let result = plane.and_then(|plane| {
             let kind: Vec<Surface> = self
                 .labels
                 .names
@@ -454,7 +470,7 @@ impl Processor {
                 })
                 .collect();
             let surfaces: Vec<Surface> = map.labels.iter().map(|&l| kind.get(l as usize).copied().unwrap_or(Surface::Unknown)).collect();
-            calibration::ground_depth(&rays, &plane, &surfaces)
+            calibration::ground_depth(&rays, &plane, &surfaces).map_err(|e| e.to_string())
         });
         match result {
             Ok(g) => Some(g),
