@@ -31,7 +31,9 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'camera_ns', default_value='/camera',
             description='Camera namespace, no trailing slash: inputs are <camera_ns>/image_raw, '
-                        '<camera_ns>/camera_info, <camera_ns>/depth_registered/image_rect.'),
+                        '<camera_ns>/camera_info, <camera_ns>/depth_registered/image_rect, and for '
+                        'depth_registration extrinsics <camera_ns>/depth/image_rect_raw with '
+                        '<camera_ns>/depth/camera_info.'),
         DeclareLaunchArgument('node_name', default_value='segmenter', description='Node name.'),
         DeclareLaunchArgument(
             'fastdds_profile', default_value=[here, '/fastdds_large_buffers.xml'],
@@ -55,6 +57,8 @@ def generate_launch_description():
                 '-r', ['image:=', camera_ns, '/image_raw'],
                 '-r', ['camera_info:=', camera_ns, '/camera_info'],
                 '-r', ['depth_registered:=', camera_ns, '/depth_registered/image_rect'],
+                '-r', ['depth/image:=', camera_ns, '/depth/image_rect_raw'],
+                '-r', ['depth/camera_info:=', camera_ns, '/depth/camera_info'],
                 '--params-file', LaunchConfiguration('params_file'),
             ],
             name=LaunchConfiguration('node_name'),
