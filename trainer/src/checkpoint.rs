@@ -1,6 +1,7 @@
 //! Training checkpoints as safetensors: the head in the engine's layout (what `export` needs),
 //! the learned scales, metadata (step, labels, configuration, history) and, for resuming, burn's
-//! own records of the module and the optimizer (Adam moments) as byte tensors.
+//! own records of the module and the optimizer (Adam moments) as byte tensors. A run that tunes
+//! the backbone's last blocks also stores them, under their state-dict names.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use engine::zoo::pth::{StateDict, Tensor};
 use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
 
 /// One validation point of a training run.
@@ -43,6 +45,9 @@ pub struct CheckpointMeta {
 pub struct TrainingState {
     pub module: Vec<u8>,
     pub optimizer: Vec<u8>,
+    /// The same for the tuned backbone blocks (empty when none are tuned).
+    pub tail_module: Vec<u8>,
+    pub tail_optimizer: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,19 +57,26 @@ pub struct Checkpoint {
     pub scales: [f32; 2],
     pub meta: CheckpointMeta,
     pub state: Option<TrainingState>,
+    /// Tuned backbone tensors (state-dict names), replacing the default model's; empty when the
+    /// backbone stayed frozen.
+    pub backbone: StateDict,
 }
 
 const METADATA_KEY: &str = "ovseg";
 const MODULE_STATE: &str = "state.module";
 const OPTIMIZER_STATE: &str = "state.optimizer";
+const TAIL_MODULE_STATE: &str = "state.tail_module";
+const TAIL_OPTIMIZER_STATE: &str = "state.tail_optimizer";
+const BACKBONE_PREFIX: &str = "backbone.";
 
 /// Writes the checkpoint to a temporary name, then renames it, so a crash never leaves a
 /// half-written file under the real name.
 pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
-    let Checkpoint { weights, scales, meta, state } = checkpoint;
+    let Checkpoint { weights, scales, meta, state, backbone } = checkpoint;
     weights.check()?;
     check_scales(scales).with_context(|| path.display().to_string())?;
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let backbone_names: Vec<String> = backbone.keys().map(|name| format!("{BACKBONE_PREFIX}{name}")).collect();
     let mut tensors = vec![
         ("head.w1", Dtype::F32, vec![weights.hidden, FEATURE_CHANNELS], bytes(&weights.w1)),
         ("head.b1", Dtype::F32, vec![weights.hidden], bytes(&weights.b1)),
@@ -75,6 +87,16 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     if let Some(state) = state {
         tensors.push((MODULE_STATE, Dtype::U8, vec![state.module.len()], state.module.clone()));
         tensors.push((OPTIMIZER_STATE, Dtype::U8, vec![state.optimizer.len()], state.optimizer.clone()));
+        if !state.tail_module.is_empty() {
+            tensors.push((TAIL_MODULE_STATE, Dtype::U8, vec![state.tail_module.len()], state.tail_module.clone()));
+            tensors.push((TAIL_OPTIMIZER_STATE, Dtype::U8, vec![state.tail_optimizer.len()], state.tail_optimizer.clone()));
+        }
+    }
+    for (name, tensor) in backbone_names.iter().zip(backbone.values()) {
+        if let Some(index) = tensor.data.iter().position(|x| !x.is_finite()) {
+            bail!("{name}: holds {} at index {index}; every weight must be finite", tensor.data[index]);
+        }
+        tensors.push((name.as_str(), Dtype::F32, tensor.shape.clone(), bytes(&tensor.data)));
     }
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
@@ -120,12 +142,27 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     weights.check().with_context(|| path.display().to_string())?;
     check_scales(&scales).with_context(|| path.display().to_string())?;
     let names: Vec<String> = file.names().into_iter().map(String::from).collect();
-    let state = if names.iter().any(|n| n == MODULE_STATE) {
-        Some(TrainingState { module: raw(MODULE_STATE, Dtype::U8)?.1.to_vec(), optimizer: raw(OPTIMIZER_STATE, Dtype::U8)?.1.to_vec() })
+    let has = |name: &str| names.iter().any(|n| n == name);
+    let optional = |name: &str| -> Result<Vec<u8>> { if has(name) { Ok(raw(name, Dtype::U8)?.1.to_vec()) } else { Ok(Vec::new()) } };
+    let state = if has(MODULE_STATE) {
+        Some(TrainingState {
+            module: raw(MODULE_STATE, Dtype::U8)?.1.to_vec(),
+            optimizer: raw(OPTIMIZER_STATE, Dtype::U8)?.1.to_vec(),
+            tail_module: optional(TAIL_MODULE_STATE)?,
+            tail_optimizer: optional(TAIL_OPTIMIZER_STATE)?,
+        })
     } else {
         None
     };
-    Ok(Checkpoint { weights, scales: [scales[0], scales[1]], meta, state })
+    let mut backbone = StateDict::new();
+    for name in names.iter().filter_map(|n| n.strip_prefix(BACKBONE_PREFIX)) {
+        let (shape, data) = read(&format!("{BACKBONE_PREFIX}{name}"))?;
+        if let Some(index) = data.iter().position(|x| !x.is_finite()) {
+            bail!("{}: backbone tensor {name} holds {} at index {index}", path.display(), data[index]);
+        }
+        backbone.insert(name.to_string(), Tensor { shape, data });
+    }
+    Ok(Checkpoint { weights, scales: [scales[0], scales[1]], meta, state, backbone })
 }
 
 fn check_scales(scales: &[f32]) -> Result<()> {
@@ -160,6 +197,7 @@ mod tests {
                 running_loss: Some(0.45),
             },
             state,
+            backbone: StateDict::from([("_conv_head.weight".to_string(), Tensor { shape: vec![2, 1, 1, 1], data: vec![0.25, -1.5] })]),
         }
     }
 
@@ -167,12 +205,15 @@ mod tests {
     fn round_trip_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.safetensors");
-        for state in [None, Some(TrainingState { module: vec![1, 2, 3], optimizer: vec![9; 17] })] {
+        let tuned = TrainingState { module: vec![1, 2, 3], optimizer: vec![9; 17], tail_module: vec![4; 5], tail_optimizer: vec![7; 3] };
+        let frozen = TrainingState { tail_module: Vec::new(), tail_optimizer: Vec::new(), ..tuned.clone() };
+        for state in [None, Some(frozen), Some(tuned)] {
             let c = sample(state);
             save_checkpoint(&path, &c).unwrap();
             let back = load_checkpoint(&path).unwrap();
             assert_eq!(back.weights, c.weights);
             assert_eq!((back.scales, back.meta, back.state), (c.scales, c.meta, c.state));
+            assert_eq!(back.backbone, c.backbone);
         }
         assert!(!path.with_extension("safetensors.tmp").exists(), "the temporary file is renamed away");
     }
@@ -189,5 +230,9 @@ mod tests {
         let err = format!("{:#}", save_checkpoint(&path, &c).unwrap_err());
         assert!(err.contains("b2") && err.contains("NaN"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"not a checkpoint", "a failed save leaves the old file alone");
+        let mut c = sample(None);
+        c.backbone.values_mut().for_each(|t| t.data[1] = f32::INFINITY);
+        let err = format!("{:#}", save_checkpoint(&path, &c).unwrap_err());
+        assert!(err.contains("backbone._conv_head.weight") && err.contains("inf"), "{err}");
     }
 }

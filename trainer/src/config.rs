@@ -50,6 +50,13 @@ pub struct TrainConfig {
     pub zs3_generated: usize,
     /// Weight of the loss on generated cells.
     pub zs3_weight: f32,
+    /// Backbone blocks tuned with the head, counted from the last (0 = frozen backbone; 1 =
+    /// block 15 and the head conv, the last stage; 5 = the stride-16/32 stages). Each one costs
+    /// training time: the tuned blocks run forward and backward at every step.
+    pub tune_blocks: usize,
+    /// Adam step size of the tuned backbone blocks (pretrained weights take smaller steps than
+    /// the new head).
+    pub tune_learning_rate: f64,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +82,8 @@ impl Default for TrainConfig {
             distill_masked_weight: 1.0,
             zs3_generated: 0,
             zs3_weight: 1.0,
+            tune_blocks: 0,
+            tune_learning_rate: 2e-4,
         }
     }
 }
@@ -101,8 +110,17 @@ impl TrainConfig {
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{name} is {v}; it must be at least 1");
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            bail!("learning_rate {} must be a positive number", self.learning_rate);
+        for (name, rate) in [("learning_rate", self.learning_rate), ("tune_learning_rate", self.tune_learning_rate)] {
+            if !(rate.is_finite() && rate > 0.0) {
+                bail!("{name} {rate} must be a positive number");
+            }
+        }
+        let blocks = engine::zoo::effnet::LITE0_BLOCKS.len();
+        if self.tune_blocks >= blocks {
+            bail!("tune_blocks {} must be below {blocks} (the network has {blocks} blocks; the first stays frozen)", self.tune_blocks);
+        }
+        if self.tune_blocks > 0 && self.zs3_generated > 0 {
+            bail!("tune_blocks {} with zs3_generated {}: the ZS3 generator learns the frozen backbone's cells, so it cannot be combined with tuning", self.tune_blocks, self.zs3_generated);
         }
         for (name, w) in [
             ("tag_loss_weight", self.tag_loss_weight),

@@ -21,12 +21,14 @@ pub struct BaseModel {
 }
 
 /// The manifest of a trained model: the default model's, with the learned scales and labels.
-pub fn trained_manifest(name: &str, scales: [f32; 2], labels: &[String]) -> Manifest {
+pub fn trained_manifest(name: &str, scales: [f32; 2], labels: &[String], backbone_tuned: bool) -> Manifest {
     let mut m = default_manifest();
     m.name = name.to_string();
-    m.description = "EfficientNet-Lite0 (ImageNet, frozen) with the data-free head plus a trained residual head, \
-                     in the all-MiniLM-L6-v2 sentence space; trained by ovseg-train."
-        .into();
+    let backbone = if backbone_tuned { "ImageNet, last blocks tuned" } else { "ImageNet, frozen" };
+    m.description = format!(
+        "EfficientNet-Lite0 ({backbone}) with the data-free head plus a trained residual head, \
+         in the all-MiniLM-L6-v2 sentence space; trained by ovseg-train."
+    );
     // logit_scale x fusion_weight of each level reproduces the learned per-level scale.
     let total = scales[0] + scales[1];
     m.segmentation.logit_scale = total;
@@ -78,15 +80,24 @@ fn is_empty_dir(p: &Path) -> bool {
 }
 
 fn write_model(dir: &Path, base: &BaseModel, checkpoint: &Checkpoint, name: &str) -> Result<()> {
-    let manifest = trained_manifest(name, checkpoint.scales, &checkpoint.meta.labels);
+    let manifest = trained_manifest(name, checkpoint.scales, &checkpoint.meta.labels, !checkpoint.backbone.is_empty());
     for file in [&manifest.text_encoder.file, &manifest.text_encoder.tokenizer, &ANCHORS_FILE.to_string()] {
         std::fs::copy(base.dir.join(file), dir.join(file)).with_context(|| format!("copying {file} from {}", base.dir.display()))?;
     }
-    let graph = build_trained_encoder(&base.weights, &base.class_text, &checkpoint.weights).context("building the image encoder")?;
+    // Tuned backbone blocks replace the default model's (names and shapes are checked there).
+    let mut weights = base.weights.clone();
+    weights.extend(checkpoint.backbone.iter().map(|(name, t)| (name.clone(), t.clone())));
+    let graph = build_trained_encoder(&weights, &base.class_text, &checkpoint.weights).context("building the image encoder")?;
     let encoder = dir.join(&manifest.image_encoder.file);
     graph.write(&encoder).with_context(|| format!("writing {}", encoder.display()))?;
     // The head without its training state (the optimizer moments are not part of a model).
-    let head = Checkpoint { weights: checkpoint.weights.clone(), scales: checkpoint.scales, meta: checkpoint.meta.clone(), state: None };
+    let head = Checkpoint {
+        weights: checkpoint.weights.clone(),
+        scales: checkpoint.scales,
+        meta: checkpoint.meta.clone(),
+        state: None,
+        backbone: checkpoint.backbone.clone(),
+    };
     save_checkpoint(&dir.join(HEAD_FILE), &head)?;
     manifest.write(dir)?;
     let model = engine::Model::open(dir).context("the exported model does not load")?;

@@ -1,5 +1,6 @@
 //! The frozen part of the model, run once per training image through ONNX Runtime (the engine's
-//! CPU path): backbone head features and data-free embeddings of both levels.
+//! CPU path): backbone head features and data-free embeddings of both levels, and, when the
+//! last blocks are tuned, the output of the block before them.
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -26,27 +27,37 @@ impl LevelFeatures {
     }
 }
 
+/// A block's output, channel-major `[channels, height, width]` as burn's convs take it.
+#[derive(Debug, Clone)]
+pub struct TapFeatures {
+    pub shape: [usize; 3],
+    pub data: Vec<f32>,
+}
+
 /// Both levels of one image, coarse first.
 #[derive(Debug, Clone)]
 pub struct ImageFeatures {
     pub coarse: LevelFeatures,
     pub fine: LevelFeatures,
+    pub tap: Option<TapFeatures>,
 }
 
 pub struct FeatureExtractor {
     session: Session,
     input: ImageInputSpec,
     dim: usize,
+    tap_block: Option<usize>,
 }
 
 impl FeatureExtractor {
-    /// Builds the feature graph from the default model's backbone and opens it.
-    pub fn new(weights: &StateDict, class_text: &[f32], manifest: &Manifest, threads: usize) -> Result<Self> {
-        let graph = trained::build_feature_extractor(weights, class_text, manifest.embedding_dim)
+    /// Builds the feature graph from the default model's backbone and opens it; `tap_block`
+    /// also outputs that block's output.
+    pub fn new(weights: &StateDict, class_text: &[f32], manifest: &Manifest, threads: usize, tap_block: Option<usize>) -> Result<Self> {
+        let graph = trained::build_feature_extractor(weights, class_text, manifest.embedding_dim, tap_block)
             .context("building the feature extractor graph")?;
         let bytes = graph.to_bytes().context("serialising the feature extractor graph")?;
         let session = engine::runtime::open_session_from_memory(Path::new("<feature extractor>"), &bytes, threads)?;
-        Ok(FeatureExtractor { session, input: manifest.image_encoder.input.clone(), dim: manifest.embedding_dim })
+        Ok(FeatureExtractor { session, input: manifest.image_encoder.input.clone(), dim: manifest.embedding_dim, tap_block })
     }
 
     /// The network input for `image` exactly as the engine prepares it.
@@ -76,7 +87,17 @@ impl FeatureExtractor {
         };
         let coarse = level(trained::FEATURES_COARSE, trained::BASE_COARSE, 32, head::COARSE_CENTER_OFFSET)?;
         let fine = level(trained::FEATURES_FINE, trained::BASE_FINE, 16, head::FINE_CENTER_OFFSET)?;
-        Ok(ImageFeatures { coarse, fine })
+        let tap = match self.tap_block {
+            Some(_) => {
+                let value = outputs.get(trained::BLOCK_TAP).context("feature graph produced no block tap")?;
+                let (shape, data) = value.try_extract_tensor::<f32>()?;
+                let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+                let &[1, c, h, w] = dims.as_slice() else { bail!("feature graph: the block tap is {dims:?}, expected [1, c, h, w]") };
+                Some(TapFeatures { shape: [c, h, w], data: data[..c * h * w].to_vec() })
+            }
+            None => None,
+        };
+        Ok(ImageFeatures { coarse, fine, tap })
     }
 }
 

@@ -23,10 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train the head on the backbone's frozen features and export a model directory that
+    /// Train the head on the backbone's frozen features (optionally tuning its last blocks) and export a model directory that
     /// `ovseg --model-dir` and the node load. Without --data, trains on the built-in synthetic set.
     /// Ctrl-C stops after the current step, saves a checkpoint and still exports.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// mIoU, per-class IoU and pixel accuracy of a model directory on a folder data set or on
     /// held-out synthetic scenes.
     Eval(EvalArgs),
@@ -55,6 +55,13 @@ struct TrainArgs {
     /// ZS3Net: generated cells per held-out label per step (0 = off) [default: 0].
     #[arg(long)]
     zs3_generated: Option<usize>,
+    /// Tune this many of the backbone's last blocks (with its head conv) along with the head
+    /// (0 = frozen backbone) [default: 0].
+    #[arg(long)]
+    tune_blocks: Option<usize>,
+    /// Adam learning rate of the tuned backbone blocks [default: 0.0002].
+    #[arg(long)]
+    tune_learning_rate: Option<f64>,
     /// Optimiser steps [default: 300].
     #[arg(long)]
     steps: Option<usize>,
@@ -137,7 +144,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let result = match cli.command {
-        Command::Train(args) => run_train(args),
+        Command::Train(args) => run_train(*args),
         Command::Eval(args) => run_eval(args),
         Command::Export(args) => run_export(args),
     };
@@ -167,7 +174,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     macro_rules! override_with {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
     }
-    override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated);
+    override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume })?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -26,13 +26,23 @@ pub struct Head<B: Backend> {
     log_scale: Param<Tensor<B, 1>>,
 }
 
-/// One batch of images with the same grids, cells pixel-major.
-pub struct Batch<B: Backend> {
-    pub images: usize,
+/// The head's input at both levels: backbone features and data-free embeddings, cells
+/// pixel-major, images one after the other.
+#[derive(Clone)]
+pub struct Levels<B: Backend> {
     pub coarse_features: Tensor<B, 2>,
     pub coarse_base: Tensor<B, 2>,
     pub fine_features: Tensor<B, 2>,
     pub fine_base: Tensor<B, 2>,
+}
+
+/// One batch of images with the same grids, cells pixel-major.
+pub struct Batch<B: Backend> {
+    pub images: usize,
+    /// From the frozen backbone (the data-free embeddings are also the distillation teacher).
+    pub frozen: Levels<B>,
+    /// `[images, channels, h, w]`: the tapped block's output, when backbone blocks are tuned.
+    pub tap: Option<Tensor<B, 4>>,
     /// `images x fine cells x labels` target distributions.
     pub target: Tensor<B, 3>,
     /// `images x fine cells`: annotated share of each cell (0 = no loss there).
@@ -184,9 +194,10 @@ impl<B: Backend> Head<B> {
     /// threshold). Image tags: multiple-instance loss (each label's image score is its highest
     /// cell probability) plus distillation from the data-free model, which keeps what the
     /// backbone already knew where the tags say little.
-    pub fn loss(&self, batch: &Batch<B>, labels: &Labels<B>, interp: &Tensor<B, 3>, weights: &LossWeights) -> (Tensor<B, 1>, Tensor<B, 3>) {
-        let coarse_e = self.embed(batch.coarse_features.clone(), batch.coarse_base.clone());
-        let fine_e = self.embed(batch.fine_features.clone(), batch.fine_base.clone());
+    /// `levels` are the head's input: the batch's frozen levels, or those of the tuned backbone.
+    pub fn loss(&self, batch: &Batch<B>, levels: Levels<B>, labels: &Labels<B>, interp: &Tensor<B, 3>, weights: &LossWeights) -> (Tensor<B, 1>, Tensor<B, 3>) {
+        let coarse_e = self.embed(levels.coarse_features, levels.coarse_base);
+        let fine_e = self.embed(levels.fine_features, levels.fine_base);
         let scale = self.log_scale.val().exp();
         let logits = fuse(batch.images, labels, interp, coarse_e, fine_e.clone(), scale.clone().slice(0..1), scale.slice(1..2));
         let [n, nf, k] = logits.dims();
@@ -213,7 +224,7 @@ impl<B: Backend> Head<B> {
                 let norm = (e.clone() * e.clone()).sum_dim(1).add_scalar(1e-24).sqrt();
                 log_softmax((e / norm).matmul(anchors.clone()).mul_scalar(ANCHOR_SCALE), 1)
             };
-            let teacher = log_p_anchors(batch.fine_base.clone()).detach();
+            let teacher = log_p_anchors(batch.frozen.fine_base.clone()).detach();
             let kl = (teacher.clone().exp() * (teacher - log_p_anchors(fine_e))).sum_dim(1).reshape([n, nf]).mean_dim(1);
             let per_image = batch.tagged.clone().neg().add_scalar(1.0).mul_scalar(weights.distill_masked / masked_images as f32);
             loss = loss + (kl * per_image).sum();
@@ -224,7 +235,7 @@ impl<B: Backend> Head<B> {
             let scale = |s: f32| Tensor::<B, 1>::from_data(TensorData::new(vec![s], [1]), &device);
             let [sc, sf] = weights.teacher_scales;
             let teacher_logits =
-                fuse(n, labels, interp, batch.coarse_base.clone(), batch.fine_base.clone(), scale(sc), scale(sf)).detach();
+                fuse(n, labels, interp, batch.frozen.coarse_base.clone(), batch.frozen.fine_base.clone(), scale(sc), scale(sf)).detach();
             let teacher_log_p = log_softmax(teacher_logits, 2);
             let kl = (teacher_log_p.clone().exp() * (teacher_log_p - log_p)).sum_dim(2).reshape([n, nf]).mean_dim(1);
             loss = loss + (kl * per_image).sum();

@@ -26,7 +26,8 @@ use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
 use crate::export::{BaseModel, check_destination, export_model};
 use crate::features::{FeatureExtractor, ImageFeatures};
-use crate::model::{Batch, Head, Labels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
+use crate::backbone::{DataFree, Tail};
+use crate::model::{Batch, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
 use crate::zs3;
 
 pub type TrainBackend = Autodiff<Flex>;
@@ -75,6 +76,7 @@ pub struct TrainOptions {
 
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 type HeadOptimizer = OptimizerAdaptor<Adam, Head<TrainBackend>, TrainBackend>;
+type TailOptimizer = OptimizerAdaptor<Adam, Tail<TrainBackend>, TrainBackend>;
 
 /// Trains, exports the model directory to `out` and evaluates untrained vs trained.
 pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
@@ -98,7 +100,14 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let num_labels = label_set.len();
 
     let started = Instant::now();
-    let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads)?;
+    let device = Default::default();
+    let mut tail = match config.tune_blocks {
+        0 => None,
+        count => Some(Tail::<TrainBackend>::from_weights(&base.weights, count, &device)?),
+    };
+    let data_free = DataFree::<TrainBackend>::new(&base.weights, &base.class_text, &device)?;
+    let tap_block = tail.as_ref().map(Tail::input_block);
+    let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads, tap_block)?;
     let size = (config.image_size[0], config.image_size[1]);
     // Augmentation draws from its own generator so the pool is the same on resume.
     let mut augment_rng = StdRng::seed_from_u64(config.seed);
@@ -141,7 +150,6 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     };
     let unseen_text = label_set.embeddings[seen.specs.len() * label_set.dim..].to_vec();
 
-    let device = Default::default();
     let first = &train_pool[0].features;
     let (coarse_grid, fine_grid) = (first.coarse.grid, first.fine.grid);
     let interp = tensor3::<TrainBackend>(
@@ -159,6 +167,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     };
     let mut head = Head::<TrainBackend>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
     let mut optimizer: HeadOptimizer = AdamConfig::new().init();
+    let mut tail_optimizer: TailOptimizer = AdamConfig::new().init();
     let recorder = StateRecorder::default();
     let (mut history, mut running, first_step) = match resume {
         Some(checkpoint) => {
@@ -167,12 +176,19 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             head = head.load_record(module);
             let moments = Recorder::<TrainBackend>::load(&recorder, state.optimizer, &device).context("restoring the optimizer from the checkpoint")?;
             optimizer = optimizer.load_record(moments);
+            if let Some(t) = tail.take() {
+                let module = Recorder::<TrainBackend>::load(&recorder, state.tail_module, &device).context("restoring the tuned backbone blocks from the checkpoint")?;
+                tail = Some(t.load_record(module));
+                let moments = Recorder::<TrainBackend>::load(&recorder, state.tail_optimizer, &device)
+                    .context("restoring the tuned blocks' optimizer from the checkpoint")?;
+                tail_optimizer = tail_optimizer.load_record(moments);
+            }
             tracing::info!(step = checkpoint.meta.step, "resuming");
             (checkpoint.meta.history, checkpoint.meta.running_loss, checkpoint.meta.step + 1)
         }
         None => {
             // Step 0: the untrained head (the data-free model) as the first point of the curves.
-            let v = validate(&head, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
+            let v = validate(&head, tail.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
             (vec![HistoryPoint { step: 0, train_loss: None, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou }], None, 1)
         }
     };
@@ -183,11 +199,28 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         .context("installing the Ctrl-C handler")?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted)).context("installing the Ctrl-C handler")?;
     let checkpoint_path = checkpoint_path(out);
-    let snapshot = |head: &Head<TrainBackend>, optimizer: &HeadOptimizer, step: usize, history: &[HistoryPoint], running: Option<f64>| -> Result<Checkpoint> {
+    let snapshot = |head: &Head<TrainBackend>,
+                    optimizer: &HeadOptimizer,
+                    tail: Option<&Tail<TrainBackend>>,
+                    tail_optimizer: &TailOptimizer,
+                    step: usize,
+                    history: &[HistoryPoint],
+                    running: Option<f64>|
+     -> Result<Checkpoint> {
         let (weights, scales) = head.to_weights()?;
+        let (tail_module, tail_optimizer, backbone) = match tail {
+            Some(tail) => (
+                Recorder::<TrainBackend>::record(&recorder, tail.clone().into_record(), ())?,
+                Recorder::<TrainBackend>::record(&recorder, tail_optimizer.to_record(), ())?,
+                tail.to_state_dict()?,
+            ),
+            None => Default::default(),
+        };
         let state = Some(TrainingState {
             module: Recorder::<TrainBackend>::record(&recorder, head.clone().into_record(), ())?,
             optimizer: Recorder::<TrainBackend>::record(&recorder, optimizer.to_record(), ())?,
+            tail_module,
+            tail_optimizer,
         });
         let meta = CheckpointMeta {
             step,
@@ -196,7 +229,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             history: history.to_vec(),
             running_loss: running,
         };
-        Ok(Checkpoint { weights, scales, meta, state })
+        Ok(Checkpoint { weights, scales, meta, state, backbone })
     };
     let mut batches = BatchOrder::new(config.seed, train_pool.len(), config.batch);
     let mut steps_done = first_step - 1;
@@ -210,7 +243,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         }
         let items: Vec<&Prepared> = batches.at(step).into_iter().map(|i| &train_pool[i]).collect();
         let batch = make_batch::<TrainBackend>(&items, labels.count, &device);
-        let (mut loss, _) = head.loss(&batch, &labels, &interp, &loss_weights);
+        let (mut loss, _) = head.loss(&batch, head_input(tail.as_ref(), &data_free, &batch), &labels, &interp, &loss_weights);
         if let Some(generator) = &mut generator {
             let (features, base, unseen) = generator.generate(&unseen_text, config.zs3_generated);
             let targets: Vec<usize> = unseen.iter().map(|u| seen.specs.len() + u).collect();
@@ -228,7 +261,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         if !loss_value.is_finite() {
             diverged(format!("the loss is {loss_value}"))?;
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &head);
+        let mut grads = loss.backward();
+        if let Some(t) = tail.take() {
+            let tail_grads = GradientsParams::from_module(&mut grads, &t);
+            tail = Some(tail_optimizer.step(config.tune_learning_rate, t, tail_grads));
+        }
+        let grads = GradientsParams::from_grads(grads, &head);
         head = optimizer.step(config.learning_rate, head, grads);
         let scales = head.scales()?;
         if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
@@ -240,17 +278,17 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         bar.set_message(format!("loss {smoothed:.3}"));
         bar.inc(1);
         if step % config.eval_every == 0 || step == config.steps {
-            let v = validate(&head, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
+            let v = validate(&head, tail.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
             history.push(HistoryPoint { step, train_loss: running, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou });
             tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, "validation");
-            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, step, &history, running)?)?;
+            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, step, &history, running)?)?;
             saved_at = Some(step);
         }
     }
     bar.finish_and_clear();
     let train_seconds = train_started.elapsed().as_secs_f64();
     let was_interrupted = interrupted.load(Ordering::Relaxed);
-    let last = snapshot(&head, &optimizer, steps_done, &history, running)?;
+    let last = snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, steps_done, &history, running)?;
     save_checkpoint(&checkpoint_path, &last)?;
 
     let t = Instant::now();
@@ -395,12 +433,20 @@ fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::De
     let channels = first.fine.features.len() / nf;
     let dim = first.fine.base.len() / nf;
     let n = items.len();
+    let tap = first.tap.as_ref().map(|t| {
+        let [c, h, w] = t.shape;
+        let data = items.iter().flat_map(|p| p.features.tap.as_ref().map_or(&[][..], |t| &t.data[..]).iter().copied()).collect::<Vec<f32>>();
+        Tensor::from_data(burn::tensor::TensorData::new(data, [n, c, h, w]), device)
+    });
     Batch {
         images: n,
-        coarse_features: tensor2(cat(&|p| &p.features.coarse.features), [n * nc, channels], device),
-        coarse_base: tensor2(cat(&|p| &p.features.coarse.base), [n * nc, dim], device),
-        fine_features: tensor2(cat(&|p| &p.features.fine.features), [n * nf, channels], device),
-        fine_base: tensor2(cat(&|p| &p.features.fine.base), [n * nf, dim], device),
+        frozen: Levels {
+            coarse_features: tensor2(cat(&|p| &p.features.coarse.features), [n * nc, channels], device),
+            coarse_base: tensor2(cat(&|p| &p.features.coarse.base), [n * nc, dim], device),
+            fine_features: tensor2(cat(&|p| &p.features.fine.features), [n * nf, channels], device),
+            fine_base: tensor2(cat(&|p| &p.features.fine.base), [n * nf, dim], device),
+        },
+        tap,
         target: tensor3(cat(&|p| &p.target), [n, nf, num_labels], device),
         weight: tensor2(cat(&|p| &p.weight), [n, nf], device),
         coarse: tensor2(items.iter().map(|p| if p.coarse { 1.0 } else { 0.0 }).collect(), [n, 1], device),
@@ -417,8 +463,19 @@ struct Validation {
     cell_miou: f64,
 }
 
+/// The head's input: the tuned blocks' levels when blocks are tuned, else the frozen ones.
+fn head_input<B: Backend>(tail: Option<&Tail<B>>, data_free: &DataFree<B>, batch: &Batch<B>) -> Levels<B> {
+    match (tail, &batch.tap) {
+        (Some(tail), Some(tap)) => data_free.levels(tail.forward(tap.clone())),
+        _ => batch.frozen.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn validate<B: Backend>(
     head: &Head<B>,
+    tail: Option<&Tail<B>>,
+    data_free: &DataFree<B>,
     pool: &[Prepared],
     labels: &Labels<B>,
     interp: &Tensor<B, 3>,
@@ -432,7 +489,7 @@ fn validate<B: Backend>(
     for chunk in pool.chunks(batch) {
         let items: Vec<&Prepared> = chunk.iter().collect();
         let b = make_batch::<B>(&items, k, device);
-        let (loss, logits) = head.loss(&b, labels, interp, loss_weights);
+        let (loss, logits) = head.loss(&b, head_input(tail, data_free, &b), labels, interp, loss_weights);
         let w: f64 = items.iter().flat_map(|p| p.weight.iter()).map(|&w| f64::from(w)).sum();
         loss_sum += f64::from(values(loss)?[0]) * w;
         weight_sum += w;

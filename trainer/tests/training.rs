@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 
 use engine::{BackendKind, Frame, Model};
+use trainer::backbone::{DataFree, Tail};
 use trainer::checkpoint::load_checkpoint;
 use trainer::data::IGNORE;
 use trainer::export::HEAD_FILE;
@@ -22,14 +23,32 @@ fn run(config: &TrainConfig, out: &Path, resume: Option<PathBuf>) -> anyhow::Res
 }
 
 /// Max abs difference between the burn head's normalised embeddings and the exported ONNX
-/// image encoder run by the engine's CPU backend, both levels.
+/// image encoder run by the engine's CPU backend, both levels. With tuned backbone blocks the
+/// burn side runs them too, from the frozen backbone's tap.
 fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
     let checkpoint = load_checkpoint(&model_dir.join(HEAD_FILE)).unwrap();
     let device = Default::default();
     let head = Head::<Flex>::from_weights(&checkpoint.weights, checkpoint.scales, &device);
     let model = Model::open(model_dir).unwrap();
     let (_, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
-    let features = FeatureExtractor::new(&weights, &class_text, &model.manifest, 2).unwrap().extract(image).unwrap();
+    let tune_blocks = serde_json::from_str::<TrainConfig>(&checkpoint.meta.config).unwrap().tune_blocks;
+    let tail = (tune_blocks > 0).then(|| {
+        let mut tuned = weights.clone();
+        tuned.extend(checkpoint.backbone.clone());
+        Tail::<Flex>::from_weights(&tuned, tune_blocks, &device).unwrap()
+    });
+    let tap_block = tail.as_ref().map(Tail::input_block);
+    let mut features = FeatureExtractor::new(&weights, &class_text, &model.manifest, 2, tap_block).unwrap().extract(image).unwrap();
+    if let (Some(tail), Some(tap)) = (&tail, &features.tap) {
+        let [c, h, w] = tap.shape;
+        let levels = DataFree::<Flex>::new(&weights, &class_text, &device)
+            .unwrap()
+            .levels(tail.forward(burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(tap.data.clone(), [1, c, h, w]), &device)));
+        features.coarse.features = values(levels.coarse_features).unwrap();
+        features.coarse.base = values(levels.coarse_base).unwrap();
+        features.fine.features = values(levels.fine_features).unwrap();
+        features.fine.base = values(levels.fine_base).unwrap();
+    }
 
     let mut backend = model.image_backend(BackendKind::Cpu, 2).unwrap();
     let net = engine::preprocess::preprocess(&Frame::from_rgb_image(image), &model.manifest.image_encoder.input);
@@ -80,21 +99,91 @@ fn training_beats_the_untrained_head_and_the_export_equals_the_trained_forward()
     assert!(diff < 1e-4, "exported ONNX vs burn head: max abs diff {diff}");
 }
 
+/// The burn copy of the last five blocks (one stride-1 block with a width change, four
+/// dilated ones with residuals), the head conv and the data-free part against the ONNX graph
+/// the engine runs, on the frozen weights.
+#[test]
+fn the_burn_backbone_tail_equals_the_onnx_graph() {
+    let (_, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
+    let model = Model::open(&engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap().0).unwrap();
+    let device = Default::default();
+    let tail = Tail::<Flex>::from_weights(&weights, 5, &device).unwrap();
+    assert_eq!(tail.input_block(), 10);
+    let image = synth::scene(4242, 320, 224).image;
+    let frozen = FeatureExtractor::new(&weights, &class_text, &model.manifest, 2, Some(10)).unwrap().extract(&image).unwrap();
+    let tap = frozen.tap.as_ref().unwrap();
+    assert_eq!(tap.shape, [112, 14, 20], "block 10: 112 channels at stride 16");
+    let [c, h, w] = tap.shape;
+    let input = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(tap.data.clone(), [1, c, h, w]), &device);
+    let levels = DataFree::<Flex>::new(&weights, &class_text, &device).unwrap().levels(tail.forward(input));
+    let worst = |ours: Vec<f32>, theirs: &[f32]| {
+        assert_eq!(ours.len(), theirs.len());
+        ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+    };
+    let diffs = [
+        worst(values(levels.fine_features).unwrap(), &frozen.fine.features),
+        worst(values(levels.coarse_features).unwrap(), &frozen.coarse.features),
+        worst(values(levels.fine_base).unwrap(), &frozen.fine.base),
+        worst(values(levels.coarse_base).unwrap(), &frozen.coarse.base),
+    ];
+    println!("burn tail vs ONNX, max abs diff (fine/coarse features, fine/coarse base): {diffs:?}");
+    assert!(diffs[..2].iter().all(|&d| d < 1e-4), "features (ReLU6, up to 6): {diffs:?}");
+    assert!(diffs[2..].iter().all(|&d| d < 1e-5), "data-free embeddings: {diffs:?}");
+    // Writing the folded convs back as state-dict tensors and reading them again is lossless
+    // to float rounding.
+    let mut written = weights.clone();
+    written.extend(tail.to_state_dict().unwrap());
+    let again = Tail::<Flex>::from_weights(&written, 5, &device).unwrap().to_state_dict().unwrap();
+    for (name, t) in tail.to_state_dict().unwrap() {
+        let d = worst(again[&name].data.clone(), &t.data);
+        assert!(d <= 1e-6 * t.data.iter().fold(1.0f32, |m, x| m.max(x.abs())), "{name}: {d}");
+    }
+}
+
+#[test]
+fn tuning_the_last_block_trains_and_exports_what_burn_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let config = TrainConfig { tune_blocks: 1, synthetic_train: 8, synthetic_val: 4, copies: 1, ..tiny(12) };
+    let report = run(&config, &out, None).unwrap();
+    println!("tune_blocks 1: held-out mIoU untrained {:.3}, trained {:.3}", report.untrained.miou, report.trained.miou);
+    assert!(report.trained.miou > report.untrained.miou, "trained {} vs untrained {}", report.trained.miou, report.untrained.miou);
+    let checkpoint = load_checkpoint(&checkpoint_path(&out)).unwrap();
+    let names: Vec<&str> = checkpoint.backbone.keys().map(String::as_str).collect();
+    assert!(names.contains(&"_blocks.15._expand_conv.weight") && names.contains(&"_conv_head.weight"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("_blocks.14")), "block 14 stays frozen: {names:?}");
+    let (_, weights, _) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
+    let moved = &checkpoint.backbone["_conv_head.weight"].data;
+    let original = engine::zoo::effnet::folded(&weights, &engine::zoo::effnet::head_conv()).unwrap().weight;
+    let change = moved.iter().zip(&original).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(change > 1e-4, "the head conv was tuned (max change {change})");
+    let diff = export_parity(&out, &synth::scene(77_777, 256, 192).image);
+    println!("tuned export parity: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "exported ONNX vs burn tail + head: max abs diff {diff}");
+}
+
 #[test]
 fn resuming_gives_the_weights_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let config = |steps| TrainConfig { synthetic_train: 6, synthetic_val: 2, eval_every: 4, hidden: 32, ..tiny(steps) };
-    let whole = dir.path().join("whole");
-    run(&config(12), &whole, None).unwrap();
-    let part = dir.path().join("part");
-    run(&config(8), &part, None).unwrap();
-    let report = run(&config(12), &part, Some(checkpoint_path(&part))).unwrap();
-    assert_eq!(report.steps_done, 12);
-    assert_eq!(report.history.iter().map(|h| h.step).collect::<Vec<_>>(), [0, 4, 8, 12]);
-    let a = load_checkpoint(&checkpoint_path(&whole)).unwrap();
-    let b = load_checkpoint(&checkpoint_path(&part)).unwrap();
-    assert_eq!(a.weights, b.weights, "resumed weights equal the uninterrupted run's bit for bit");
-    assert_eq!(a.scales, b.scales);
+    // Frozen backbone, and with the last block tuned (its own optimizer state is resumed too).
+    for tune_blocks in [0, 1] {
+        let config = |steps| TrainConfig { tune_blocks, ..config(steps) };
+        let whole = dir.path().join(format!("whole{tune_blocks}"));
+        run(&config(12), &whole, None).unwrap();
+        let part = dir.path().join(format!("part{tune_blocks}"));
+        run(&config(8), &part, None).unwrap();
+        let report = run(&config(12), &part, Some(checkpoint_path(&part))).unwrap();
+        assert_eq!(report.steps_done, 12);
+        assert_eq!(report.history.iter().map(|h| h.step).collect::<Vec<_>>(), [0, 4, 8, 12]);
+        let a = load_checkpoint(&checkpoint_path(&whole)).unwrap();
+        let b = load_checkpoint(&checkpoint_path(&part)).unwrap();
+        assert_eq!(a.weights, b.weights, "resumed weights equal the uninterrupted run's bit for bit (tune_blocks {tune_blocks})");
+        assert_eq!(a.scales, b.scales);
+        assert_eq!(a.backbone, b.backbone, "tuned blocks too (tune_blocks {tune_blocks})");
+        assert_eq!(a.backbone.is_empty(), tune_blocks == 0);
+    }
+    let part = dir.path().join("part0");
 
     // A checkpoint already at or past the requested steps, or from another configuration, is refused.
     let err = format!("{:#}", run(&config(12), &part, Some(checkpoint_path(&part))).unwrap_err());
@@ -203,6 +292,12 @@ fn configuration_errors_name_the_field() {
         (TrainConfig { steps: 0, ..TrainConfig::default() }, "steps is 0"),
         (TrainConfig { learning_rate: f64::NAN, ..TrainConfig::default() }, "learning_rate NaN"),
         (TrainConfig { synthetic_val: 0, ..TrainConfig::default() }, "synthetic_train / synthetic_val"),
+        (TrainConfig { tune_blocks: 16, ..TrainConfig::default() }, "tune_blocks 16 must be below 16"),
+        (TrainConfig { tune_learning_rate: -1.0, ..TrainConfig::default() }, "tune_learning_rate -1"),
+        (
+            TrainConfig { tune_blocks: 2, zs3_generated: 4, holdout_labels: vec!["grass".into()], ..TrainConfig::default() },
+            "cannot be combined with tuning",
+        ),
     ];
     for (config, needle) in cases {
         let err = format!("{:#}", config.check().unwrap_err());

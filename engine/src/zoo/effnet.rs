@@ -128,6 +128,8 @@ pub struct BackboneTaps {
     pub last_block: Tap,
     /// `_conv_head` + BN + ReLU6: 1280 channels, same stride as `last_block`.
     pub head: Tap,
+    /// The output of every block, in order.
+    pub blocks: Vec<Tap>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,46 +152,113 @@ pub enum EffNetError {
     Graph(#[from] GraphError),
 }
 
+/// One convolution of the network with the BatchNorm that follows it, as both the ONNX
+/// emitter here and the trainer's burn copy build it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvBnSpec {
+    /// State-dict prefix of the conv (`{conv}.weight`).
+    pub conv: String,
+    /// State-dict prefix of its BatchNorm.
+    pub bn: String,
+    /// `[out, in / groups, k, k]`
+    pub shape: [usize; 4],
+    pub stride: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    /// ReLU6 after the (folded) BatchNorm; the project conv of each block has none.
+    pub relu6: bool,
+}
+
+impl ConvBnSpec {
+    fn new(conv: String, bn: String, shape: [usize; 4], stride: usize, dilation: usize, groups: usize, relu6: bool) -> Self {
+        ConvBnSpec { conv, bn, shape, stride, dilation, groups, relu6 }
+    }
+
+    /// TF-"SAME" padding `(begin, end)` along an axis of `size` input pixels.
+    pub fn same_padding(&self, size: usize) -> (usize, usize) {
+        let k = self.dilation * (self.shape[2] - 1) + 1;
+        let out = size.div_ceil(self.stride);
+        let total = ((out.max(1) - 1) * self.stride + k).saturating_sub(size);
+        (total / 2, total - total / 2)
+    }
+}
+
+pub fn stem_conv() -> ConvBnSpec {
+    ConvBnSpec::new(
+        "_conv_stem".into(),
+        "_bn0".into(),
+        [STEM_CHANNELS, IMAGE_CHANNELS, STEM_KERNEL, STEM_KERNEL],
+        STEM_STRIDE,
+        1,
+        1,
+        true,
+    )
+}
+
+pub fn head_conv() -> ConvBnSpec {
+    ConvBnSpec::new("_conv_head".into(), "_bn1".into(), [HEAD_CHANNELS, LAST_BLOCK_CHANNELS, 1, 1], 1, 1, 1, true)
+}
+
+/// Where each block runs at an output stride: its depthwise conv's stride and dilation, and
+/// the total stride of its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPlacement {
+    pub dw_stride: usize,
+    pub dw_dilation: usize,
+    pub out_stride: usize,
+}
+
+/// The placement of all 16 blocks. DeepLab rule: the block that would exceed the target keeps
+/// its current dilation with stride 1; later blocks get dilation multiplied by that stride.
+pub fn block_placements(stride: OutputStride) -> [BlockPlacement; LITE0_BLOCKS.len()] {
+    let (mut cur_stride, mut dilation) = (STEM_STRIDE, 1);
+    LITE0_BLOCKS.map(|b| {
+        if cur_stride * b.stride > stride.value() {
+            let d = dilation;
+            dilation *= b.stride;
+            BlockPlacement { dw_stride: 1, dw_dilation: d, out_stride: cur_stride }
+        } else {
+            cur_stride *= b.stride;
+            BlockPlacement { dw_stride: b.stride, dw_dilation: dilation, out_stride: cur_stride }
+        }
+    })
+}
+
+/// The convs of block `i` in order: expansion (when the block has one), depthwise, projection.
+pub fn block_convs(i: usize, placement: BlockPlacement) -> Vec<ConvBnSpec> {
+    let b = LITE0_BLOCKS[i];
+    let p = format!("_blocks.{i}");
+    let hidden = b.hidden_channels();
+    let mut convs = Vec::with_capacity(3);
+    if b.expand_ratio != 1 {
+        convs.push(ConvBnSpec::new(format!("{p}._expand_conv"), format!("{p}._bn0"), [hidden, b.in_channels, 1, 1], 1, 1, 1, true));
+    }
+    convs.push(ConvBnSpec::new(
+        format!("{p}._depthwise_conv"),
+        format!("{p}._bn1"),
+        [hidden, 1, b.kernel, b.kernel],
+        placement.dw_stride,
+        placement.dw_dilation,
+        hidden,
+        true,
+    ));
+    convs.push(ConvBnSpec::new(format!("{p}._project_conv"), format!("{p}._bn2"), [b.out_channels, hidden, 1, 1], 1, 1, 1, false));
+    convs
+}
+
 /// Every float tensor name and shape a Lite0 state dict must hold, in network order.
 pub fn lite0_expected_tensors() -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
-    let mut conv_bn = |conv: &str, bn: &str, shape: [usize; 4]| {
-        out.push((format!("{conv}.weight"), shape.to_vec()));
+    let placements = block_placements(OutputStride::S32);
+    let convs = std::iter::once(stem_conv())
+        .chain((0..LITE0_BLOCKS.len()).flat_map(|i| block_convs(i, placements[i])))
+        .chain(std::iter::once(head_conv()));
+    for spec in convs {
+        out.push((format!("{}.weight", spec.conv), spec.shape.to_vec()));
         for p in ["weight", "bias", "running_mean", "running_var"] {
-            out.push((format!("{bn}.{p}"), vec![shape[0]]));
+            out.push((format!("{}.{p}", spec.bn), vec![spec.shape[0]]));
         }
-    };
-    conv_bn(
-        "_conv_stem",
-        "_bn0",
-        [STEM_CHANNELS, IMAGE_CHANNELS, STEM_KERNEL, STEM_KERNEL],
-    );
-    for (i, b) in LITE0_BLOCKS.iter().enumerate() {
-        let p = format!("_blocks.{i}");
-        let hidden = b.hidden_channels();
-        if b.expand_ratio != 1 {
-            conv_bn(
-                &format!("{p}._expand_conv"),
-                &format!("{p}._bn0"),
-                [hidden, b.in_channels, 1, 1],
-            );
-        }
-        conv_bn(
-            &format!("{p}._depthwise_conv"),
-            &format!("{p}._bn1"),
-            [hidden, 1, b.kernel, b.kernel],
-        );
-        conv_bn(
-            &format!("{p}._project_conv"),
-            &format!("{p}._bn2"),
-            [b.out_channels, hidden, 1, 1],
-        );
     }
-    conv_bn(
-        "_conv_head",
-        "_bn1",
-        [HEAD_CHANNELS, LAST_BLOCK_CHANNELS, 1, 1],
-    );
     out.push(("_fc.weight".into(), vec![NUM_CLASSES, HEAD_CHANNELS]));
     out.push(("_fc.bias".into(), vec![NUM_CLASSES]));
     out
@@ -259,51 +328,62 @@ pub fn fold_bn(
     FoldedConv { weight: w, bias: b }
 }
 
-/// Adds `[conv] -> BN (folded) -> optional ReLU6` and returns the output name.
-#[allow(clippy::too_many_arguments)]
-fn conv_bn(
-    g: &mut GraphBuilder,
-    weights: &StateDict,
-    x: &str,
-    conv: &str,
-    bn: &str,
-    shape: [usize; 4],
-    p: &ConvParams,
-    relu6: bool,
-) -> Result<String, EffNetError> {
-    let w = get(weights, &format!("{conv}.weight"), &shape)?;
-    let c = [shape[0]];
-    let gamma = get(weights, &format!("{bn}.weight"), &c)?;
-    let beta = get(weights, &format!("{bn}.bias"), &c)?;
-    let mean = get(weights, &format!("{bn}.running_mean"), &c)?;
-    let var = get(weights, &format!("{bn}.running_var"), &c)?;
+/// The conv of `spec` with its BatchNorm folded in, read from `weights`.
+pub fn folded(weights: &StateDict, spec: &ConvBnSpec) -> Result<FoldedConv, EffNetError> {
+    let w = get(weights, &format!("{}.weight", spec.conv), &spec.shape)?;
+    let c = [spec.shape[0]];
+    let gamma = get(weights, &format!("{}.weight", spec.bn), &c)?;
+    let beta = get(weights, &format!("{}.bias", spec.bn), &c)?;
+    let mean = get(weights, &format!("{}.running_mean", spec.bn), &c)?;
+    let var = get(weights, &format!("{}.running_var", spec.bn), &c)?;
     if let Some(channel) = var.data.iter().position(|&v| v < 0.0 || v.is_nan()) {
-        return Err(EffNetError::NegativeVariance {
-            name: format!("{bn}.running_var"),
-            channel,
+        return Err(EffNetError::NegativeVariance { name: format!("{}.running_var", spec.bn), channel });
+    }
+    Ok(fold_bn(&w.data, spec.shape[0], &gamma.data, &beta.data, &mean.data, &var.data, BN_EPS))
+}
+
+/// Writes an already folded conv back as `spec`'s state-dict tensors, with a BatchNorm that
+/// folds to it (unit scale, zero mean, variance `1 - eps`), so a fine-tuned conv goes through
+/// the same loading path as the original weights.
+pub fn set_folded(weights: &mut StateDict, spec: &ConvBnSpec, conv: &FoldedConv) -> Result<(), EffNetError> {
+    let out = spec.shape[0];
+    let expected: usize = spec.shape.iter().product();
+    if conv.weight.len() != expected || conv.bias.len() != out {
+        return Err(EffNetError::ShapeMismatch {
+            name: spec.conv.clone(),
+            expected: spec.shape.to_vec(),
+            actual: vec![conv.weight.len(), conv.bias.len()],
         });
     }
-    let f = fold_bn(
-        &w.data,
-        shape[0],
-        &gamma.data,
-        &beta.data,
-        &mean.data,
-        &var.data,
-        BN_EPS,
-    );
-    let wn = g.initializer_f32(&format!("{conv}.weight"), &shape, &f.weight)?;
-    let bn_ = g.initializer_f32(&format!("{conv}.bias"), &c, &f.bias)?;
-    let y = g.conv(x, &wn, Some(&bn_), p, conv)?;
-    if relu6 {
-        Ok(g.relu6(&y, &format!("{conv}.relu6"))?)
+    if let Some(index) = conv.weight.iter().chain(&conv.bias).position(|x| !x.is_finite()) {
+        let value = conv.weight.iter().chain(&conv.bias).nth(index).copied().unwrap_or(f32::NAN);
+        return Err(EffNetError::NotFinite { name: spec.conv.clone(), index, value });
+    }
+    let vector = |data: Vec<f32>| Tensor { shape: vec![out], data };
+    weights.insert(format!("{}.weight", spec.conv), Tensor { shape: spec.shape.to_vec(), data: conv.weight.clone() });
+    weights.insert(format!("{}.weight", spec.bn), vector(vec![1.0; out]));
+    weights.insert(format!("{}.bias", spec.bn), vector(conv.bias.clone()));
+    weights.insert(format!("{}.running_mean", spec.bn), vector(vec![0.0; out]));
+    weights.insert(format!("{}.running_var", spec.bn), vector(vec![(1.0 - BN_EPS) as f32; out]));
+    Ok(())
+}
+
+/// Adds `[conv] -> BN (folded) -> optional ReLU6` and returns the output name.
+fn conv_bn(g: &mut GraphBuilder, weights: &StateDict, x: &str, spec: &ConvBnSpec) -> Result<String, EffNetError> {
+    let f = folded(weights, spec)?;
+    let wn = g.initializer_f32(&format!("{}.weight", spec.conv), &spec.shape, &f.weight)?;
+    let bn_ = g.initializer_f32(&format!("{}.bias", spec.conv), &[spec.shape[0]], &f.bias)?;
+    let y = g.conv(x, &wn, Some(&bn_), &same_conv(spec), &spec.conv)?;
+    if spec.relu6 {
+        Ok(g.relu6(&y, &format!("{}.relu6", spec.conv))?)
     } else {
         Ok(y)
     }
 }
 
 /// TF-"SAME" conv parameters for a square kernel.
-fn same_conv(kernel: usize, stride: usize, dilation: usize, group: usize) -> ConvParams {
+fn same_conv(spec: &ConvBnSpec) -> ConvParams {
+    let (kernel, stride, dilation) = (spec.shape[2], spec.stride, spec.dilation);
     let padding = if stride == 1 {
         // Stride 1: SAME pads dilation*(k-1) in total, even for odd k, so it's symmetric
         // and size-independent; explicit pads avoid relying on auto_pad + dilation.
@@ -321,7 +401,7 @@ fn same_conv(kernel: usize, stride: usize, dilation: usize, group: usize) -> Con
         kernel: [kernel, kernel],
         stride: [stride, stride],
         dilation: [dilation, dilation],
-        group,
+        group: spec.groups,
         padding,
     }
 }
@@ -359,102 +439,29 @@ pub fn emit_backbone(
     input: &str,
     stride: OutputStride,
 ) -> Result<BackboneTaps, EffNetError> {
-    let mut x = conv_bn(
-        g,
-        weights,
-        input,
-        "_conv_stem",
-        "_bn0",
-        [STEM_CHANNELS, IMAGE_CHANNELS, STEM_KERNEL, STEM_KERNEL],
-        &same_conv(STEM_KERNEL, STEM_STRIDE, 1, 1),
-        true,
-    )?;
-    let mut cur_stride = STEM_STRIDE;
-    let mut dilation = 1;
-    // (output name, stride) of every block, for the taps.
-    let mut block_outs: Vec<(String, usize)> = Vec::with_capacity(LITE0_BLOCKS.len());
-
+    let mut x = conv_bn(g, weights, input, &stem_conv())?;
+    let placements = block_placements(stride);
+    let mut blocks: Vec<Tap> = Vec::with_capacity(LITE0_BLOCKS.len());
     for (i, b) in LITE0_BLOCKS.iter().enumerate() {
-        let p = format!("_blocks.{i}");
-        let hidden = b.hidden_channels();
-        // DeepLab rule: the block that would exceed the target keeps its current
-        // dilation with stride 1; later blocks get dilation multiplied by that stride.
-        let (dw_stride, dw_dilation) = if cur_stride * b.stride > stride.value() {
-            let d = dilation;
-            dilation *= b.stride;
-            (1, d)
-        } else {
-            cur_stride *= b.stride;
-            (b.stride, dilation)
-        };
-
         let mut h = x.clone();
-        if b.expand_ratio != 1 {
-            h = conv_bn(
-                g,
-                weights,
-                &h,
-                &format!("{p}._expand_conv"),
-                &format!("{p}._bn0"),
-                [hidden, b.in_channels, 1, 1],
-                &same_conv(1, 1, 1, 1),
-                true,
-            )?;
+        for spec in block_convs(i, placements[i]) {
+            h = conv_bn(g, weights, &h, &spec)?;
         }
-        h = conv_bn(
-            g,
-            weights,
-            &h,
-            &format!("{p}._depthwise_conv"),
-            &format!("{p}._bn1"),
-            [hidden, 1, b.kernel, b.kernel],
-            &same_conv(b.kernel, dw_stride, dw_dilation, hidden),
-            true,
-        )?;
-        h = conv_bn(
-            g,
-            weights,
-            &h,
-            &format!("{p}._project_conv"),
-            &format!("{p}._bn2"),
-            [b.out_channels, hidden, 1, 1],
-            &same_conv(1, 1, 1, 1),
-            false,
-        )?;
         // The residual depends on the spec, not on the S16 rewrite: block 11 changes
         // width, so it never has one either way.
         if b.has_residual() {
-            h = g.add(&h, &x, &format!("{p}.out"))?;
+            h = g.add(&h, &x, &format!("_blocks.{i}.out"))?;
         }
         x = h;
-        block_outs.push((x.clone(), cur_stride));
+        blocks.push(Tap { name: x.clone(), channels: b.out_channels, stride: placements[i].out_stride });
     }
-    let tap = |i: usize| Tap {
-        name: block_outs[i].0.clone(),
-        channels: LITE0_BLOCKS[i].out_channels,
-        stride: block_outs[i].1,
-    };
-    let (stride8, stride16, last_block) =
-        (tap(STRIDE8_BLOCK), tap(STRIDE16_BLOCK), tap(LAST_BLOCK));
-    let head = conv_bn(
-        g,
-        weights,
-        &x,
-        "_conv_head",
-        "_bn1",
-        [HEAD_CHANNELS, LAST_BLOCK_CHANNELS, 1, 1],
-        &same_conv(1, 1, 1, 1),
-        true,
-    )?;
+    let head = conv_bn(g, weights, &x, &head_conv())?;
     Ok(BackboneTaps {
-        stride8,
-        stride16,
-        last_block,
-        head: Tap {
-            name: head,
-            channels: HEAD_CHANNELS,
-            stride: cur_stride,
-        },
+        stride8: blocks[STRIDE8_BLOCK].clone(),
+        stride16: blocks[STRIDE16_BLOCK].clone(),
+        last_block: blocks[LAST_BLOCK].clone(),
+        head: Tap { name: head, channels: HEAD_CHANNELS, stride: placements[LAST_BLOCK].out_stride },
+        blocks,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct DataFreeLevels {
     pub features: String,
     pub coarse_base: String,
     pub fine_base: String,
+    /// Every backbone block's output (for graphs that tap one).
+    pub blocks: Vec<effnet::Tap>,
 }
 
 impl DataFreeLevels {
@@ -74,7 +76,7 @@ pub fn emit_data_free(g: &mut GraphBuilder, weights: &StateDict, class_text: &[f
     };
     let coarse_base = embed(g, &coarse_logits)?;
     let fine_base = embed(g, &logits)?;
-    Ok(DataFreeLevels { features: taps.head.name, coarse_base, fine_base })
+    Ok(DataFreeLevels { features: taps.head.name, coarse_base, fine_base, blocks: taps.blocks })
 }
 
 /// The coarse level: 3x3 stride-2 average (SAME_UPPER, padding not counted).

@@ -16,6 +16,8 @@ pub const FEATURES_COARSE: &str = "features_s32";
 pub const FEATURES_FINE: &str = "features_s16";
 pub const BASE_COARSE: &str = "base_s32";
 pub const BASE_FINE: &str = "base_s16";
+/// The output of the last frozen block when the trainer tunes the blocks after it.
+pub const BLOCK_TAP: &str = "block_tap";
 
 /// Weights of the residual MLP, row-major `[out, in]` like ONNX 1x1 conv kernels.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,10 +54,16 @@ impl HeadWeights {
 }
 
 /// Frozen part of the trainable model: outputs the head features and data-free embeddings of
-/// both levels ([`FEATURES_COARSE`], [`FEATURES_FINE`], [`BASE_COARSE`], [`BASE_FINE`]).
-pub fn build_feature_extractor(weights: &StateDict, class_text: &[f32], dim: usize) -> Result<GraphBuilder, EffNetError> {
+/// both levels ([`FEATURES_COARSE`], [`FEATURES_FINE`], [`BASE_COARSE`], [`BASE_FINE`]), and with
+/// `tap_block` that block's output as [`BLOCK_TAP`].
+pub fn build_feature_extractor(weights: &StateDict, class_text: &[f32], dim: usize, tap_block: Option<usize>) -> Result<GraphBuilder, EffNetError> {
     let mut g = GraphBuilder::new("ovseg_effnetlite0_features");
-    let [coarse, fine] = head::emit_data_free(&mut g, weights, class_text, dim)?.with_features(&mut g)?;
+    let levels = head::emit_data_free(&mut g, weights, class_text, dim)?;
+    if let Some(i) = tap_block {
+        let tap = levels.blocks.get(i).ok_or_else(|| EffNetError::MissingTensor(format!("_blocks.{i} (the network has {})", levels.blocks.len())))?;
+        head::emit_output(&mut g, &tap.name.clone(), BLOCK_TAP, tap.channels)?;
+    }
+    let [coarse, fine] = levels.with_features(&mut g)?;
     head::emit_output(&mut g, &coarse.features, FEATURES_COARSE, FEATURE_CHANNELS)?;
     head::emit_output(&mut g, &fine.features, FEATURES_FINE, FEATURE_CHANNELS)?;
     head::emit_output(&mut g, &coarse.base, BASE_COARSE, dim)?;

@@ -1,0 +1,184 @@
+//! The backbone's last blocks in burn, for tuning them together with the head. The convs are
+//! the ones `engine::zoo::effnet` emits into the ONNX graph (same specs, BatchNorm folded, same
+//! "SAME" padding and output-stride-16 dilations), followed by the frozen data-free part: the
+//! ImageNet classifier map, its softmax projected onto the class-description embeddings, and
+//! the 3x3 stride-2 pooling of the coarse level. So the cells the head sees move with the tuned
+//! weights exactly as they will in the exported model.
+use burn::module::{Module, Param};
+use burn::prelude::Backend;
+use burn::tensor::module::{avg_pool2d, conv2d};
+use burn::tensor::ops::{PadMode, PaddedConvOptions};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Tensor, TensorData};
+
+use engine::zoo::effnet::{self, ConvBnSpec, FoldedConv, LITE0_BLOCKS, OutputStride};
+use engine::zoo::pth::StateDict;
+
+use crate::model::{Levels, tensor2, values};
+
+/// One conv with its BatchNorm folded in, trainable.
+#[derive(Module, Debug)]
+pub struct TunedConv<B: Backend> {
+    weight: Param<Tensor<B, 4>>,
+    bias: Param<Tensor<B, 1>>,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+    relu6: bool,
+}
+
+impl<B: Backend> TunedConv<B> {
+    fn new(spec: &ConvBnSpec, conv: FoldedConv, device: &B::Device) -> Self {
+        TunedConv {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(conv.weight, spec.shape), device)),
+            bias: Param::from_tensor(Tensor::from_data(TensorData::new(conv.bias, [spec.shape[0]]), device)),
+            stride: spec.stride,
+            dilation: spec.dilation,
+            groups: spec.groups,
+            relu6: spec.relu6,
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>, spec: &ConvBnSpec) -> Tensor<B, 4> {
+        let [_, _, h, w] = x.dims();
+        let ((top, bottom), (left, right)) = (spec.same_padding(h), spec.same_padding(w));
+        let options = PaddedConvOptions::asymmetric([self.stride; 2], [top, left], [bottom, right], [self.dilation; 2], self.groups);
+        let y = conv2d(x, self.weight.val(), Some(self.bias.val()), options);
+        if self.relu6 { y.clamp(0.0, 6.0) } else { y }
+    }
+
+    fn folded(&self) -> anyhow::Result<FoldedConv> {
+        Ok(FoldedConv { weight: values(self.weight.val())?, bias: values(self.bias.val())? })
+    }
+}
+
+/// Blocks `first_block..` of EfficientNet-Lite0 and its head conv, at output stride 16 (as in
+/// the default model).
+#[derive(Module, Debug)]
+pub struct Tail<B: Backend> {
+    first_block: usize,
+    /// The convs of each tuned block, in order.
+    blocks: Vec<Vec<TunedConv<B>>>,
+    head: TunedConv<B>,
+}
+
+impl<B: Backend> Tail<B> {
+    /// The last `count` blocks (1..=15) and the head conv, from the default model's weights.
+    pub fn from_weights(weights: &StateDict, count: usize, device: &B::Device) -> anyhow::Result<Self> {
+        if !(1..LITE0_BLOCKS.len()).contains(&count) {
+            anyhow::bail!("tune_blocks {count}: at most {} blocks can be tuned", LITE0_BLOCKS.len() - 1);
+        }
+        let first_block = LITE0_BLOCKS.len() - count;
+        let mut blocks = Vec::with_capacity(count);
+        for specs in block_specs(first_block) {
+            blocks.push(specs.iter().map(|spec| Ok(TunedConv::new(spec, effnet::folded(weights, spec)?, device))).collect::<anyhow::Result<_>>()?);
+        }
+        let head = TunedConv::new(&effnet::head_conv(), effnet::folded(weights, &effnet::head_conv())?, device);
+        Ok(Tail { first_block, blocks, head })
+    }
+
+    /// The block whose output feeds the first tuned block (the feature extractor taps it).
+    pub fn input_block(&self) -> usize {
+        self.first_block - 1
+    }
+
+    /// The backbone's head features `[n, 1280, h, w]` from the tapped block's output.
+    pub fn forward(&self, mut x: Tensor<B, 4>) -> Tensor<B, 4> {
+        for (i, (convs, specs)) in self.blocks.iter().zip(block_specs(self.first_block)).enumerate() {
+            let input = x.clone();
+            for (conv, spec) in convs.iter().zip(&specs) {
+                x = conv.forward(x, spec);
+            }
+            if LITE0_BLOCKS[self.first_block + i].has_residual() {
+                x = x + input;
+            }
+        }
+        self.head.forward(x, &effnet::head_conv())
+    }
+
+    /// The tuned convs as state-dict tensors (what export writes over the default weights).
+    pub fn to_state_dict(&self) -> anyhow::Result<StateDict> {
+        let mut out = StateDict::new();
+        for (convs, specs) in self.blocks.iter().zip(block_specs(self.first_block)) {
+            for (conv, spec) in convs.iter().zip(&specs) {
+                effnet::set_folded(&mut out, spec, &conv.folded()?)?;
+            }
+        }
+        effnet::set_folded(&mut out, &effnet::head_conv(), &self.head.folded()?)?;
+        Ok(out)
+    }
+}
+
+/// The conv specs of each block from `first_block` on, placed as in the default model.
+fn block_specs(first_block: usize) -> impl Iterator<Item = Vec<ConvBnSpec>> {
+    let placements = effnet::block_placements(OutputStride::S16);
+    (first_block..LITE0_BLOCKS.len()).map(move |i| effnet::block_convs(i, placements[i]))
+}
+
+/// The frozen data-free part after the backbone: classifier map, softmax, projection onto the
+/// class-description embeddings.
+pub struct DataFree<B: Backend> {
+    /// `1280 x 1000`
+    classifier: Tensor<B, 2>,
+    classifier_bias: Tensor<B, 2>,
+    /// `1000 x dim`
+    projection: Tensor<B, 2>,
+}
+
+impl<B: Backend> DataFree<B> {
+    pub fn new(weights: &StateDict, class_text: &[f32], device: &B::Device) -> anyhow::Result<Self> {
+        let (classes, channels) = (effnet::NUM_CLASSES, effnet::HEAD_CHANNELS);
+        let tensor = |name: &str, len: usize| match weights.get(name) {
+            Some(t) if t.data.len() == len => Ok(t.data.clone()),
+            _ => Err(anyhow::anyhow!("the default model's weights have no {name} of {len} values")),
+        };
+        let fc = tensor("_fc.weight", classes * channels)?;
+        let dim = class_text.len() / classes;
+        Ok(DataFree {
+            classifier: tensor2(engine::backend::transpose(&fc, classes, channels), [channels, classes], device),
+            classifier_bias: tensor2(tensor("_fc.bias", classes)?, [1, classes], device),
+            projection: tensor2(class_text[..classes * dim].to_vec(), [classes, dim], device),
+        })
+    }
+
+    /// Both levels' features and data-free embeddings, cells pixel-major, from the head
+    /// features at the fine stride.
+    pub fn levels(&self, features: Tensor<B, 4>) -> Levels<B> {
+        let coarse = same_avg_pool_3x3_s2(features.clone());
+        let (coarse_features, fine_features) = (pixel_major(coarse), pixel_major(features));
+        Levels {
+            coarse_base: self.embed(coarse_features.clone()),
+            fine_base: self.embed(fine_features.clone()),
+            coarse_features,
+            fine_features,
+        }
+    }
+
+    /// The classifier is affine and the pooling averages, so pooling the features before it
+    /// equals the model's pooling of the logits (up to rounding).
+    fn embed(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
+        let logits = features.matmul(self.classifier.clone()) + self.classifier_bias.clone();
+        softmax(logits, 1).matmul(self.projection.clone())
+    }
+}
+
+/// `[n, c, h, w]` -> `[n h w, c]`
+fn pixel_major<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, c, h, w] = x.dims();
+    x.permute([0, 2, 3, 1]).reshape([n * h * w, c])
+}
+
+/// The coarse level's pooling: 3x3, stride 2, "SAME_UPPER" padding that is not counted.
+/// burn pools with symmetric padding only, so the input is padded explicitly and each window
+/// divided by the number of real pixels in it.
+fn same_avg_pool_3x3_s2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, h, w] = x.dims();
+    let pad = |size: usize| {
+        let total = ((size.div_ceil(2).max(1) - 1) * 2 + 3).saturating_sub(size);
+        (total / 2, total - total / 2)
+    };
+    let ((top, bottom), (left, right)) = (pad(h), pad(w));
+    let pool = |t: Tensor<B, 4>| avg_pool2d(t.pad((left, right, top, bottom), PadMode::Constant(0.0)), [3, 3], [2, 2], [0, 0], true, false);
+    let counted = pool(Tensor::<B, 4>::ones([1, 1, h, w], &x.device()));
+    pool(x) / counted
+}
