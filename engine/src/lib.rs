@@ -1,6 +1,8 @@
 //! Open-vocabulary segmentation engine: free-text labels in, per-pixel labels out.
 //! Knows nothing of ROS; the node and the CLI are thin shells around [`Pipeline`].
 pub mod backend;
+#[cfg(feature = "burn")]
+pub mod burn;
 pub mod colors;
 pub mod costmap;
 #[cfg(feature = "cuda")]

@@ -1,7 +1,6 @@
 //! Offline trainer for the open-vocabulary head: data (built-in synthetic scenes or folder data
 //! sets), the frozen backbone's features, the head in burn, export to the model directory the
 //! engine loads, and evaluation through the engine.
-pub mod backbone;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

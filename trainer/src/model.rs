@@ -4,7 +4,7 @@
 //! with the fine cost, softmax), so the loss sees what the node will compute.
 use burn::module::{Module, Param};
 use burn::prelude::Backend;
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,6 +13,8 @@ use engine::LabelSet;
 use engine::backend::transpose;
 use engine::costmap::{Grid, corners, fusion_axes, l2_normalize};
 use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
+
+pub use engine::burn::{Levels, residual_embedding, tensor2, values};
 
 #[derive(Module, Debug)]
 pub struct Head<B: Backend> {
@@ -24,16 +26,6 @@ pub struct Head<B: Backend> {
     b2: Param<Tensor<B, 1>>,
     /// ln of logit_scale x fusion weight, per level (coarse, fine): the learned temperature.
     log_scale: Param<Tensor<B, 1>>,
-}
-
-/// The head's input at both levels: backbone features and data-free embeddings, cells
-/// pixel-major, images one after the other.
-#[derive(Clone)]
-pub struct Levels<B: Backend> {
-    pub coarse_features: Tensor<B, 2>,
-    pub coarse_base: Tensor<B, 2>,
-    pub fine_features: Tensor<B, 2>,
-    pub fine_base: Tensor<B, 2>,
 }
 
 /// One batch of images with the same grids, cells pixel-major.
@@ -107,10 +99,6 @@ impl<B: Backend> Labels<B> {
     }
 }
 
-pub fn tensor2<B: Backend>(data: Vec<f32>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
 pub fn tensor3<B: Backend>(data: Vec<f32>, shape: [usize; 3], device: &B::Device) -> Tensor<B, 3> {
     Tensor::from_data(TensorData::new(data, shape), device)
 }
@@ -178,13 +166,12 @@ impl<B: Backend> Head<B> {
 
     /// The per-level scales (coarse, fine).
     pub fn scales(&self) -> anyhow::Result<Vec<f32>> {
-        values(self.log_scale.val().exp())
+        Ok(values(self.log_scale.val().exp())?)
     }
 
     /// Embeddings (not normalised) of cells: `base + W2 relu(W1 f + b1) + b2`.
     pub fn embed(&self, features: Tensor<B, 2>, base: Tensor<B, 2>) -> Tensor<B, 2> {
-        let hidden = relu(features.matmul(self.w1.val()) + self.b1.val().unsqueeze::<2>());
-        base + hidden.matmul(self.w2.val()) + self.b2.val().unsqueeze::<2>()
+        residual_embedding(features, base, [self.w1.val(), self.w2.val()], [self.b1.val(), self.b2.val()])
     }
 
 
@@ -283,6 +270,3 @@ fn label_cost<B: Backend>(labels: &Labels<B>, e: Tensor<B, 2>) -> Tensor<B, 2> {
     (e / norm).matmul(labels.text.clone()) * labels.gain.clone() + labels.bias.clone()
 }
 
-pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> anyhow::Result<Vec<f32>> {
-    t.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
-}

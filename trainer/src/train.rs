@@ -26,7 +26,7 @@ use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
 use crate::export::{BaseModel, check_destination, export_model};
 use crate::features::{FeatureExtractor, ImageFeatures};
-use crate::backbone::{DataFree, Tail};
+use engine::burn::{Blocks, DataFree};
 use crate::model::{Batch, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
 use crate::zs3;
 
@@ -76,7 +76,7 @@ pub struct TrainOptions {
 
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 type HeadOptimizer = OptimizerAdaptor<Adam, Head<TrainBackend>, TrainBackend>;
-type TailOptimizer = OptimizerAdaptor<Adam, Tail<TrainBackend>, TrainBackend>;
+type TailOptimizer = OptimizerAdaptor<Adam, Blocks<TrainBackend>, TrainBackend>;
 
 /// Trains, exports the model directory to `out` and evaluates untrained vs trained.
 pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
@@ -103,10 +103,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let device = Default::default();
     let mut tail = match config.tune_blocks {
         0 => None,
-        count => Some(Tail::<TrainBackend>::from_weights(&base.weights, count, &device)?),
+        count => Some(Blocks::<TrainBackend>::tail(&base.weights, count, &device)?),
     };
     let data_free = DataFree::<TrainBackend>::new(&base.weights, &base.class_text, &device)?;
-    let tap_block = tail.as_ref().map(Tail::input_block);
+    let tap_block = tail.as_ref().and_then(Blocks::input_block);
     let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads, tap_block)?;
     let size = (config.image_size[0], config.image_size[1]);
     // Augmentation draws from its own generator so the pool is the same on resume.
@@ -201,7 +201,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let checkpoint_path = checkpoint_path(out);
     let snapshot = |head: &Head<TrainBackend>,
                     optimizer: &HeadOptimizer,
-                    tail: Option<&Tail<TrainBackend>>,
+                    tail: Option<&Blocks<TrainBackend>>,
                     tail_optimizer: &TailOptimizer,
                     step: usize,
                     history: &[HistoryPoint],
@@ -464,7 +464,7 @@ struct Validation {
 }
 
 /// The head's input: the tuned blocks' levels when blocks are tuned, else the frozen ones.
-fn head_input<B: Backend>(tail: Option<&Tail<B>>, data_free: &DataFree<B>, batch: &Batch<B>) -> Levels<B> {
+fn head_input<B: Backend>(tail: Option<&Blocks<B>>, data_free: &DataFree<B>, batch: &Batch<B>) -> Levels<B> {
     match (tail, &batch.tap) {
         (Some(tail), Some(tap)) => data_free.levels(tail.forward(tap.clone())),
         _ => batch.frozen.clone(),
@@ -474,7 +474,7 @@ fn head_input<B: Backend>(tail: Option<&Tail<B>>, data_free: &DataFree<B>, batch
 #[allow(clippy::too_many_arguments)]
 fn validate<B: Backend>(
     head: &Head<B>,
-    tail: Option<&Tail<B>>,
+    tail: Option<&Blocks<B>>,
     data_free: &DataFree<B>,
     pool: &[Prepared],
     labels: &Labels<B>,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 
 use engine::{BackendKind, Frame, Model};
-use trainer::backbone::{DataFree, Tail};
+use engine::burn::{Blocks, DataFree};
 use trainer::checkpoint::load_checkpoint;
 use trainer::data::IGNORE;
 use trainer::export::HEAD_FILE;
@@ -35,9 +35,9 @@ fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
     let tail = (tune_blocks > 0).then(|| {
         let mut tuned = weights.clone();
         tuned.extend(checkpoint.backbone.clone());
-        Tail::<Flex>::from_weights(&tuned, tune_blocks, &device).unwrap()
+        Blocks::<Flex>::tail(&tuned, tune_blocks, &device).unwrap()
     });
-    let tap_block = tail.as_ref().map(Tail::input_block);
+    let tap_block = tail.as_ref().and_then(Blocks::input_block);
     let mut features = FeatureExtractor::new(&weights, &class_text, &model.manifest, 2, tap_block).unwrap().extract(image).unwrap();
     if let (Some(tail), Some(tap)) = (&tail, &features.tap) {
         let [c, h, w] = tap.shape;
@@ -66,6 +66,26 @@ fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
         let ours = values::<Flex, 2>(embedded / norm).unwrap();
         assert_eq!(ours.len(), map.data.len());
         worst = ours.iter().zip(&map.data).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+    }
+    worst
+}
+
+/// Max abs difference between burn's whole image encoder (`engine::burn::encoder`, on burn's
+/// CPU backend) and ONNX Runtime on the model in `model_dir`, on a real photo, both levels.
+fn burn_encoder_vs_onnx(model_dir: &Path) -> f32 {
+    use engine::ImageBackend;
+    let model = Model::open(model_dir).unwrap();
+    let photo = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/images/chelsea.jpg")).unwrap().to_rgb8();
+    let net = engine::preprocess::preprocess(&Frame::from_rgb_image(&photo), &model.manifest.image_encoder.input);
+    let mut burn = engine::burn::encoder::BurnBackend::<Flex>::open(model_dir, &model.manifest, Default::default(), "burn-cpu").unwrap();
+    let ours = burn.encode(&net).unwrap();
+    let theirs = model.image_backend(BackendKind::Cpu, 2).unwrap().encode(&net).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    let mut worst = 0.0f32;
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!((a.width, a.height, a.dim, a.stride), (b.width, b.height, b.dim, b.stride));
+        assert_eq!(a.offset, b.offset);
+        worst = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
     }
     worst
 }
@@ -107,8 +127,8 @@ fn the_burn_backbone_tail_equals_the_onnx_graph() {
     let (_, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
     let model = Model::open(&engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap().0).unwrap();
     let device = Default::default();
-    let tail = Tail::<Flex>::from_weights(&weights, 5, &device).unwrap();
-    assert_eq!(tail.input_block(), 10);
+    let tail = Blocks::<Flex>::tail(&weights, 5, &device).unwrap();
+    assert_eq!(tail.input_block(), Some(10));
     let image = synth::scene(4242, 320, 224).image;
     let frozen = FeatureExtractor::new(&weights, &class_text, &model.manifest, 2, Some(10)).unwrap().extract(&image).unwrap();
     let tap = frozen.tap.as_ref().unwrap();
@@ -129,11 +149,15 @@ fn the_burn_backbone_tail_equals_the_onnx_graph() {
     println!("burn tail vs ONNX, max abs diff (fine/coarse features, fine/coarse base): {diffs:?}");
     assert!(diffs[..2].iter().all(|&d| d < 1e-4), "features (ReLU6, up to 6): {diffs:?}");
     assert!(diffs[2..].iter().all(|&d| d < 1e-5), "data-free embeddings: {diffs:?}");
+    let (default_dir, _, _) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
+    let diff = burn_encoder_vs_onnx(&default_dir);
+    println!("burn encoder vs ONNX Runtime, default model, real photo: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "burn encoder vs ONNX Runtime: {diff}");
     // Writing the folded convs back as state-dict tensors and reading them again is lossless
     // to float rounding.
     let mut written = weights.clone();
     written.extend(tail.to_state_dict().unwrap());
-    let again = Tail::<Flex>::from_weights(&written, 5, &device).unwrap().to_state_dict().unwrap();
+    let again = Blocks::<Flex>::tail(&written, 5, &device).unwrap().to_state_dict().unwrap();
     for (name, t) in tail.to_state_dict().unwrap() {
         let d = worst(again[&name].data.clone(), &t.data);
         assert!(d <= 1e-6 * t.data.iter().fold(1.0f32, |m, x| m.max(x.abs())), "{name}: {d}");
@@ -160,6 +184,11 @@ fn tuning_the_last_block_trains_and_exports_what_burn_computed() {
     let diff = export_parity(&out, &synth::scene(77_777, 256, 192).image);
     println!("tuned export parity: max abs diff {diff:e}");
     assert!(diff < 1e-4, "exported ONNX vs burn tail + head: max abs diff {diff}");
+    // The engine's burn backend runs the exported file (tuned blocks and residual head) as
+    // ONNX Runtime does.
+    let diff = burn_encoder_vs_onnx(&out);
+    println!("burn encoder vs ONNX Runtime, trained model, real photo: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "burn encoder vs ONNX Runtime: {diff}");
 }
 
 #[test]

@@ -12,6 +12,8 @@ use super::pth::StateDict;
 pub const INPUT_NAME: &str = "image";
 pub const FINE_OUTPUT: &str = "embed_s16";
 pub const COARSE_OUTPUT: &str = "embed_s32";
+/// Initializer holding the class-description embeddings as a `dim x 1000` 1x1 conv kernel.
+pub const PROJECTION_NAME: &str = "class_text_projection";
 /// Cell centres in input pixels (pixel j spans [j, j+1)) for inputs that are multiples of 32:
 /// four SAME_UPPER stride-2 stages put cell i at 16 i + 15.5, and the 3x3 stride-2 pooling
 /// for the coarse level centres it on every second fine cell (32 i + 31.5).
@@ -69,7 +71,7 @@ pub fn emit_data_free(g: &mut GraphBuilder, weights: &StateDict, class_text: &[f
             projection[d * effnet::NUM_CLASSES + c] = class_text[c * dim + d];
         }
     }
-    let projection = g.initializer_f32("class_text_projection", &[dim, effnet::NUM_CLASSES, 1, 1], &projection)?;
+    let projection = g.initializer_f32(PROJECTION_NAME, &[dim, effnet::NUM_CLASSES, 1, 1], &projection)?;
     let embed = |g: &mut GraphBuilder, source: &str| -> Result<String, EffNetError> {
         let probs = g.op1("Softmax", &[source], vec![Attr::int("axis", 1)], "class_probs")?;
         Ok(g.conv(&probs, &projection, None, &ConvParams { padding: Padding::Valid, ..ConvParams::new(1) }, "embedded")?)

@@ -1,9 +1,9 @@
-//! The backbone's last blocks in burn, for tuning them together with the head. The convs are
-//! the ones `engine::zoo::effnet` emits into the ONNX graph (same specs, BatchNorm folded, same
-//! "SAME" padding and output-stride-16 dilations), followed by the frozen data-free part: the
-//! ImageNet classifier map, its softmax projected onto the class-description embeddings, and
-//! the 3x3 stride-2 pooling of the coarse level. So the cells the head sees move with the tuned
-//! weights exactly as they will in the exported model.
+//! EfficientNet-Lite0 in burn, whole or its last blocks (which the trainer tunes with the head).
+//! The convs are the ones [`crate::zoo::effnet`] emits into the ONNX graph (same specs,
+//! BatchNorm folded, same "SAME" padding and output-stride-16 dilations), followed by the
+//! data-free part: the ImageNet classifier map, its softmax projected onto the
+//! class-description embeddings, and the 3x3 stride-2 pooling of the coarse level. So what burn
+//! computes is what the exported model computes.
 use burn::module::{Module, Param};
 use burn::prelude::Backend;
 use burn::tensor::module::{avg_pool2d, conv2d};
@@ -11,10 +11,9 @@ use burn::tensor::ops::{PadMode, PaddedConvOptions};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, TensorData};
 
-use engine::zoo::effnet::{self, ConvBnSpec, FoldedConv, LITE0_BLOCKS, OutputStride};
-use engine::zoo::pth::StateDict;
-
-use crate::model::{Levels, tensor2, values};
+use super::{BurnError, Levels, tensor2, values};
+use crate::zoo::effnet::{self, ConvBnSpec, FoldedConv, LITE0_BLOCKS, OutputStride};
+use crate::zoo::pth::StateDict;
 
 /// One conv with its BatchNorm folded in, trainable.
 #[derive(Module, Debug)]
@@ -47,43 +46,57 @@ impl<B: Backend> TunedConv<B> {
         if self.relu6 { y.clamp(0.0, 6.0) } else { y }
     }
 
-    fn folded(&self) -> anyhow::Result<FoldedConv> {
+    fn folded(&self) -> Result<FoldedConv, BurnError> {
         Ok(FoldedConv { weight: values(self.weight.val())?, bias: values(self.bias.val())? })
     }
 }
 
-/// Blocks `first_block..` of EfficientNet-Lite0 and its head conv, at output stride 16 (as in
-/// the default model).
+/// Blocks `first_block..` of EfficientNet-Lite0 (with the stem when that is block 0) and its
+/// head conv, at output stride 16 (as in the default model).
 #[derive(Module, Debug)]
-pub struct Tail<B: Backend> {
+pub struct Blocks<B: Backend> {
     first_block: usize,
-    /// The convs of each tuned block, in order.
+    stem: Option<TunedConv<B>>,
+    /// The convs of each block, in order.
     blocks: Vec<Vec<TunedConv<B>>>,
     head: TunedConv<B>,
 }
 
-impl<B: Backend> Tail<B> {
-    /// The last `count` blocks (1..=15) and the head conv, from the default model's weights.
-    pub fn from_weights(weights: &StateDict, count: usize, device: &B::Device) -> anyhow::Result<Self> {
-        if !(1..LITE0_BLOCKS.len()).contains(&count) {
-            anyhow::bail!("tune_blocks {count}: at most {} blocks can be tuned", LITE0_BLOCKS.len() - 1);
+impl<B: Backend> Blocks<B> {
+    /// The last `count` blocks (1..=15) and the head conv, from state-dict weights.
+    pub fn tail(weights: &StateDict, count: usize, device: &B::Device) -> Result<Self, BurnError> {
+        let max = LITE0_BLOCKS.len() - 1;
+        if !(1..=max).contains(&count) {
+            return Err(BurnError::TuneBlocks { count, max });
         }
-        let first_block = LITE0_BLOCKS.len() - count;
-        let mut blocks = Vec::with_capacity(count);
-        for specs in block_specs(first_block) {
-            blocks.push(specs.iter().map(|spec| Ok(TunedConv::new(spec, effnet::folded(weights, spec)?, device))).collect::<anyhow::Result<_>>()?);
-        }
-        let head = TunedConv::new(&effnet::head_conv(), effnet::folded(weights, &effnet::head_conv())?, device);
-        Ok(Tail { first_block, blocks, head })
+        Self::build(LITE0_BLOCKS.len() - count, |spec| Ok(effnet::folded(weights, spec)?), device)
     }
 
-    /// The block whose output feeds the first tuned block (the feature extractor taps it).
-    pub fn input_block(&self) -> usize {
-        self.first_block - 1
+    /// The whole network, stem to head conv, from already folded convs (`source` gives each
+    /// spec's weight and bias).
+    pub fn whole(source: impl Fn(&ConvBnSpec) -> Result<FoldedConv, BurnError>, device: &B::Device) -> Result<Self, BurnError> {
+        Self::build(0, source, device)
     }
 
-    /// The backbone's head features `[n, 1280, h, w]` from the tapped block's output.
+    fn build(first_block: usize, source: impl Fn(&ConvBnSpec) -> Result<FoldedConv, BurnError>, device: &B::Device) -> Result<Self, BurnError> {
+        let conv = |spec: &ConvBnSpec| Ok::<_, BurnError>(TunedConv::new(spec, source(spec)?, device));
+        let stem = if first_block == 0 { Some(conv(&effnet::stem_conv())?) } else { None };
+        let blocks = block_specs(first_block).map(|specs| specs.iter().map(conv).collect()).collect::<Result<_, _>>()?;
+        Ok(Blocks { first_block, stem, blocks, head: conv(&effnet::head_conv())? })
+    }
+
+    /// The block whose output feeds the first of these blocks (the trainer's feature extractor
+    /// taps it); none when they start from the image.
+    pub fn input_block(&self) -> Option<usize> {
+        self.first_block.checked_sub(1)
+    }
+
+    /// The backbone's head features `[n, 1280, h, w]` from the normalised image (whole network)
+    /// or from the tapped block's output.
     pub fn forward(&self, mut x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if let Some(stem) = &self.stem {
+            x = stem.forward(x, &effnet::stem_conv());
+        }
         for (i, (convs, specs)) in self.blocks.iter().zip(block_specs(self.first_block)).enumerate() {
             let input = x.clone();
             for (conv, spec) in convs.iter().zip(&specs) {
@@ -96,8 +109,9 @@ impl<B: Backend> Tail<B> {
         self.head.forward(x, &effnet::head_conv())
     }
 
-    /// The tuned convs as state-dict tensors (what export writes over the default weights).
-    pub fn to_state_dict(&self) -> anyhow::Result<StateDict> {
+    /// The blocks' convs (not the stem) as state-dict tensors: what export writes over the
+    /// default weights after tuning.
+    pub fn to_state_dict(&self) -> Result<StateDict, BurnError> {
         let mut out = StateDict::new();
         for (convs, specs) in self.blocks.iter().zip(block_specs(self.first_block)) {
             for (conv, spec) in convs.iter().zip(&specs) {
@@ -126,18 +140,30 @@ pub struct DataFree<B: Backend> {
 }
 
 impl<B: Backend> DataFree<B> {
-    pub fn new(weights: &StateDict, class_text: &[f32], device: &B::Device) -> anyhow::Result<Self> {
+    /// From the state dict's classifier (`_fc`) and the class-description embeddings
+    /// (`1000 x dim`, row-major).
+    pub fn new(weights: &StateDict, class_text: &[f32], device: &B::Device) -> Result<Self, BurnError> {
+        let tensor = |name: &str| weights.get(name).map(|t| t.data.as_slice()).ok_or_else(|| BurnError::MissingWeight(name.to_string()));
+        Self::from_parts(tensor("_fc.weight")?, tensor("_fc.bias")?, class_text, device)
+    }
+
+    /// `classifier` is `1000 x 1280` row-major (also the layout of the ONNX 1x1 conv kernel).
+    pub fn from_parts(classifier: &[f32], bias: &[f32], class_text: &[f32], device: &B::Device) -> Result<Self, BurnError> {
         let (classes, channels) = (effnet::NUM_CLASSES, effnet::HEAD_CHANNELS);
-        let tensor = |name: &str, len: usize| match weights.get(name) {
-            Some(t) if t.data.len() == len => Ok(t.data.clone()),
-            _ => Err(anyhow::anyhow!("the default model's weights have no {name} of {len} values")),
-        };
-        let fc = tensor("_fc.weight", classes * channels)?;
         let dim = class_text.len() / classes;
+        if classifier.len() != classes * channels || bias.len() != classes || dim == 0 || class_text.len() != classes * dim {
+            return Err(BurnError::Shape(format!(
+                "classifier {} values (expected {}), bias {} (expected {classes}), class text {} (expected {classes} x dim)",
+                classifier.len(),
+                classes * channels,
+                bias.len(),
+                class_text.len()
+            )));
+        }
         Ok(DataFree {
-            classifier: tensor2(engine::backend::transpose(&fc, classes, channels), [channels, classes], device),
-            classifier_bias: tensor2(tensor("_fc.bias", classes)?, [1, classes], device),
-            projection: tensor2(class_text[..classes * dim].to_vec(), [classes, dim], device),
+            classifier: tensor2(crate::backend::transpose(classifier, classes, channels), [channels, classes], device),
+            classifier_bias: tensor2(bias.to_vec(), [1, classes], device),
+            projection: tensor2(class_text.to_vec(), [classes, dim], device),
         })
     }
 
