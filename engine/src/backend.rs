@@ -35,16 +35,25 @@ pub enum BackendKind {
     /// as `Auto` (feature `tensorrt`).
     #[cfg(feature = "tensorrt")]
     TensorRt,
+    /// The image encoder on burn: a CUDA device with feature `burn-cuda` where a driver
+    /// answers, else burn's CPU backend, then ONNX Runtime on the CPU; scoring as `Auto`
+    /// (feature `burn`).
+    #[cfg(feature = "burn")]
+    Burn,
 }
 
 impl BackendKind {
     /// Names this build accepts.
-    #[cfg(feature = "tensorrt")]
-    pub const AVAILABLE: &[&str] = &["auto", "cpu", "cuda", "tensorrt"];
-    #[cfg(all(feature = "cuda", not(feature = "tensorrt")))]
-    pub const AVAILABLE: &[&str] = &["auto", "cpu", "cuda"];
-    #[cfg(not(feature = "cuda"))]
-    pub const AVAILABLE: &[&str] = &["auto", "cpu"];
+    pub const AVAILABLE: &[&str] = &[
+        "auto",
+        "cpu",
+        #[cfg(feature = "cuda")]
+        "cuda",
+        #[cfg(feature = "tensorrt")]
+        "tensorrt",
+        #[cfg(feature = "burn")]
+        "burn",
+    ];
 }
 
 impl std::str::FromStr for BackendKind {
@@ -59,6 +68,13 @@ impl std::str::FromStr for BackendKind {
             "cuda" => Err(EngineError::Runtime("backend \"cuda\" is not available in this build (feature `cuda`)".into())),
             #[cfg(feature = "tensorrt")]
             "tensorrt" => Ok(BackendKind::TensorRt),
+            #[cfg(feature = "burn")]
+            "burn" => Ok(BackendKind::Burn),
+            #[cfg(not(feature = "burn"))]
+            "burn" => Err(EngineError::Runtime(format!(
+                "backend {s:?} is not available in this build (feature `burn`; available: {})",
+                BackendKind::AVAILABLE.join(", ")
+            ))),
             #[cfg(not(feature = "tensorrt"))]
             "tensorrt" => Err(EngineError::Runtime(format!(
                 "backend {s:?} is not available in this build (available: {})",

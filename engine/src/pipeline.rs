@@ -107,6 +107,10 @@ impl Model {
         if kind == BackendKind::TensorRt {
             return crate::tensorrt::fallback_chain(self, &crate::tensorrt::TensorRtOptions::default(), threads);
         }
+        #[cfg(feature = "burn")]
+        if kind == BackendKind::Burn {
+            return Ok(Box::new(crate::burn::encoder::fallback_chain(self, threads)?));
+        }
         let _ = kind;
         Ok(Box::new(OrtBackend::cpu(&self.dir, &self.manifest, threads)?))
     }

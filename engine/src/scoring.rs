@@ -118,6 +118,8 @@ pub fn scorer_for(kind: BackendKind) -> Result<Box<dyn Scorer>> {
         BackendKind::Cuda => Ok(Box::new(crate::cuda::CudaScorer::new()?)),
         #[cfg(feature = "tensorrt")]
         BackendKind::TensorRt => scorer_for(BackendKind::Auto),
+        #[cfg(feature = "burn")]
+        BackendKind::Burn => scorer_for(BackendKind::Auto),
         #[cfg(feature = "cuda")]
         BackendKind::Auto => match crate::cuda::CudaScorer::new() {
             Ok(s) => {

@@ -41,7 +41,8 @@ pub struct CommonArgs {
     pub threads: Option<usize>,
     /// Where the cost map, fusion and post-processing run: auto (CUDA when a device answers,
     /// else CPU), cpu, or cuda; tensorrt also runs the image encoder on TensorRT (falling back
-    /// to ONNX Runtime's CUDA provider, then the CPU).
+    /// to ONNX Runtime's CUDA provider, then the CPU); burn (builds with feature `burn`) runs it
+    /// on burn, on a CUDA device with `burn-cuda`, else on burn's CPU backend.
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
     /// More log output (-v info, -vv debug with per-stage spans).

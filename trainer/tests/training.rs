@@ -153,6 +153,11 @@ fn the_burn_backbone_tail_equals_the_onnx_graph() {
     let diff = burn_encoder_vs_onnx(&default_dir);
     println!("burn encoder vs ONNX Runtime, default model, real photo: max abs diff {diff:e}");
     assert!(diff < 1e-4, "burn encoder vs ONNX Runtime: {diff}");
+    // `backend burn` picks it (burn-cuda only in builds with that feature and a driver) and a
+    // whole frame goes through the pipeline.
+    let backend: BackendKind = "burn".parse().unwrap();
+    let pipeline = Model::open(&default_dir).unwrap().pipeline(backend, 2).unwrap();
+    assert!(pipeline.backend_name().starts_with("burn-"), "{}", pipeline.backend_name());
     // Writing the folded convs back as state-dict tensors and reading them again is lossless
     // to float rounding.
     let mut written = weights.clone();

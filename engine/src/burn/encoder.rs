@@ -6,11 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use burn::backend::Flex;
 use burn::prelude::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::{Blocks, BurnError, DataFree, residual_embedding, tensor2, values};
-use crate::backend::{ImageBackend, transpose};
+use crate::backend::{ImageBackend, OrtBackend, transpose};
+use crate::fallback::{FallbackBackend, Opener};
+use crate::pipeline::Model;
 use crate::costmap::{EmbeddingMap, l2_normalize};
 use crate::error::{EngineError, Result};
 use crate::manifest::{EmbeddingOutput, Layout, Manifest};
@@ -144,5 +147,63 @@ impl<B: Backend> ImageBackend for BurnBackend<B> {
             maps.push(EmbeddingMap { stride: level.stride, offset: level.center_offset(), width, height, dim, data });
         }
         Ok(maps)
+    }
+}
+
+fn boxed<T: ImageBackend + 'static>(backend: T) -> Box<dyn ImageBackend> {
+    Box::new(backend)
+}
+
+/// burn on a CUDA device (feature `burn-cuda`, where a driver answers), then burn on the CPU,
+/// then ONNX Runtime on the CPU: frames keep flowing whichever fails.
+pub fn fallback_chain(model: &Model, threads: usize) -> Result<FallbackBackend> {
+    let mut candidates: Vec<(&'static str, Opener)> = Vec::new();
+    #[cfg(feature = "burn-cuda")]
+    {
+        let m = model.clone();
+        candidates.push(("burn-cuda", Box::new(move || cuda::open(&m).map(boxed))));
+    }
+    let m = model.clone();
+    candidates.push(("burn-cpu", Box::new(move || BurnBackend::<Flex>::open(&m.dir, &m.manifest, Default::default(), "burn-cpu").map(boxed))));
+    let m = model.clone();
+    candidates.push(("cpu", Box::new(move || OrtBackend::cpu(&m.dir, &m.manifest, threads).map(boxed))));
+    FallbackBackend::start(candidates)
+}
+
+#[cfg(feature = "burn-cuda")]
+mod cuda {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use burn::backend::Cuda;
+
+    use super::*;
+
+    /// burn's CUDA runtime panics where ONNX Runtime would return an error (no driver, device
+    /// lost, out of memory); this turns those panics into errors the fallback chain handles.
+    pub struct Guarded(BurnBackend<Cuda>);
+
+    fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+        payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into())
+    }
+
+    pub fn open(model: &Model) -> Result<Guarded> {
+        // burn panics when libcuda cannot be loaded, so ask the driver first.
+        if !crate::cuda::driver_present() {
+            return Err(EngineError::Gpu("no CUDA driver (libcuda) on this machine".into()));
+        }
+        let device = burn::backend::cuda::CudaDevice::default();
+        catch_unwind(AssertUnwindSafe(|| BurnBackend::<Cuda>::open(&model.dir, &model.manifest, device, "burn-cuda")))
+            .map_err(|p| EngineError::Gpu(format!("burn's CUDA backend: {}", panic_message(p))))?
+            .map(Guarded)
+    }
+
+    impl ImageBackend for Guarded {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+
+        fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+            catch_unwind(AssertUnwindSafe(|| self.0.encode(input))).map_err(|p| EngineError::Gpu(format!("burn's CUDA backend: {}", panic_message(p))))?
+        }
     }
 }

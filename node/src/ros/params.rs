@@ -76,7 +76,7 @@ pub static SPECS: &[ParamSpec] = &[
         choices: BACKENDS,
         constraints: "auto (CUDA where a device answers, else CPU), cpu, cuda; tensorrt: the image encoder on TensorRT, falling back to \
                       ONNX Runtime's CUDA provider, then the CPU (reason on /diagnostics); a change reloads the model",
-        ..spec("backend", "Where the cost map, fusion, post-processing and stereo matching run, and with tensorrt the image encoder too.")
+        ..spec("backend", "Where the cost map, fusion, post-processing and stereo matching run, and with tensorrt or burn the image encoder too.")
     },
     ParamSpec {
         choices: &["fp32", "fp16", "int8"],
