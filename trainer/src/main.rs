@@ -62,6 +62,10 @@ struct TrainArgs {
     /// Adam learning rate of the tuned backbone blocks [default: 0.0002].
     #[arg(long)]
     tune_learning_rate: Option<f64>,
+    /// Where to train: auto (CUDA where this build has the feature `cuda` and a driver answers,
+    /// else the CPU), cpu, or cuda.
+    #[arg(long, value_enum, default_value_t = trainer::train::TrainDevice::Auto)]
+    device: trainer::train::TrainDevice,
     /// Optimiser steps [default: 300].
     #[arg(long)]
     steps: Option<usize>,
@@ -176,7 +180,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     }
     override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume })?;
+    let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume, device: args.device })?;
     let json = serde_json::to_string_pretty(&report)?;
     let report_path = args.json.unwrap_or_else(|| args.out.join("train_report.json"));
     write_file(&report_path, json.as_bytes())?;

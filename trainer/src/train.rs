@@ -13,6 +13,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -30,7 +31,15 @@ use engine::burn::{Blocks, DataFree};
 use crate::model::{Batch, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
 use crate::zs3;
 
-pub type TrainBackend = Autodiff<Flex>;
+/// Where training runs: `auto` takes CUDA in builds with the feature `cuda` where a driver
+/// answers, and the CPU otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainDevice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
 
 /// One training or validation image, ready for batching.
 struct Prepared {
@@ -64,6 +73,8 @@ pub struct TrainReport {
     pub export_seconds: f64,
     /// ZS3: the generator's MMD to the real cells per seen label, first and last step.
     pub zs3_generator_mmd: Option<[Vec<f32>; 2]>,
+    /// Where the head trained ("cpu" or "cuda").
+    pub device: String,
 }
 
 /// How a training run is driven (not part of the configuration a checkpoint records).
@@ -72,15 +83,45 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Continue from this checkpoint (same configuration except `steps` and `threads`).
     pub resume: Option<PathBuf>,
+    pub device: TrainDevice,
 }
 
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
-type HeadOptimizer = OptimizerAdaptor<Adam, Head<TrainBackend>, TrainBackend>;
-type TailOptimizer = OptimizerAdaptor<Adam, Blocks<TrainBackend>, TrainBackend>;
+type HeadOptimizer<B> = OptimizerAdaptor<Adam, Head<B>, B>;
+type TailOptimizer<B> = OptimizerAdaptor<Adam, Blocks<B>, B>;
 
 /// Trains, exports the model directory to `out` and evaluates untrained vs trained.
 pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
     config.check()?;
+    match options.device {
+        TrainDevice::Cpu => train_on::<Autodiff<Flex>>(config, out, options, Default::default(), "cpu"),
+        TrainDevice::Cuda | TrainDevice::Auto => cuda_or_cpu(config, out, options),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
+    // burn's CUDA runtime panics when libcuda is missing: ask the driver first.
+    if engine::cuda::driver_present() {
+        tracing::info!("training on CUDA");
+        return train_on::<Autodiff<burn::backend::Cuda>>(config, out, options, Default::default(), "cuda");
+    }
+    if options.device == TrainDevice::Cuda {
+        bail!("device cuda: no CUDA driver (libcuda) answers on this machine");
+    }
+    tracing::info!("training on the CPU: no CUDA driver (libcuda) answers on this machine");
+    train_on::<Autodiff<Flex>>(config, out, options, Default::default(), "cpu")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
+    if options.device == TrainDevice::Cuda {
+        bail!("device cuda: this ovseg-train was built without the feature `cuda`");
+    }
+    train_on::<Autodiff<Flex>>(config, out, options, Default::default(), "cpu")
+}
+
+fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &TrainOptions, device: B::Device, device_name: &str) -> Result<TrainReport> {
     check_destination(out)?;
     let resume = options.resume.as_deref().map(|path| resume_point(path, config)).transpose()?;
     let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.threads };
@@ -100,12 +141,11 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
     let num_labels = label_set.len();
 
     let started = Instant::now();
-    let device = Default::default();
     let mut tail = match config.tune_blocks {
         0 => None,
-        count => Some(Blocks::<TrainBackend>::tail(&base.weights, count, &device)?),
+        count => Some(Blocks::<B>::tail(&base.weights, count, &device)?),
     };
-    let data_free = DataFree::<TrainBackend>::new(&base.weights, &base.class_text, &device)?;
+    let data_free = DataFree::<B>::new(&base.weights, &base.class_text, &device)?;
     let tap_block = tail.as_ref().and_then(Blocks::input_block);
     let mut extractor = FeatureExtractor::new(&base.weights, &base.class_text, &model.manifest, threads, tap_block)?;
     let size = (config.image_size[0], config.image_size[1]);
@@ -152,12 +192,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
 
     let first = &train_pool[0].features;
     let (coarse_grid, fine_grid) = (first.coarse.grid, first.fine.grid);
-    let interp = tensor3::<TrainBackend>(
+    let interp = tensor3::<B>(
         interpolation_matrix(coarse_grid, fine_grid),
         [1, fine_grid.width * fine_grid.height, coarse_grid.width * coarse_grid.height],
         &device,
     );
-    let labels = Labels::<TrainBackend>::new(&label_set, &device).with_anchors(&base.class_text, label_set.dim, &device);
+    let labels = Labels::<B>::new(&label_set, &device).with_anchors(&base.class_text, label_set.dim, &device);
     let teacher_scales = default_scales(&model.manifest);
     let loss_weights = LossWeights {
         tags: config.tag_loss_weight,
@@ -165,21 +205,21 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         distill_masked: config.distill_masked_weight,
         teacher_scales,
     };
-    let mut head = Head::<TrainBackend>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
-    let mut optimizer: HeadOptimizer = AdamConfig::new().init();
-    let mut tail_optimizer: TailOptimizer = AdamConfig::new().init();
+    let mut head = Head::<B>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
+    let mut optimizer: HeadOptimizer<B> = AdamConfig::new().init();
+    let mut tail_optimizer: TailOptimizer<B> = AdamConfig::new().init();
     let recorder = StateRecorder::default();
     let (mut history, mut running, first_step) = match resume {
         Some(checkpoint) => {
             let state = checkpoint.state.context("the checkpoint holds no training state")?;
-            let module = Recorder::<TrainBackend>::load(&recorder, state.module, &device).context("restoring the head from the checkpoint")?;
+            let module = Recorder::<B>::load(&recorder, state.module, &device).context("restoring the head from the checkpoint")?;
             head = head.load_record(module);
-            let moments = Recorder::<TrainBackend>::load(&recorder, state.optimizer, &device).context("restoring the optimizer from the checkpoint")?;
+            let moments = Recorder::<B>::load(&recorder, state.optimizer, &device).context("restoring the optimizer from the checkpoint")?;
             optimizer = optimizer.load_record(moments);
             if let Some(t) = tail.take() {
-                let module = Recorder::<TrainBackend>::load(&recorder, state.tail_module, &device).context("restoring the tuned backbone blocks from the checkpoint")?;
+                let module = Recorder::<B>::load(&recorder, state.tail_module, &device).context("restoring the tuned backbone blocks from the checkpoint")?;
                 tail = Some(t.load_record(module));
-                let moments = Recorder::<TrainBackend>::load(&recorder, state.tail_optimizer, &device)
+                let moments = Recorder::<B>::load(&recorder, state.tail_optimizer, &device)
                     .context("restoring the tuned blocks' optimizer from the checkpoint")?;
                 tail_optimizer = tail_optimizer.load_record(moments);
             }
@@ -199,10 +239,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         .context("installing the Ctrl-C handler")?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted)).context("installing the Ctrl-C handler")?;
     let checkpoint_path = checkpoint_path(out);
-    let snapshot = |head: &Head<TrainBackend>,
-                    optimizer: &HeadOptimizer,
-                    tail: Option<&Blocks<TrainBackend>>,
-                    tail_optimizer: &TailOptimizer,
+    let snapshot = |head: &Head<B>,
+                    optimizer: &HeadOptimizer<B>,
+                    tail: Option<&Blocks<B>>,
+                    tail_optimizer: &TailOptimizer<B>,
                     step: usize,
                     history: &[HistoryPoint],
                     running: Option<f64>|
@@ -210,15 +250,15 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         let (weights, scales) = head.to_weights()?;
         let (tail_module, tail_optimizer, backbone) = match tail {
             Some(tail) => (
-                Recorder::<TrainBackend>::record(&recorder, tail.clone().into_record(), ())?,
-                Recorder::<TrainBackend>::record(&recorder, tail_optimizer.to_record(), ())?,
+                Recorder::<B>::record(&recorder, tail.clone().into_record(), ())?,
+                Recorder::<B>::record(&recorder, tail_optimizer.to_record(), ())?,
                 tail.to_state_dict()?,
             ),
             None => Default::default(),
         };
         let state = Some(TrainingState {
-            module: Recorder::<TrainBackend>::record(&recorder, head.clone().into_record(), ())?,
-            optimizer: Recorder::<TrainBackend>::record(&recorder, optimizer.to_record(), ())?,
+            module: Recorder::<B>::record(&recorder, head.clone().into_record(), ())?,
+            optimizer: Recorder::<B>::record(&recorder, optimizer.to_record(), ())?,
             tail_module,
             tail_optimizer,
         });
@@ -242,10 +282,16 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
             break;
         }
         let items: Vec<&Prepared> = batches.at(step).into_iter().map(|i| &train_pool[i]).collect();
-        let batch = make_batch::<TrainBackend>(&items, labels.count, &device);
+        let batch = make_batch::<B>(&items, labels.count, &device);
         let (mut loss, _) = head.loss(&batch, head_input(tail.as_ref(), &data_free, &batch), &labels, &interp, &loss_weights);
         if let Some(generator) = &mut generator {
             let (features, base, unseen) = generator.generate(&unseen_text, config.zs3_generated);
+            // The generator runs on the CPU; its cells move to the training device.
+            let to_device = |t: Tensor<_, 2>| -> Result<Tensor<B, 2>> {
+                let dims = t.dims();
+                Ok(tensor2::<B>(values(t)?, dims, &device))
+            };
+            let (features, base) = (to_device(features)?, to_device(base)?);
             let targets: Vec<usize> = unseen.iter().map(|u| seen.specs.len() + u).collect();
             loss = loss + head.generated_loss(features, base, &targets, &labels).mul_scalar(config.zs3_weight);
         }
@@ -313,6 +359,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
         model_dir: out.display().to_string(),
         export_seconds,
         zs3_generator_mmd: generator.map(|g| g.mmd),
+        device: device_name.to_string(),
     })
 }
 

@@ -16,7 +16,6 @@ use rand::{Rng, SeedableRng};
 use engine::zoo::trained::FEATURE_CHANNELS;
 
 use crate::model::{tensor2, values};
-use crate::train::TrainBackend;
 
 const NOISE: usize = 32;
 const HIDDEN: usize = 256;
@@ -117,9 +116,12 @@ fn noise<B: Backend>(rng: &mut StdRng, n: usize, device: &B::Device) -> Tensor<B
     tensor2((0..n * NOISE).map(|_| rng.random_range(-1.0f32..1.0)).collect(), [n, NOISE], device)
 }
 
+/// The generator is small: it trains on the CPU whatever device the head trains on.
+type GeneratorBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
 /// A generator trained on `real`; `text` holds each seen label's embedding (`labels x dim`).
 pub struct TrainedGenerator {
-    generator: Generator<TrainBackend>,
+    generator: Generator<GeneratorBackend>,
     dim: usize,
     rng: StdRng,
     /// MMD per seen label at its first and its last generator step (NaN for labels with too
@@ -130,7 +132,7 @@ pub struct TrainedGenerator {
 pub fn train_generator(real: &RealCells, text: &[f32], seed: u64) -> anyhow::Result<TrainedGenerator> {
     let device = Default::default();
     let (dim, width) = (real.dim, real.width());
-    let mut generator = Generator::<TrainBackend>::init(dim, width, seed, &device);
+    let mut generator = Generator::<GeneratorBackend>::init(dim, width, seed, &device);
     let mut optimizer = AdamConfig::new().init();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x253);
     let usable: Vec<usize> = (0..real.by_label.len()).filter(|&k| real.by_label[k].len() >= 8 * width).collect();
@@ -151,8 +153,8 @@ pub fn train_generator(real: &RealCells, text: &[f32], seed: u64) -> anyhow::Res
         let cells = &real.by_label[k];
         let rows = cells.len() / width;
         let chosen: Vec<f32> = (0..CELLS).flat_map(|_| cells[rng.random_range(0..rows) * width..][..width].iter().copied()).collect();
-        let real_batch = tensor2::<TrainBackend>(chosen, [CELLS, width], &device);
-        let text_rows = tensor2::<TrainBackend>(text[k * dim..][..dim].repeat(CELLS), [CELLS, dim], &device);
+        let real_batch = tensor2::<GeneratorBackend>(chosen, [CELLS, width], &device);
+        let text_rows = tensor2::<GeneratorBackend>(text[k * dim..][..dim].repeat(CELLS), [CELLS, dim], &device);
         let fake = generator.forward(text_rows, noise(&mut rng, CELLS, &device));
         let loss = mmd(fake, real_batch, &bandwidths);
         let value = values(loss.clone())?[0];
@@ -169,7 +171,7 @@ pub fn train_generator(real: &RealCells, text: &[f32], seed: u64) -> anyhow::Res
 impl TrainedGenerator {
     /// `per_label` generated cells for each embedding in `text` (`labels x dim`), as
     /// (features, base, label index in `text`), detached from the generator.
-    pub fn generate(&mut self, text: &[f32], per_label: usize) -> (Tensor<TrainBackend, 2>, Tensor<TrainBackend, 2>, Vec<usize>) {
+    pub fn generate(&mut self, text: &[f32], per_label: usize) -> (Tensor<GeneratorBackend, 2>, Tensor<GeneratorBackend, 2>, Vec<usize>) {
         let device = Default::default();
         let labels = text.len() / self.dim;
         let rows: Vec<f32> = (0..labels).flat_map(|k| text[k * self.dim..][..self.dim].repeat(per_label)).collect();

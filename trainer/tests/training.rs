@@ -19,7 +19,7 @@ fn tiny(steps: usize) -> TrainConfig {
 }
 
 fn run(config: &TrainConfig, out: &Path, resume: Option<PathBuf>) -> anyhow::Result<trainer::train::TrainReport> {
-    train(config, out, &TrainOptions { progress: false, resume })
+    train(config, out, &TrainOptions { progress: false, resume, ..TrainOptions::default() })
 }
 
 /// Max abs difference between the burn head's normalised embeddings and the exported ONNX
@@ -337,6 +337,12 @@ fn configuration_errors_name_the_field() {
         let err = format!("{:#}", config.check().unwrap_err());
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
     }
+    // No CUDA here (no driver, or a build without the feature): asking for it is refused with
+    // the reason, before any work.
+    let dir = tempfile::tempdir().unwrap();
+    let options = TrainOptions { device: trainer::train::TrainDevice::Cuda, ..TrainOptions::default() };
+    let err = format!("{:#}", train(&tiny(2), &dir.path().join("m"), &options).unwrap_err());
+    assert!(err.starts_with("device cuda: "), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, "steps: 10\nlearning_rat: 0.1\n").unwrap();
