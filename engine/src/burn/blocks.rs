@@ -15,15 +15,12 @@ use super::{BurnError, Levels, tensor2, values};
 use crate::zoo::effnet::{self, ConvBnSpec, FoldedConv, LITE0_BLOCKS, OutputStride};
 use crate::zoo::pth::StateDict;
 
-/// One conv with its BatchNorm folded in, trainable.
+/// One conv with its BatchNorm folded in, trainable; its stride, dilation, groups and
+/// activation come from its [`ConvBnSpec`], the one source of the layout.
 #[derive(Module, Debug)]
 pub struct TunedConv<B: Backend> {
     weight: Param<Tensor<B, 4>>,
     bias: Param<Tensor<B, 1>>,
-    stride: usize,
-    dilation: usize,
-    groups: usize,
-    relu6: bool,
 }
 
 impl<B: Backend> TunedConv<B> {
@@ -31,19 +28,15 @@ impl<B: Backend> TunedConv<B> {
         TunedConv {
             weight: Param::from_tensor(Tensor::from_data(TensorData::new(conv.weight, spec.shape), device)),
             bias: Param::from_tensor(Tensor::from_data(TensorData::new(conv.bias, [spec.shape[0]]), device)),
-            stride: spec.stride,
-            dilation: spec.dilation,
-            groups: spec.groups,
-            relu6: spec.relu6,
         }
     }
 
     fn forward(&self, x: Tensor<B, 4>, spec: &ConvBnSpec) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
         let ((top, bottom), (left, right)) = (spec.same_padding(h), spec.same_padding(w));
-        let options = PaddedConvOptions::asymmetric([self.stride; 2], [top, left], [bottom, right], [self.dilation; 2], self.groups);
+        let options = PaddedConvOptions::asymmetric([spec.stride; 2], [top, left], [bottom, right], [spec.dilation; 2], spec.groups);
         let y = conv2d(x, self.weight.val(), Some(self.bias.val()), options);
-        if self.relu6 { y.clamp(0.0, 6.0) } else { y }
+        if spec.relu6 { y.clamp(0.0, 6.0) } else { y }
     }
 
     fn folded(&self) -> Result<FoldedConv, BurnError> {
