@@ -192,10 +192,7 @@ fn pixel_major<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
 /// divided by the number of real pixels in it.
 fn same_avg_pool_3x3_s2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, h, w] = x.dims();
-    let pad = |size: usize| {
-        let total = ((size.div_ceil(2).max(1) - 1) * 2 + 3).saturating_sub(size);
-        (total / 2, total - total / 2)
-    };
+    let pad = |size: usize| effnet::same_padding(size, 3, 2, 1);
     let ((top, bottom), (left, right)) = (pad(h), pad(w));
     let pool = |t: Tensor<B, 4>| avg_pool2d(t.pad((left, right, top, bottom), PadMode::Constant(0.0)), [3, 3], [2, 2], [0, 0], true, false);
     let counted = pool(Tensor::<B, 4>::ones([1, 1, h, w], &x.device()));

@@ -176,11 +176,17 @@ impl ConvBnSpec {
 
     /// TF-"SAME" padding `(begin, end)` along an axis of `size` input pixels.
     pub fn same_padding(&self, size: usize) -> (usize, usize) {
-        let k = self.dilation * (self.shape[2] - 1) + 1;
-        let out = size.div_ceil(self.stride);
-        let total = ((out.max(1) - 1) * self.stride + k).saturating_sub(size);
-        (total / 2, total - total / 2)
+        same_padding(size, self.shape[2], self.stride, self.dilation)
     }
+}
+
+/// TF-"SAME" (ONNX `SAME_UPPER`) padding `(begin, end)` of a window along an axis of `size`
+/// pixels: the output has `ceil(size / stride)` positions and any odd pixel goes at the end.
+pub fn same_padding(size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
+    let k = dilation * (kernel - 1) + 1;
+    let out = size.div_ceil(stride);
+    let total = ((out.max(1) - 1) * stride + k).saturating_sub(size);
+    (total / 2, total - total / 2)
 }
 
 pub fn stem_conv() -> ConvBnSpec {
