@@ -11,12 +11,21 @@ use crate::manifest::{EmbeddingOutput, Layout, Manifest};
 use crate::preprocess::NetInput;
 use crate::runtime;
 
-/// Runs the image encoder: network input -> L2-normalised pixel embeddings per level.
+/// What the image encoder gives for one input.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// L2-normalised pixel embeddings, one map per manifest output, coarse to fine.
+    pub levels: Vec<EmbeddingMap>,
+    /// The depth output (`dim` 1, metres), for models whose manifest declares one.
+    pub depth: Option<EmbeddingMap>,
+}
+
+/// Runs the image encoder: network input -> L2-normalised pixel embeddings per level (and the
+/// depth, where the model has a depth head).
 pub trait ImageBackend: Send {
     /// Short name for logs, diagnostics and JSON reports ("cpu", "cuda", ...).
     fn name(&self) -> &'static str;
-    /// One map per manifest output, ordered coarse to fine.
-    fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>>;
+    fn encode(&mut self, input: &NetInput) -> Result<Encoded>;
     /// Why the backend asked for is not the one running, if so (see [`crate::fallback`]).
     fn fallback_reason(&self) -> Option<&str> {
         None
@@ -96,6 +105,7 @@ pub struct OrtBackend {
     path: PathBuf,
     input_name: String,
     levels: Vec<EmbeddingOutput>,
+    depth: Option<EmbeddingOutput>,
     dim: usize,
 }
 
@@ -116,6 +126,7 @@ impl OrtBackend {
             path,
             input_name: manifest.image_encoder.input.name.clone(),
             levels: manifest.levels_coarse_to_fine(),
+            depth: manifest.image_encoder.depth.clone(),
             dim: manifest.embedding_dim,
         })
     }
@@ -163,6 +174,15 @@ fn check_image_io(session: &Session, path: &Path, manifest: &Manifest) -> Result
             });
         }
     }
+    if let Some(depth) = &manifest.image_encoder.depth {
+        let shape = runtime::tensor_shape(session, path, &depth.name, false)?;
+        if shape.len() != 4 || (shape[1] >= 0 && shape[1] != 1) {
+            return Err(EngineError::ModelFile {
+                path: path.to_path_buf(),
+                reason: format!("depth output {:?} has shape {shape:?}; expected NCHW with 1 channel (image_encoder.depth)", depth.name),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -171,30 +191,41 @@ impl ImageBackend for OrtBackend {
         self.name
     }
 
-    fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+    fn encode(&mut self, input: &NetInput) -> Result<Encoded> {
         let shape = match input.layout {
             Layout::Nchw => [1i64, 3, input.height as i64, input.width as i64],
             Layout::Nhwc => [1i64, input.height as i64, input.width as i64, 3],
         };
         let tensor = TensorRef::from_array_view((shape, input.data.as_slice()))?;
         let outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor])?;
-        let mut maps = Vec::with_capacity(self.levels.len());
-        for level in &self.levels {
+        let output = |level: &EmbeddingOutput, channels: usize| -> Result<(usize, usize, &[f32])> {
             let value = outputs.get(level.name.as_str()).ok_or_else(|| EngineError::ModelFile {
                 path: self.path.clone(),
                 reason: format!("run produced no output {:?}", level.name),
             })?;
             let (shape, data) = value.try_extract_tensor::<f32>()?;
             let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-            if dims.len() != 4 || dims[0] != 1 || dims[1] != self.dim {
+            if dims.len() != 4 || dims[0] != 1 || dims[1] != channels {
                 return Err(EngineError::ModelFile {
                     path: self.path.clone(),
-                    reason: format!("output {:?} came out {dims:?}, expected [1, {}, h, w]", level.name, self.dim),
+                    reason: format!("output {:?} came out {dims:?}, expected [1, {channels}, h, w]", level.name),
                 });
             }
-            maps.push(nchw_to_pixel_major(data, self.dim, dims[2], dims[3], level));
+            Ok((dims[3], dims[2], &data[..channels * dims[2] * dims[3]]))
+        };
+        let mut levels = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let (width, height, data) = output(level, self.dim)?;
+            levels.push(nchw_to_pixel_major(data, self.dim, height, width, level));
         }
-        Ok(maps)
+        let depth = match &self.depth {
+            Some(spec) => {
+                let (width, height, data) = output(spec, 1)?;
+                Some(EmbeddingMap { stride: spec.stride, offset: spec.center_offset(), width, height, dim: 1, data: data.to_vec() })
+            }
+            None => None,
+        };
+        Ok(Encoded { levels, depth })
     }
 }
 

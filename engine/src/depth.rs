@@ -5,6 +5,9 @@ use rayon::prelude::*;
 
 use crate::post::UNKNOWN;
 
+/// Labels that get no depth unless the user says otherwise: never obstacles.
+pub const DEFAULT_NO_DEPTH_LABELS: &[&str] = &["sky"];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DepthConditioning {
     /// Half-size of the per-label median window (0 = no filtering).

@@ -2,8 +2,7 @@
 //! tried in order at start-up, and an error while running moves on to the next candidate for
 //! that frame and the ones after it. Each failure is logged and kept as the reason, which the
 //! node publishes on /diagnostics.
-use crate::backend::ImageBackend;
-use crate::costmap::EmbeddingMap;
+use crate::backend::{Encoded, ImageBackend};
 use crate::error::{EngineError, Result};
 use crate::preprocess::NetInput;
 
@@ -60,7 +59,7 @@ impl ImageBackend for FallbackBackend {
         self.current.name()
     }
 
-    fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+    fn encode(&mut self, input: &NetInput) -> Result<Encoded> {
         loop {
             match self.current.encode(input) {
                 Ok(maps) => return Ok(maps),
@@ -84,6 +83,7 @@ impl ImageBackend for FallbackBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::costmap::EmbeddingMap;
     use crate::manifest::Layout;
     use crate::preprocess::ContentRect;
 
@@ -99,12 +99,13 @@ mod tests {
         fn name(&self) -> &'static str {
             self.name
         }
-        fn encode(&mut self, _input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+        fn encode(&mut self, _input: &NetInput) -> Result<Encoded> {
             if self.ok_calls == 0 {
                 return Err(EngineError::Gpu("device lost".into()));
             }
             self.ok_calls -= 1;
-            Ok(vec![EmbeddingMap { stride: 1, offset: 0.0, width: 1, height: 1, dim: 1, data: vec![self.value] }])
+            let levels = vec![EmbeddingMap { stride: 1, offset: 0.0, width: 1, height: 1, dim: 1, data: vec![self.value] }];
+            Ok(Encoded { levels, depth: None })
         }
     }
 
@@ -121,7 +122,7 @@ mod tests {
         let failing: (&'static str, Opener) = ("tensorrt", Box::new(|| Err(EngineError::TensorRt("libnvinfer not found".into()))));
         let mut b = FallbackBackend::start(vec![failing, stand_in("cpu", 10, 2.0)]).unwrap();
         assert_eq!(b.name(), "cpu");
-        assert_eq!(b.encode(&input()).unwrap()[0].data, [2.0]);
+        assert_eq!(b.encode(&input()).unwrap().levels[0].data, [2.0]);
         let reason = b.fallback_reason().unwrap();
         assert!(reason.contains("running on cpu") && reason.contains("tensorrt unavailable: TensorRT: libnvinfer not found"), "{reason}");
     }
@@ -130,7 +131,7 @@ mod tests {
     fn a_failure_while_running_moves_on_and_the_frame_still_comes_out() {
         let mut b = FallbackBackend::start(vec![stand_in("tensorrt", 2, 1.0), stand_in("cpu", 10, 2.0)]).unwrap();
         assert!(b.fallback_reason().is_none());
-        let values: Vec<f32> = (0..4).map(|_| b.encode(&input()).unwrap()[0].data[0]).collect();
+        let values: Vec<f32> = (0..4).map(|_| b.encode(&input()).unwrap().levels[0].data[0]).collect();
         assert_eq!(values, [1.0, 1.0, 2.0, 2.0], "third frame re-run on the next backend");
         assert_eq!(b.name(), "cpu");
         assert!(b.fallback_reason().unwrap().contains("tensorrt failed while running: CUDA: device lost"));

@@ -28,7 +28,7 @@ pub mod tensorrt;
 pub mod text;
 pub mod zoo;
 
-pub use backend::{BackendKind, ImageBackend};
+pub use backend::{BackendKind, Encoded, ImageBackend};
 pub use error::{EngineError, Result};
 pub use frame::{Frame, PixelFormat};
 pub use labels::{LabelBank, LabelSet, LabelSpec};

@@ -49,6 +49,10 @@ pub struct ImageEncoderSpec {
     pub input: ImageInputSpec,
     /// Dense pixel-embedding outputs, any order; the engine fuses them coarse to fine.
     pub outputs: Vec<EmbeddingOutput>,
+    /// Optional depth output: `[1, 1, h, w]`, metres along the optical axis, on cells laid out
+    /// like an embedding output's (its `fusion_weight` is not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<EmbeddingOutput>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

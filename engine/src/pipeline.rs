@@ -65,6 +65,9 @@ pub struct Segmentation {
     pub timings: StageTimings,
     /// Network input size the frame was resized to.
     pub net_size: (usize, usize),
+    /// The model's depth head, bilinearly upsampled to the frame: metres, row-major. None for
+    /// models without one.
+    pub depth: Option<Vec<f32>>,
 }
 
 /// A loaded model directory.
@@ -230,10 +233,11 @@ impl Pipeline {
         timings.preprocess_ms = ms(t);
 
         let t = Instant::now();
-        let levels = {
+        let encoded = {
             let _s = tracing::debug_span!("image_encoder", backend = self.backend.name()).entered();
             self.backend.encode(&input)?
         };
+        let levels = encoded.levels;
         timings.image_encoder_ms = ms(t);
 
         let scored = {
@@ -254,8 +258,14 @@ impl Pipeline {
         timings.cost_map_ms = scored.cost_ms;
         timings.post_ms = scored.post_ms;
         let map = scored.map;
+        let t = Instant::now();
+        let depth = encoded.depth.map(|d| {
+            let _s = tracing::debug_span!("depth_head").entered();
+            crate::post::upsample_depth(&d, input.content, frame.width, frame.height)
+        });
+        timings.post_ms += ms(t);
 
-        Ok(Segmentation { map, timings, net_size: (input.width, input.height) })
+        Ok(Segmentation { map, timings, net_size: (input.width, input.height), depth })
     }
 
     /// Scores on the current scorer; a GPU failure hands this and every later frame to the CPU.

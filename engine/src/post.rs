@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::colors::UNKNOWN_COLOR;
-use crate::costmap::{Axis, Grid, ScoreField, bilinear_axis, corner_weights};
+use crate::costmap::{Axis, EmbeddingMap, Grid, ScoreField, bilinear_axis, corner_weights};
 use crate::preprocess::ContentRect;
 
 /// Label id of pixels below the unknown threshold.
@@ -112,6 +112,20 @@ pub fn frame_axes(field: Grid, content: ContentRect, width: u32, height: u32) ->
         .map(|y| bilinear_axis(content.y + (y as f32 + 0.5) * sy, field.offset, field.stride, field.height))
         .collect();
     (xs, ys)
+}
+
+/// A one-channel map of cells (the depth head's metres) bilinearly interpolated to `width x
+/// height` frame pixels, row-major, with the cells placed as [`upsample_argmax`] places them.
+pub fn upsample_depth(cells: &EmbeddingMap, content: ContentRect, width: u32, height: u32) -> Vec<f32> {
+    let (xs, ys) = frame_axes(cells.grid(), content, width, height);
+    let at = |cx: usize, cy: usize| cells.data[cy * cells.width + cx];
+    let mut out = Vec::with_capacity(xs.len() * ys.len());
+    for &(y0, y1, fy) in &ys {
+        for &(x0, x1, fx) in &xs {
+            out.push(interpolate(&corner_weights(fx, fy), &[at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1)]));
+        }
+    }
+    out
 }
 
 /// Per cell along an axis, the frame positions whose first neighbour it is, as `start..end`
@@ -309,6 +323,17 @@ mod tests {
         assert!(m.labels.contains(&UNKNOWN));
         let (shares, unknown) = m.shares(3);
         assert!((shares.iter().sum::<f64>() + unknown - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn depth_cells_interpolate_to_the_frame() {
+        // Two cells of stride 2 centred at x = 1 and 3 (metres 2 and 6), one row, frame = input.
+        let cells = EmbeddingMap { stride: 2, offset: 1.0, width: 2, height: 1, dim: 1, data: vec![2.0, 6.0] };
+        let depth = upsample_depth(&cells, full(4.0, 2.0), 4, 2);
+        // Pixel centres 0.5 .. 3.5: clamped before the first centre and after the last.
+        assert_eq!(depth, vec![2.0, 3.0, 5.0, 6.0, 2.0, 3.0, 5.0, 6.0]);
+        // Half the resolution of the input: each frame pixel spans two input pixels.
+        assert_eq!(upsample_depth(&cells, full(4.0, 2.0), 2, 1), vec![2.0, 6.0]);
     }
 
     #[test]

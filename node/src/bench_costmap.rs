@@ -98,7 +98,7 @@ fn from_model(common: &CommonArgs, threads: usize, max_frames: usize) -> Result<
         let img = image::RgbImage::from_raw(frame.width, frame.height, frame.to_rgb8()).context("sample buffer")?;
         let big = image::imageops::resize(&img, NET_SIZE.0, NET_SIZE.1, image::imageops::FilterType::Triangle);
         let input = preprocess(&Frame::from_rgb_image(&big), &spec);
-        let levels = backend.encode(&input)?;
+        let levels = backend.encode(&input)?.levels;
         eprintln!("{name}: encoded at {}x{} in {:.1} s", input.width, input.height, t.elapsed().as_secs_f64());
         frames.push((name.to_string(), levels));
     }

@@ -52,7 +52,7 @@ pub struct CommonArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Segment images with free-text labels; writes <stem>.mask.png, <stem>.overlay.png, <stem>.json.
+    /// Segment images with free-text labels; writes <stem>.mask.png, <stem>.overlay.png, <stem>.json (and <stem>.depth.pfm for models with a depth head).
     ///
     /// Without IMAGES, segments the built-in sample photos with the model's default labels.
     /// Exit status: 0 all images done, 1 fatal error (model, labels, output dir),

@@ -202,7 +202,16 @@ fn process_one(
     let bits = render::write_mask(&seg.map, labels.len(), &mask_path)?;
     let overlay = render::overlay_with_legend(&frame, &seg.map, labels);
     render::save_rgb(&overlay, &overlay_path)?;
-    let report = report_json(input, &seg, labels, bits, label_ms, options, (pipeline.backend_name(), pipeline.scorer_name()), model_name, stem);
+    let depth_file = match &seg.depth {
+        Some(metres) => {
+            let file = format!("{stem}.depth.pfm");
+            render::write_file(&out.join(&file), &crate::stereo::pfm_bytes(&conditioned_depth(metres, &seg.map, labels)))?;
+            Some(file)
+        }
+        None => None,
+    };
+    let mut report = report_json(input, &seg, labels, bits, label_ms, options, (pipeline.backend_name(), pipeline.scorer_name()), model_name, stem);
+    report["depth"] = json!(depth_file);
     render::write_file(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
 
     let (shares, _) = seg.map.shares(labels.len());
@@ -210,6 +219,15 @@ fn process_one(
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     let list: Vec<String> = top.iter().take(4).map(|(k, s)| format!("{} {:.0}%", labels.names[*k], s * 100.0)).collect();
     Ok(format!("{} ({:.0} ms) -> {}", list.join(", "), seg.timings.total_ms(), mask_path.display()))
+}
+
+/// The model's depth with none where the label rules it out (unknown, sky), filtered and filled
+/// within labels: what the node publishes on `depth` with its default parameters.
+fn conditioned_depth(metres: &[f32], map: &engine::LabelMap, labels: &LabelSet) -> engine::stereo::Disparity {
+    let no_depth: Vec<bool> = labels.names.iter().map(|n| engine::depth::DEFAULT_NO_DEPTH_LABELS.contains(&n.trim().to_lowercase().as_str())).collect();
+    let width = map.width as usize;
+    let data = engine::depth::condition(metres, &map.labels, width, &no_depth, &Default::default());
+    engine::stereo::Disparity { width, height: map.height as usize, data }
 }
 
 #[allow(clippy::too_many_arguments)]

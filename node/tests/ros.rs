@@ -383,6 +383,72 @@ fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
     }
 }
 
+/// A model directory whose image encoder is the default model's with a depth head that says 4 m
+/// everywhere (zero hidden weights, bias ln 4), built through the trainer's export path.
+fn model_with_constant_depth(dir: &Path, metres: f32) -> PathBuf {
+    use engine::zoo::trained::{DepthWeights, FEATURE_CHANNELS, HeadWeights, build_trained_encoder};
+    let (default_dir, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
+    let mut manifest = engine::Model::open(&default_dir).unwrap().manifest;
+    let dim = manifest.embedding_dim;
+    let head = HeadWeights { hidden: 1, dim, w1: vec![0.0; FEATURE_CHANNELS], b1: vec![0.0], w2: vec![0.0; dim], b2: vec![0.0; dim] };
+    let depth = DepthWeights { hidden: 1, dim, w1: vec![0.0; FEATURE_CHANNELS + dim], b1: vec![0.0], w2: vec![0.0], b2: metres.ln() };
+    let model = dir.join("depth_model");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in [&manifest.text_encoder.file, &manifest.text_encoder.tokenizer, &engine::zoo::build::ANCHORS_FILE.to_string()] {
+        std::fs::copy(default_dir.join(file), model.join(file)).unwrap();
+    }
+    build_trained_encoder(&weights, &class_text, &head, Some(&depth)).unwrap().write(&model.join(&manifest.image_encoder.file)).unwrap();
+    let fine = manifest.levels_coarse_to_fine().pop().unwrap();
+    manifest.image_encoder.depth = Some(engine::manifest::EmbeddingOutput { name: engine::zoo::trained::DEPTH_OUTPUT.into(), ..fine });
+    manifest.write(&model).unwrap();
+    model
+}
+
+#[test]
+fn model_mode_depth_over_dds_is_the_depth_head_conditioned_on_the_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    let label_list = format!("labels:={:?}", ["person", "sky", "cup", "table", "wall"]);
+    let model = model_with_constant_depth(tmp.path(), 4.0);
+    let model_dir = format!("model_dir:={}", model.display());
+    for (round, model_arg) in [Some(model_dir.as_str()), None].into_iter().enumerate() {
+        let domain = domain_id();
+        let mut args = vec!["-p", &label_list, "-p", "depth_mode:=model", "-p", "depth_invalid_labels:=[sky]"];
+        if let Some(m) = model_arg {
+            args.extend(["-p", m]);
+        }
+        let mut node = NodeProcess::start(domain, &args, tmp.path());
+        let out = tmp.path().join(format!("received{round}"));
+        let png = pngs[0].display().to_string();
+        let peer_args = ["pubsub", "--images", &png, "--camera-info", "--repeat", "2", "--rate-hz", "4", "--expect", "1", "--timeout", "90"];
+        let collect: &[&str] = if model_arg.is_some() { &["mask", "depth"] } else { &["mask"] };
+        let result = ok(peer(domain, &[&peer_args[..], &["--collect"], collect, &["--out", out.to_str().unwrap()]].concat()));
+        node.assert_running();
+        let stems = published_stems(&result);
+        if model_arg.is_none() {
+            // The default model has no depth head: masks still flow, depth is skipped and said so.
+            assert!(stems.keys().any(|sec| out.join(format!("mask_{sec}_0.bin")).exists()), "masks keep flowing: {result}");
+            assert!(node.log().contains("the model has no depth head"), "{}", node.log());
+            continue;
+        }
+        let sec = stems.keys().find(|sec| out.join(format!("depth_{sec}_0.bin")).exists()).unwrap_or_else(|| panic!("no depth received: {result}"));
+        let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+        let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(depth.len(), (SIZE.0 * SIZE.1) as usize);
+        let (sky, unknown) = (1u8, 255u8);
+        let mut with_value = 0;
+        for (i, (&label, &got)) in mask.iter().zip(&depth).enumerate() {
+            if label == sky || label == unknown {
+                assert!(got.is_nan(), "pixel {i} (label {label}) must have no depth, got {got}");
+            } else {
+                assert!((got - 4.0).abs() < 1e-4, "pixel {i} (label {label}): {got}");
+                with_value += 1;
+            }
+        }
+        assert!(with_value > 1000, "{with_value} pixels with depth");
+    }
+}
+
 /// The peer's synthetic 16UC1 depth (see `synthetic_depth_mm` in peer.py), in metres.
 fn synthetic_depth_m(w: usize, h: usize) -> Vec<f32> {
     (0..h).flat_map(|r| (0..w).map(move |c| if c % 17 == 0 { 0.0 } else { (1000 + 4 * r + c % 7) as f32 / 1000.0 })).collect()

@@ -245,7 +245,7 @@ fn cuda_matches_cpu_bit_for_bit_on_real_image_embeddings() {
     for name in ["motorcycle_left", "coffee"] {
         let frame = ovseg_tests::frame(name);
         let input = engine::preprocess::preprocess(&frame, &model.manifest.image_encoder.input);
-        let levels = backend.encode(&input).unwrap();
+        let levels = backend.encode(&input).unwrap().levels;
         for top_k in [0, 8] {
             let mut p = plan(&labels150, &weights, top_k, frame.width, frame.height, (0.0, 0.0));
             p.content = input.content;

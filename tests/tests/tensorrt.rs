@@ -97,8 +97,8 @@ fn engines_match_the_cpu_backend_on_real_photos() {
     let labels = label_set(&["person", "sky", "grass", "building", "cup", "table"]);
     let mut cpu_encoder = m.image_backend(BackendKind::Cpu, threads()).unwrap();
     let input = engine::preprocess::preprocess(&frame("astronaut"), &m.manifest.image_encoder.input);
-    let (mut fp32, cpu_maps) = (fp32, cpu_encoder.encode(&input).unwrap());
-    let worst = fp32.encode(&input).unwrap().iter().zip(&cpu_maps).flat_map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs())).fold(0.0f32, f32::max);
+    let (mut fp32, cpu_maps) = (fp32, cpu_encoder.encode(&input).unwrap().levels);
+    let worst = fp32.encode(&input).unwrap().levels.iter().zip(&cpu_maps).flat_map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs())).fold(0.0f32, f32::max);
     // Normalised embeddings: TensorRT's FP32 kernels reorder sums, nothing more.
     assert!(worst < 1e-3, "FP32 engine vs CPU: max abs difference {worst}");
 

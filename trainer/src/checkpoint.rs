@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use engine::zoo::pth::{StateDict, Tensor};
-use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
+use engine::zoo::trained::{DepthWeights, FEATURE_CHANNELS, HeadWeights};
 
 /// One validation point of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,18 @@ pub struct HistoryPoint {
     /// mIoU over the validation cells (same truth).
     #[serde(default)]
     pub val_cell_miou: f64,
+    /// The depth head on the validation cells with depth.
+    #[serde(default)]
+    pub val_depth: Option<DepthScore>,
+}
+
+/// Depth errors over validation cells with depth (each weighted by its share with depth).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DepthScore {
+    /// Mean |predicted - true| / true.
+    pub abs_rel: f64,
+    /// Share of cells within a factor 1.25 of the truth.
+    pub delta1: f64,
 }
 
 /// What a checkpoint holds besides the weights.
@@ -45,9 +57,12 @@ pub struct CheckpointMeta {
 pub struct TrainingState {
     pub module: Vec<u8>,
     pub optimizer: Vec<u8>,
-    /// The same for the tuned backbone blocks (empty when none are tuned).
+    /// The same for the tuned backbone blocks (empty when none are tuned) and the depth head
+    /// (empty when there is none).
     pub tail_module: Vec<u8>,
     pub tail_optimizer: Vec<u8>,
+    pub depth_module: Vec<u8>,
+    pub depth_optimizer: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +75,7 @@ pub struct Checkpoint {
     /// Tuned backbone tensors (state-dict names), replacing the default model's; empty when the
     /// backbone stayed frozen.
     pub backbone: StateDict,
+    pub depth: Option<DepthWeights>,
 }
 
 const METADATA_KEY: &str = "ovseg";
@@ -67,13 +83,18 @@ const MODULE_STATE: &str = "state.module";
 const OPTIMIZER_STATE: &str = "state.optimizer";
 const TAIL_MODULE_STATE: &str = "state.tail_module";
 const TAIL_OPTIMIZER_STATE: &str = "state.tail_optimizer";
+const DEPTH_MODULE_STATE: &str = "state.depth_module";
+const DEPTH_OPTIMIZER_STATE: &str = "state.depth_optimizer";
 const BACKBONE_PREFIX: &str = "backbone.";
 
 /// Writes the checkpoint to a temporary name, then renames it, so a crash never leaves a
 /// half-written file under the real name.
 pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
-    let Checkpoint { weights, scales, meta, state, backbone } = checkpoint;
+    let Checkpoint { weights, scales, meta, state, backbone, depth } = checkpoint;
     weights.check()?;
+    if let Some(d) = depth {
+        d.check()?;
+    }
     check_scales(scales).with_context(|| path.display().to_string())?;
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let backbone_names: Vec<String> = backbone.keys().map(|name| format!("{BACKBONE_PREFIX}{name}")).collect();
@@ -84,12 +105,22 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         ("head.b2", Dtype::F32, vec![weights.dim], bytes(&weights.b2)),
         ("scales", Dtype::F32, vec![2], bytes(scales)),
     ];
+    if let Some(d) = depth {
+        tensors.push(("depth.w1", Dtype::F32, vec![d.hidden, d.inputs()], bytes(&d.w1)));
+        tensors.push(("depth.b1", Dtype::F32, vec![d.hidden], bytes(&d.b1)));
+        tensors.push(("depth.w2", Dtype::F32, vec![1, d.hidden], bytes(&d.w2)));
+        tensors.push(("depth.b2", Dtype::F32, vec![1], bytes(&[d.b2])));
+    }
     if let Some(state) = state {
         tensors.push((MODULE_STATE, Dtype::U8, vec![state.module.len()], state.module.clone()));
         tensors.push((OPTIMIZER_STATE, Dtype::U8, vec![state.optimizer.len()], state.optimizer.clone()));
         if !state.tail_module.is_empty() {
             tensors.push((TAIL_MODULE_STATE, Dtype::U8, vec![state.tail_module.len()], state.tail_module.clone()));
             tensors.push((TAIL_OPTIMIZER_STATE, Dtype::U8, vec![state.tail_optimizer.len()], state.tail_optimizer.clone()));
+        }
+        if !state.depth_module.is_empty() {
+            tensors.push((DEPTH_MODULE_STATE, Dtype::U8, vec![state.depth_module.len()], state.depth_module.clone()));
+            tensors.push((DEPTH_OPTIMIZER_STATE, Dtype::U8, vec![state.depth_optimizer.len()], state.depth_optimizer.clone()));
         }
     }
     for (name, tensor) in backbone_names.iter().zip(backbone.values()) {
@@ -150,6 +181,8 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
             optimizer: raw(OPTIMIZER_STATE, Dtype::U8)?.1.to_vec(),
             tail_module: optional(TAIL_MODULE_STATE)?,
             tail_optimizer: optional(TAIL_OPTIMIZER_STATE)?,
+            depth_module: optional(DEPTH_MODULE_STATE)?,
+            depth_optimizer: optional(DEPTH_OPTIMIZER_STATE)?,
         })
     } else {
         None
@@ -162,7 +195,23 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         }
         backbone.insert(name.to_string(), Tensor { shape, data });
     }
-    Ok(Checkpoint { weights, scales: [scales[0], scales[1]], meta, state, backbone })
+    let depth = if has("depth.w1") {
+        let (w1_shape, w1) = read("depth.w1")?;
+        let &[hidden, inputs] = w1_shape.as_slice() else { bail!("{}: depth.w1 is {w1_shape:?}, expected [hidden, inputs]", path.display()) };
+        let depth = DepthWeights {
+            hidden,
+            dim: inputs.saturating_sub(FEATURE_CHANNELS),
+            w1,
+            b1: read("depth.b1")?.1,
+            w2: read("depth.w2")?.1,
+            b2: read("depth.b2")?.1.first().copied().unwrap_or(f32::NAN),
+        };
+        depth.check().with_context(|| path.display().to_string())?;
+        Some(depth)
+    } else {
+        None
+    };
+    Ok(Checkpoint { weights, scales: [scales[0], scales[1]], meta, state, backbone, depth })
 }
 
 fn check_scales(scales: &[f32]) -> Result<()> {
@@ -193,11 +242,19 @@ mod tests {
                 step: 12,
                 labels: vec!["sky".into(), "weed".into()],
                 config: "{}".into(),
-                history: vec![HistoryPoint { step: 10, train_loss: Some(0.5), val_loss: 0.7, val_cell_accuracy: 0.8, val_cell_miou: 0.6 }],
+                history: vec![HistoryPoint {
+                    step: 10,
+                    train_loss: Some(0.5),
+                    val_loss: 0.7,
+                    val_cell_accuracy: 0.8,
+                    val_cell_miou: 0.6,
+                    val_depth: Some(DepthScore { abs_rel: 0.2, delta1: 0.7 }),
+                }],
                 running_loss: Some(0.45),
             },
             state,
             backbone: StateDict::from([("_conv_head.weight".to_string(), Tensor { shape: vec![2, 1, 1, 1], data: vec![0.25, -1.5] })]),
+            depth: Some(DepthWeights { hidden: 2, dim, w1: ramp(2 * (FEATURE_CHANNELS + dim), 1e-4), b1: ramp(2, 0.3), w2: ramp(2, 0.5), b2: 2.5 }),
         }
     }
 
@@ -205,15 +262,26 @@ mod tests {
     fn round_trip_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.safetensors");
-        let tuned = TrainingState { module: vec![1, 2, 3], optimizer: vec![9; 17], tail_module: vec![4; 5], tail_optimizer: vec![7; 3] };
-        let frozen = TrainingState { tail_module: Vec::new(), tail_optimizer: Vec::new(), ..tuned.clone() };
-        for state in [None, Some(frozen), Some(tuned)] {
-            let c = sample(state);
+        let tuned = TrainingState {
+            module: vec![1, 2, 3],
+            optimizer: vec![9; 17],
+            tail_module: vec![4; 5],
+            tail_optimizer: vec![7; 3],
+            depth_module: vec![8; 4],
+            depth_optimizer: vec![6; 9],
+        };
+        let frozen = TrainingState { tail_module: Vec::new(), tail_optimizer: Vec::new(), depth_module: Vec::new(), depth_optimizer: Vec::new(), ..tuned.clone() };
+        for (state, depth) in [(None, true), (Some(frozen), false), (Some(tuned), true)] {
+            let mut c = sample(state);
+            if !depth {
+                c.depth = None;
+            }
             save_checkpoint(&path, &c).unwrap();
             let back = load_checkpoint(&path).unwrap();
             assert_eq!(back.weights, c.weights);
             assert_eq!((back.scales, back.meta, back.state), (c.scales, c.meta, c.state));
             assert_eq!(back.backbone, c.backbone);
+            assert_eq!(back.depth, c.depth);
         }
         assert!(!path.with_extension("safetensors.tmp").exists(), "the temporary file is renamed away");
     }
@@ -234,5 +302,9 @@ mod tests {
         c.backbone.values_mut().for_each(|t| t.data[1] = f32::INFINITY);
         let err = format!("{:#}", save_checkpoint(&path, &c).unwrap_err());
         assert!(err.contains("backbone._conv_head.weight") && err.contains("inf"), "{err}");
+        let mut c = sample(None);
+        c.depth.as_mut().unwrap().b2 = f32::NAN;
+        let err = format!("{:#}", save_checkpoint(&path, &c).unwrap_err());
+        assert!(err.contains("depth.b2") && err.contains("NaN"), "{err}");
     }
 }

@@ -57,6 +57,12 @@ pub struct TrainConfig {
     /// Adam step size of the tuned backbone blocks (pretrained weights take smaller steps than
     /// the new head).
     pub tune_learning_rate: f64,
+    /// Weight of the depth head's loss (mean absolute error of ln depth) where the data has
+    /// depth; 0 = no depth head. The head reads the segmentation head detached, so this does
+    /// not change segmentation.
+    pub depth_weight: f32,
+    /// Width of the depth head's hidden layer.
+    pub depth_hidden: usize,
 }
 
 impl Default for TrainConfig {
@@ -84,6 +90,8 @@ impl Default for TrainConfig {
             zs3_weight: 1.0,
             tune_blocks: 0,
             tune_learning_rate: 2e-4,
+            depth_weight: 1.0,
+            depth_hidden: 64,
         }
     }
 }
@@ -106,6 +114,7 @@ impl TrainConfig {
             ("hidden", self.hidden),
             ("copies", self.copies),
             ("eval_every", self.eval_every),
+            ("depth_hidden", self.depth_hidden),
         ];
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{name} is {v}; it must be at least 1");
@@ -127,6 +136,7 @@ impl TrainConfig {
             ("distill_weight", self.distill_weight),
             ("distill_masked_weight", self.distill_masked_weight),
             ("zs3_weight", self.zs3_weight),
+            ("depth_weight", self.depth_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 bail!("{name} {w} must be a non-negative number");

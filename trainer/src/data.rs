@@ -6,7 +6,9 @@
 //! with different label lists merge by label text. An optional `dataset.yaml` says how the set
 //! is annotated: `annotation: fine` (the default), `coarse` (rough masks), or `tags` (no masks;
 //! `tags.json` maps each image stem to the labels it shows). ADE20K, Cityscapes and VOC roots are
-//! read in place (see `layouts`).
+//! read in place (see `layouts`). A folder may also hold `depth/<stem>.png` for every image with a
+//! mask: 16-bit depth in millimetres along the optical axis, 0 = no measurement (the RGB-D
+//! convention); it trains the depth head.
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -43,11 +45,16 @@ pub enum Annotation {
     Tags(Vec<u8>),
 }
 
-/// An image with its mask (values index the split's labels; [`IGNORE`] = not annotated).
+/// Depth in metres along the optical axis, NaN where unknown.
+pub type DepthMap = image::ImageBuffer<image::Luma<f32>, Vec<f32>>;
+
+/// An image with its mask (values index the split's labels; [`IGNORE`] = not annotated) and,
+/// where the data has it, its depth.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub image: RgbImage,
     pub mask: GrayImage,
+    pub depth: Option<DepthMap>,
     pub annotation: Annotation,
 }
 
@@ -55,7 +62,7 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub enum Source {
     Synthetic { seed: u64 },
-    Files { image: PathBuf, mask: PathBuf, to_global: Vec<u8>, coarse: bool, encoding: MaskEncoding },
+    Files { image: PathBuf, mask: PathBuf, depth: Option<PathBuf>, to_global: Vec<u8>, coarse: bool, encoding: MaskEncoding },
     Tagged { image: PathBuf, tags: Vec<u8> },
 }
 
@@ -130,6 +137,7 @@ impl Split {
                 split.sources.extend(set.pairs.into_iter().map(|(image, mask)| Source::Files {
                     image,
                     mask,
+                    depth: None,
                     to_global: to_global.clone(),
                     coarse: false,
                     encoding: set.encoding,
@@ -155,6 +163,8 @@ impl Split {
             }
             let kind = annotation_kind(dir)?;
             let tags = if kind == AnnotationKind::Tags { Some(read_tags(dir, &label_names, &to_global)?) } else { None };
+            let depth_dir = dir.join("depth");
+            let has_depth = depth_dir.is_dir();
             for image in found {
                 let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 if let Some(tags) = &tags {
@@ -168,9 +178,17 @@ impl Split {
                 if !mask.is_file() {
                     return Err(DataError::File { path: mask, reason: format!("missing mask for {}", image.display()) });
                 }
+                let depth = has_depth.then(|| depth_dir.join(format!("{stem}.png")));
+                if let Some(depth) = depth.as_ref().filter(|d| !d.is_file()) {
+                    return Err(DataError::File {
+                        path: depth.clone(),
+                        reason: format!("missing depth for {} (the data set has a depth folder, so every image with a mask needs one)", image.display()),
+                    });
+                }
                 split.sources.push(Source::Files {
                     image,
                     mask,
+                    depth,
                     to_global: to_global.clone(),
                     coarse: kind == AnnotationKind::Coarse,
                     encoding: MaskEncoding::Gray,
@@ -217,14 +235,15 @@ impl Split {
     pub fn load(&self, i: usize) -> Result<Sample, DataError> {
         match &self.sources[i] {
             Source::Synthetic { seed } => Ok(crate::synth::scene(*seed, self.synthetic_size.0, self.synthetic_size.1)),
-            Source::Files { image, mask, to_global, coarse, encoding } => {
+            Source::Files { image, mask, depth, to_global, coarse, encoding } => {
                 let (image, mask) = load_files(image, mask, to_global, *encoding)?;
-                Ok(Sample { image, mask, annotation: if *coarse { Annotation::Coarse } else { Annotation::Fine } })
+                let depth = depth.as_deref().map(|path| load_depth(path, image.dimensions())).transpose()?;
+                Ok(Sample { image, mask, depth, annotation: if *coarse { Annotation::Coarse } else { Annotation::Fine } })
             }
             Source::Tagged { image, tags } => {
                 let image = decode(image)?.to_rgb8();
                 let mask = GrayImage::from_pixel(image.width(), image.height(), image::Luma([IGNORE]));
-                Ok(Sample { image, mask, annotation: Annotation::Tags(tags.clone()) })
+                Ok(Sample { image, mask, depth: None, annotation: Annotation::Tags(tags.clone()) })
             }
         }
     }
@@ -317,6 +336,24 @@ fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8], encoding: M
     Ok((image, mask))
 }
 
+/// A 16-bit depth PNG in millimetres (0 = no measurement) as metres (NaN = none), checked
+/// against the image's size.
+fn load_depth(path: &Path, image_size: (u32, u32)) -> Result<DepthMap, DataError> {
+    let raw = decode(path)?;
+    let image::DynamicImage::ImageLuma16(millimetres) = raw else {
+        return Err(file_error(path, format!("depth is {:?}; expected 16-bit single-channel (L16) millimetres", raw.color())));
+    };
+    if millimetres.dimensions() != image_size {
+        let ((w, h), (iw, ih)) = (millimetres.dimensions(), image_size);
+        return Err(file_error(path, format!("depth is {w}x{h}, image is {iw}x{ih}")));
+    }
+    let (w, h) = millimetres.dimensions();
+    Ok(DepthMap::from_fn(w, h, |x, y| {
+        let mm = millimetres.get_pixel(x, y).0[0];
+        image::Luma([if mm == 0 { f32::NAN } else { f32::from(mm) / 1000.0 }])
+    }))
+}
+
 /// Random scale, crop to `size`, horizontal flip and colour jitter.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -364,7 +401,17 @@ impl Augment {
         let mut out = Sample {
             image: RgbImage::from_pixel(size.0, size.1, image::Rgb([128; 3])),
             mask: GrayImage::from_pixel(size.0, size.1, image::Luma([IGNORE])),
+            depth: sample.depth.as_ref().map(|_| DepthMap::from_pixel(size.0, size.1, image::Luma([f32::NAN]))),
             annotation: sample.annotation.clone(),
+        };
+        // Depth is resampled nearest by hand: interpolating across a depth edge would invent
+        // surfaces, and NaN must stay NaN. Scaling keeps metres (a zoom, not a move).
+        let depth_at = |x: u32, y: u32| {
+            sample.depth.as_ref().map(|d| {
+                let sx = (((x as f32 + 0.5) * w as f32 / sw as f32) as u32).min(w - 1);
+                let sy = (((y as f32 + 0.5) * h as f32 / sh as f32) as u32).min(h - 1);
+                d.get_pixel(sx, sy).0[0]
+            })
         };
         for y in 0..size.1.min(sh - y0) {
             for x in 0..size.0.min(sw - x0) {
@@ -373,6 +420,9 @@ impl Augment {
                 let jittered = p.map(|v| ((v as f32 - 128.0) * contrast + 128.0 * gain).clamp(0.0, 255.0) as u8);
                 out.image.put_pixel(ox, y, image::Rgb(jittered));
                 out.mask.put_pixel(ox, y, *mask.get_pixel(x0 + x, y0 + y));
+                if let (Some(d), Some(v)) = (out.depth.as_mut(), depth_at(x0 + x, y0 + y)) {
+                    d.put_pixel(ox, y, image::Luma([v]));
+                }
             }
         }
         out
@@ -384,13 +434,7 @@ impl Augment {
 pub fn cell_targets(mask: &GrayImage, grid: Grid, num_labels: usize) -> (Vec<f32>, Vec<f32>) {
     let cells = grid.width * grid.height;
     let (mut target, mut weight) = (vec![0.0f32; cells * num_labels], vec![0.0f32; cells]);
-    let half = grid.stride as f32 / 2.0;
-    let window = |i: usize, n: u32| {
-        let c = grid.offset + (i as u32 * grid.stride) as f32;
-        let lo = (c - half - 0.5).ceil().max(0.0) as u32;
-        let hi = ((c + half - 0.5).ceil().max(0.0) as u32).min(n);
-        lo..hi
-    };
+    let window = |i: usize, n: u32| cell_window(grid, i, n);
     for cy in 0..grid.height {
         for cx in 0..grid.width {
             let cell = cy * grid.width + cx;
@@ -414,6 +458,43 @@ pub fn cell_targets(mask: &GrayImage, grid: Grid, num_labels: usize) -> (Vec<f32
     (target, weight)
 }
 
+/// Per cell of `grid` (the windows of [`cell_targets`]): the mean ln depth of the pixels with
+/// depth, and the share of the window that has depth (0 = no loss there).
+pub fn cell_depth_targets(depth: &DepthMap, grid: Grid) -> (Vec<f32>, Vec<f32>) {
+    let cells = grid.width * grid.height;
+    let (mut target, mut weight) = (vec![0.0f32; cells], vec![0.0f32; cells]);
+    for cy in 0..grid.height {
+        for cx in 0..grid.width {
+            let cell = cy * grid.width + cx;
+            let (mut sum, mut counted, mut total) = (0.0f64, 0usize, 0usize);
+            for y in cell_window(grid, cy, depth.height()) {
+                for x in cell_window(grid, cx, depth.width()) {
+                    total += 1;
+                    let d = depth.get_pixel(x, y).0[0];
+                    if d.is_finite() && d > 0.0 {
+                        sum += f64::from(d.ln());
+                        counted += 1;
+                    }
+                }
+            }
+            if counted > 0 {
+                target[cell] = (sum / counted as f64) as f32;
+                weight[cell] = counted as f32 / total as f32;
+            }
+        }
+    }
+    (target, weight)
+}
+
+/// The pixels (along one axis of `n`) whose centres lie within half a stride of cell `i`'s centre.
+fn cell_window(grid: Grid, i: usize, n: u32) -> std::ops::Range<u32> {
+    let half = grid.stride as f32 / 2.0;
+    let c = grid.offset + (i as u32 * grid.stride) as f32;
+    let lo = (c - half - 0.5).ceil().max(0.0) as u32;
+    let hi = ((c + half - 0.5).ceil().max(0.0) as u32).min(n);
+    lo..hi
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +515,50 @@ mod tests {
     }
 
     #[test]
+    fn depth_files_are_read_in_millimetres_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path();
+        for sub in ["images", "masks", "depth"] {
+            std::fs::create_dir_all(set.join(sub)).unwrap();
+        }
+        std::fs::write(set.join("labels.txt"), "ground\n").unwrap();
+        RgbImage::new(4, 2).save(set.join("images/a.png")).unwrap();
+        GrayImage::new(4, 2).save(set.join("masks/a.png")).unwrap();
+        let depth_path = set.join("depth/a.png");
+        let split = || Split::folders(&[set.to_path_buf()]);
+        // Missing depth where the set has a depth folder.
+        let err = split().unwrap_err().to_string();
+        assert!(err.contains("depth/a.png") && err.contains("missing depth"), "{err}");
+        let millimetres = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(4, 2, |x, y| image::Luma([(x + 4 * y) as u16 * 1500]));
+        millimetres.save(&depth_path).unwrap();
+        let sample = split().unwrap().load(0).unwrap();
+        let depth = sample.depth.unwrap();
+        assert!(depth.get_pixel(0, 0).0[0].is_nan(), "0 mm = no measurement");
+        assert_eq!(depth.get_pixel(1, 0).0[0], 1.5);
+        assert_eq!(depth.get_pixel(3, 1).0[0], 10.5);
+        // An 8-bit file, and one of another size, are refused naming the file.
+        GrayImage::new(4, 2).save(&depth_path).unwrap();
+        let err = split().unwrap().load(0).unwrap_err().to_string();
+        assert!(err.contains("depth/a.png") && err.contains("16-bit"), "{err}");
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::new(2, 2).save(&depth_path).unwrap();
+        let err = split().unwrap().load(0).unwrap_err().to_string();
+        assert!(err.contains("depth is 2x2, image is 4x2"), "{err}");
+    }
+
+    #[test]
+    fn cell_depth_targets_average_ln_depth_over_the_pixels_with_depth() {
+        let mut depth = DepthMap::from_pixel(32, 16, image::Luma([f32::NAN]));
+        for y in 0..16 {
+            for x in 0..8 {
+                depth.put_pixel(x, y, image::Luma([if y < 8 { 2.0 } else { 8.0 }]));
+            }
+        }
+        let (t, w) = cell_depth_targets(&depth, Grid { stride: 16, offset: 8.0, width: 2, height: 1 });
+        assert!((t[0] - (2.0f32.ln() + 8.0f32.ln()) / 2.0).abs() < 1e-6 && w[0] == 0.5, "{t:?} {w:?}");
+        assert_eq!((t[1], w[1]), (0.0, 0.0), "no depth, no loss");
+    }
+
+    #[test]
     fn augmentation_keeps_image_and_mask_aligned() {
         let sample = crate::synth::scene(3, 160, 120);
         let mut rng = StdRng::seed_from_u64(1);
@@ -450,5 +575,14 @@ mod tests {
         let same = Augment::NONE.apply(&sample, (160, 120), &mut rng);
         assert_eq!(same.image, sample.image);
         assert_eq!(same.mask, sample.mask);
+        let bits = |d: &Option<DepthMap>| d.as_ref().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&same.depth), bits(&sample.depth), "depth goes through unchanged, NaN included");
+        // Depth follows the mask: sky has none after scaling, cropping and flipping.
+        let out = Augment::default().apply(&sample, (128, 96), &mut rng);
+        let depth = out.depth.unwrap();
+        // (The mask goes through `image`'s resize, depth through our own nearest sampling; they
+        // may pick neighbouring source pixels on a border.)
+        let sky: Vec<bool> = out.mask.enumerate_pixels().filter(|p| p.2.0[0] == 0).map(|(x, y, _)| depth.get_pixel(x, y).0[0].is_nan()).collect();
+        assert!(sky.iter().filter(|&&nan| nan).count() as f64 >= 0.98 * sky.len() as f64, "sky pixels without depth");
     }
 }

@@ -80,14 +80,19 @@ fn is_empty_dir(p: &Path) -> bool {
 }
 
 fn write_model(dir: &Path, base: &BaseModel, checkpoint: &Checkpoint, name: &str) -> Result<()> {
-    let manifest = trained_manifest(name, checkpoint.scales, &checkpoint.meta.labels, !checkpoint.backbone.is_empty());
+    let mut manifest = trained_manifest(name, checkpoint.scales, &checkpoint.meta.labels, !checkpoint.backbone.is_empty());
+    if checkpoint.depth.is_some() {
+        let fine = manifest.levels_coarse_to_fine().pop().context("the manifest has no embedding output")?;
+        manifest.image_encoder.depth = Some(engine::manifest::EmbeddingOutput { name: engine::zoo::trained::DEPTH_OUTPUT.into(), fusion_weight: 1.0, ..fine });
+        manifest.description.push_str(" With a depth head (metres, on the fine cells).");
+    }
     for file in [&manifest.text_encoder.file, &manifest.text_encoder.tokenizer, &ANCHORS_FILE.to_string()] {
         std::fs::copy(base.dir.join(file), dir.join(file)).with_context(|| format!("copying {file} from {}", base.dir.display()))?;
     }
     // Tuned backbone blocks replace the default model's (names and shapes are checked there).
     let mut weights = base.weights.clone();
     weights.extend(checkpoint.backbone.iter().map(|(name, t)| (name.clone(), t.clone())));
-    let graph = build_trained_encoder(&weights, &base.class_text, &checkpoint.weights).context("building the image encoder")?;
+    let graph = build_trained_encoder(&weights, &base.class_text, &checkpoint.weights, checkpoint.depth.as_ref()).context("building the image encoder")?;
     let encoder = dir.join(&manifest.image_encoder.file);
     graph.write(&encoder).with_context(|| format!("writing {}", encoder.display()))?;
     // The head without its training state (the optimizer moments are not part of a model).
@@ -97,6 +102,7 @@ fn write_model(dir: &Path, base: &BaseModel, checkpoint: &Checkpoint, name: &str
         meta: checkpoint.meta.clone(),
         state: None,
         backbone: checkpoint.backbone.clone(),
+        depth: checkpoint.depth.clone(),
     };
     save_checkpoint(&dir.join(HEAD_FILE), &head)?;
     manifest.write(dir)?;

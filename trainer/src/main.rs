@@ -184,7 +184,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&report)?;
     let report_path = args.json.unwrap_or_else(|| args.out.join("train_report.json"));
     write_file(&report_path, json.as_bytes())?;
-    let markdown = format!("{}\n{}", report.untrained.markdown(), report.trained.markdown());
+    let depth = report.depth.as_ref().map_or(String::new(), |d| format!("\n{}", d.markdown()));
+    let markdown = format!("{}\n{}{depth}", report.untrained.markdown(), report.trained.markdown());
     write_file(&args.out.join("eval.md"), markdown.as_bytes())?;
     trainer::plot::write_curves(&args.out.join("curves.png"), &report.history)?;
     println!("{json}");

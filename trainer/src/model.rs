@@ -14,7 +14,8 @@ use engine::backend::transpose;
 use engine::costmap::{Grid, corners, fusion_axes, l2_normalize};
 use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
 
-pub use engine::burn::{Levels, residual_embedding, tensor2, values};
+pub use engine::burn::{Levels, depth_log, residual_embedding, tensor2, values};
+use engine::zoo::trained::DepthWeights;
 
 #[derive(Module, Debug)]
 pub struct Head<B: Backend> {
@@ -47,6 +48,9 @@ pub struct Batch<B: Backend> {
     pub tagged: Tensor<B, 2>,
     /// How many images are tag samples (their losses are skipped when none are).
     pub tagged_images: usize,
+    /// `images x fine cells`: ln depth and the share of each cell with depth (0 = no loss).
+    pub depth_target: Tensor<B, 2>,
+    pub depth_weight: Tensor<B, 2>,
 }
 
 /// Weights of the weak losses and the fixed scales of the data-free teacher.
@@ -175,16 +179,17 @@ impl<B: Backend> Head<B> {
     }
 
 
-    /// The loss and the logits. Fine masks: cross-entropy of each cell's label distribution,
+    /// The loss, the logits and the fine cells' embeddings. Fine masks: cross-entropy of each cell's label distribution,
     /// weighted by its annotated share. Coarse masks: the same, on the cells where the model
     /// gives the annotated labels at least the image's mean probability (an adaptive
     /// threshold). Image tags: multiple-instance loss (each label's image score is its highest
     /// cell probability) plus distillation from the data-free model, which keeps what the
     /// backbone already knew where the tags say little.
     /// `levels` are the head's input: the batch's frozen levels, or those of the tuned backbone.
-    pub fn loss(&self, batch: &Batch<B>, levels: Levels<B>, labels: &Labels<B>, interp: &Tensor<B, 3>, weights: &LossWeights) -> (Tensor<B, 1>, Tensor<B, 3>) {
+    pub fn loss(&self, batch: &Batch<B>, levels: Levels<B>, labels: &Labels<B>, interp: &Tensor<B, 3>, weights: &LossWeights) -> (Tensor<B, 1>, Tensor<B, 3>, Tensor<B, 2>) {
         let coarse_e = self.embed(levels.coarse_features, levels.coarse_base);
         let fine_e = self.embed(levels.fine_features, levels.fine_base);
+        let embedding = fine_e.clone();
         let scale = self.log_scale.val().exp();
         let logits = fuse(batch.images, labels, interp, coarse_e, fine_e.clone(), scale.clone().slice(0..1), scale.slice(1..2));
         let [n, nf, k] = logits.dims();
@@ -227,7 +232,64 @@ impl<B: Backend> Head<B> {
             let kl = (teacher_log_p.clone().exp() * (teacher_log_p - log_p)).sum_dim(2).reshape([n, nf]).mean_dim(1);
             loss = loss + (kl * per_image).sum();
         }
-        (loss, logits)
+        (loss, logits, embedding)
+    }
+}
+
+/// The depth head (engine: [`DepthWeights`]) as a module. It reads the segmentation head's
+/// input and output detached: depth is a read-out that leaves segmentation as it would be alone.
+#[derive(Module, Debug)]
+pub struct DepthHead<B: Backend> {
+    /// `inputs x hidden`
+    w1: Param<Tensor<B, 2>>,
+    b1: Param<Tensor<B, 1>>,
+    /// `hidden x 1`
+    w2: Param<Tensor<B, 2>>,
+    b2: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> DepthHead<B> {
+    /// Kaiming-uniform `w1`, zero `w2` and `b2` = `log_depth` (the training set's mean ln
+    /// depth), so the untrained head predicts one depth everywhere.
+    pub fn init(hidden: usize, dim: usize, log_depth: f32, seed: u64, device: &B::Device) -> Self {
+        let inputs = FEATURE_CHANNELS + dim;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let bound = (6.0 / inputs as f32).sqrt();
+        let w1: Vec<f32> = (0..inputs * hidden).map(|_| rng.random_range(-bound..bound)).collect();
+        DepthHead {
+            w1: Param::from_tensor(tensor2(w1, [inputs, hidden], device)),
+            b1: Param::from_tensor(Tensor::zeros([hidden], device)),
+            w2: Param::from_tensor(Tensor::zeros([hidden, 1], device)),
+            b2: Param::from_tensor(Tensor::from_data(TensorData::new(vec![log_depth], [1]), device)),
+        }
+    }
+
+    /// ln depth per cell (`cells x 1`).
+    pub fn forward(&self, features: Tensor<B, 2>, embedding: Tensor<B, 2>) -> Tensor<B, 2> {
+        depth_log(features.detach(), embedding.detach(), [self.w1.val(), self.w2.val()], [self.b1.val(), self.b2.val()])
+    }
+
+    /// Mean absolute error of ln depth over the cells with depth, weighted by their share, and
+    /// the prediction (`images x cells`).
+    pub fn loss(&self, features: Tensor<B, 2>, embedding: Tensor<B, 2>, batch: &Batch<B>) -> (Tensor<B, 1>, Tensor<B, 2>) {
+        let [n, nf] = batch.depth_weight.dims();
+        let predicted = self.forward(features, embedding).reshape([n, nf]);
+        let weight = batch.depth_weight.clone();
+        let loss = ((predicted.clone() - batch.depth_target.clone()).abs() * weight.clone()).sum() / weight.sum().add_scalar(1e-6);
+        (loss, predicted)
+    }
+
+    /// The weights in the engine's layout.
+    pub fn to_weights(&self) -> anyhow::Result<DepthWeights> {
+        let [inputs, hidden] = self.w1.val().dims();
+        Ok(DepthWeights {
+            hidden,
+            dim: inputs - FEATURE_CHANNELS,
+            w1: transpose(&values(self.w1.val())?, inputs, hidden),
+            b1: values(self.b1.val())?,
+            w2: values(self.w2.val())?,
+            b2: values(self.b2.val())?[0],
+        })
     }
 }
 

@@ -80,6 +80,7 @@ mod tests {
                 val_loss: 1.2 / i as f64,
                 val_cell_accuracy: 0.5 + 0.05 * i as f64,
                 val_cell_miou: 0.3 + 0.05 * i as f64,
+                val_depth: None,
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::data::Sample;
+use crate::data::{DepthMap, Sample};
 
 /// Class names (the labels the model is trained with) and the description added to each.
 pub const CLASSES: [(&str, &str); 4] = [
@@ -71,8 +71,17 @@ impl Paint {
     }
 }
 
+/// The synthetic camera: its height over the ground (metres) and focal length (in image widths),
+/// fixed like a robot's camera, and the farthest depth it reports (metres).
+const CAMERA_HEIGHT: f32 = 1.5;
+const FOCAL_WIDTHS: f32 = 0.9;
+const MAX_RANGE: f32 = 80.0;
+
 /// One scene `width x height`: sky above a wavy horizon, grass below it, a gravel path running
-/// to the horizon and, in most scenes, a brick wall standing on the ground.
+/// to the horizon and, in most scenes, a brick wall standing on the ground. Depth comes from a
+/// level camera over flat ground whose horizon is the scene's: a ground pixel `r` rows under the
+/// horizon is `f H / r` metres away, the wall stands at the depth of its foot, the sky and
+/// anything beyond `MAX_RANGE` have none.
 pub fn scene(seed: u64, width: u32, height: u32) -> Sample {
     let mut rng = StdRng::seed_from_u64(seed);
     let (w, h) = (width as f32, height as f32);
@@ -98,6 +107,9 @@ pub fn scene(seed: u64, width: u32, height: u32) -> Sample {
 
     let mut image = RgbImage::new(width, height);
     let mut mask = GrayImage::new(width, height);
+    let focal_height = FOCAL_WIDTHS * w * CAMERA_HEIGHT;
+    let range = |rows_below_horizon: f32| Some(focal_height / rows_below_horizon).filter(|&z| rows_below_horizon > 0.0 && z <= MAX_RANGE);
+    let mut depth = DepthMap::from_pixel(width, height, Luma([f32::NAN]));
     for y in 0..height {
         for x in 0..width {
             let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
@@ -120,9 +132,15 @@ pub fn scene(seed: u64, width: u32, height: u32) -> Sample {
             };
             image.put_pixel(x, y, Rgb(rgb));
             mask.put_pixel(x, y, Luma([class]));
+            let metres = match class {
+                SKY => None,
+                BRICK => wall.and_then(|(_, _, _, bottom)| range(bottom - horizon)),
+                _ => range(fy - ground_y),
+            };
+            depth.put_pixel(x, y, Luma([metres.unwrap_or(f32::NAN)]));
         }
     }
-    Sample { image, mask, annotation: crate::data::Annotation::Fine }
+    Sample { image, mask, depth: Some(depth), annotation: crate::data::Annotation::Fine }
 }
 
 #[cfg(test)]
@@ -150,5 +168,25 @@ mod tests {
             assert!([GRASS, GRAVEL, BRICK].contains(&s.mask.get_pixel(64, 95).0[0]));
         }
         assert!(seen.iter().all(|&n| n > 1000), "every class appears: {seen:?}");
+    }
+
+    #[test]
+    fn depth_follows_the_ground_plane_and_sky_has_none() {
+        let s = scene(5, 128, 96);
+        let depth = s.depth.unwrap();
+        let focal_height = FOCAL_WIDTHS * 128.0 * CAMERA_HEIGHT;
+        for x in [10u32, 64, 120] {
+            let column: Vec<(u8, f32)> = (0..96).map(|y| (s.mask.get_pixel(x, y).0[0], depth.get_pixel(x, y).0[0])).collect();
+            for (class, d) in &column {
+                match *class {
+                    SKY => assert!(d.is_nan()),
+                    _ => assert!(d.is_nan() || (*d > 0.0 && *d <= MAX_RANGE), "{d}"),
+                }
+            }
+            // Ground pixels get nearer towards the bottom, and the bottom row is f H / rows.
+            let ground: Vec<f32> = column.iter().filter(|(c, d)| [GRASS, GRAVEL].contains(c) && d.is_finite()).map(|(_, d)| *d).collect();
+            assert!(ground.windows(2).all(|p| p[1] < p[0]), "column {x}: {ground:?}");
+            assert!(*ground.last().unwrap() < focal_height / 20.0, "the nearest ground is close: {ground:?}");
+        }
     }
 }

@@ -22,13 +22,13 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 pub use crate::config::TrainConfig;
-use crate::data::{Annotation, Augment, IGNORE, Split, cell_targets};
+use crate::data::{Annotation, Augment, IGNORE, Split, cell_depth_targets, cell_targets};
 use crate::eval::{EvalReport, evaluate};
-use crate::checkpoint::{Checkpoint, CheckpointMeta, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
+use crate::checkpoint::{Checkpoint, CheckpointMeta, DepthScore, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
 use crate::export::{BaseModel, check_destination, export_model};
 use crate::features::{FeatureExtractor, ImageFeatures};
 use engine::burn::{Blocks, DataFree};
-use crate::model::{Batch, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
+use crate::model::{Batch, DepthHead, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
 use crate::zs3;
 
 /// Where training runs: `auto` takes CUDA in builds with the feature `cuda` where a driver
@@ -49,6 +49,8 @@ struct Prepared {
     coarse: bool,
     /// Image-tag samples: 1 for each label the image shows.
     tags: Option<Vec<f32>>,
+    /// Per fine cell: ln depth and the share of the cell with depth (samples with depth).
+    depth: Option<(Vec<f32>, Vec<f32>)>,
     /// Which split sample it came from (named in errors).
     source: usize,
 }
@@ -75,6 +77,32 @@ pub struct TrainReport {
     pub zs3_generator_mmd: Option<[Vec<f32>; 2]>,
     /// Where the head trained ("cpu" or "cuda").
     pub device: String,
+    /// The depth head on the validation cells, untrained (one depth everywhere: the training
+    /// set's geometric mean) and trained; none without depth data or with `depth_weight: 0`.
+    pub depth: Option<DepthReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DepthReport {
+    pub train_cells: usize,
+    pub val_cells: usize,
+    pub untrained: DepthScore,
+    pub trained: DepthScore,
+}
+
+impl DepthReport {
+    pub fn markdown(&self) -> String {
+        format!(
+            "## depth head\n\n{} validation cells with depth ({} in training)\n\n| | AbsRel | δ < 1.25 |\n|---|---|---|\n\
+             | untrained (one depth everywhere) | {:.3} | {:.1}% |\n| trained | {:.3} | {:.1}% |\n",
+            self.val_cells,
+            self.train_cells,
+            self.untrained.abs_rel,
+            100.0 * self.untrained.delta1,
+            self.trained.abs_rel,
+            100.0 * self.trained.delta1
+        )
+    }
 }
 
 /// How a training run is driven (not part of the configuration a checkpoint records).
@@ -89,6 +117,7 @@ pub struct TrainOptions {
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 type HeadOptimizer<B> = OptimizerAdaptor<Adam, Head<B>, B>;
 type TailOptimizer<B> = OptimizerAdaptor<Adam, Blocks<B>, B>;
+type DepthOptimizer<B> = OptimizerAdaptor<Adam, DepthHead<B>, B>;
 
 /// Trains, exports the model directory to `out` and evaluates untrained vs trained.
 pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
@@ -161,8 +190,9 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
             Annotation::Tags(ids) => Some((0..num_labels).map(|k| if ids.contains(&(k as u8)) { 1.0 } else { 0.0 }).collect()),
             _ => None,
         };
+        let depth = sample.depth.as_ref().map(|d| cell_depth_targets(d, features.fine.grid));
         bar.inc(1);
-        Ok(Prepared { features, target, weight, coarse: sample.annotation == Annotation::Coarse, tags, source: i })
+        Ok(Prepared { features, target, weight, coarse: sample.annotation == Annotation::Coarse, tags, depth, source: i })
     };
     let mut train_pool = Vec::with_capacity(train_split.len() * config.copies);
     for i in 0..train_split.len() {
@@ -208,6 +238,12 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let mut head = Head::<B>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
     let mut optimizer: HeadOptimizer<B> = AdamConfig::new().init();
     let mut tail_optimizer: TailOptimizer<B> = AdamConfig::new().init();
+    let depth_cells = |pool: &[Prepared]| pool.iter().filter_map(|p| p.depth.as_ref()).flat_map(|(_, w)| w.iter()).filter(|&&w| w > 0.0).count();
+    let mut depth_head = (config.depth_weight > 0.0 && depth_cells(&train_pool) > 0).then(|| {
+        // Its own seed, so adding depth data does not change the segmentation head's start.
+        DepthHead::<B>::init(config.depth_hidden, label_set.dim, mean_log_depth(&train_pool), config.seed ^ 0xDE97, &device)
+    });
+    let mut depth_optimizer: DepthOptimizer<B> = AdamConfig::new().init();
     let recorder = StateRecorder::default();
     let (mut history, mut running, first_step) = match resume {
         Some(checkpoint) => {
@@ -223,13 +259,19 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
                     .context("restoring the tuned blocks' optimizer from the checkpoint")?;
                 tail_optimizer = tail_optimizer.load_record(moments);
             }
+            if let Some(d) = depth_head.take() {
+                let module = Recorder::<B>::load(&recorder, state.depth_module, &device).context("restoring the depth head from the checkpoint")?;
+                depth_head = Some(d.load_record(module));
+                let moments = Recorder::<B>::load(&recorder, state.depth_optimizer, &device).context("restoring the depth head's optimizer from the checkpoint")?;
+                depth_optimizer = depth_optimizer.load_record(moments);
+            }
             tracing::info!(step = checkpoint.meta.step, "resuming");
             (checkpoint.meta.history, checkpoint.meta.running_loss, checkpoint.meta.step + 1)
         }
         None => {
             // Step 0: the untrained head (the data-free model) as the first point of the curves.
-            let v = validate(&head, tail.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
-            (vec![HistoryPoint { step: 0, train_loss: None, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou }], None, 1)
+            let v = validate(&head, tail.as_ref(), depth_head.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
+            (vec![v.point(0, None)], None, 1)
         }
     };
 
@@ -243,6 +285,8 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
                     optimizer: &HeadOptimizer<B>,
                     tail: Option<&Blocks<B>>,
                     tail_optimizer: &TailOptimizer<B>,
+                    depth: Option<&DepthHead<B>>,
+                    depth_optimizer: &DepthOptimizer<B>,
                     step: usize,
                     history: &[HistoryPoint],
                     running: Option<f64>|
@@ -256,11 +300,21 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
             ),
             None => Default::default(),
         };
+        let (depth_module, depth_optimizer, depth) = match depth {
+            Some(d) => (
+                Recorder::<B>::record(&recorder, d.clone().into_record(), ())?,
+                Recorder::<B>::record(&recorder, depth_optimizer.to_record(), ())?,
+                Some(d.to_weights()?),
+            ),
+            None => Default::default(),
+        };
         let state = Some(TrainingState {
             module: Recorder::<B>::record(&recorder, head.clone().into_record(), ())?,
             optimizer: Recorder::<B>::record(&recorder, optimizer.to_record(), ())?,
             tail_module,
             tail_optimizer,
+            depth_module,
+            depth_optimizer,
         });
         let meta = CheckpointMeta {
             step,
@@ -269,7 +323,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
             history: history.to_vec(),
             running_loss: running,
         };
-        Ok(Checkpoint { weights, scales, meta, state, backbone })
+        Ok(Checkpoint { weights, scales, meta, state, backbone, depth })
     };
     let mut batches = BatchOrder::new(config.seed, train_pool.len(), config.batch);
     let mut steps_done = first_step - 1;
@@ -283,7 +337,10 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         }
         let items: Vec<&Prepared> = batches.at(step).into_iter().map(|i| &train_pool[i]).collect();
         let batch = make_batch::<B>(&items, labels.count, &device);
-        let (mut loss, _) = head.loss(&batch, head_input(tail.as_ref(), &data_free, &batch), &labels, &interp, &loss_weights);
+        let input = head_input(tail.as_ref(), &data_free, &batch);
+        let fine_features = input.fine_features.clone();
+        let (mut loss, _, embedding) = head.loss(&batch, input, &labels, &interp, &loss_weights);
+        let depth_loss = depth_head.as_ref().map(|d| d.loss(fine_features, embedding, &batch).0);
         if let Some(generator) = &mut generator {
             let (features, base, unseen) = generator.generate(&unseen_text, config.zs3_generated);
             // The generator runs on the CPU; its cells move to the training device.
@@ -307,7 +364,18 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         if !loss_value.is_finite() {
             diverged(format!("the loss is {loss_value}"))?;
         }
+        if let Some(depth_loss) = depth_loss {
+            let depth_value = values(depth_loss.clone())?[0];
+            if !depth_value.is_finite() {
+                diverged(format!("the depth loss is {depth_value}"))?;
+            }
+            loss = loss + depth_loss.mul_scalar(config.depth_weight);
+        }
         let mut grads = loss.backward();
+        if let Some(d) = depth_head.take() {
+            let depth_grads = GradientsParams::from_module(&mut grads, &d);
+            depth_head = Some(depth_optimizer.step(config.learning_rate, d, depth_grads));
+        }
         if let Some(t) = tail.take() {
             let tail_grads = GradientsParams::from_module(&mut grads, &t);
             tail = Some(tail_optimizer.step(config.tune_learning_rate, t, tail_grads));
@@ -324,17 +392,17 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         bar.set_message(format!("loss {smoothed:.3}"));
         bar.inc(1);
         if step % config.eval_every == 0 || step == config.steps {
-            let v = validate(&head, tail.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
-            history.push(HistoryPoint { step, train_loss: running, val_loss: v.loss, val_cell_accuracy: v.cell_accuracy, val_cell_miou: v.cell_miou });
-            tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, "validation");
-            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, step, &history, running)?)?;
+            let v = validate(&head, tail.as_ref(), depth_head.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
+            history.push(v.point(step, running));
+            tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, val_depth = ?v.depth, "validation");
+            save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, depth_head.as_ref(), &depth_optimizer, step, &history, running)?)?;
             saved_at = Some(step);
         }
     }
     bar.finish_and_clear();
     let train_seconds = train_started.elapsed().as_secs_f64();
     let was_interrupted = interrupted.load(Ordering::Relaxed);
-    let last = snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, steps_done, &history, running)?;
+    let last = snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, depth_head.as_ref(), &depth_optimizer, steps_done, &history, running)?;
     save_checkpoint(&checkpoint_path, &last)?;
 
     let t = Instant::now();
@@ -342,6 +410,12 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let export_seconds = t.elapsed().as_secs_f64();
     let untrained = evaluate(&base.dir, &val_split, threads, &config.holdout_labels)?;
     let trained = evaluate(out, &val_split, threads, &config.holdout_labels)?;
+    let depth = match (&depth_head, history.first().and_then(|h| h.val_depth), history.last().and_then(|h| h.val_depth)) {
+        (Some(_), Some(untrained), Some(trained)) => {
+            Some(DepthReport { train_cells: depth_cells(&train_pool), val_cells: depth_cells(&val_pool), untrained, trained })
+        }
+        _ => None,
+    };
     Ok(TrainReport {
         config: config.clone(),
         labels: label_set.names.clone(),
@@ -360,7 +434,18 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         export_seconds,
         zs3_generator_mmd: generator.map(|g| g.mmd),
         device: device_name.to_string(),
+        depth,
     })
+}
+
+/// The training pool's mean ln depth over its cells with depth, weighted by their share.
+fn mean_log_depth(pool: &[Prepared]) -> f32 {
+    let (sum, weight) = pool
+        .iter()
+        .filter_map(|p| p.depth.as_ref())
+        .flat_map(|(t, w)| t.iter().zip(w))
+        .fold((0.0f64, 0.0f64), |(s, n), (&t, &w)| (s + f64::from(t * w), n + f64::from(w)));
+    (sum / weight.max(1e-9)) as f32
 }
 
 /// The labels training sees: all of the split's except the held-out ones.
@@ -500,6 +585,8 @@ fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::De
         tags: tensor2(items.iter().flat_map(|p| p.tags.clone().unwrap_or_else(|| vec![0.0; num_labels])).collect(), [n, num_labels], device),
         tagged: tensor2(items.iter().map(|p| if p.tags.is_some() { 1.0 } else { 0.0 }).collect(), [n, 1], device),
         tagged_images: items.iter().filter(|p| p.tags.is_some()).count(),
+        depth_target: tensor2(items.iter().flat_map(|p| p.depth.as_ref().map_or(vec![0.0; nf], |d| d.0.clone())).collect(), [n, nf], device),
+        depth_weight: tensor2(items.iter().flat_map(|p| p.depth.as_ref().map_or(vec![0.0; nf], |d| d.1.clone())).collect(), [n, nf], device),
     }
 }
 
@@ -508,6 +595,13 @@ struct Validation {
     loss: f64,
     cell_accuracy: f64,
     cell_miou: f64,
+    depth: Option<DepthScore>,
+}
+
+impl Validation {
+    fn point(&self, step: usize, train_loss: Option<f64>) -> HistoryPoint {
+        HistoryPoint { step, train_loss, val_loss: self.loss, val_cell_accuracy: self.cell_accuracy, val_cell_miou: self.cell_miou, val_depth: self.depth }
+    }
 }
 
 /// The head's input: the tuned blocks' levels when blocks are tuned, else the frozen ones.
@@ -522,6 +616,7 @@ fn head_input<B: Backend>(tail: Option<&Blocks<B>>, data_free: &DataFree<B>, bat
 fn validate<B: Backend>(
     head: &Head<B>,
     tail: Option<&Blocks<B>>,
+    depth_head: Option<&DepthHead<B>>,
     data_free: &DataFree<B>,
     pool: &[Prepared],
     labels: &Labels<B>,
@@ -533,10 +628,23 @@ fn validate<B: Backend>(
     let k = labels.count;
     let (mut loss_sum, mut weight_sum) = (0.0f64, 0.0f64);
     let (mut predicted, mut truth) = (Vec::new(), Vec::new());
+    // Per depth cell: (predicted ln depth, true ln depth, weight).
+    let mut depth_cells = Vec::new();
     for chunk in pool.chunks(batch) {
         let items: Vec<&Prepared> = chunk.iter().collect();
         let b = make_batch::<B>(&items, k, device);
-        let (loss, logits) = head.loss(&b, head_input(tail, data_free, &b), labels, interp, loss_weights);
+        let input = head_input(tail, data_free, &b);
+        let fine_features = input.fine_features.clone();
+        let (loss, logits, embedding) = head.loss(&b, input, labels, interp, loss_weights);
+        if let Some(d) = depth_head {
+            let predicted = values(d.loss(fine_features, embedding, &b).1)?;
+            let nf = predicted.len() / items.len();
+            for (i, item) in items.iter().enumerate() {
+                if let Some((target, weight)) = &item.depth {
+                    depth_cells.extend((0..nf).filter(|&c| weight[c] > 0.0).map(|c| (predicted[i * nf + c], target[c], weight[c])));
+                }
+            }
+        }
         let w: f64 = items.iter().flat_map(|p| p.weight.iter()).map(|&w| f64::from(w)).sum();
         loss_sum += f64::from(values(loss)?[0]) * w;
         weight_sum += w;
@@ -551,7 +659,26 @@ fn validate<B: Backend>(
     let identity: Vec<u16> = (0..k as u16).collect();
     let (ious, cell_accuracy) = engine::metrics::score(&predicted, &truth, &identity);
     let cell_miou = ious.iter().map(|(_, iou)| iou).sum::<f64>() / ious.len().max(1) as f64;
-    Ok(Validation { loss: loss_sum / weight_sum.max(1e-9), cell_accuracy, cell_miou })
+    Ok(Validation { loss: loss_sum / weight_sum.max(1e-9), cell_accuracy, cell_miou, depth: depth_score(&depth_cells) })
+}
+
+/// AbsRel and δ < 1.25 of `(predicted ln depth, true ln depth, weight)` cells.
+fn depth_score(cells: &[(f32, f32, f32)]) -> Option<DepthScore> {
+    let total: f64 = cells.iter().map(|c| f64::from(c.2)).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let (mut abs_rel, mut within) = (0.0f64, 0.0f64);
+    for &(p, t, w) in cells {
+        // Clamped so that an absurd prediction is a huge error, not an infinite one.
+        let (p, t, w) = (f64::from(p).clamp(-30.0, 30.0), f64::from(t), f64::from(w));
+        abs_rel += w * ((p.exp() - t.exp()).abs() / t.exp());
+        within += w * f64::from(u8::from((p - t).abs() < 1.25f64.ln()));
+    }
+    let score = DepthScore { abs_rel: abs_rel / total, delta1: within / total };
+    // A diverging head gives NaN, which a checkpoint's JSON cannot hold; the run stops on its
+    // loss at the next step anyway.
+    (score.abs_rel.is_finite() && score.delta1.is_finite()).then_some(score)
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -23,9 +23,10 @@ fn run(config: &TrainConfig, out: &Path, resume: Option<PathBuf>) -> anyhow::Res
 }
 
 /// Max abs difference between the burn head's normalised embeddings and the exported ONNX
-/// image encoder run by the engine's CPU backend, both levels. With tuned backbone blocks the
-/// burn side runs them too, from the frozen backbone's tap.
-fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
+/// image encoder run by the engine's CPU backend, both levels, and between the depth heads' ln
+/// depth (when the model has one). With tuned backbone blocks the burn side runs them too, from
+/// the frozen backbone's tap.
+fn export_parity(model_dir: &Path, image: &image::RgbImage) -> (f32, Option<f32>) {
     let checkpoint = load_checkpoint(&model_dir.join(HEAD_FILE)).unwrap();
     let device = Default::default();
     let head = Head::<Flex>::from_weights(&checkpoint.weights, checkpoint.scales, &device);
@@ -52,9 +53,11 @@ fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
 
     let mut backend = model.image_backend(BackendKind::Cpu, 2).unwrap();
     let net = engine::preprocess::preprocess(&Frame::from_rgb_image(image), &model.manifest.image_encoder.input);
-    let maps = backend.encode(&net).unwrap();
+    let encoded = backend.encode(&net).unwrap();
+    let maps = encoded.levels;
     assert_eq!(maps.len(), 2, "coarse and fine level");
     let mut worst = 0.0f32;
+    let mut fine_embedding = None;
     for (level, map) in [&features.coarse, &features.fine].into_iter().zip(&maps) {
         assert_eq!((level.grid.width, level.grid.height), (map.width, map.height));
         let cells = level.cells();
@@ -63,11 +66,22 @@ fn export_parity(model_dir: &Path, image: &image::RgbImage) -> f32 {
             tensor2(level.base.clone(), [cells, map.dim], &device),
         );
         let norm = (embedded.clone() * embedded.clone()).sum_dim(1).sqrt();
+        fine_embedding = Some((tensor2(level.features.clone(), [cells, level.features.len() / cells], &device), embedded.clone()));
         let ours = values::<Flex, 2>(embedded / norm).unwrap();
         assert_eq!(ours.len(), map.data.len());
         worst = ours.iter().zip(&map.data).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }
-    worst
+    assert_eq!(checkpoint.depth.is_some(), encoded.depth.is_some(), "a depth output exactly where the head has a depth head");
+    let depth_diff = checkpoint.depth.as_ref().zip(encoded.depth).zip(fine_embedding).map(|((d, onnx), (features, embedding))| {
+        let w1 = tensor2(engine::backend::transpose(&d.w1, d.hidden, d.inputs()), [d.inputs(), d.hidden], &device);
+        let w2 = tensor2(d.w2.clone(), [d.hidden, 1], &device);
+        let b1 = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(d.b1.clone(), [d.hidden]), &device);
+        let b2 = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(vec![d.b2], [1]), &device);
+        let ours = values(engine::burn::depth_log::<Flex>(features, embedding, [w1, w2], [b1, b2])).unwrap();
+        assert_eq!(ours.len(), onnx.data.len());
+        ours.iter().zip(&onnx.data).map(|(a, b)| (a - b.ln()).abs()).fold(0.0f32, f32::max)
+    });
+    (worst, depth_diff)
 }
 
 /// Max abs difference between burn's whole image encoder (`engine::burn::encoder`, on burn's
@@ -80,9 +94,16 @@ fn burn_encoder_vs_onnx(model_dir: &Path) -> f32 {
     let mut burn = engine::burn::encoder::BurnBackend::<Flex>::open(model_dir, &model.manifest, Default::default(), "burn-cpu").unwrap();
     let ours = burn.encode(&net).unwrap();
     let theirs = model.image_backend(BackendKind::Cpu, 2).unwrap().encode(&net).unwrap();
-    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(ours.levels.len(), theirs.levels.len());
     let mut worst = 0.0f32;
-    for (a, b) in ours.iter().zip(&theirs) {
+    // Depth in metres compares relatively (ln depth, as the head computes it).
+    if let (Some(a), Some(b)) = (&ours.depth, &theirs.depth) {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        worst = a.data.iter().zip(&b.data).map(|(x, y)| (x.ln() - y.ln()).abs()).fold(worst, f32::max);
+    }
+    assert_eq!(ours.depth.is_some(), theirs.depth.is_some(), "both run the depth head, or neither");
+    assert_eq!(ours.depth.is_some(), model.manifest.image_encoder.depth.is_some());
+    for (a, b) in ours.levels.iter().zip(&theirs.levels) {
         assert_eq!((a.width, a.height, a.dim, a.stride), (b.width, b.height, b.dim, b.stride));
         assert_eq!(a.offset, b.offset);
         worst = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
@@ -114,9 +135,40 @@ fn training_beats_the_untrained_head_and_the_export_equals_the_trained_forward()
 
     // One model definition: held-out scene, both levels.
     let scene = synth::scene(99_999, 320, 224);
-    let diff = export_parity(&out, &scene.image);
-    println!("export parity: max abs diff {diff:e}");
+    let (diff, depth_diff) = export_parity(&out, &scene.image);
+    println!("export parity: max abs diff {diff:e}, ln depth {depth_diff:?}");
     assert!(diff < 1e-4, "exported ONNX vs burn head: max abs diff {diff}");
+    let depth_diff = depth_diff.expect("the synthetic set has depth, so the model has a depth head");
+    assert!(depth_diff < 1e-4, "exported depth head vs burn: max abs diff of ln depth {depth_diff}");
+
+    // The depth head learned the scenes' geometry: far better than one depth everywhere.
+    let depth = report.depth.as_ref().expect("a depth report");
+    println!("depth on held-out cells: untrained {:?}, trained {:?}", depth.untrained, depth.trained);
+    assert!(depth.trained.abs_rel < 0.6 * depth.untrained.abs_rel, "{depth:?}");
+    assert!(depth.trained.delta1 > depth.untrained.delta1 + 0.2, "{depth:?}");
+
+    // The engine gives the depth at frame resolution, and what it gives tracks the truth.
+    let mut pipeline = model.pipeline(BackendKind::Cpu, 2).unwrap();
+    let labels = model.label_bank(2, None).unwrap().build(&report.labels.iter().map(|l| engine::LabelSpec::new(l.clone())).collect::<Vec<_>>()).unwrap();
+    let seg = pipeline.process(&Frame::from_rgb_image(&scene.image), &labels).unwrap();
+    let metres = seg.depth.expect("the pipeline passes the depth on");
+    assert_eq!(metres.len(), 320 * 224);
+    let truth = scene.depth.unwrap();
+    let (mut near, mut far) = (Vec::new(), Vec::new());
+    for (i, t) in truth.pixels().enumerate() {
+        match t.0[0] {
+            d if d < 8.0 => near.push(metres[i]),
+            d if d > 25.0 => far.push(metres[i]),
+            _ => {}
+        }
+    }
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let (near, far) = (median(&mut near), median(&mut far));
+    println!("engine depth: median {near:.1} m where the truth is under 8 m, {far:.1} m where it is over 25 m");
+    assert!(far > 2.0 * near, "near {near} vs far {far}");
 }
 
 /// The burn copy of the last five blocks (one stride-1 block with a width change, four
@@ -186,8 +238,9 @@ fn tuning_the_last_block_trains_and_exports_what_burn_computed() {
     let original = engine::zoo::effnet::folded(&weights, &engine::zoo::effnet::head_conv()).unwrap().weight;
     let change = moved.iter().zip(&original).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(change > 1e-4, "the head conv was tuned (max change {change})");
-    let diff = export_parity(&out, &synth::scene(77_777, 256, 192).image);
-    println!("tuned export parity: max abs diff {diff:e}");
+    let (diff, depth_diff) = export_parity(&out, &synth::scene(77_777, 256, 192).image);
+    println!("tuned export parity: max abs diff {diff:e}, ln depth {depth_diff:?}");
+    assert!(depth_diff.is_some_and(|d| d < 1e-4), "the depth head reads the tuned features: {depth_diff:?}");
     assert!(diff < 1e-4, "exported ONNX vs burn tail + head: max abs diff {diff}");
     // The engine's burn backend runs the exported file (tuned blocks and residual head) as
     // ONNX Runtime does.
@@ -216,6 +269,8 @@ fn resuming_gives_the_weights_of_an_uninterrupted_run() {
         assert_eq!(a.scales, b.scales);
         assert_eq!(a.backbone, b.backbone, "tuned blocks too (tune_blocks {tune_blocks})");
         assert_eq!(a.backbone.is_empty(), tune_blocks == 0);
+        assert!(a.depth.is_some(), "the synthetic set trains a depth head");
+        assert_eq!(a.depth, b.depth, "the depth head resumes too (tune_blocks {tune_blocks})");
     }
     let part = dir.path().join("part0");
 

@@ -10,8 +10,8 @@ use burn::backend::Flex;
 use burn::prelude::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::{Blocks, BurnError, DataFree, residual_embedding, tensor2, values};
-use crate::backend::{ImageBackend, OrtBackend, transpose};
+use super::{Blocks, BurnError, DataFree, depth_log, residual_embedding, tensor2, values};
+use crate::backend::{Encoded, ImageBackend, OrtBackend, transpose};
 use crate::fallback::{FallbackBackend, Opener};
 use crate::pipeline::Model;
 use crate::costmap::{EmbeddingMap, l2_normalize};
@@ -21,7 +21,8 @@ use crate::preprocess::NetInput;
 use crate::zoo::effnet::{self, FoldedConv};
 use crate::zoo::head;
 
-/// The residual head's weights, laid out for `residual_embedding`.
+/// The residual head's weights, laid out for `residual_embedding` (and the depth head's, for
+/// `depth_log`).
 struct Residual<B: Backend> {
     weights: [Tensor<B, 2>; 2],
     biases: [Tensor<B, 1>; 2],
@@ -34,6 +35,8 @@ pub struct BurnBackend<B: Backend> {
     blocks: Blocks<B>,
     data_free: DataFree<B>,
     residual: Option<Residual<B>>,
+    /// The depth head, where the manifest declares a depth output.
+    depth: Option<(Residual<B>, EmbeddingOutput)>,
     /// Manifest levels, coarse first: the coarse one is the pooled level.
     levels: Vec<EmbeddingOutput>,
 }
@@ -114,7 +117,24 @@ impl<B: Backend> BurnBackend<B> {
                 })
             }
         };
-        Ok(BurnBackend { name, path, device, blocks, data_free, residual, levels })
+        let depth = match &manifest.image_encoder.depth {
+            None => None,
+            Some(spec) => {
+                let hidden = init.get("depth.w1").and_then(|(dims, _)| dims.first().copied()).unwrap_or(0);
+                let inputs = channels + dim;
+                let w1 = get("depth.w1", hidden * inputs).map_err(to_engine)?;
+                let w2 = get("depth.w2", hidden).map_err(to_engine)?;
+                let vector = |name: &str, len: usize| -> Result<Tensor<B, 1>> {
+                    Ok(Tensor::from_data(TensorData::new(get(name, len).map_err(to_engine)?.to_vec(), [len]), &device))
+                };
+                let head = Residual {
+                    weights: [tensor2(transpose(w1, hidden, inputs), [inputs, hidden], &device), tensor2(w2.to_vec(), [hidden, 1], &device)],
+                    biases: [vector("depth.b1", hidden)?, vector("depth.b2", 1)?],
+                };
+                Some((head, spec.clone()))
+            }
+        };
+        Ok(BurnBackend { name, path, device, blocks, data_free, residual, depth, levels })
     }
 }
 
@@ -123,7 +143,7 @@ impl<B: Backend> ImageBackend for BurnBackend<B> {
         self.name
     }
 
-    fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+    fn encode(&mut self, input: &NetInput) -> Result<Encoded> {
         let (h, w) = (input.height, input.width);
         if input.layout != Layout::Nchw || input.data.len() != 3 * h * w {
             return Err(EngineError::ModelFile { path: self.path.clone(), reason: format!("input is {:?} with {} values for {w}x{h}", input.layout, input.data.len()) });
@@ -137,16 +157,26 @@ impl<B: Backend> ImageBackend for BurnBackend<B> {
             None => base,
         };
         let coarse = embed(levels.coarse_features, levels.coarse_base);
+        let fine_features = levels.fine_features.clone();
         let fine = embed(levels.fine_features, levels.fine_base);
+        let readback = |t: Tensor<B, 2>| values(t).map_err(|e| EngineError::Runtime(format!("{}: {e}", self.name)));
+        let depth = match &self.depth {
+            Some((head, spec)) => {
+                let metres = depth_log(fine_features, fine.clone(), head.weights.clone(), head.biases.clone()).exp();
+                let data = readback(metres)?;
+                Some(EmbeddingMap { stride: spec.stride, offset: spec.center_offset(), width: fine_w, height: fine_h, dim: 1, data })
+            }
+            None => None,
+        };
         let coarse_size = (fine_h.div_ceil(2), fine_w.div_ceil(2));
         let mut maps = Vec::with_capacity(2);
         for ((cells, (height, width)), level) in [(coarse, coarse_size), (fine, (fine_h, fine_w))].into_iter().zip(&self.levels) {
-            let mut data = values(cells).map_err(|e| EngineError::Runtime(format!("{}: {e}", self.name)))?;
+            let mut data = readback(cells)?;
             let dim = data.len() / (height * width).max(1);
             data.chunks_mut(dim.max(1)).for_each(l2_normalize);
             maps.push(EmbeddingMap { stride: level.stride, offset: level.center_offset(), width, height, dim, data });
         }
-        Ok(maps)
+        Ok(Encoded { levels: maps, depth })
     }
 }
 
@@ -202,7 +232,7 @@ mod cuda {
             self.0.name()
         }
 
-        fn encode(&mut self, input: &NetInput) -> Result<Vec<EmbeddingMap>> {
+        fn encode(&mut self, input: &NetInput) -> Result<Encoded> {
             catch_unwind(AssertUnwindSafe(|| self.0.encode(input))).map_err(|p| EngineError::Gpu(format!("burn's CUDA backend: {}", panic_message(p))))?
         }
     }

@@ -48,6 +48,14 @@ pub fn residual_embedding<B: Backend>(
     base + hidden.matmul(w2) + b2.unsqueeze::<2>()
 }
 
+/// The depth head on cells (see [`crate::zoo::trained::DepthWeights`]): ln metres per cell
+/// (`cells x 1`), with `w1` as `inputs x hidden` and `w2` as `hidden x 1`.
+pub fn depth_log<B: Backend>(features: Tensor<B, 2>, embedding: Tensor<B, 2>, [w1, w2]: [Tensor<B, 2>; 2], [b1, b2]: [Tensor<B, 1>; 2]) -> Tensor<B, 2> {
+    let norm = (embedding.clone() * embedding.clone()).sum_dim(1).sqrt();
+    let input = Tensor::cat(vec![features, embedding / norm], 1);
+    relu(input.matmul(w1) + b1.unsqueeze::<2>()).matmul(w2) + b2.unsqueeze::<2>()
+}
+
 pub fn tensor2<B: Backend>(data: Vec<f32>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(data, shape), device)
 }

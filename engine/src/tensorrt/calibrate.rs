@@ -29,7 +29,7 @@ fn float_op(op: &OpType<'_>) -> bool {
         op.as_str(),
         "Conv" | "Clip" | "Relu" | "Add" | "Sub" | "Mul" | "Div" | "Sigmoid" | "HardSigmoid" | "HardSwish" | "Softmax"
             | "AveragePool" | "MaxPool" | "GlobalAveragePool" | "Identity" | "Concat" | "Resize" | "BatchNormalization"
-            | "Tanh" | "Transpose" | "Gemm" | "MatMul"
+            | "Tanh" | "Transpose" | "Gemm" | "MatMul" | "LpNormalization" | "Exp"
     )
 }
 

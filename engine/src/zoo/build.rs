@@ -287,6 +287,7 @@ pub fn default_manifest() -> Manifest {
                     center_offset: Some(head::FINE_CENTER_OFFSET),
                 },
             ],
+            depth: None,
         },
         text_encoder: TextEncoderSpec {
             file: "text_encoder.onnx".into(),

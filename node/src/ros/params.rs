@@ -44,7 +44,7 @@ pub const PUBLISH_TOGGLES: [&str; 7] = [
     "publish_label_info",
 ];
 
-pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground", "stereo"];
+pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground", "stereo", "model"];
 pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
 pub const DEPTH_REGISTRATIONS: &[&str] = &["none", "extrinsics"];
@@ -112,7 +112,8 @@ pub static SPECS: &[ParamSpec] = &[
         choices: DEPTH_MODES,
         constraints: "none: no depth outputs; rgbd: `depth_registered` (16UC1 mm or 32FC1 m, registered to `image`); \
                       ground: one camera over flat ground (`ground_labels`, `camera_height`, `camera_pitch`, `camera_roll`); \
-                      stereo: semi-global matching of `image` against `right/image` (both rectified; baseline from `right/camera_info` P)",
+                      stereo: semi-global matching of `image` against `right/image` (both rectified; baseline from `right/camera_info` P); \
+                      model: the model's depth head (models trained with depth by ovseg-train)",
         ..spec("depth_mode", "Where `depth` and `points` come from.")
     },
     ParamSpec {
@@ -135,7 +136,7 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("depth_extrinsics_file", "depth_registration extrinsics: file with the transform; overrides `depth_extrinsics` when set.")
     },
     ParamSpec {
-        ..spec("ground_fit", "depth_mode rgbd or stereo: fit the ground plane to the depth of `ground_labels` pixels (RANSAC) and fill their holes from it.")
+        ..spec("ground_fit", "depth_mode rgbd, stereo or model: fit the ground plane to the depth of `ground_labels` pixels (RANSAC) and fill their holes from it.")
     },
     ParamSpec {
         range: Range::Float(0.001, 1.0),
@@ -252,7 +253,7 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("depth_extrinsics_file", String("".into()));
     put("ground_fit", Boolean(false));
     put("ground_fit_tolerance", Double(0.05));
-    put("depth_invalid_labels", StringArray(vec!["sky".into()]));
+    put("depth_invalid_labels", StringArray(engine::depth::DEFAULT_NO_DEPTH_LABELS.iter().map(|l| l.to_string()).collect()));
     let ground = ["ground", "grass", "road", "floor", "sidewalk", "earth", "field", "path", "dirt track", "sand", "crop row"];
     put("ground_labels", StringArray(ground.iter().map(|s| s.to_string()).collect()));
     put("stereo_max_disp", Integer(64));
@@ -454,7 +455,7 @@ pub struct OutputSettings {
     pub depth_registration: Option<PoseParam>,
     /// Lower-cased, trimmed label texts that are flat ground (depth_mode ground, ground_fit).
     pub ground_labels: Vec<String>,
-    /// depth_mode rgbd or stereo: RANSAC inlier distance (m) of the ground fit, if on.
+    /// depth_mode rgbd, stereo or model: RANSAC inlier distance (m) of the ground fit, if on.
     pub ground_fit: Option<f64>,
     /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground)...
     pub camera_mounting: [f64; 3],
@@ -502,6 +503,7 @@ pub enum DepthMode {
     Rgbd,
     Ground,
     Stereo,
+    Model,
 }
 
 impl Settings {
@@ -551,6 +553,7 @@ impl Settings {
                     "rgbd" => DepthMode::Rgbd,
                     "ground" => DepthMode::Ground,
                     "stereo" => DepthMode::Stereo,
+                    "model" => DepthMode::Model,
                     _ => DepthMode::None,
                 },
                 depth_sync_tolerance: double("depth_sync_tolerance"),

@@ -183,7 +183,7 @@ impl Processor {
         match self.settings.depth_mode {
             DepthMode::Rgbd => self.depth.closest(stamp, tolerance).is_some(),
             DepthMode::Stereo => self.right.closest(stamp, tolerance).is_some(),
-            DepthMode::None | DepthMode::Ground => true,
+            DepthMode::None | DepthMode::Ground | DepthMode::Model => true,
         }
     }
 
@@ -241,9 +241,18 @@ impl Processor {
                 let metres = self.stereo_depth(&frame, header.stamp, &segmentation.map);
                 (metres.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, width)), None)
             }
+            // Said on every frame, subscribers or not: the configuration cannot work.
+            DepthMode::Model => match &segmentation.depth {
+                Some(m) if wants_depth => (Some(self.conditioned_depth(m, &segmentation.map.labels, width)), None),
+                Some(_) => (None, None),
+                None => {
+                    self.note(&Rejected { kind: "model_depth", message: "depth_mode model: the model has no depth head (train one with depth data); depth and points skipped".into() });
+                    (None, None)
+                }
+            },
             _ => (None, None),
         };
-        let measured_modes = matches!(self.settings.depth_mode, DepthMode::Rgbd | DepthMode::Stereo);
+        let measured_modes = matches!(self.settings.depth_mode, DepthMode::Rgbd | DepthMode::Stereo | DepthMode::Model);
         let wants_rays = wanted.contains(&Topic::Points) || (measured_modes && self.settings.ground_fit.is_some());
         let rays = match metres.is_some() && wants_rays {
             true => self.image_rays(&frame, "points and ground_fit"),
