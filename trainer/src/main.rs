@@ -62,6 +62,9 @@ struct TrainArgs {
     /// Adam learning rate of the tuned backbone blocks [default: 0.0002].
     #[arg(long)]
     tune_learning_rate: Option<f64>,
+    /// Weight of the depth head's loss where the data has depth; 0 = no depth head [default: 1].
+    #[arg(long)]
+    depth_weight: Option<f32>,
     /// Where to train: auto (CUDA where this build has the feature `cuda` and a driver answers,
     /// else the CPU), cpu, or cuda.
     #[arg(long, value_enum, default_value_t = trainer::train::TrainDevice::Auto)]
@@ -178,7 +181,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     macro_rules! override_with {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
     }
-    override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate);
+    override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate, depth_weight);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume, device: args.device })?;
     let json = serde_json::to_string_pretty(&report)?;
