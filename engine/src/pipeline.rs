@@ -12,7 +12,7 @@ use crate::labels::{LabelBank, LabelSet};
 use crate::manifest::{Manifest, SegmentationDefaults};
 use crate::post::LabelMap;
 use crate::preprocess::preprocess;
-use crate::scoring::{CpuScorer, Scored, Scorer, ScoringPlan};
+use crate::scoring::{CpuScorer, PaintRequest, Painted, Scored, Scorer, ScoringPlan};
 use crate::text::TextEncoder;
 
 /// Run-time settings; defaults come from the model manifest.
@@ -268,18 +268,33 @@ impl Pipeline {
         Ok(Segmentation { map, timings, net_size: (input.width, input.height), depth })
     }
 
+    /// Label colours and the overlay of `map` (only those asked for), where the scorer runs.
+    pub fn paint(&mut self, map: &LabelMap, request: &PaintRequest) -> Result<Painted> {
+        match self.scorer.paint(map, request) {
+            Err(e @ EngineError::Gpu(_)) => {
+                self.fall_back_to_cpu(e);
+                self.scorer.paint(map, request)
+            }
+            other => other,
+        }
+    }
+
     /// Scores on the current scorer; a GPU failure hands this and every later frame to the CPU.
     fn score(&mut self, levels: &[crate::costmap::EmbeddingMap], plan: &ScoringPlan) -> Result<Scored> {
         match self.scorer.score(levels, plan) {
             Err(e @ EngineError::Gpu(_)) => {
-                let reason = e.to_string();
-                tracing::warn!(scorer = self.scorer.name(), "{reason}; scoring on the CPU from now on");
-                self.scorer = Box::new(CpuScorer);
-                self.scorer_fallback = Some(reason);
+                self.fall_back_to_cpu(e);
                 self.scorer.score(levels, plan)
             }
             other => other,
         }
+    }
+
+    fn fall_back_to_cpu(&mut self, e: EngineError) {
+        let reason = e.to_string();
+        tracing::warn!(scorer = self.scorer.name(), "{reason}; scoring on the CPU from now on");
+        self.scorer = Box::new(CpuScorer);
+        self.scorer_fallback = Some(reason);
     }
 }
 

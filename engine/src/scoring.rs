@@ -65,11 +65,56 @@ pub struct Scored {
     pub post_ms: f64,
 }
 
-/// Cost map + fusion + early rejection + softmax + interpolation.
+/// What [`Scorer::paint`] draws.
+#[derive(Debug, Clone, Copy)]
+pub struct PaintRequest<'a> {
+    /// Colour per label id; other ids (unknown) get [`crate::colors::UNKNOWN_COLOR`] in the
+    /// colour image and keep the frame's pixel in the overlay.
+    pub colors: &'a [[u8; 3]],
+    pub color: bool,
+    /// The frame (packed RGB8, the map's size) and the colours' weight, for an overlay.
+    pub overlay: Option<(&'a [u8], f32)>,
+}
+
+/// RGB8 images of a label map: label colours, and label colours blended over the frame.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Painted {
+    pub color: Option<Vec<u8>>,
+    pub overlay: Option<Vec<u8>>,
+}
+
+/// The CPU's painting (the reference for [`Scorer::paint`]).
+pub fn paint_on_cpu(map: &LabelMap, request: &PaintRequest) -> Painted {
+    Painted {
+        color: request.color.then(|| map.colorize(request.colors)),
+        overlay: request.overlay.map(|(rgb, alpha)| map.overlay(rgb, request.colors, alpha)),
+    }
+}
+
+/// Cost map + fusion + early rejection + softmax + interpolation, and painting the result.
 pub trait Scorer: Send {
     /// Short name for logs, diagnostics and reports ("cpu", "cuda").
     fn name(&self) -> &'static str;
     fn score(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<Scored>;
+    /// Colour image and overlay of `map`, only those asked for.
+    fn paint(&mut self, map: &LabelMap, request: &PaintRequest) -> Result<Painted> {
+        check_paint(map, request)?;
+        Ok(paint_on_cpu(map, request))
+    }
+}
+
+/// The frame must be the map's size, and alpha a weight.
+pub fn check_paint(map: &LabelMap, request: &PaintRequest) -> Result<()> {
+    if let Some((rgb, alpha)) = request.overlay {
+        let expected = map.width as usize * map.height as usize * 3;
+        if rgb.len() != expected {
+            return Err(EngineError::Runtime(format!("overlay: the frame has {} bytes, the {}x{} label map needs {expected}", rgb.len(), map.width, map.height)));
+        }
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(EngineError::Runtime(format!("overlay: alpha {alpha} is outside 0..=1")));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn ms_since(t: std::time::Instant) -> f64 {
@@ -136,5 +181,27 @@ pub fn scorer_for(kind: BackendKind) -> Result<Box<dyn Scorer>> {
             tracing::info!("scoring on the CPU: this build has no CUDA support (feature `cuda`)");
             Ok(Box::new(CpuScorer))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn painting_gives_what_is_asked_for_and_checks_the_frame() {
+        let map = LabelMap { width: 2, height: 1, labels: vec![0, crate::post::UNKNOWN], confidence: vec![1.0, 0.0] };
+        let colors = [[200, 100, 0]];
+        let rgb = [10, 20, 30, 40, 50, 60];
+        let request = PaintRequest { colors: &colors, color: true, overlay: Some((&rgb, 0.5)) };
+        let painted = CpuScorer.paint(&map, &request).unwrap();
+        assert_eq!(painted.color.unwrap(), vec![200, 100, 0, 0, 0, 0]);
+        assert_eq!(painted.overlay.unwrap(), vec![105, 60, 15, 40, 50, 60], "unknown keeps the frame");
+        let none = CpuScorer.paint(&map, &PaintRequest { colors: &colors, color: false, overlay: None }).unwrap();
+        assert_eq!(none, Painted::default());
+        let err = CpuScorer.paint(&map, &PaintRequest { colors: &colors, color: false, overlay: Some((&rgb[..3], 0.5)) }).unwrap_err().to_string();
+        assert!(err.contains("3 bytes") && err.contains("needs 6"), "{err}");
+        let err = CpuScorer.paint(&map, &PaintRequest { colors: &colors, color: false, overlay: Some((&rgb, 1.5)) }).unwrap_err().to_string();
+        assert!(err.contains("alpha 1.5"), "{err}");
     }
 }

@@ -195,7 +195,7 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
     // Three rounds for four frames: a best-effort reader may miss the very first sample while
     // its side of discovery is still matching the writer.
     args.extend(["--camera-info", "--depth-mm", "--repeat", "3", "--rate-hz", "4", "--expect", "4", "--timeout", "90"]);
-    args.extend(["--collect", "mask", "depth", "confidence", "points", "label_info", "--out", out.to_str().unwrap()]);
+    args.extend(["--collect", "mask", "depth", "confidence", "points", "label_info", "mask_color", "overlay", "--out", out.to_str().unwrap()]);
     let result = ok(peer(domain, &args));
     node.assert_running();
 
@@ -203,7 +203,8 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
     let stems = published_stems(&result);
     let (w, h) = SIZE;
     let mut compared = 0;
-    let received = |sec: &i64| ["mask", "depth", "confidence", "points"].iter().all(|t| out.join(format!("{t}_{sec}_0.json")).exists());
+    let received = |sec: &i64| ["mask", "depth", "confidence", "points", "mask_color", "overlay"].iter().all(|t| out.join(format!("{t}_{sec}_0.json")).exists());
+    let label_names: Vec<&str> = labels.split(',').collect();
     for (sec, stem) in stems.iter().filter(|(sec, _)| received(sec)) {
         let meta = read_json(&out.join(format!("mask_{sec}_0.json")));
         assert_eq!((meta["width"].as_u64(), meta["height"].as_u64()), (Some(w as u64), Some(h as u64)));
@@ -213,6 +214,21 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
         let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
         assert!(mask == expected[stem], "mask of {stem} (stamp {sec}) differs from `ovseg segment`");
         compared += 1;
+
+        // Label colours, and colours blended half over the frame the peer sent (overlay_alpha
+        // 0.5); unknown pixels are black, and keep the frame in the overlay.
+        let frame = image::open(tmp.path().join(format!("{stem}.png"))).unwrap().to_rgb8().into_raw();
+        let color = std::fs::read(out.join(format!("mask_color_{sec}_0.bin"))).unwrap();
+        let overlay = std::fs::read(out.join(format!("overlay_{sec}_0.bin"))).unwrap();
+        assert_eq!((color.len(), overlay.len()), (mask.len() * 3, mask.len() * 3));
+        for (i, &m) in mask.iter().enumerate() {
+            let c = label_names.get(m as usize).map_or([0; 3], |n| engine::colors::label_color(n));
+            assert_eq!(color[3 * i..3 * i + 3], c, "mask_color of {stem} at pixel {i}");
+            for k in 0..3 {
+                let want = if m == 255 { frame[3 * i + k] } else { (frame[3 * i + k] as f32 * 0.5 + c[k] as f32 * 0.5).round() as u8 };
+                assert_eq!(overlay[3 * i + k], want, "overlay of {stem} at pixel {i}");
+            }
+        }
 
         let meta = read_json(&out.join(format!("depth_{sec}_0.json")));
         assert_eq!((meta["encoding"].as_str(), meta["step"].as_u64()), (Some("32FC1"), Some(4 * w as u64)));

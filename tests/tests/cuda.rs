@@ -9,7 +9,7 @@ use engine::costmap::{EmbeddingMap, l2_normalize};
 use engine::cuda::{self, CudaScorer};
 use engine::labels::LabelSet;
 use engine::preprocess::ContentRect;
-use engine::scoring::{CpuScorer, Scorer, ScoringPlan, fused_probabilities};
+use engine::scoring::{CpuScorer, PaintRequest, Scorer, ScoringPlan, fused_probabilities};
 use engine::{BackendKind, EngineError};
 
 /// NVRTC from the pinned wheel, installed once under the target directory (file-locked), unless
@@ -229,6 +229,25 @@ fn cuda_matches_cpu_bit_for_bit_on_random_embeddings() {
             let p = plan(&labels, weights, top_k, fw, fh, (w as f32, h as f32));
             assert_identical(&mut gpu, &levels, &p, &format!("K={num_labels} D={dim} levels={} top_k={top_k} frame {fw}x{fh}", sizes.len()));
         }
+    }
+}
+
+#[test]
+fn gpu_painting_matches_the_cpu_bit_for_bit() {
+    let Some(mut gpu) = gpu_scorer("paint parity") else { return };
+    let mut rng = Lcg(7);
+    let (width, height, num_labels) = (173u32, 101u32, 300usize);
+    let pixels = (width * height) as usize;
+    // Label ids across the palette, some unknown.
+    let labels: Vec<u16> = (0..pixels).map(|_| match (rng.next() * 10.0) as u32 { 0 => engine::UNKNOWN, _ => (rng.next() * num_labels as f32) as u16 }).collect();
+    let map = engine::LabelMap { width, height, labels, confidence: vec![0.5; pixels] };
+    let colors: Vec<[u8; 3]> = (0..num_labels).map(|i| engine::colors::label_color(&format!("label {i}"))).collect();
+    let rgb: Vec<u8> = (0..3 * pixels).map(|_| (rng.next() * 256.0) as u8).collect();
+    for (color, overlay) in [(true, Some(0.45f32)), (true, None), (false, Some(0.5)), (false, Some(1.0)), (false, None)] {
+        let request = PaintRequest { colors: &colors, color, overlay: overlay.map(|a| (&rgb[..], a)) };
+        let want = CpuScorer.paint(&map, &request).unwrap();
+        let got = gpu.paint(&map, &request).unwrap();
+        assert_eq!(got, want, "colour {color}, overlay {overlay:?}");
     }
 }
 

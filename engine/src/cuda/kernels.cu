@@ -360,6 +360,31 @@ extern "C" __global__ void upsample_argmax(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Painting a label map (LabelMap::colorize and LabelMap::overlay): one thread per pixel. Labels
+// beyond the palette (unknown) are black in the colour image and keep the frame's pixel in the
+// overlay. The blend is the CPU's expression, rounded half away from zero like f32::round.
+extern "C" __global__ void paint_labels(
+    const u16* __restrict__ labels, int pixels,
+    const unsigned char* __restrict__ palette, int num_labels,
+    const unsigned char* __restrict__ rgb, float alpha,
+    int want_color, unsigned char* __restrict__ color,
+    int want_overlay, unsigned char* __restrict__ overlay)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= pixels) return;
+    const int l = (int)labels[i];
+    const bool known = l < num_labels;
+    for (int k = 0; k < 3; ++k) {
+        const unsigned char c = known ? palette[3 * l + k] : (unsigned char)0;
+        if (want_color) color[3 * i + k] = c;
+        if (want_overlay) {
+            const unsigned char p = rgb[3 * i + k];
+            overlay[3 * i + k] = known ? (unsigned char)roundf((float)p * (1.0f - alpha) + (float)c * alpha) : p;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Preprocessing (preprocess::preprocess): colour conversion, separable anti-aliased resize with
 // the host's filter taps, normalisation and layout, in two passes (rows, then columns).
 // Pixel formats as engine::frame::PixelFormat, in declaration order.

@@ -28,6 +28,7 @@ pub const ENTRY_POINTS: &[&str] = &[
     "fuse_sparse",
     "softmax_cells",
     "upsample_argmax",
+    "paint_labels",
     "resize_rows",
     "resize_cols_normalize",
 ];

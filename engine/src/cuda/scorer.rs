@@ -11,7 +11,7 @@ use crate::costmap::{Axis, EmbeddingMap, Grid, ScoreField, fusion_axes};
 use crate::error::{EngineError, Result};
 use crate::labels::LabelSet;
 use crate::post::{LabelMap, cell_ranges, frame_axes};
-use crate::scoring::{CpuScorer, Scored, Scorer, ScoringPlan, ms_since};
+use crate::scoring::{CpuScorer, PaintRequest, Painted, Scored, Scorer, ScoringPlan, check_paint, ms_since};
 
 /// Labels the interpolation kernel holds in 48 KiB of shared memory (19 bytes each).
 pub const MAX_LABELS: usize = 2048;
@@ -24,6 +24,7 @@ struct Kernels {
     fuse_sparse: CudaFunction,
     softmax_cells: CudaFunction,
     upsample_argmax: CudaFunction,
+    paint_labels: CudaFunction,
 }
 
 /// The label set last uploaded, kept on the host too so a change is noticed.
@@ -89,6 +90,7 @@ impl CudaScorer {
             fuse_sparse: device.function("fuse_sparse")?,
             softmax_cells: device.function("softmax_cells")?,
             upsample_argmax: device.function("upsample_argmax")?,
+            paint_labels: device.function("paint_labels")?,
         };
         let stream = device.stream;
         let unused_f32 = stream.alloc_zeros::<f32>(1).map_err(|e| gpu("alloc", e))?;
@@ -399,5 +401,37 @@ impl Scorer for CudaScorer {
         let mut scored = self.score_resident(&resident, plan)?;
         scored.cost_ms += upload_ms;
         Ok(scored)
+    }
+
+    /// `paint_labels` in kernels.cu: the label map (and the frame, for an overlay) go up, and
+    /// each image asked for comes back in one copy.
+    fn paint(&mut self, map: &LabelMap, request: &PaintRequest) -> Result<Painted> {
+        check_paint(map, request)?;
+        if !request.color && request.overlay.is_none() {
+            return Ok(Painted::default());
+        }
+        let pixels = map.labels.len();
+        let labels = self.upload(&map.labels)?;
+        let palette: Vec<u8> = request.colors.iter().flatten().copied().collect();
+        let palette = if palette.is_empty() { self.alloc::<u8>(3)? } else { self.upload(&palette)? };
+        let (rgb, alpha) = match request.overlay {
+            Some((rgb, alpha)) => (self.upload(rgb)?, alpha),
+            None => (self.alloc::<u8>(1)?, 0.0),
+        };
+        let size = |wanted: bool| if wanted { 3 * pixels } else { 1 };
+        let mut color = self.alloc::<u8>(size(request.color))?;
+        let mut overlay = self.alloc::<u8>(size(request.overlay.is_some()))?;
+        let (pixels_i, labels_i) = (pixels as i32, request.colors.len().min(i32::MAX as usize) as i32);
+        let (want_color, want_overlay) = (i32::from(request.color), i32::from(request.overlay.is_some()));
+        let mut b = self.stream.launch_builder(&self.kernels.paint_labels);
+        b.arg(&labels).arg(&pixels_i).arg(&palette).arg(&labels_i).arg(&rgb).arg(&alpha);
+        b.arg(&want_color).arg(&mut color).arg(&want_overlay).arg(&mut overlay);
+        // SAFETY: matches paint_labels in kernels.cu; the outputs it writes hold 3 x pixels bytes
+        // (it writes only those asked for), the frame 3 x pixels (checked by `check_paint`).
+        unsafe { b.launch(linear(pixels)) }.map_err(|e| gpu("paint_labels", e))?;
+        Ok(Painted {
+            color: request.color.then(|| self.download(&color)).transpose()?,
+            overlay: request.overlay.map(|_| self.download(&overlay)).transpose()?,
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! Output messages built from one segmented frame; shared by the live node and replay.
 use calibration::{Camera, CalibrationError, PinholeCamera, PixelRays};
-use engine::{Frame, LabelMap, LabelSet, MaskPixels};
+use engine::{LabelMap, LabelSet, MaskPixels};
 
 use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
 
@@ -78,12 +78,9 @@ pub fn mask(header: &Header, map: &LabelMap, num_labels: usize) -> Image {
     }
 }
 
-pub fn mask_color(header: &Header, map: &LabelMap, labels: &LabelSet) -> Image {
-    image(header, map.width, map.height, "rgb8", 3, map.colorize(&labels.colors))
-}
-
-pub fn overlay(header: &Header, frame: &Frame, map: &LabelMap, labels: &LabelSet, alpha: f32) -> Image {
-    image(header, map.width, map.height, "rgb8", 3, map.overlay(&frame.to_rgb8(), &labels.colors, alpha))
+/// `mask_color` or `overlay`, painted by the pipeline (see `engine::scoring::Scorer::paint`).
+pub fn rgb8(header: &Header, map: &LabelMap, data: Vec<u8>) -> Image {
+    image(header, map.width, map.height, "rgb8", 3, data)
 }
 
 /// Probability of the winning label per pixel.

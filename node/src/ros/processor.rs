@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use calibration::{DepthGroundFit, DepthRegistration, PixelRays, StereoFields, StereoGeometry, Surface};
 use engine::stereo::{DisparityMatcher, GrayView, StereoParams};
-use engine::{Frame, LabelSet, Pipeline, PixelFormat, SegmentOptions};
+use engine::scoring::{PaintRequest, Painted};
+use engine::{Frame, LabelMap, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 
 use super::decode::{self, RejectCounter, Rejected};
 use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
@@ -262,13 +263,20 @@ impl Processor {
             self.fit_ground(m, &segmentation.map.labels, rays, tolerance);
         }
         let map = &segmentation.map;
+        let mut painted = self.paint(&wanted, &frame, map);
         let labels = &self.labels;
         let mut out = Vec::with_capacity(wanted.len());
         for topic in wanted {
             let msg = match topic {
                 Topic::Mask => OutMsg::Image(topic, outputs::mask(&header, map, labels.len())),
-                Topic::MaskColor => OutMsg::Image(topic, outputs::mask_color(&header, map, labels)),
-                Topic::Overlay => OutMsg::Image(topic, outputs::overlay(&header, &frame, map, labels, self.settings.overlay_alpha)),
+                Topic::MaskColor => match painted.color.take() {
+                    Some(rgb) => OutMsg::Image(topic, outputs::rgb8(&header, map, rgb)),
+                    None => continue,
+                },
+                Topic::Overlay => match painted.overlay.take() {
+                    Some(rgb) => OutMsg::Image(topic, outputs::rgb8(&header, map, rgb)),
+                    None => continue,
+                },
                 Topic::Confidence => OutMsg::Image(topic, outputs::confidence(&header, map)),
                 Topic::Depth => match &metres {
                     Some(m) => OutMsg::Image(topic, outputs::depth(&header, map, m)),
@@ -289,6 +297,24 @@ impl Processor {
         self.latency.record(&timings, received.elapsed().as_secs_f64() * 1000.0);
         self.frames += 1;
         FrameOutcome::Published(out)
+    }
+
+    /// `mask_color` and `overlay` where they are wanted, painted where the scorer runs (the GPU
+    /// with CUDA scoring). A failure is noted and those two outputs skipped for this frame.
+    fn paint(&mut self, wanted: &[Topic], frame: &Frame, map: &LabelMap) -> Painted {
+        let color = wanted.contains(&Topic::MaskColor);
+        let frame_rgb = wanted.contains(&Topic::Overlay).then(|| frame.to_rgb8());
+        if !color && frame_rgb.is_none() {
+            return Painted::default();
+        }
+        let request = PaintRequest { colors: &self.labels.colors, color, overlay: frame_rgb.as_deref().map(|rgb| (rgb, self.settings.overlay_alpha)) };
+        match self.pipeline.paint(map, &request) {
+            Ok(painted) => painted,
+            Err(e) => {
+                self.note(&Rejected { kind: "paint", message: format!("mask_color / overlay: {e}") });
+                Painted::default()
+            }
+        }
     }
 
     /// Depth with no value where the label rules it out, filtered and filled within labels.
