@@ -72,7 +72,7 @@ fn compare_with_cpu(
     repeat: u32,
     (disp, timings): (&Disparity, &StereoTimings),
 ) -> Result<Option<serde_json::Value>> {
-    if matcher.device() == "cpu" {
+    if matcher.is_cpu() {
         return Ok(None);
     }
     let ((cpu_disp, cpu_timings), _) = timed_runs(&mut StereoMatcher::new(params.clone())?, left, right, repeat)?;

@@ -125,6 +125,10 @@ impl DisparityMatcher for CudaStereoMatcher {
         format!("cuda: {}", self.device)
     }
 
+    fn is_cpu(&self) -> bool {
+        false
+    }
+
     fn params(&self) -> &StereoParams {
         &self.params
     }

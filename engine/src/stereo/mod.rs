@@ -118,6 +118,8 @@ pub struct StereoTimings {
 pub trait DisparityMatcher: Send {
     /// "cpu", or "cuda: <device>".
     fn device(&self) -> String;
+    /// Whether this is the CPU reference (what a GPU matcher is compared against).
+    fn is_cpu(&self) -> bool;
     fn params(&self) -> &StereoParams;
     /// Disparity of `left` against `right` and the stage timings; `labels` (one per left
     /// pixel) switches the penalties across label borders.
@@ -127,6 +129,10 @@ pub trait DisparityMatcher: Send {
 impl DisparityMatcher for StereoMatcher {
     fn device(&self) -> String {
         "cpu".into()
+    }
+
+    fn is_cpu(&self) -> bool {
+        true
     }
 
     fn params(&self) -> &StereoParams {

@@ -358,20 +358,21 @@ impl Processor {
             return Err(reject("no_camera_info", "depth_registration extrinsics needs camera_info and depth/camera_info".into()));
         };
         let rectified = self.settings.image_rectified;
-        let current = self.registration.as_ref().is_some_and(|c| {
+        let current = |c: &RegistrationCache| {
             c.rectified == rectified && c.source == *source && outputs::same_calibration(&c.color, color) && outputs::same_calibration(&c.depth, depth)
-        });
-        if !current {
-            let extrinsics = source.load().map_err(|e| reject("depth_extrinsics", e))?;
-            let color_camera = outputs::image_camera(color, rectified).map_err(|e| reject("camera_info", format!("camera_info: {e}")))?;
-            let depth_camera = outputs::image_camera(depth, rectified).map_err(|e| reject("depth_camera_info", format!("depth/camera_info: {e}")))?;
-            let registration = DepthRegistration::new(&depth_camera, &color_camera, extrinsics);
-            self.registration = Some(RegistrationCache { color: color.clone(), depth: depth.clone(), rectified, source: source.clone(), registration });
-        }
-        let Some(cache) = &self.registration else {
-            return Err(reject("registration", "depth registration unavailable".into()));
         };
-        let registration = &cache.registration;
+        // A stale cache is dropped; a new one replaces it once every part of it loads.
+        let cache = match self.registration.take() {
+            Some(cache) if current(&cache) => cache,
+            _ => {
+                let extrinsics = source.load().map_err(|e| reject("depth_extrinsics", e))?;
+                let color_camera = outputs::image_camera(color, rectified).map_err(|e| reject("camera_info", format!("camera_info: {e}")))?;
+                let depth_camera = outputs::image_camera(depth, rectified).map_err(|e| reject("depth_camera_info", format!("depth/camera_info: {e}")))?;
+                let registration = DepthRegistration::new(&depth_camera, &color_camera, extrinsics);
+                RegistrationCache { color: color.clone(), depth: depth.clone(), rectified, source: source.clone(), registration }
+            }
+        };
+        let registration = &self.registration.insert(cache).registration;
         if registration.depth_size() != size {
             let (w, h) = registration.depth_size();
             return Err(reject("depth_size", format!("depth/image is {}x{}, but depth/camera_info says {w}x{h}", size.0, size.1)));
