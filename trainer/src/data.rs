@@ -7,8 +7,9 @@
 //! is annotated: `annotation: fine` (the default), `coarse` (rough masks), or `tags` (no masks;
 //! `tags.json` maps each image stem to the labels it shows). ADE20K, Cityscapes and VOC roots are
 //! read in place (see `layouts`). A folder may also hold `depth/<stem>.png` for every image with a
-//! mask: 16-bit depth in millimetres along the optical axis, 0 = no measurement (the RGB-D
-//! convention); it trains the depth head.
+//! mask: 16-bit depth along the optical axis, 0 = no measurement, in millimetres (the RGB-D
+//! convention) or in the units `depth_scale` (metres per unit) in `dataset.yaml` says (KITTI:
+//! 1/256); it trains the depth head.
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
@@ -62,7 +63,7 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub enum Source {
     Synthetic { seed: u64 },
-    Files { image: PathBuf, mask: PathBuf, depth: Option<PathBuf>, to_global: Vec<u8>, coarse: bool, encoding: MaskEncoding },
+    Files { image: PathBuf, mask: PathBuf, depth: Option<(PathBuf, f32)>, to_global: Vec<u8>, coarse: bool, encoding: MaskEncoding },
     Tagged { image: PathBuf, tags: Vec<u8> },
 }
 
@@ -92,7 +93,19 @@ impl Source {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DatasetInfo {
+    #[serde(default = "fine")]
     annotation: AnnotationKind,
+    /// Metres per unit of the 16-bit depth PNGs.
+    #[serde(default = "millimetre")]
+    depth_scale: f32,
+}
+
+fn fine() -> AnnotationKind {
+    AnnotationKind::Fine
+}
+
+fn millimetre() -> f32 {
+    0.001
 }
 
 #[derive(serde::Deserialize, Clone, Copy, PartialEq)]
@@ -161,7 +174,7 @@ impl Split {
             if found.is_empty() {
                 return Err(DataError::Empty(dir.clone()));
             }
-            let kind = annotation_kind(dir)?;
+            let DatasetInfo { annotation: kind, depth_scale } = dataset_info(dir)?;
             let tags = if kind == AnnotationKind::Tags { Some(read_tags(dir, &label_names, &to_global)?) } else { None };
             let depth_dir = dir.join("depth");
             let has_depth = depth_dir.is_dir();
@@ -178,8 +191,8 @@ impl Split {
                 if !mask.is_file() {
                     return Err(DataError::File { path: mask, reason: format!("missing mask for {}", image.display()) });
                 }
-                let depth = has_depth.then(|| depth_dir.join(format!("{stem}.png")));
-                if let Some(depth) = depth.as_ref().filter(|d| !d.is_file()) {
+                let depth = has_depth.then(|| (depth_dir.join(format!("{stem}.png")), depth_scale));
+                if let Some((depth, _)) = depth.as_ref().filter(|(d, _)| !d.is_file()) {
                     return Err(DataError::File {
                         path: depth.clone(),
                         reason: format!("missing depth for {} (the data set has a depth folder, so every image with a mask needs one)", image.display()),
@@ -237,7 +250,7 @@ impl Split {
             Source::Synthetic { seed } => Ok(crate::synth::scene(*seed, self.synthetic_size.0, self.synthetic_size.1)),
             Source::Files { image, mask, depth, to_global, coarse, encoding } => {
                 let (image, mask) = load_files(image, mask, to_global, *encoding)?;
-                let depth = depth.as_deref().map(|path| load_depth(path, image.dimensions())).transpose()?;
+                let depth = depth.as_ref().map(|(path, scale)| load_depth(path, *scale, image.dimensions())).transpose()?;
                 Ok(Sample { image, mask, depth, annotation: if *coarse { Annotation::Coarse } else { Annotation::Fine } })
             }
             Source::Tagged { image, tags } => {
@@ -269,15 +282,20 @@ fn decode(path: &Path) -> Result<image::DynamicImage, DataError> {
     image::open(path).map_err(|e| file_error(path, format!("cannot decode: {e}")))
 }
 
-fn annotation_kind(dir: &Path) -> Result<AnnotationKind, DataError> {
+fn dataset_info(dir: &Path) -> Result<DatasetInfo, DataError> {
     let path = dir.join("dataset.yaml");
     if !path.exists() {
-        return Ok(AnnotationKind::Fine);
+        return Ok(DatasetInfo { annotation: AnnotationKind::Fine, depth_scale: millimetre() });
     }
     let text = read_text(&path)?;
-    let info: DatasetInfo = serde_yaml_ng::from_str(&text)
-        .map_err(|e| DataError::File { path, reason: format!("{e} (expected `annotation: fine | coarse | tags`)") })?;
-    Ok(info.annotation)
+    let info: DatasetInfo = serde_yaml_ng::from_str(&text).map_err(|e| DataError::File {
+        path: path.clone(),
+        reason: format!("{e} (expected `annotation: fine | coarse | tags` and optionally `depth_scale: <metres per unit>`)"),
+    })?;
+    if !(info.depth_scale.is_finite() && info.depth_scale > 0.0) {
+        return Err(DataError::File { path, reason: format!("depth_scale {} must be a positive number of metres per unit", info.depth_scale) });
+    }
+    Ok(info)
 }
 
 /// `tags.json`: image stem -> label names (each from `labels.txt`), as global ids.
@@ -336,21 +354,21 @@ fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8], encoding: M
     Ok((image, mask))
 }
 
-/// A 16-bit depth PNG in millimetres (0 = no measurement) as metres (NaN = none), checked
-/// against the image's size.
-fn load_depth(path: &Path, image_size: (u32, u32)) -> Result<DepthMap, DataError> {
+/// A 16-bit depth PNG (`scale` metres per unit, 0 = no measurement) as metres (NaN = none),
+/// checked against the image's size.
+fn load_depth(path: &Path, scale: f32, image_size: (u32, u32)) -> Result<DepthMap, DataError> {
     let raw = decode(path)?;
-    let image::DynamicImage::ImageLuma16(millimetres) = raw else {
-        return Err(file_error(path, format!("depth is {:?}; expected 16-bit single-channel (L16) millimetres", raw.color())));
+    let image::DynamicImage::ImageLuma16(units) = raw else {
+        return Err(file_error(path, format!("depth is {:?}; expected 16-bit single-channel (L16)", raw.color())));
     };
-    if millimetres.dimensions() != image_size {
-        let ((w, h), (iw, ih)) = (millimetres.dimensions(), image_size);
+    if units.dimensions() != image_size {
+        let ((w, h), (iw, ih)) = (units.dimensions(), image_size);
         return Err(file_error(path, format!("depth is {w}x{h}, image is {iw}x{ih}")));
     }
-    let (w, h) = millimetres.dimensions();
+    let (w, h) = units.dimensions();
     Ok(DepthMap::from_fn(w, h, |x, y| {
-        let mm = millimetres.get_pixel(x, y).0[0];
-        image::Luma([if mm == 0 { f32::NAN } else { f32::from(mm) / 1000.0 }])
+        let v = units.get_pixel(x, y).0[0];
+        image::Luma([if v == 0 { f32::NAN } else { f32::from(v) * scale }])
     }))
 }
 
@@ -534,8 +552,17 @@ mod tests {
         let sample = split().unwrap().load(0).unwrap();
         let depth = sample.depth.unwrap();
         assert!(depth.get_pixel(0, 0).0[0].is_nan(), "0 mm = no measurement");
-        assert_eq!(depth.get_pixel(1, 0).0[0], 1.5);
-        assert_eq!(depth.get_pixel(3, 1).0[0], 10.5);
+        let close = |got: f32, want: f32| assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+        close(depth.get_pixel(1, 0).0[0], 1.5);
+        close(depth.get_pixel(3, 1).0[0], 10.5);
+        // Other units through dataset.yaml (KITTI writes metres x 256); nonsense is refused.
+        std::fs::write(set.join("dataset.yaml"), "depth_scale: 0.00390625\n").unwrap();
+        let depth = split().unwrap().load(0).unwrap().depth.unwrap();
+        close(depth.get_pixel(1, 0).0[0], 1500.0 / 256.0);
+        std::fs::write(set.join("dataset.yaml"), "depth_scale: -1\n").unwrap();
+        let err = split().unwrap_err().to_string();
+        assert!(err.contains("dataset.yaml") && err.contains("depth_scale -1"), "{err}");
+        std::fs::remove_file(set.join("dataset.yaml")).unwrap();
         // An 8-bit file, and one of another size, are refused naming the file.
         GrayImage::new(4, 2).save(&depth_path).unwrap();
         let err = split().unwrap().load(0).unwrap_err().to_string();
