@@ -38,6 +38,28 @@ pub struct DepthScore {
     pub delta1: f64,
 }
 
+impl DepthScore {
+    /// AbsRel and δ < 1.25 of `(predicted ln depth, true ln depth, weight)` cells or pixels.
+    pub fn of(cells: &[(f32, f32, f32)]) -> Option<DepthScore> {
+        let total: f64 = cells.iter().map(|c| f64::from(c.2)).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let (mut abs_rel, mut within) = (0.0f64, 0.0f64);
+        for &(p, t, w) in cells {
+            // Clamped so that an absurd prediction is a huge error, not an infinite one.
+            let (p, t, w) = (f64::from(p).clamp(-30.0, 30.0), f64::from(t), f64::from(w));
+            abs_rel += w * ((p.exp() - t.exp()).abs() / t.exp());
+            within += w * f64::from(u8::from((p - t).abs() < 1.25f64.ln()));
+        }
+        let score = DepthScore { abs_rel: abs_rel / total, delta1: within / total };
+        // A diverging head gives NaN, which a checkpoint's JSON cannot hold; the run stops on its
+        // loss at the next step anyway.
+        (score.abs_rel.is_finite() && score.delta1.is_finite()).then_some(score)
+    }
+}
+
+
 /// What a checkpoint holds besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use engine::{BackendKind, Frame, Model};
 
+use crate::checkpoint::DepthScore;
 use crate::data::Split;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -30,6 +31,11 @@ pub struct EvalReport {
     pub unseen_miou: Option<f64>,
     pub harmonic_miou: Option<f64>,
     pub classes: Vec<ClassIou>,
+    /// The model's depth at frame resolution (as the engine upsamples it, before conditioning)
+    /// against the pixels with true depth; none for models without a depth head or data
+    /// without depth.
+    pub depth: Option<DepthScore>,
+    pub depth_pixels: u64,
 }
 
 impl EvalReport {
@@ -43,6 +49,14 @@ impl EvalReport {
         );
         if let (Some(seen), Some(unseen), Some(h)) = (self.seen_miou, self.unseen_miou, self.harmonic_miou) {
             s.push_str(&format!("seen mIoU {:.1}%, unseen (held-out) mIoU {:.1}%, harmonic {:.1}%\n\n", 100.0 * seen, 100.0 * unseen, 100.0 * h));
+        }
+        if let Some(d) = self.depth {
+            s.push_str(&format!(
+                "depth at frame resolution ({} pixels with true depth): AbsRel {:.3}, within a factor 1.25 {:.1}%\n\n",
+                self.depth_pixels,
+                d.abs_rel,
+                100.0 * d.delta1
+            ));
         }
         s.push_str("| label | IoU | pixels |\n|---|---|---|\n");
         for c in &self.classes {
@@ -62,11 +76,17 @@ pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[Strin
     let labels = bank.build(&split.label_specs())?;
     // Pixels of all images in one list, so IoU accumulates over the split, not per image.
     let (mut predicted, mut truth) = (Vec::new(), Vec::new());
+    // (predicted ln depth, true ln depth, 1) per pixel with true depth.
+    let mut depth_pixels = Vec::new();
     for i in 0..split.len() {
         let sample = split.load(i)?;
         let seg = pipeline.process(&Frame::from_rgb_image(&sample.image), &labels)?;
         predicted.extend_from_slice(&seg.map.labels);
         truth.extend_from_slice(sample.mask.as_raw());
+        if let (Some(ours), Some(true_depth)) = (&seg.depth, &sample.depth) {
+            let pairs = ours.iter().zip(true_depth.as_raw()).filter(|(_, t)| t.is_finite() && **t > 0.0);
+            depth_pixels.extend(pairs.map(|(p, t)| (p.max(f32::MIN_POSITIVE).ln(), t.ln(), 1.0)));
+        }
     }
     let k = split.labels.len();
     let identity: Vec<u16> = (0..k as u16).collect();
@@ -97,5 +117,7 @@ pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[Strin
         unseen_miou,
         harmonic_miou,
         classes,
+        depth: DepthScore::of(&depth_pixels),
+        depth_pixels: depth_pixels.len() as u64,
     })
 }

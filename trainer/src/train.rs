@@ -659,27 +659,9 @@ fn validate<B: Backend>(
     let identity: Vec<u16> = (0..k as u16).collect();
     let (ious, cell_accuracy) = engine::metrics::score(&predicted, &truth, &identity);
     let cell_miou = ious.iter().map(|(_, iou)| iou).sum::<f64>() / ious.len().max(1) as f64;
-    Ok(Validation { loss: loss_sum / weight_sum.max(1e-9), cell_accuracy, cell_miou, depth: depth_score(&depth_cells) })
+    Ok(Validation { loss: loss_sum / weight_sum.max(1e-9), cell_accuracy, cell_miou, depth: DepthScore::of(&depth_cells) })
 }
 
-/// AbsRel and δ < 1.25 of `(predicted ln depth, true ln depth, weight)` cells.
-fn depth_score(cells: &[(f32, f32, f32)]) -> Option<DepthScore> {
-    let total: f64 = cells.iter().map(|c| f64::from(c.2)).sum();
-    if total <= 0.0 {
-        return None;
-    }
-    let (mut abs_rel, mut within) = (0.0f64, 0.0f64);
-    for &(p, t, w) in cells {
-        // Clamped so that an absurd prediction is a huge error, not an infinite one.
-        let (p, t, w) = (f64::from(p).clamp(-30.0, 30.0), f64::from(t), f64::from(w));
-        abs_rel += w * ((p.exp() - t.exp()).abs() / t.exp());
-        within += w * f64::from(u8::from((p - t).abs() < 1.25f64.ln()));
-    }
-    let score = DepthScore { abs_rel: abs_rel / total, delta1: within / total };
-    // A diverging head gives NaN, which a checkpoint's JSON cannot hold; the run stops on its
-    // loss at the next step anyway.
-    (score.abs_rel.is_finite() && score.delta1.is_finite()).then_some(score)
-}
 
 fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0

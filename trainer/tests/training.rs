@@ -146,6 +146,11 @@ fn training_beats_the_untrained_head_and_the_export_equals_the_trained_forward()
     println!("depth on held-out cells: untrained {:?}, trained {:?}", depth.untrained, depth.trained);
     assert!(depth.trained.abs_rel < 0.6 * depth.untrained.abs_rel, "{depth:?}");
     assert!(depth.trained.delta1 > depth.untrained.delta1 + 0.2, "{depth:?}");
+    // Through the engine, at frame resolution: the same picture (the data-free model has none).
+    assert!(report.untrained.depth.is_none());
+    let pixels = report.trained.depth.expect("depth scored through the engine");
+    println!("depth through the engine, {} pixels: {pixels:?}", report.trained.depth_pixels);
+    assert!(report.trained.depth_pixels > 100_000 && pixels.abs_rel < 0.6 * depth.untrained.abs_rel, "{pixels:?}");
 
     // The engine gives the depth at frame resolution, and what it gives tracks the truth.
     let mut pipeline = model.pipeline(BackendKind::Cpu, 2).unwrap();
