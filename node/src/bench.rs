@@ -38,6 +38,9 @@ pub enum BenchTarget {
     Costmap(crate::bench_costmap::CostmapBenchArgs),
     /// Depth registration, ground fit and conditioning at 640x480 against segmenting the frame.
     Depth(crate::bench_depth::DepthBenchArgs),
+    /// The image encoder alone on several backends (cpu, tensorrt, burn, burn-cpu), interleaved:
+    /// medians and ratios; needs only the image encoder file and the manifest.
+    Encoder(crate::bench_encoder::EncoderBenchArgs),
 }
 
 pub fn label_list(text: &str) -> Vec<LabelSpec> {

@@ -2,6 +2,7 @@
 mod bench;
 mod bench_costmap;
 mod bench_depth;
+mod bench_encoder;
 #[cfg(feature = "tensorrt")]
 mod engine_cmd;
 mod bench_ros;
@@ -138,6 +139,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Depth(args)), .. }) => {
             bench_depth::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Bench(bench::BenchArgs { target: Some(bench::BenchTarget::Encoder(args)), .. }) => {
+            bench_encoder::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&cli.common, threads, args).map(|_| ExitCode::SUCCESS),

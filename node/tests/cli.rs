@@ -411,3 +411,35 @@ fn bench_costmap_rejects_bad_fixtures_and_label_counts_by_name() {
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("--labels 3 is outside 1..=2"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_encoder_times_backends_side_by_side_from_the_encoder_file_alone() {
+    // A model directory with only the manifest and the image encoder: no text encoder needed.
+    let dir = tempfile::tempdir().unwrap();
+    let default = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["models", "path"]).output().unwrap();
+    assert_exit(&default, 0);
+    let default = PathBuf::from(String::from_utf8_lossy(&default.stdout).trim());
+    for file in ["manifest.yaml", "image_encoder.onnx"] {
+        std::fs::copy(default.join(file), dir.path().join(file)).unwrap();
+    }
+    let bench = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["--model-dir", dir.path().to_str().unwrap(), "bench", "encoder"]).args(args).output().unwrap()
+    };
+    let o = bench(&["--backends", "cpu,cpu", "--sizes", "96x64", "--frames", "1"]);
+    assert_exit(&o, 0);
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let backends = report["configs"][0]["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2, "{report}");
+    assert_eq!(report["configs"][0]["network_input"], serde_json::json!([96, 64]));
+    for b in backends {
+        assert_eq!(b["running"], "cpu");
+        assert!(b["ms_median"].as_f64().unwrap() > 0.0, "{b}");
+        assert_eq!(b["max_abs_diff_to_first"].as_f64(), Some(0.0), "the same backend twice gives the same output: {b}");
+    }
+    let o = bench(&["--sizes", "96by64"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("\"96by64\" is not WxH"), "{}", stderr(&o));
+    let o = bench(&["--backends", "lidar"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--backends: \"lidar\""), "{}", stderr(&o));
+}

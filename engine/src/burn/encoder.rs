@@ -180,6 +180,11 @@ impl<B: Backend> ImageBackend for BurnBackend<B> {
     }
 }
 
+/// The encoder on burn's CPU backend.
+pub fn cpu(dir: &Path, manifest: &Manifest) -> Result<BurnBackend<Flex>> {
+    BurnBackend::<Flex>::open(dir, manifest, Default::default(), "burn-cpu")
+}
+
 fn boxed<T: ImageBackend + 'static>(backend: T) -> Box<dyn ImageBackend> {
     Box::new(backend)
 }
@@ -194,7 +199,7 @@ pub fn fallback_chain(model: &Model, threads: usize) -> Result<FallbackBackend> 
         candidates.push(("burn-cuda", Box::new(move || cuda::open(&m).map(boxed))));
     }
     let m = model.clone();
-    candidates.push(("burn-cpu", Box::new(move || BurnBackend::<Flex>::open(&m.dir, &m.manifest, Default::default(), "burn-cpu").map(boxed))));
+    candidates.push(("burn-cpu", Box::new(move || cpu(&m.dir, &m.manifest).map(boxed))));
     let m = model.clone();
     candidates.push(("cpu", Box::new(move || OrtBackend::cpu(&m.dir, &m.manifest, threads).map(boxed))));
     FallbackBackend::start(candidates)
