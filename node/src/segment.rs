@@ -204,8 +204,10 @@ fn process_one(
     render::save_rgb(&overlay, &overlay_path)?;
     let depth_file = match &seg.depth {
         Some(metres) => {
-            let file = format!("{stem}.depth.pfm");
-            render::write_file(&out.join(&file), &crate::stereo::pfm_bytes(&conditioned_depth(metres, &seg.map, labels)))?;
+            let (file, picture) = (format!("{stem}.depth.pfm"), format!("{stem}.depth.png"));
+            let depth = conditioned_depth(metres, &seg.map, labels);
+            render::write_file(&out.join(&file), &crate::stereo::pfm_bytes(&depth))?;
+            render::save_rgb(&crate::stereo::colorize_depth(&depth), &out.join(picture))?;
             Some(file)
         }
         None => None,

@@ -239,6 +239,17 @@ pub fn colorize(d: &Disparity, max_disp: usize) -> RgbImage {
 
 /// A turbo-like ramp: piecewise linear through hand-picked colours (dark indigo, blue, cyan,
 /// green, yellow, orange, dark red). None is black, so invalid pixels stand out.
+/// Depth in metres on a fixed log scale, 0.5 m red to 80 m dark blue (the disparity colours:
+/// near is warm); no depth black.
+pub fn colorize_depth(metres: &Disparity) -> RgbImage {
+    let span = (80.0f32 / 0.5).ln();
+    let mut img = RgbImage::new(metres.width as u32, metres.height as u32);
+    for (px, &z) in img.pixels_mut().zip(&metres.data) {
+        px.0 = if z.is_finite() && z > 0.0 { ramp(1.0 - (z / 0.5).ln() / span) } else { [0, 0, 0] };
+    }
+    img
+}
+
 fn ramp(t: f32) -> [u8; 3] {
     const STOPS: [(f32, [f32; 3]); 7] = [
         (0.00, [48.0, 18.0, 59.0]),

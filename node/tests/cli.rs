@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use image::DynamicImage;
 use serde_json::Value;
 
+mod common;
+
 fn images() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/images")
 }
@@ -442,4 +444,35 @@ fn bench_encoder_times_backends_side_by_side_from_the_encoder_file_alone() {
     let o = bench(&["--backends", "lidar"]);
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("--backends: \"lidar\""), "{}", stderr(&o));
+}
+
+#[test]
+fn a_model_with_a_depth_head_also_writes_depth_conditioned_on_the_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::model_with_constant_depth(dir.path(), 4.0);
+    let out = dir.path().join("out");
+    let o = segment_paths(&[&image("coffee.jpg")], &["--model-dir", model.to_str().unwrap(), "--labels", "cup,sky,table"], &out);
+    assert_exit(&o, 0);
+    let report = read_json(&out.join("coffee.json"));
+    assert_eq!(report["depth"], "coffee.depth.pfm");
+    let depth = common::read_pfm(&out.join("coffee.depth.pfm"));
+    let mask = open(&out.join("coffee.mask.png")).to_luma8();
+    assert_eq!((depth.width, depth.height), (mask.width() as usize, mask.height() as usize));
+    let (sky, unknown) = (1u8, 255u8);
+    let mut with_depth = 0;
+    for (i, (&m, &z)) in mask.as_raw().iter().zip(&depth.data).enumerate() {
+        if m == sky || m == unknown {
+            assert!(z.is_infinite(), "pixel {i} (label {m}): no depth is +inf in PFM, got {z}");
+        } else {
+            assert!((z - 4.0).abs() < 1e-4, "pixel {i} (label {m}): {z}");
+            with_depth += 1;
+        }
+    }
+    assert!(with_depth > 10_000, "{with_depth} pixels with depth");
+    assert_eq!(open(&out.join("coffee.depth.png")).to_rgb8().dimensions(), mask.dimensions());
+    // The default model has no depth head: no depth files, and the report says so.
+    let plain = dir.path().join("plain");
+    assert_exit(&segment_paths(&[&image("coffee.jpg")], &[], &plain), 0);
+    assert!(!plain.join("coffee.depth.pfm").exists());
+    assert_eq!(read_json(&plain.join("coffee.json"))["depth"], Value::Null);
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pair_yaml, read_pfm};
+use common::{model_with_constant_depth, pair_yaml, read_pfm};
 use serde_json::Value;
 
 mod common;
@@ -397,27 +397,6 @@ fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
         }
         assert!(ground_pixels > 500, "the photo needs table or wall pixels below the horizon ({ground_pixels})");
     }
-}
-
-/// A model directory whose image encoder is the default model's with a depth head that says 4 m
-/// everywhere (zero hidden weights, bias ln 4), built through the trainer's export path.
-fn model_with_constant_depth(dir: &Path, metres: f32) -> PathBuf {
-    use engine::zoo::trained::{DepthWeights, FEATURE_CHANNELS, HeadWeights, build_trained_encoder};
-    let (default_dir, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
-    let mut manifest = engine::Model::open(&default_dir).unwrap().manifest;
-    let dim = manifest.embedding_dim;
-    let head = HeadWeights { hidden: 1, dim, w1: vec![0.0; FEATURE_CHANNELS], b1: vec![0.0], w2: vec![0.0; dim], b2: vec![0.0; dim] };
-    let depth = DepthWeights { hidden: 1, dim, w1: vec![0.0; FEATURE_CHANNELS + dim], b1: vec![0.0], w2: vec![0.0], b2: metres.ln() };
-    let model = dir.join("depth_model");
-    std::fs::create_dir_all(&model).unwrap();
-    for file in [&manifest.text_encoder.file, &manifest.text_encoder.tokenizer, &engine::zoo::build::ANCHORS_FILE.to_string()] {
-        std::fs::copy(default_dir.join(file), model.join(file)).unwrap();
-    }
-    build_trained_encoder(&weights, &class_text, &head, Some(&depth)).unwrap().write(&model.join(&manifest.image_encoder.file)).unwrap();
-    let fine = manifest.levels_coarse_to_fine().pop().unwrap();
-    manifest.image_encoder.depth = Some(engine::manifest::EmbeddingOutput { name: engine::zoo::trained::DEPTH_OUTPUT.into(), ..fine });
-    manifest.write(&model).unwrap();
-    model
 }
 
 #[test]

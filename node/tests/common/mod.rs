@@ -1,4 +1,6 @@
-//! Helpers shared by the stereo and ROS tests.
+//! Helpers shared by the stereo, ROS and CLI tests.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 use std::path::Path;
 
 /// A PFM image: width, height, values top row first.
@@ -56,4 +58,25 @@ pub fn pair_yaml(path: &Path, size: (u32, u32), f: f64, cx: f64, baseline: f64) 
     }
     .save(path)
     .unwrap();
+}
+
+/// A model directory whose image encoder is the default model's with a depth head that says
+/// `metres` everywhere (zero hidden weights, bias ln metres), built as the trainer exports.
+pub fn model_with_constant_depth(dir: &Path, metres: f32) -> std::path::PathBuf {
+    use engine::zoo::trained::{DepthWeights, FEATURE_CHANNELS, HeadWeights, build_trained_encoder};
+    let (default_dir, weights, class_text) = engine::zoo::build::default_backbone(&|_, _, _| {}).unwrap();
+    let mut manifest = engine::Model::open(&default_dir).unwrap().manifest;
+    let dim = manifest.embedding_dim;
+    let head = HeadWeights { hidden: 1, dim, w1: vec![0.0; FEATURE_CHANNELS], b1: vec![0.0], w2: vec![0.0; dim], b2: vec![0.0; dim] };
+    let depth = DepthWeights { hidden: 1, dim, w1: vec![0.0; FEATURE_CHANNELS + dim], b1: vec![0.0], w2: vec![0.0], b2: metres.ln() };
+    let model = dir.join("depth_model");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in [&manifest.text_encoder.file, &manifest.text_encoder.tokenizer, &engine::zoo::build::ANCHORS_FILE.to_string()] {
+        std::fs::copy(default_dir.join(file), model.join(file)).unwrap();
+    }
+    build_trained_encoder(&weights, &class_text, &head, Some(&depth)).unwrap().write(&model.join(&manifest.image_encoder.file)).unwrap();
+    let fine = manifest.levels_coarse_to_fine().pop().unwrap();
+    manifest.image_encoder.depth = Some(engine::manifest::EmbeddingOutput { name: engine::zoo::trained::DEPTH_OUTPUT.into(), ..fine });
+    manifest.write(&model).unwrap();
+    model
 }
