@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod fixture;
 pub mod layouts;
 pub mod model;
 pub mod plot;

@@ -32,6 +32,24 @@ enum Command {
     Eval(EvalArgs),
     /// Rebuild a model directory from a training checkpoint.
     Export(ExportArgs),
+    /// Train the heads from a fixture (`train --write-fixture`) on the CPU and, in builds with
+    /// the feature `cuda` where a driver answers, on CUDA: same seed, same batches; the loss
+    /// curves' largest relative difference and the throughput ratio, as JSON. Needs neither the
+    /// model files nor ONNX Runtime.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The fixture file.
+    #[arg(long)]
+    fixture: PathBuf,
+    /// Steps on each device.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Also write the JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -103,6 +121,9 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Also write the prepared training pool (features, targets, labels) here, for `bench`.
+    #[arg(long)]
+    write_fixture: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -154,6 +175,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(*args),
         Command::Eval(args) => run_eval(args),
         Command::Export(args) => run_export(args),
+        Command::Bench(args) => run_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,7 +205,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     }
     override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate, depth_weight);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume, device: args.device })?;
+    let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume, device: args.device, write_fixture: args.write_fixture })?;
     let json = serde_json::to_string_pretty(&report)?;
     let report_path = args.json.unwrap_or_else(|| args.out.join("train_report.json"));
     write_file(&report_path, json.as_bytes())?;
@@ -227,6 +249,20 @@ fn run_export(args: ExportArgs) -> Result<()> {
     export_model(&args.out, &base, &checkpoint)?;
     let meta = &checkpoint.meta;
     eprintln!("exported step {} ({} labels) to {}", meta.step, meta.labels.len(), args.out.display());
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let fixture = trainer::fixture::read(&args.fixture)?;
+    let report = trainer::fixture::compare(&fixture, args.steps)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        write_file(path, json.as_bytes())?;
+    }
+    println!("{json}");
     Ok(())
 }
 

@@ -42,17 +42,17 @@ pub enum TrainDevice {
 }
 
 /// One training or validation image, ready for batching.
-struct Prepared {
-    features: ImageFeatures,
-    target: Vec<f32>,
-    weight: Vec<f32>,
-    coarse: bool,
+pub(crate) struct Prepared {
+    pub(crate) features: ImageFeatures,
+    pub(crate) target: Vec<f32>,
+    pub(crate) weight: Vec<f32>,
+    pub(crate) coarse: bool,
     /// Image-tag samples: 1 for each label the image shows.
-    tags: Option<Vec<f32>>,
+    pub(crate) tags: Option<Vec<f32>>,
     /// Per fine cell: ln depth and the share of the cell with depth (samples with depth).
-    depth: Option<(Vec<f32>, Vec<f32>)>,
+    pub(crate) depth: Option<(Vec<f32>, Vec<f32>)>,
     /// Which split sample it came from (named in errors).
-    source: usize,
+    pub(crate) source: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +112,8 @@ pub struct TrainOptions {
     /// Continue from this checkpoint (same configuration except `steps` and `threads`).
     pub resume: Option<PathBuf>,
     pub device: TrainDevice,
+    /// Also write the prepared training pool here (see [`crate::fixture`]).
+    pub write_fixture: Option<PathBuf>,
 }
 
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
@@ -202,6 +204,9 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     }
     let val_pool = (0..val_split.len()).map(|i| prepare(&val_split, i, &Augment::NONE, &mut augment_rng)).collect::<Result<Vec<_>>>()?;
     bar.finish_and_clear();
+    if let Some(path) = &options.write_fixture {
+        crate::fixture::write(path, config, &label_set, &base.class_text, default_scales(&model.manifest), &train_pool)?;
+    }
     let feature_seconds = started.elapsed().as_secs_f64();
 
     let mut generator = match zs3 {
@@ -240,8 +245,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let mut tail_optimizer: TailOptimizer<B> = AdamConfig::new().init();
     let depth_cells = |pool: &[Prepared]| pool.iter().filter_map(|p| p.depth.as_ref()).flat_map(|(_, w)| w.iter()).filter(|&&w| w > 0.0).count();
     let mut depth_head = (config.depth_weight > 0.0 && depth_cells(&train_pool) > 0).then(|| {
-        // Its own seed, so adding depth data does not change the segmentation head's start.
-        DepthHead::<B>::init(config.depth_hidden, label_set.dim, mean_log_depth(&train_pool), config.seed ^ 0xDE97, &device)
+        DepthHead::<B>::init(config.depth_hidden, label_set.dim, mean_log_depth(&train_pool), depth_seed(config.seed), &device)
     });
     let mut depth_optimizer: DepthOptimizer<B> = AdamConfig::new().init();
     let recorder = StateRecorder::default();
@@ -438,8 +442,13 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     })
 }
 
+/// The depth head's own seed, so adding depth data does not change the segmentation head's start.
+pub(crate) fn depth_seed(seed: u64) -> u64 {
+    seed ^ 0xDE97
+}
+
 /// The training pool's mean ln depth over its cells with depth, weighted by their share.
-fn mean_log_depth(pool: &[Prepared]) -> f32 {
+pub(crate) fn mean_log_depth(pool: &[Prepared]) -> f32 {
     let (sum, weight) = pool
         .iter()
         .filter_map(|p| p.depth.as_ref())
@@ -506,7 +515,7 @@ fn resume_point(path: &Path, config: &TrainConfig) -> Result<Checkpoint> {
 
 /// Which pool entries step `s` trains on: epochs of one seeded permutation each, so a resumed
 /// run sees the same batches as an uninterrupted one.
-struct BatchOrder {
+pub(crate) struct BatchOrder {
     seed: u64,
     len: usize,
     batch: usize,
@@ -514,11 +523,11 @@ struct BatchOrder {
 }
 
 impl BatchOrder {
-    fn new(seed: u64, len: usize, batch: usize) -> Self {
+    pub(crate) fn new(seed: u64, len: usize, batch: usize) -> Self {
         BatchOrder { seed, len, batch, epoch: None }
     }
 
-    fn at(&mut self, step: usize) -> Vec<usize> {
+    pub(crate) fn at(&mut self, step: usize) -> Vec<usize> {
         let first = (step - 1) * self.batch;
         (first..first + self.batch)
             .map(|position| {
@@ -558,7 +567,7 @@ fn progress_bar(show: bool, len: u64, what: &'static str) -> ProgressBar {
     bar
 }
 
-fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::Device) -> Batch<B> {
+pub(crate) fn make_batch<B: Backend>(items: &[&Prepared], num_labels: usize, device: &B::Device) -> Batch<B> {
     let cat = |f: &dyn Fn(&Prepared) -> &[f32]| items.iter().flat_map(|p| f(p).iter().copied()).collect::<Vec<f32>>();
     let first = &items[0].features;
     let (nc, nf) = (first.coarse.cells(), first.fine.cells());

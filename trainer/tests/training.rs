@@ -539,3 +539,33 @@ fn tag_files_are_checked() {
     let err = format!("{:#}", config.splits().unwrap_err());
     assert!(err.contains("has tags only; validation needs masks"), "{err}");
 }
+
+#[test]
+fn a_fixture_trains_the_heads_exactly_as_training_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, fixture_path) = (dir.path().join("model"), dir.path().join("pool.fixture"));
+    let config = TrainConfig { synthetic_train: 4, synthetic_val: 2, hidden: 32, ..tiny(6) };
+    let options = TrainOptions { progress: false, write_fixture: Some(fixture_path.clone()), ..TrainOptions::default() };
+    train(&config, &out, &options).unwrap();
+    let trained = load_checkpoint(&checkpoint_path(&out)).unwrap();
+
+    // The same steps from the fixture alone give the same heads, bit for bit: what a GPU
+    // machine compares against CUDA is what training does.
+    let fixture = trainer::fixture::read(&fixture_path).unwrap();
+    assert_eq!(fixture.labels.names, trained.meta.labels);
+    let run = trainer::fixture::run::<burn::backend::Autodiff<Flex>>(&fixture, 6, Default::default(), "cpu").unwrap();
+    assert_eq!(run.weights.0, trained.weights);
+    assert_eq!(run.weights.1, trained.scales);
+    assert_eq!(run.weights.2, trained.depth);
+    assert_eq!((run.loss.len(), run.depth_loss.len()), (6, 6));
+
+    let report = trainer::fixture::compare(&fixture, 2).unwrap();
+    if cfg!(not(feature = "cuda")) {
+        assert!(report["cuda_unavailable"].as_str().unwrap().contains("feature `cuda`"), "{report}");
+    }
+    assert_eq!(report["cpu"]["loss"].as_array().unwrap().len(), 2);
+
+    std::fs::write(&fixture_path, b"not a fixture").unwrap();
+    let err = format!("{:#}", trainer::fixture::read(&fixture_path).err().unwrap());
+    assert!(err.contains("pool.fixture") && err.contains("--write-fixture"), "{err}");
+}
