@@ -21,9 +21,9 @@ use crate::preprocess::NetInput;
 use crate::zoo::effnet::{self, FoldedConv};
 use crate::zoo::head;
 
-/// The residual head's weights, laid out for `residual_embedding` (and the depth head's, for
-/// `depth_log`).
-struct Residual<B: Backend> {
+/// A two-layer head's weights: the residual head's, laid out for `residual_embedding`, or the
+/// depth head's, for `depth_log`.
+struct HeadTensors<B: Backend> {
     weights: [Tensor<B, 2>; 2],
     biases: [Tensor<B, 1>; 2],
 }
@@ -34,9 +34,9 @@ pub struct BurnBackend<B: Backend> {
     device: B::Device,
     blocks: Blocks<B>,
     data_free: DataFree<B>,
-    residual: Option<Residual<B>>,
+    residual: Option<HeadTensors<B>>,
     /// The depth head, where the manifest declares a depth output.
-    depth: Option<(Residual<B>, EmbeddingOutput)>,
+    depth: Option<(HeadTensors<B>, EmbeddingOutput)>,
     /// Manifest levels, coarse first: the coarse one is the pooled level.
     levels: Vec<EmbeddingOutput>,
 }
@@ -108,7 +108,7 @@ impl<B: Backend> BurnBackend<B> {
                 let vector = |name: &str, len: usize| -> Result<Tensor<B, 1>> {
                     Ok(Tensor::from_data(TensorData::new(get(name, len).map_err(to_engine)?.to_vec(), [len]), &device))
                 };
-                Some(Residual {
+                Some(HeadTensors {
                     weights: [
                         tensor2(transpose(w1, hidden, channels), [channels, hidden], &device),
                         tensor2(transpose(w2, dim, hidden), [hidden, dim], &device),
@@ -127,7 +127,7 @@ impl<B: Backend> BurnBackend<B> {
                 let vector = |name: &str, len: usize| -> Result<Tensor<B, 1>> {
                     Ok(Tensor::from_data(TensorData::new(get(name, len).map_err(to_engine)?.to_vec(), [len]), &device))
                 };
-                let head = Residual {
+                let head = HeadTensors {
                     weights: [tensor2(transpose(w1, hidden, inputs), [inputs, hidden], &device), tensor2(w2.to_vec(), [hidden, 1], &device)],
                     biases: [vector("depth.b1", hidden)?, vector("depth.b2", 1)?],
                 };
