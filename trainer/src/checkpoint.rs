@@ -109,6 +109,16 @@ const DEPTH_MODULE_STATE: &str = "state.depth_module";
 const DEPTH_OPTIMIZER_STATE: &str = "state.depth_optimizer";
 const BACKBONE_PREFIX: &str = "backbone.";
 
+/// Little-endian f32 bytes, as safetensors stores them.
+pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The f32 values of little-endian safetensors data.
+pub(crate) fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
 /// Writes the checkpoint to a temporary name, then renames it, so a crash never leaves a
 /// half-written file under the real name.
 pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
@@ -118,20 +128,19 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         d.check()?;
     }
     check_scales(scales).with_context(|| path.display().to_string())?;
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let backbone_names: Vec<String> = backbone.keys().map(|name| format!("{BACKBONE_PREFIX}{name}")).collect();
     let mut tensors = vec![
-        ("head.w1", Dtype::F32, vec![weights.hidden, FEATURE_CHANNELS], bytes(&weights.w1)),
-        ("head.b1", Dtype::F32, vec![weights.hidden], bytes(&weights.b1)),
-        ("head.w2", Dtype::F32, vec![weights.dim, weights.hidden], bytes(&weights.w2)),
-        ("head.b2", Dtype::F32, vec![weights.dim], bytes(&weights.b2)),
-        ("scales", Dtype::F32, vec![2], bytes(scales)),
+        ("head.w1", Dtype::F32, vec![weights.hidden, FEATURE_CHANNELS], f32_bytes(&weights.w1)),
+        ("head.b1", Dtype::F32, vec![weights.hidden], f32_bytes(&weights.b1)),
+        ("head.w2", Dtype::F32, vec![weights.dim, weights.hidden], f32_bytes(&weights.w2)),
+        ("head.b2", Dtype::F32, vec![weights.dim], f32_bytes(&weights.b2)),
+        ("scales", Dtype::F32, vec![2], f32_bytes(scales)),
     ];
     if let Some(d) = depth {
-        tensors.push(("depth.w1", Dtype::F32, vec![d.hidden, d.inputs()], bytes(&d.w1)));
-        tensors.push(("depth.b1", Dtype::F32, vec![d.hidden], bytes(&d.b1)));
-        tensors.push(("depth.w2", Dtype::F32, vec![1, d.hidden], bytes(&d.w2)));
-        tensors.push(("depth.b2", Dtype::F32, vec![1], bytes(&[d.b2])));
+        tensors.push(("depth.w1", Dtype::F32, vec![d.hidden, d.inputs()], f32_bytes(&d.w1)));
+        tensors.push(("depth.b1", Dtype::F32, vec![d.hidden], f32_bytes(&d.b1)));
+        tensors.push(("depth.w2", Dtype::F32, vec![1, d.hidden], f32_bytes(&d.w2)));
+        tensors.push(("depth.b2", Dtype::F32, vec![1], f32_bytes(&[d.b2])));
     }
     if let Some(state) = state {
         tensors.push((MODULE_STATE, Dtype::U8, vec![state.module.len()], state.module.clone()));
@@ -149,7 +158,7 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         if let Some(index) = tensor.data.iter().position(|x| !x.is_finite()) {
             bail!("{name}: holds {} at index {index}; every weight must be finite", tensor.data[index]);
         }
-        tensors.push((name.as_str(), Dtype::F32, tensor.shape.clone(), bytes(&tensor.data)));
+        tensors.push((name.as_str(), Dtype::F32, tensor.shape.clone(), f32_bytes(&tensor.data)));
     }
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
@@ -183,7 +192,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     };
     let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
         let (shape, data) = raw(name, Dtype::F32)?;
-        Ok((shape, data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        Ok((shape, f32_values(data)))
     };
     let (w1_shape, w1) = read("head.w1")?;
     let (w2_shape, w2) = read("head.w2")?;

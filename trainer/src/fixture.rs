@@ -18,9 +18,10 @@ use engine::LabelSet;
 use engine::costmap::Grid;
 use engine::zoo::trained::{DepthWeights, HeadWeights};
 
+use crate::checkpoint::{f32_bytes, f32_values};
 use crate::features::{ImageFeatures, LevelFeatures};
-use crate::model::{DepthHead, Head, Labels, LossWeights, interpolation_matrix, tensor3, values};
-use crate::train::{BatchOrder, Prepared, TrainConfig, make_batch, mean_log_depth};
+use crate::model::{DepthHead, Head, values};
+use crate::train::{BatchOrder, Objective, Prepared, TrainConfig, make_batch, new_depth_head};
 
 /// Everything but the tensors.
 #[derive(Serialize, Deserialize)]
@@ -57,7 +58,7 @@ pub(crate) fn write(path: &Path, config: &TrainConfig, labels: &LabelSet, anchor
     }
     let (k, n) = (labels.len(), train.len());
     let (nc, nf) = (first.features.coarse.cells(), first.features.fine.cells());
-    let concat = |f: &dyn Fn(&Prepared) -> Vec<f32>| -> Vec<u8> { train.iter().flat_map(f).flat_map(f32::to_le_bytes).collect() };
+    let concat = |f: &dyn Fn(&Prepared) -> Vec<f32>| -> Vec<u8> { f32_bytes(&train.iter().flat_map(f).collect::<Vec<f32>>()) };
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let channels = first.features.fine.features.len() / nf;
     let fields: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
@@ -73,10 +74,10 @@ pub(crate) fn write(path: &Path, config: &TrainConfig, labels: &LabelSet, anchor
         ("has_depth", vec![n], concat(&|p| vec![flag(p.depth.is_some())])),
         ("depth_target", vec![n, nf], concat(&|p| p.depth.as_ref().map_or(vec![0.0; nf], |d| d.0.clone()))),
         ("depth_weight", vec![n, nf], concat(&|p| p.depth.as_ref().map_or(vec![0.0; nf], |d| d.1.clone()))),
-        ("label_embeddings", vec![k, labels.dim], labels.embeddings.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ("label_gain", vec![k], labels.gain.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ("label_bias", vec![k], labels.bias.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        ("anchors", vec![anchors.len() / labels.dim, labels.dim], anchors.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ("label_embeddings", vec![k, labels.dim], f32_bytes(&labels.embeddings)),
+        ("label_gain", vec![k], f32_bytes(&labels.gain)),
+        ("label_bias", vec![k], f32_bytes(&labels.bias)),
+        ("anchors", vec![anchors.len() / labels.dim, labels.dim], f32_bytes(anchors)),
     ];
     let meta = Meta {
         config: config.clone(),
@@ -109,7 +110,7 @@ pub fn read(path: &Path) -> Result<Fixture> {
     let file = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let tensor = |name: &str, len: usize| -> Result<Vec<f32>> {
         let t = file.tensor(name).map_err(|e| bad(format!("{name}: {e}")))?;
-        let data: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let data = f32_values(t.data());
         if t.dtype() != Dtype::F32 || data.len() != len {
             return Err(bad(format!("{name} holds {} values, expected {len}", data.len())));
         }
@@ -171,16 +172,10 @@ pub fn run<B: AutodiffBackend>(fixture: &Fixture, steps: usize, device: B::Devic
     let c = &fixture.config;
     let (dim, k) = (fixture.labels.dim, fixture.labels.len());
     let first = fixture.train.first().context("the fixture holds no training images")?;
-    let (coarse_grid, fine_grid) = (first.features.coarse.grid, first.features.fine.grid);
-    let (nc, nf) = (coarse_grid.width * coarse_grid.height, fine_grid.width * fine_grid.height);
-    let labels = Labels::<B>::new(&fixture.labels, &device).with_anchors(&fixture.anchors, dim, &device);
-    let interp = tensor3::<B>(interpolation_matrix(coarse_grid, fine_grid), [1, nf, nc], &device);
-    let weights =
-        LossWeights { tags: c.tag_loss_weight, distill: c.distill_weight, distill_masked: c.distill_masked_weight, teacher_scales: fixture.teacher_scales };
+    let Objective { labels, interp, weights } = Objective::<B>::new(c, &fixture.labels, &fixture.anchors, fixture.teacher_scales, &first.features, &device);
     let mut head = Head::<B>::init(c.hidden, dim, fixture.teacher_scales, c.seed, &device);
     let mut optimizer = AdamConfig::new().init::<B, Head<B>>();
-    let has_depth = c.depth_weight > 0.0 && fixture.train.iter().any(|p| p.depth.is_some());
-    let mut depth_head = has_depth.then(|| DepthHead::<B>::init(c.depth_hidden, dim, mean_log_depth(&fixture.train), crate::train::depth_seed(c.seed), &device));
+    let mut depth_head = new_depth_head::<B>(c, dim, &fixture.train, &device);
     let mut depth_optimizer = AdamConfig::new().init::<B, DepthHead<B>>();
     let mut order = BatchOrder::new(c.seed, fixture.train.len(), c.batch);
     let (mut loss_curve, mut depth_curve) = (Vec::with_capacity(steps), Vec::new());

@@ -225,28 +225,13 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     };
     let unseen_text = label_set.embeddings[seen.specs.len() * label_set.dim..].to_vec();
 
-    let first = &train_pool[0].features;
-    let (coarse_grid, fine_grid) = (first.coarse.grid, first.fine.grid);
-    let interp = tensor3::<B>(
-        interpolation_matrix(coarse_grid, fine_grid),
-        [1, fine_grid.width * fine_grid.height, coarse_grid.width * coarse_grid.height],
-        &device,
-    );
-    let labels = Labels::<B>::new(&label_set, &device).with_anchors(&base.class_text, label_set.dim, &device);
     let teacher_scales = default_scales(&model.manifest);
-    let loss_weights = LossWeights {
-        tags: config.tag_loss_weight,
-        distill: config.distill_weight,
-        distill_masked: config.distill_masked_weight,
-        teacher_scales,
-    };
+    let Objective { labels, interp, weights: loss_weights } =
+        Objective::<B>::new(config, &label_set, &base.class_text, teacher_scales, &train_pool[0].features, &device);
     let mut head = Head::<B>::init(config.hidden, label_set.dim, teacher_scales, config.seed, &device);
     let mut optimizer: HeadOptimizer<B> = AdamConfig::new().init();
     let mut tail_optimizer: TailOptimizer<B> = AdamConfig::new().init();
-    let depth_cells = |pool: &[Prepared]| pool.iter().filter_map(|p| p.depth.as_ref()).flat_map(|(_, w)| w.iter()).filter(|&&w| w > 0.0).count();
-    let mut depth_head = (config.depth_weight > 0.0 && depth_cells(&train_pool) > 0).then(|| {
-        DepthHead::<B>::init(config.depth_hidden, label_set.dim, mean_log_depth(&train_pool), depth_seed(config.seed), &device)
-    });
+    let mut depth_head = new_depth_head::<B>(config, label_set.dim, &train_pool, &device);
     let mut depth_optimizer: DepthOptimizer<B> = AdamConfig::new().init();
     let recorder = StateRecorder::default();
     let (mut history, mut running, first_step) = match resume {
@@ -442,13 +427,43 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     })
 }
 
-/// The depth head's own seed, so adding depth data does not change the segmentation head's start.
-pub(crate) fn depth_seed(seed: u64) -> u64 {
-    seed ^ 0xDE97
+/// What the heads are trained against: the label tensors (with the anchor concepts of the
+/// distillation), the coarse-to-fine interpolation of the pool's grids and the loss weights.
+/// Built the same way by `train` and by [`crate::fixture::run`].
+pub(crate) struct Objective<B: Backend> {
+    pub(crate) labels: Labels<B>,
+    pub(crate) interp: Tensor<B, 3>,
+    pub(crate) weights: LossWeights,
+}
+
+impl<B: Backend> Objective<B> {
+    pub(crate) fn new(config: &TrainConfig, label_set: &engine::LabelSet, anchors: &[f32], teacher_scales: [f32; 2], first: &ImageFeatures, device: &B::Device) -> Self {
+        let (coarse, fine) = (first.coarse.grid, first.fine.grid);
+        let interp = tensor3::<B>(interpolation_matrix(coarse, fine), [1, fine.width * fine.height, coarse.width * coarse.height], device);
+        let weights = LossWeights {
+            tags: config.tag_loss_weight,
+            distill: config.distill_weight,
+            distill_masked: config.distill_masked_weight,
+            teacher_scales,
+        };
+        Objective { labels: Labels::new(label_set, device).with_anchors(anchors, label_set.dim, device), interp, weights }
+    }
+}
+
+/// Cells of the pool that have depth.
+fn depth_cells(pool: &[Prepared]) -> usize {
+    pool.iter().filter_map(|p| p.depth.as_ref()).flat_map(|(_, w)| w.iter()).filter(|&&w| w > 0.0).count()
+}
+
+/// The depth head, where `depth_weight` asks for one and the pool has cells with depth. It has
+/// its own seed, so adding depth data does not change the segmentation head's start.
+pub(crate) fn new_depth_head<B: Backend>(config: &TrainConfig, dim: usize, pool: &[Prepared], device: &B::Device) -> Option<DepthHead<B>> {
+    (config.depth_weight > 0.0 && depth_cells(pool) > 0)
+        .then(|| DepthHead::init(config.depth_hidden, dim, mean_log_depth(pool), config.seed ^ 0xDE97, device))
 }
 
 /// The training pool's mean ln depth over its cells with depth, weighted by their share.
-pub(crate) fn mean_log_depth(pool: &[Prepared]) -> f32 {
+fn mean_log_depth(pool: &[Prepared]) -> f32 {
     let (sum, weight) = pool
         .iter()
         .filter_map(|p| p.depth.as_ref())
