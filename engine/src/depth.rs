@@ -8,6 +8,15 @@ use crate::post::UNKNOWN;
 /// Labels that get no depth unless the user says otherwise: never obstacles.
 pub const DEFAULT_NO_DEPTH_LABELS: &[&str] = &["sky"];
 
+/// Per label name, whether it is in `list` (lower-case names), ignoring case and surrounding
+/// spaces in the label.
+pub fn labels_in(names: &[String], list: &[impl AsRef<str>]) -> Vec<bool> {
+    names.iter().map(|n| {
+        let n = n.trim().to_lowercase();
+        list.iter().any(|l| l.as_ref() == n)
+    }).collect()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DepthConditioning {
     /// Half-size of the per-label median window (0 = no filtering).

@@ -33,5 +33,5 @@ pub use error::{EngineError, Result};
 pub use frame::{Frame, PixelFormat};
 pub use labels::{LabelBank, LabelSet, LabelSpec};
 pub use manifest::Manifest;
-pub use pipeline::{Model, Pipeline, SegmentOptions, Segmentation, StageTimings};
+pub use pipeline::{FrameDepth, Model, Pipeline, SegmentOptions, Segmentation, StageTimings};
 pub use post::{LabelMap, MaskPixels, UNKNOWN};

@@ -65,9 +65,26 @@ pub struct Segmentation {
     pub timings: StageTimings,
     /// Network input size the frame was resized to.
     pub net_size: (usize, usize),
-    /// The model's depth head, bilinearly upsampled to the frame: metres, row-major. None for
-    /// models without one.
-    pub depth: Option<Vec<f32>>,
+    /// The model's depth head, for models with one.
+    pub depth: Option<FrameDepth>,
+}
+
+/// The depth head's cells for one frame; upsampled to the frame only when asked for, so frames
+/// whose depth nobody wants do not pay for it.
+#[derive(Debug, Clone)]
+pub struct FrameDepth {
+    cells: crate::costmap::EmbeddingMap,
+    content: crate::preprocess::ContentRect,
+    width: u32,
+    height: u32,
+}
+
+impl FrameDepth {
+    /// Metres at every frame pixel, row-major, bilinearly interpolated from the cells.
+    pub fn metres(&self) -> Vec<f32> {
+        let _s = tracing::debug_span!("depth_head").entered();
+        crate::post::upsample_depth(&self.cells, self.content, self.width, self.height)
+    }
 }
 
 /// A loaded model directory.
@@ -258,12 +275,7 @@ impl Pipeline {
         timings.cost_map_ms = scored.cost_ms;
         timings.post_ms = scored.post_ms;
         let map = scored.map;
-        let t = Instant::now();
-        let depth = encoded.depth.map(|d| {
-            let _s = tracing::debug_span!("depth_head").entered();
-            crate::post::upsample_depth(&d, input.content, frame.width, frame.height)
-        });
-        timings.post_ms += ms(t);
+        let depth = encoded.depth.map(|cells| FrameDepth { cells, content: input.content, width: frame.width, height: frame.height });
 
         Ok(Segmentation { map, timings, net_size: (input.width, input.height), depth })
     }

@@ -203,9 +203,9 @@ fn process_one(
     let overlay = render::overlay_with_legend(&frame, &seg.map, labels);
     render::save_rgb(&overlay, &overlay_path)?;
     let depth_file = match &seg.depth {
-        Some(metres) => {
+        Some(model_depth) => {
             let (file, picture) = (format!("{stem}.depth.pfm"), format!("{stem}.depth.png"));
-            let depth = conditioned_depth(metres, &seg.map, labels);
+            let depth = conditioned_depth(&model_depth.metres(), &seg.map, labels);
             render::write_file(&out.join(&file), &crate::stereo::pfm_bytes(&depth))?;
             render::save_rgb(&crate::stereo::colorize_depth(&depth), &out.join(picture))?;
             Some(file)
@@ -226,7 +226,7 @@ fn process_one(
 /// The model's depth with none where the label rules it out (unknown, sky), filtered and filled
 /// within labels: what the node publishes on `depth` with its default parameters.
 fn conditioned_depth(metres: &[f32], map: &engine::LabelMap, labels: &LabelSet) -> engine::stereo::Disparity {
-    let no_depth: Vec<bool> = labels.names.iter().map(|n| engine::depth::DEFAULT_NO_DEPTH_LABELS.contains(&n.trim().to_lowercase().as_str())).collect();
+    let no_depth = engine::depth::labels_in(&labels.names, engine::depth::DEFAULT_NO_DEPTH_LABELS);
     let width = map.width as usize;
     let data = engine::depth::condition(metres, &map.labels, width, &no_depth, &Default::default());
     engine::stereo::Disparity { width, height: map.height as usize, data }

@@ -83,7 +83,7 @@ pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[Strin
         let seg = pipeline.process(&Frame::from_rgb_image(&sample.image), &labels)?;
         predicted.extend_from_slice(&seg.map.labels);
         truth.extend_from_slice(sample.mask.as_raw());
-        if let (Some(ours), Some(true_depth)) = (&seg.depth, &sample.depth) {
+        if let (Some(ours), Some(true_depth)) = (seg.depth.as_ref().map(|d| d.metres()), &sample.depth) {
             let pairs = ours.iter().zip(true_depth.as_raw()).filter(|(_, t)| t.is_finite() && **t > 0.0);
             depth_pixels.extend(pairs.map(|(p, t)| (p.max(f32::MIN_POSITIVE).ln(), t.ln(), 1.0)));
         }

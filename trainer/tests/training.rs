@@ -156,7 +156,7 @@ fn training_beats_the_untrained_head_and_the_export_equals_the_trained_forward()
     let mut pipeline = model.pipeline(BackendKind::Cpu, 2).unwrap();
     let labels = model.label_bank(2, None).unwrap().build(&report.labels.iter().map(|l| engine::LabelSpec::new(l.clone())).collect::<Vec<_>>()).unwrap();
     let seg = pipeline.process(&Frame::from_rgb_image(&scene.image), &labels).unwrap();
-    let metres = seg.depth.expect("the pipeline passes the depth on");
+    let metres = seg.depth.expect("the pipeline passes the depth on").metres();
     assert_eq!(metres.len(), 320 * 224);
     let truth = scene.depth.unwrap();
     let (mut near, mut far) = (Vec::new(), Vec::new());

@@ -244,7 +244,7 @@ impl Processor {
             }
             // Said on every frame, subscribers or not: the configuration cannot work.
             DepthMode::Model => match &segmentation.depth {
-                Some(m) if wants_depth => (Some(self.conditioned_depth(m, &segmentation.map.labels, width)), None),
+                Some(d) if wants_depth => (Some(self.conditioned_depth(&d.metres(), &segmentation.map.labels, width)), None),
                 Some(_) => (None, None),
                 None => {
                     self.note(&Rejected { kind: "model_depth", message: "depth_mode model: the model has no depth head (train one with depth data); depth and points skipped".into() });
@@ -320,8 +320,7 @@ impl Processor {
     /// Depth with no value where the label rules it out, filtered and filled within labels.
     fn conditioned_depth(&self, metres: &[f32], labels: &[u16], width: usize) -> Vec<f32> {
         let _s = tracing::debug_span!("depth").entered();
-        let no_depth: Vec<bool> =
-            self.labels.names.iter().map(|n| self.settings.depth_invalid_labels.contains(&n.trim().to_lowercase())).collect();
+        let no_depth = engine::depth::labels_in(&self.labels.names, &self.settings.depth_invalid_labels);
         engine::depth::condition(metres, labels, width, &no_depth, &self.settings.depth_conditioning)
     }
 
@@ -389,7 +388,7 @@ impl Processor {
     fn fit_ground(&mut self, metres: &mut [f32], labels: &[u16], rays: &PixelRays, tolerance: f64) {
         let _s = tracing::debug_span!("ground_fit").entered();
         self.ground = None;
-        let is_ground: Vec<bool> = self.labels.names.iter().map(|n| self.settings.ground_labels.contains(&n.trim().to_lowercase())).collect();
+        let is_ground = engine::depth::labels_in(&self.labels.names, &self.settings.ground_labels);
         let on_ground: Vec<bool> = labels.iter().map(|&l| is_ground.get(l as usize).copied().unwrap_or(false)).collect();
         match calibration::fit_ground_to_depth(rays, metres, &on_ground, tolerance) {
             Ok(fit) => {
