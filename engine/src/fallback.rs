@@ -78,6 +78,16 @@ impl ImageBackend for FallbackBackend {
     fn fallback_reason(&self) -> Option<&str> {
         self.reason.as_deref()
     }
+
+    /// The current backend's; a failure here does not move along the chain (the caller goes on
+    /// through host memory and [`Self::encode`], which does).
+    fn device_input(&mut self, width: usize, height: usize) -> Option<Result<crate::backend::DeviceTensor>> {
+        self.current.device_input(width, height)
+    }
+
+    fn encode_device(&mut self, take: &mut dyn FnMut(&[crate::backend::DeviceTensor]) -> Result<()>) -> Result<Option<crate::costmap::EmbeddingMap>> {
+        self.current.encode_device(take)
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,10 @@ pub struct Pipeline {
     scorer: Box<dyn Scorer>,
     /// Why the scorer fell back to the CPU mid-run, if it did.
     scorer_fallback: Option<String>,
+    /// Whether the last frame stayed in GPU memory from preprocessing to the label map.
+    on_device: bool,
+    /// Why frames stopped staying in GPU memory, if they did.
+    device_path_fallback: Option<String>,
     manifest: Manifest,
     options: SegmentOptions,
     fusion_weights: Vec<f32>,
@@ -196,6 +200,8 @@ impl Pipeline {
             backend,
             scorer,
             scorer_fallback: None,
+            on_device: false,
+            device_path_fallback: None,
             options: SegmentOptions::from_manifest(&model.manifest.segmentation),
             fusion_weights: model.manifest.levels_coarse_to_fine().iter().map(|l| l.fusion_weight).collect(),
             manifest: model.manifest.clone(),
@@ -222,6 +228,18 @@ impl Pipeline {
         self.scorer_fallback.as_deref()
     }
 
+    /// Where the last frame's network input and encoder outputs were: "device" when the frame
+    /// stayed in GPU memory from preprocessing to the label map (a CUDA scorer with an image
+    /// encoder that works in device memory), "host" otherwise.
+    pub fn frame_memory(&self) -> &'static str {
+        if self.on_device { "device" } else { "host" }
+    }
+
+    /// Why frames that could stay in GPU memory go through the host, if they do.
+    pub fn device_path_fallback(&self) -> Option<&str> {
+        self.device_path_fallback.as_deref()
+    }
+
     pub fn options(&self) -> &SegmentOptions {
         &self.options
     }
@@ -240,6 +258,37 @@ impl Pipeline {
         if labels.is_empty() {
             return Err(EngineError::Labels("the label set is empty".into()));
         }
+        let spec = &self.manifest.image_encoder.input;
+        let (net_width, net_height, content) = crate::preprocess::plan(frame.width, frame.height, spec);
+        #[cfg(not(feature = "cuda"))]
+        let _ = (net_width, net_height);
+        let fusion_weights = self.fusion_weights.clone(); // a few floats; frees `self` below
+        let plan = ScoringPlan {
+            labels,
+            logit_scale: self.options.logit_scale,
+            fusion_weights: &fusion_weights,
+            top_k: self.options.early_rejection_top_k,
+            unknown_threshold: self.options.unknown_threshold,
+            content,
+            width: frame.width,
+            height: frame.height,
+        };
+        #[cfg(feature = "cuda")]
+        if self.device_path_fallback.is_none() {
+            match self.process_on_device(frame, &plan, (net_width, net_height)) {
+                Some(Ok(seg)) => {
+                    self.on_device = true;
+                    return Ok(seg);
+                }
+                Some(Err(e)) => {
+                    let reason = format!("frames go through host memory from now on: {e}");
+                    tracing::warn!("{reason}");
+                    self.device_path_fallback = Some(reason);
+                }
+                None => {}
+            }
+        }
+        self.on_device = false;
         let mut timings = StageTimings::default();
 
         let t = Instant::now();
@@ -254,30 +303,72 @@ impl Pipeline {
             let _s = tracing::debug_span!("image_encoder", backend = self.backend.name()).entered();
             self.backend.encode(&input)?
         };
-        let levels = encoded.levels;
         timings.image_encoder_ms = ms(t);
 
         let scored = {
             let _s = tracing::debug_span!("cost_map", labels = labels.len(), scorer = self.scorer.name()).entered();
-            let fusion_weights = self.fusion_weights.clone(); // a few floats; frees `self` for `score`
-            let plan = ScoringPlan {
-                labels,
-                logit_scale: self.options.logit_scale,
-                fusion_weights: &fusion_weights,
-                top_k: self.options.early_rejection_top_k,
-                unknown_threshold: self.options.unknown_threshold,
-                content: input.content,
-                width: frame.width,
-                height: frame.height,
-            };
-            self.score(&levels, &plan)?
+            self.score(&encoded.levels, &plan)?
         };
         timings.cost_map_ms = scored.cost_ms;
         timings.post_ms = scored.post_ms;
-        let map = scored.map;
-        let depth = encoded.depth.map(|cells| FrameDepth { cells, content: input.content, width: frame.width, height: frame.height });
+        Ok(Self::segmentation(scored.map, timings, frame, (input.width, input.height), content, encoded.depth))
+    }
 
-        Ok(Segmentation { map, timings, net_size: (input.width, input.height), depth })
+    /// Frame -> label map with the network input, the encoder's outputs and the scores all in
+    /// GPU memory: for a CUDA scorer with an image encoder that works in device memory (ONNX
+    /// Runtime's TensorRT and CUDA providers). `None` where either is missing or the plan is
+    /// past the kernels' limits.
+    #[cfg(feature = "cuda")]
+    fn process_on_device(&mut self, frame: &Frame, plan: &ScoringPlan, net: (usize, usize)) -> Option<Result<Segmentation>> {
+        let gpu = self.scorer.cuda()?;
+        if !crate::cuda::CudaScorer::within_limits(plan) {
+            return None;
+        }
+        let input = self.backend.device_input(net.0, net.1)?;
+        let spec = &self.manifest.image_encoder.input;
+        let level_specs = self.manifest.levels_coarse_to_fine();
+        let backend = &mut self.backend;
+        let run = || -> Result<_> {
+            let mut timings = StageTimings::default();
+            let t = Instant::now();
+            let input = input?;
+            {
+                let _s = tracing::debug_span!("preprocess", memory = "device").entered();
+                gpu.preprocessor().preprocess_to(frame, spec, input)?;
+            }
+            timings.preprocess_ms = ms(t);
+            let t = Instant::now();
+            let mut levels = None;
+            let depth = {
+                let _s = tracing::debug_span!("image_encoder", backend = backend.name(), memory = "device").entered();
+                backend.encode_device(&mut |outputs| {
+                    levels = Some(gpu.levels_from_device(outputs, &level_specs)?);
+                    Ok(())
+                })?
+            };
+            let levels = levels.ok_or_else(|| EngineError::Runtime(format!("image encoder {} handed over no outputs", backend.name())))?;
+            timings.image_encoder_ms = ms(t);
+            let scored = {
+                let _s = tracing::debug_span!("cost_map", labels = plan.labels.len(), scorer = "cuda", memory = "device").entered();
+                gpu.score_resident(&levels, plan)?
+            };
+            timings.cost_map_ms = scored.cost_ms;
+            timings.post_ms = scored.post_ms;
+            Ok((scored.map, timings, depth))
+        };
+        Some(run().map(|(map, timings, depth)| Self::segmentation(map, timings, frame, net, plan.content, depth)))
+    }
+
+    fn segmentation(
+        map: LabelMap,
+        timings: StageTimings,
+        frame: &Frame,
+        net_size: (usize, usize),
+        content: crate::preprocess::ContentRect,
+        depth: Option<crate::costmap::EmbeddingMap>,
+    ) -> Segmentation {
+        let depth = depth.map(|cells| FrameDepth { cells, content, width: frame.width, height: frame.height });
+        Segmentation { map, timings, net_size, depth }
     }
 
     /// Label colours and the overlay of `map` (only those asked for), where the scorer runs.

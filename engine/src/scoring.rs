@@ -96,6 +96,11 @@ pub trait Scorer: Send {
     /// Short name for logs, diagnostics and reports ("cpu", "cuda").
     fn name(&self) -> &'static str;
     fn score(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<Scored>;
+    /// The CUDA scorer, for the pipeline's device-resident path.
+    #[cfg(feature = "cuda")]
+    fn cuda(&mut self) -> Option<&mut crate::cuda::CudaScorer> {
+        None
+    }
     /// Colour image and overlay of `map`, only those asked for.
     fn paint(&mut self, map: &LabelMap, request: &PaintRequest) -> Result<Painted> {
         check_paint(map, request)?;

@@ -144,6 +144,9 @@ pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
     let report = json!({
         "model": model.manifest.name,
         "backend": pipeline.backend_name(),
+        "scorer": pipeline.scorer_name(),
+        "frame_memory": pipeline.frame_memory(),
+        "device_path_fallback": pipeline.device_path_fallback(),
         "threads": threads,
         "frames_per_config": args.frames,
         "label_encoding_150": {

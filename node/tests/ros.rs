@@ -593,6 +593,7 @@ fn backend_tensorrt_without_tensorrt_falls_back_to_the_cpu_and_says_why() {
     let reason = diagnostics["backend_fallback"].as_str().unwrap_or_else(|| panic!("no backend_fallback: {diagnostics}"));
     assert!(reason.contains("running on cpu") && reason.contains("tensorrt unavailable"), "{reason}");
     assert_eq!(diagnostics["backend"], "cpu", "{diagnostics}");
+    assert_eq!(diagnostics["frame_memory"], "host", "no GPU here: frames go through host memory; {diagnostics}");
     let expected = segment_masks(&pngs, labels, &tmp.path().join("segment"));
     let sec = published_stems(&result).into_keys().find(|sec| out.join(format!("mask_{sec}_0.bin")).exists()).expect("a mask");
     let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();

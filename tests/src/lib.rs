@@ -10,9 +10,10 @@ use std::sync::OnceLock;
 use engine::labels::LabelSpec;
 use engine::{BackendKind, Frame, LabelBank, LabelSet, Model, Pipeline, SegmentOptions, Segmentation, UNKNOWN};
 
-/// `tests/data`.
+/// `tests/data`, or `OVSEG_TEST_DATA` for a test binary run from another checkout (the GPU
+/// machine's copy of the tree sits elsewhere).
 pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+    std::env::var_os("OVSEG_TEST_DATA").map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"), PathBuf::from)
 }
 
 /// `tests/data/images/<name>.jpg`.

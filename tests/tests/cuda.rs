@@ -321,16 +321,19 @@ fn a_gpu_failure_mid_run_falls_back_to_the_cpu_and_says_so() {
 
 #[test]
 fn gpu_preprocessing_matches_the_cpu_bit_for_bit_for_every_pixel_format() {
+    use cudarc::driver::DevicePtrMut;
+    use engine::backend::DeviceTensor;
     use engine::frame::{Frame, PixelFormat};
     use engine::manifest::{Layout, ResizeMode};
     nvrtc();
-    let gpu = match cuda::CudaPreprocessor::new() {
+    let mut gpu = match cuda::CudaPreprocessor::new() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("preprocessing parity: skipped, no CUDA device here ({e})");
             return;
         }
     };
+    let stream = cudarc::driver::CudaContext::new(0).unwrap().default_stream();
     let rgb = ovseg_tests::load_rgb("motorcycle_left");
     let (w, h) = (rgb.width(), rgb.height());
     // No model needed (so this also runs on a GPU machine without one): a spec like the default
@@ -374,6 +377,161 @@ fn gpu_preprocessing_matches_the_cpu_bit_for_bit_for_every_pixel_format() {
             assert_eq!((got.width, got.height, got.content), (want.width, want.height, want.content), "{case}");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert!(bits(&got.data) == bits(&want.data), "{case}: values differ");
+            // Into a device buffer that an encoder reads in place (holding stale values, which
+            // a letterbox's border must not keep).
+            let mut dst = stream.clone_htod(&vec![7.0f32; want.data.len()]).unwrap();
+            let dims = match layout {
+                Layout::Nchw => [1, 3, want.height, want.width],
+                Layout::Nhwc => [1, want.height, want.width, 3],
+            };
+            let geometry = {
+                let (ptr, _record) = dst.device_ptr_mut(&stream);
+                let too_small = DeviceTensor { ptr, dims: [1, 3, want.height, want.width - 1] };
+                let err = gpu.preprocess_to(frame, &spec, too_small).unwrap_err().to_string();
+                assert!(err.contains("needs"), "{case}: {err}");
+                gpu.preprocess_to(frame, &spec, DeviceTensor { ptr, dims }).unwrap()
+            };
+            assert_eq!((geometry.width, geometry.height, geometry.content), (want.width, want.height, want.content), "{case}");
+            assert!(bits(&stream.clone_dtoh(&dst).unwrap()) == bits(&want.data), "{case}: values in place differ");
         }
+    }
+}
+
+#[test]
+fn encoder_outputs_on_the_device_become_the_cpus_levels_bit_for_bit() {
+    use cudarc::driver::DevicePtr;
+    use engine::backend::{DeviceTensor, nchw_to_pixel_major};
+    use engine::manifest::EmbeddingOutput;
+    let Some(gpu) = gpu_scorer("encoder output parity") else { return };
+    let stream = cudarc::driver::CudaContext::new(0).unwrap().default_stream();
+    let (dim, height, width) = (37, 9, 13);
+    let mut rng = Lcg(5);
+    let mut nchw: Vec<f32> = (0..dim * height * width).map(|_| rng.next() * 4.0 - 2.0).collect();
+    for d in 0..dim {
+        nchw[d * height * width + 7] = 0.0; // one all-zero pixel: left as it is
+    }
+    let spec = EmbeddingOutput { name: "embed".into(), stride: 16, fusion_weight: 1.0, center_offset: Some(7.5) };
+    let up = stream.clone_htod(&nchw).unwrap();
+    let (ptr, _record) = up.device_ptr(&stream);
+    let levels = gpu.levels_from_device(&[DeviceTensor { ptr, dims: [1, dim, height, width] }], std::slice::from_ref(&spec)).unwrap();
+    let got = gpu.download_level(&levels[0]).unwrap();
+    let want = nchw_to_pixel_major(&nchw, dim, height, width, &spec);
+    assert_eq!((got.width, got.height, got.dim, got.stride, got.offset), (want.width, want.height, want.dim, want.stride, want.offset));
+    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got.data), bits(&want.data));
+}
+
+/// Stands in for a GPU image encoder (ONNX Runtime's CUDA and TensorRT providers, which no
+/// machine here has): a fixed pooling-and-projection "network" over the input's values, on the
+/// host. `encode` runs it on a host input; the device path takes the input the pipeline
+/// preprocessed on the GPU and leaves the raw NCHW levels in device memory for the hand-over, as
+/// a GPU provider does. Needs no model files, so the GPU machine runs it from the carry.
+struct SyntheticEncoder {
+    specs: Vec<engine::manifest::EmbeddingOutput>,
+    /// Projection of the three input channels onto each embedding channel.
+    weights: Vec<[f32; 3]>,
+    /// None: host memory only.
+    stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
+    input: Option<(cudarc::driver::CudaSlice<f32>, [usize; 4])>,
+}
+
+impl SyntheticEncoder {
+    fn new(manifest: &engine::Manifest, stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>) -> Self {
+        assert_eq!(manifest.image_encoder.input.layout, engine::manifest::Layout::Nchw);
+        let weights = (0..manifest.embedding_dim).map(|d| [0, 1, 2].map(|c| ((d * 31 + c * 17) as f32 * 0.37).sin())).collect();
+        SyntheticEncoder { specs: manifest.levels_coarse_to_fine(), weights, stream, input: None }
+    }
+
+    /// Per level `[1, dim, h, w]` and its values: each cell's channel means, projected, tanh.
+    fn raw_levels(&self, data: &[f32], width: usize, height: usize) -> Vec<([usize; 4], Vec<f32>)> {
+        let plane = width * height;
+        let dim = self.weights.len();
+        self.specs
+            .iter()
+            .map(|spec| {
+                let s = spec.stride as usize;
+                let (cw, ch) = (width.div_ceil(s), height.div_ceil(s));
+                let mut out = vec![0.0f32; dim * cw * ch];
+                for cy in 0..ch {
+                    for cx in 0..cw {
+                        let (ys, xs) = (cy * s..((cy + 1) * s).min(height), cx * s..((cx + 1) * s).min(width));
+                        let n = (ys.len() * xs.len()) as f32;
+                        let mean = [0, 1, 2].map(|c| ys.clone().flat_map(|y| xs.clone().map(move |x| y * width + x)).map(|i| data[c * plane + i]).sum::<f32>() / n);
+                        for (d, w) in self.weights.iter().enumerate() {
+                            out[d * cw * ch + cy * cw + cx] = (w[0] * mean[0] + w[1] * mean[1] + w[2] * mean[2] + 0.1 * (d as f32).cos()).tanh();
+                        }
+                    }
+                }
+                ([1, dim, ch, cw], out)
+            })
+            .collect()
+    }
+}
+
+impl engine::ImageBackend for SyntheticEncoder {
+    fn name(&self) -> &'static str {
+        "synthetic"
+    }
+
+    fn encode(&mut self, input: &engine::preprocess::NetInput) -> engine::Result<engine::backend::Encoded> {
+        let levels = self
+            .raw_levels(&input.data, input.width, input.height)
+            .into_iter()
+            .zip(&self.specs)
+            .map(|(([_, dim, h, w], data), spec)| engine::backend::nchw_to_pixel_major(&data, dim, h, w, spec))
+            .collect();
+        Ok(engine::backend::Encoded { levels, depth: None })
+    }
+
+    fn device_input(&mut self, width: usize, height: usize) -> Option<engine::Result<engine::backend::DeviceTensor>> {
+        use cudarc::driver::DevicePtr;
+        let stream = self.stream.as_ref()?;
+        let dims = [1, 3, height, width];
+        if self.input.as_ref().is_none_or(|(_, d)| *d != dims) {
+            self.input = Some((stream.alloc_zeros::<f32>(3 * width * height).unwrap(), dims));
+        }
+        let (buffer, _) = self.input.as_ref()?;
+        let (ptr, _record) = buffer.device_ptr(stream);
+        Some(Ok(engine::backend::DeviceTensor { ptr, dims }))
+    }
+
+    fn encode_device(
+        &mut self,
+        take: &mut dyn FnMut(&[engine::backend::DeviceTensor]) -> engine::Result<()>,
+    ) -> engine::Result<Option<EmbeddingMap>> {
+        use cudarc::driver::DevicePtr;
+        let (stream, (buffer, [_, _, height, width])) = self.stream.as_ref().zip(self.input.as_ref()).expect("device_input first");
+        let host = stream.clone_dtoh(buffer).unwrap();
+        let raw = self.raw_levels(&host, *width, *height);
+        let up: Vec<_> = raw.iter().map(|(_, data)| stream.clone_htod(data).unwrap()).collect();
+        let on_device: Vec<_> =
+            up.iter().zip(&raw).map(|(u, (dims, _))| engine::backend::DeviceTensor { ptr: u.device_ptr(stream).0, dims: *dims }).collect();
+        take(&on_device)?;
+        Ok(None)
+    }
+}
+
+#[test]
+fn frames_that_stay_on_the_device_segment_as_the_cpu_does_bit_for_bit() {
+    let Some(gpu) = gpu_scorer("device-resident frames") else { return };
+    // The default model's manifest, no files: the encoder is the synthetic one.
+    let model = engine::Model { dir: std::path::PathBuf::new(), manifest: engine::zoo::build::default_manifest() };
+    let stream = cudarc::driver::CudaContext::new(0).unwrap().default_stream();
+    let mut on_device = engine::Pipeline::with_scorer(&model, Box::new(SyntheticEncoder::new(&model.manifest, Some(stream))), Box::new(gpu));
+    let mut on_cpu = engine::Pipeline::new(&model, Box::new(SyntheticEncoder::new(&model.manifest, None)));
+    let (_, labels) = random_case(11, 40, model.manifest.embedding_dim, &[]);
+    let photo = ovseg_tests::load_rgb("motorcycle_left");
+    let small = image::imageops::thumbnail(&photo, 200, 150);
+    for (case, frame) in [("photo", engine::Frame::from_rgb_image(&photo)), ("thumbnail", engine::Frame::from_rgb_image(&small)), ("photo again", engine::Frame::from_rgb_image(&photo))] {
+        let got = on_device.process(&frame, &labels).unwrap();
+        assert_eq!(on_device.frame_memory(), "device", "{case}: {:?}", on_device.device_path_fallback());
+        let want = on_cpu.process(&frame, &labels).unwrap();
+        assert_eq!(on_cpu.frame_memory(), "host");
+        assert_eq!(got.net_size, want.net_size, "{case}");
+        assert_eq!(got.map.labels, want.map.labels, "{case}: labels");
+        let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.map.confidence), bits(&want.map.confidence), "{case}: confidence");
+        let distinct = want.map.labels.iter().collect::<std::collections::BTreeSet<_>>().len();
+        eprintln!("{case}: {distinct} labels in the map; device path {:?}", got.timings);
     }
 }

@@ -175,3 +175,45 @@ fn int8_calibration_ranges_come_from_real_frames_and_the_cache_is_written_safely
     let e = frames_from_dir(tmp.path(), 10).unwrap_err().to_string();
     assert!(e.contains("broken.png"), "{e}");
 }
+
+/// The I/O binding path the GPU providers use (the input written in place, the levels handed
+/// over in the provider's memory), with host memory standing in for CUDA memory, which this
+/// machine's CPU-only ONNX Runtime cannot allocate: the same binding, run and hand-over as on a
+/// GPU, and the same embeddings as a plain run, bit for bit.
+#[test]
+fn io_binding_hands_over_what_a_plain_run_gives() {
+    use engine::backend::{OrtBackend, host_memory};
+    let model = model();
+    let spec = &model.manifest.image_encoder.input;
+    let mut backend = OrtBackend::cpu(&model.dir, &model.manifest, threads()).unwrap();
+    let large = engine::preprocess::preprocess(&frame("coffee"), spec);
+    let small_photo = image::imageops::thumbnail(&ovseg_tests::load_rgb("motorcycle_left"), 160, 120);
+    let small = engine::preprocess::preprocess(&engine::Frame::from_rgb_image(&small_photo), spec);
+    assert!(backend.device_input(large.width, large.height).is_none(), "an unbound backend works from host memory");
+    let err = backend.encode_through_binding(&large).unwrap_err().to_string();
+    assert!(err.contains("bound to host memory"), "{err}");
+
+    backend.bind_to(host_memory().unwrap()).unwrap();
+    let err = backend.encode_device(&mut |_| Ok(())).unwrap_err().to_string();
+    assert!(err.contains("before device_input"), "{err}");
+    let mut buffers = Vec::new();
+    for input in [&large, &large, &small] {
+        let want = backend.encode(input).unwrap();
+        let got = backend.encode_through_binding(input).unwrap();
+        assert_eq!(got.levels.len(), want.levels.len());
+        for (a, b) in got.levels.iter().zip(&want.levels) {
+            assert_eq!((a.width, a.height, a.dim, a.stride, a.offset), (b.width, b.height, b.dim, b.stride, b.offset));
+            assert!(a.data == b.data, "bound and plain runs differ at {}x{}", input.width, input.height);
+        }
+        assert_eq!(got.depth.is_some(), want.depth.is_some());
+        let dims = backend.device_input(input.width, input.height).unwrap().unwrap();
+        assert_eq!(dims.dims, [1, 3, input.height, input.width]);
+        buffers.push(dims.ptr);
+    }
+    assert_eq!(buffers[0], buffers[1], "the input buffer is kept while the size stays");
+    assert_ne!((large.width, large.height), (small.width, small.height));
+    // A failing hand-over is the caller's error, passed through.
+    backend.device_input(small.width, small.height).unwrap().unwrap();
+    let err = backend.encode_device(&mut |_| Err(engine::EngineError::Gpu("stand-in failure".into()))).unwrap_err();
+    assert!(err.to_string().contains("stand-in failure"), "{err}");
+}

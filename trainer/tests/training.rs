@@ -94,6 +94,13 @@ fn burn_encoder_vs_onnx(model_dir: &Path) -> f32 {
     let mut burn = engine::burn::encoder::BurnBackend::<Flex>::open(model_dir, &model.manifest, Default::default(), "burn-cpu").unwrap();
     let ours = burn.encode(&net).unwrap();
     let theirs = model.image_backend(BackendKind::Cpu, 2).unwrap().encode(&net).unwrap();
+    // The GPU providers' I/O binding path (depth bound to host memory, levels to the device),
+    // host memory standing in for the device: what a plain run gives, bit for bit.
+    let mut bound = engine::backend::OrtBackend::cpu(model_dir, &model.manifest, 2).unwrap();
+    bound.bind_to(engine::backend::host_memory().unwrap()).unwrap();
+    let through = bound.encode_through_binding(&net).unwrap();
+    assert!(through.depth.as_ref().map(|d| &d.data) == theirs.depth.as_ref().map(|d| &d.data), "depth through the binding");
+    assert!(through.levels.iter().zip(&theirs.levels).all(|(a, b)| a.data == b.data) && through.levels.len() == theirs.levels.len());
     assert_eq!(ours.levels.len(), theirs.levels.len());
     let mut worst = 0.0f32;
     // Depth in metres compares relatively (ln depth, as the head computes it).

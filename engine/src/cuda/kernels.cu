@@ -490,3 +490,25 @@ extern "C" __global__ void resize_cols_normalize(
         out[at] = v;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// An image encoder's output left on the device (NCHW, batch 1) to the scorer's levels
+// (backend::nchw_to_pixel_major): pixel-major, each pixel divided by its L2 norm unless the norm
+// is <= 1e-12 (costmap::l2_normalize). One thread per pixel; the squares are summed in channel
+// order, as the CPU's sequential sum does.
+extern "C" __global__ void nchw_to_pixel_major(const float* __restrict__ src, int dim, int pixels, float* __restrict__ out)
+{
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= pixels) return;
+    float sum = -0.0f;
+    for (int d = 0; d < dim; ++d) {
+        const float x = src[(size_t)d * pixels + p];
+        sum += x * x;
+    }
+    const float norm = sqrtf(sum);
+    float* o = out + (size_t)p * dim;
+    for (int d = 0; d < dim; ++d) {
+        const float x = src[(size_t)d * pixels + p];
+        o[d] = norm > 1e-12f ? x / norm : x;
+    }
+}

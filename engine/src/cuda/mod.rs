@@ -14,7 +14,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::error::{EngineError, Result};
 
-pub use preprocess::CudaPreprocessor;
+pub use preprocess::{CudaPreprocessor, NetGeometry};
 pub use scorer::{CudaScorer, DeviceLevel, MAX_FUSED_CANDIDATES, MAX_LABELS};
 pub use stereo::{CudaStereoMatcher, STEREO_ENTRY_POINTS, STEREO_KERNELS};
 
@@ -31,6 +31,7 @@ pub const ENTRY_POINTS: &[&str] = &[
     "paint_labels",
     "resize_rows",
     "resize_cols_normalize",
+    "nchw_to_pixel_major",
 ];
 
 /// Environment variable naming a folder that holds `libnvrtc.so.13`.

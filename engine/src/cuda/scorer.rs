@@ -7,7 +7,9 @@ use std::time::Instant;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::gpu;
+use crate::backend::DeviceTensor;
 use crate::costmap::{Axis, EmbeddingMap, Grid, ScoreField, fusion_axes};
+use crate::manifest::EmbeddingOutput;
 use crate::error::{EngineError, Result};
 use crate::labels::LabelSet;
 use crate::post::{LabelMap, cell_ranges, frame_axes};
@@ -25,6 +27,7 @@ struct Kernels {
     softmax_cells: CudaFunction,
     upsample_argmax: CudaFunction,
     paint_labels: CudaFunction,
+    nchw_to_pixel_major: CudaFunction,
 }
 
 /// The label set last uploaded, kept on the host too so a change is noticed.
@@ -70,6 +73,7 @@ pub struct CudaScorer {
     /// Plans past the kernels' limits (see [`MAX_LABELS`]) are scored here.
     cpu: CpuScorer,
     warned_limits: bool,
+    preprocessor: super::CudaPreprocessor,
 }
 
 fn blocks(n: usize, per_block: usize) -> u32 {
@@ -91,7 +95,9 @@ impl CudaScorer {
             softmax_cells: device.function("softmax_cells")?,
             upsample_argmax: device.function("upsample_argmax")?,
             paint_labels: device.function("paint_labels")?,
+            nchw_to_pixel_major: device.function("nchw_to_pixel_major")?,
         };
+        let preprocessor = super::CudaPreprocessor::on(&device)?;
         let stream = device.stream;
         let unused_f32 = stream.alloc_zeros::<f32>(1).map_err(|e| gpu("alloc", e))?;
         let unused_i32 = stream.alloc_zeros::<i32>(1).map_err(|e| gpu("alloc", e))?;
@@ -104,7 +110,13 @@ impl CudaScorer {
             unused_i32,
             cpu: CpuScorer,
             warned_limits: false,
+            preprocessor,
         })
+    }
+
+    /// Preprocessing on this scorer's device and stream.
+    pub fn preprocessor(&mut self) -> &mut super::CudaPreprocessor {
+        &mut self.preprocessor
     }
 
     pub fn device_name(&self) -> &str {
@@ -268,6 +280,37 @@ impl CudaScorer {
         levels.iter().map(|l| Ok(DeviceLevel { grid: l.grid(), dim: l.dim, data: self.upload(&l.data)? })).collect()
     }
 
+    /// Levels from an image encoder's outputs in device memory (`[1, dim, h, w]` each, coarse
+    /// to fine, as `specs` lists them): transposed and L2-normalised on the device as
+    /// [`crate::backend::nchw_to_pixel_major`] does on the host, bit for bit. Returns once the
+    /// outputs have been read, so their owner may reuse them.
+    pub fn levels_from_device(&self, outputs: &[DeviceTensor], specs: &[EmbeddingOutput]) -> Result<Vec<DeviceLevel>> {
+        if outputs.len() != specs.len() {
+            return Err(EngineError::Runtime(format!("image encoder returned {} levels, the manifest lists {}", outputs.len(), specs.len())));
+        }
+        let mut levels = Vec::with_capacity(outputs.len());
+        for (output, spec) in outputs.iter().zip(specs) {
+            let [_, dim, height, width] = output.dims;
+            let pixels = width * height;
+            let mut data = self.alloc::<f32>(dim * pixels)?;
+            let (dim_i, pixels_i) = (dim as i32, pixels as i32);
+            let mut b = self.stream.launch_builder(&self.kernels.nchw_to_pixel_major);
+            b.arg(&output.ptr).arg(&dim_i).arg(&pixels_i).arg(&mut data);
+            // SAFETY: matches nchw_to_pixel_major in kernels.cu; `output` holds dim x pixels
+            // floats in this context (the backend's contract) and `data` as many.
+            unsafe { b.launch(linear(pixels)) }.map_err(|e| gpu("nchw_to_pixel_major", e))?;
+            levels.push(DeviceLevel { grid: Grid { stride: spec.stride, offset: spec.center_offset(), width, height }, dim, data });
+        }
+        self.stream.synchronize().map_err(|e| gpu("reading the encoder's outputs", e))?;
+        Ok(levels)
+    }
+
+    /// A level copied back to the host (for parity checks).
+    pub fn download_level(&self, level: &DeviceLevel) -> Result<EmbeddingMap> {
+        let Grid { stride, offset, width, height } = level.grid;
+        Ok(EmbeddingMap { stride, offset, width, height, dim: level.dim, data: self.download(&level.data)? })
+    }
+
     /// Cost map, fusion, rejection and softmax, on the device.
     fn fuse(&mut self, levels: &[DeviceLevel], plan: &ScoringPlan) -> Result<DeviceField> {
         plan.check_dims(levels.iter().map(|l| l.dim))?;
@@ -380,6 +423,10 @@ impl CudaScorer {
 impl Scorer for CudaScorer {
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn cuda(&mut self) -> Option<&mut CudaScorer> {
+        Some(self)
     }
 
     fn score(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<Scored> {

@@ -195,7 +195,16 @@ fn open(model: &Model, options: &TensorRtOptions, threads: usize, slot: &cache::
     if matches!(slot.state, SlotState::Build { .. }) {
         slot.record_built()?;
     }
+    bind_to_device(&mut backend);
     Ok(backend)
+}
+
+/// Lets the GPU providers keep the encoder's input and outputs in device memory, where the CUDA
+/// scorer reads them; without that the backend works from host memory, and the log says why.
+fn bind_to_device(backend: &mut OrtBackend) {
+    if let Err(e) = crate::backend::cuda_memory().and_then(|memory| backend.bind_to(memory)) {
+        tracing::warn!("image encoder on {}: input and outputs go through host memory ({e})", backend.name());
+    }
 }
 
 /// The image encoder on ONNX Runtime's CUDA execution provider: the step between TensorRT and
@@ -208,7 +217,9 @@ pub fn load_cuda(model: &Model, threads: usize) -> Result<OrtBackend> {
     let path = model.dir.join(&model.manifest.image_encoder.file);
     let session = runtime::open_session_with_providers(&path, threads, &[ort::ep::CUDA::default().build().error_on_failure()])
         .map_err(|e| EngineError::Gpu(format!("ONNX Runtime CUDA session: {e}")))?;
-    OrtBackend::from_session("onnxruntime-cuda", session, path, &model.manifest)
+    let mut backend = OrtBackend::from_session("onnxruntime-cuda", session, path, &model.manifest)?;
+    bind_to_device(&mut backend);
+    Ok(backend)
 }
 
 /// TensorRT, else ONNX Runtime's CUDA provider, else the CPU, each failure logged and kept as

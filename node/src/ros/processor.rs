@@ -569,6 +569,7 @@ impl Processor {
         let mut values = vec![
             kv("backend", self.pipeline.backend_name().into()),
             kv("scorer", self.pipeline.scorer_name().into()),
+            kv("frame_memory", self.pipeline.frame_memory().into()),
             kv("labels", self.labels.len().to_string()),
             kv("frames_processed", self.frames.to_string()),
             kv("frames_dropped", dropped.to_string()),
@@ -583,6 +584,9 @@ impl Processor {
         }
         if let Some(reason) = self.pipeline.backend_fallback() {
             values.push(kv("backend_fallback", reason.into()));
+        }
+        if let Some(reason) = self.pipeline.device_path_fallback() {
+            values.push(kv("device_path_fallback", reason.into()));
         }
         if let Some(matcher) = &self.stereo {
             values.push(kv("stereo", matcher.device()));
