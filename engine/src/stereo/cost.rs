@@ -19,12 +19,15 @@ dispatch!(fn cost_row => cost_row_impl(out: &mut [u8], left: &[u64], right: &[u6
 
 #[inline(always)]
 fn cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], disps: usize, bits: u8) {
+    // The right row reversed, so that each pixel's codes in disparity order (right x, x-1, ...)
+    // are a forward run, which the compiler turns into vector popcounts.
+    let w = right.len();
+    let reversed: Vec<u64> = right.iter().rev().copied().collect();
     for (x, (cell, &l)) in out.chunks_exact_mut(disps).zip(left).enumerate() {
         let reachable = disps.min(x + 1);
         let (valid, outside) = cell.split_at_mut(reachable);
-        // Right codes x, x-1, ..., x-reachable+1 in disparity order.
-        let window = &right[x + 1 - reachable..=x];
-        for (c, &r) in valid.iter_mut().zip(window.iter().rev()) {
+        let window = &reversed[w - 1 - x..][..reachable];
+        for (c, &r) in valid.iter_mut().zip(window) {
             *c = (l ^ r).count_ones() as u8;
         }
         outside.fill(bits);
