@@ -116,6 +116,9 @@ impl CudaPreprocessor {
                 3 * width * height
             )));
         }
+        // The raw call below does not make the context current itself (cudarc's calls do); the
+        // pipeline may run on a thread that has none yet.
+        self.stream.context().bind_to_thread().map_err(|e| gpu("making the context current", e))?;
         // SAFETY: `dst` is a live device buffer of `dst.len()` floats (the caller's contract).
         unsafe { cudarc::driver::result::memset_d8_async(dst.ptr, 0, 4 * dst.len(), self.stream.cu_stream()) }.map_err(|e| gpu("clearing the input", e))?;
         self.launch(frame, spec, dst.ptr)?;
