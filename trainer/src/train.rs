@@ -154,6 +154,11 @@ fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Resu
 
 fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &TrainOptions, device: B::Device, device_name: &str) -> Result<TrainReport> {
     check_destination(out)?;
+    // The checkpoint goes next to the output directory, from the first evaluation on: its
+    // folder must exist before training starts, not when the first save fails.
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     let resume = options.resume.as_deref().map(|path| resume_point(path, config)).transpose()?;
     let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.threads };
     let (train_split, val_split) = config.splits()?;

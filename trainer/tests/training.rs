@@ -236,7 +236,8 @@ fn the_burn_backbone_tail_equals_the_onnx_graph() {
 #[test]
 fn tuning_the_last_block_trains_and_exports_what_burn_computed() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("model");
+    // In folders that do not exist yet: they are made before training starts.
+    let out = dir.path().join("runs").join("tuned").join("model");
     let config = TrainConfig { tune_blocks: 1, synthetic_train: 8, synthetic_val: 4, copies: 1, ..tiny(12) };
     let report = run(&config, &out, None).unwrap();
     println!("tune_blocks 1: held-out mIoU untrained {:.3}, trained {:.3}", report.untrained.miou, report.trained.miou);
