@@ -18,8 +18,10 @@ pub enum EngineError {
     #[error("labels: {0}")]
     Labels(String),
 
-    #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    /// The message carries the OS error, so it is not also chained as a source (which would
+    /// print it twice under `{:#}`).
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
 
     #[error("model fetch: {0}")]
     Fetch(String),
@@ -42,7 +44,7 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        EngineError::Io { context: context.into(), source }
+        EngineError::Io { context: context.into(), error: source }
     }
     pub fn frame(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
         EngineError::Frame { field, value: value.to_string(), reason: reason.into() }
@@ -56,3 +58,17 @@ impl<R> From<ort::Error<R>> for EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_is_told_once() {
+        let e = EngineError::io("writing /x/y", std::io::Error::from(std::io::ErrorKind::NotFound));
+        let text = e.to_string();
+        assert!(text.starts_with("writing /x/y: ") && text.contains("not found"), "{text}");
+        // Not chained as well: `{:#}` printers (anyhow) would repeat it.
+        assert!(std::error::Error::source(&e).is_none());
+    }
+}

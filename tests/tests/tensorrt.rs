@@ -158,7 +158,7 @@ fn int8_calibration_ranges_come_from_real_frames_and_the_cache_is_written_safely
     assert!(table.ranges.values().all(|r| r.is_finite()));
 
     let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("calibration.cache");
+    let cache = tmp.path().join("jetson").join("calibration.cache"); // its folder is made
     table.save(&cache, None).unwrap();
     let back = CalibrationTable::parse(&std::fs::read_to_string(&cache).unwrap()).unwrap();
     assert_eq!(back.ranges.len(), table.ranges.len());

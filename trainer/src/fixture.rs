@@ -92,7 +92,7 @@ pub(crate) fn write(path: &Path, config: &TrainConfig, labels: &LabelSet, anchor
         .map(|(name, shape, data)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), data)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let bytes = safetensors::serialize(views, Some(HashMap::from([(META_KEY.to_string(), serde_json::to_string(&meta)?)])))?;
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    engine::labels::write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn read(path: &Path) -> Result<Fixture> {

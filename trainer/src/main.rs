@@ -266,6 +266,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes a report through a temporary file, making its folder first (as `--out` folders are).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    engine::labels::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

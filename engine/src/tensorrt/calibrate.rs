@@ -113,6 +113,9 @@ impl CalibrationTable {
                 return Err(EngineError::TensorRt(format!("{} exists and is not a calibration cache; not replacing it", path.display())));
             }
         }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+        }
         let tmp = path.with_extension("tmp-calibration");
         std::fs::write(&tmp, self.to_cache(tensorrt_version)).map_err(|e| EngineError::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, path).map_err(|e| EngineError::io(format!("writing {}", path.display()), e))

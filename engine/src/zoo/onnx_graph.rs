@@ -35,18 +35,20 @@ pub enum GraphError {
         actual: usize,
     },
     #[error("invalid ONNX model: {0}")]
-    Parse(#[from] onnx_rs::Error),
+    Parse(onnx_rs::Error),
     #[error("ONNX model has no graph")]
     NoGraph,
-    #[error("{path}: {source}")]
+    // The messages carry the inner error; naming the fields `error` keeps thiserror from also
+    // chaining it as a source, which would print it twice under `{:#}`.
+    #[error("{path}: {error}")]
     Io {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     InFile {
         path: String,
-        source: Box<GraphError>,
+        error: Box<GraphError>,
     },
 }
 
@@ -494,7 +496,7 @@ impl GraphBuilder {
         let bytes = self.to_bytes()?;
         std::fs::write(path, bytes).map_err(|source| GraphError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         })
     }
 }
@@ -578,7 +580,7 @@ pub struct ModelIo {
 
 /// Reads the inputs/outputs (names, element types, dims incl. symbolic) of an ONNX model.
 pub fn read_model_io(bytes: &[u8]) -> Result<ModelIo, GraphError> {
-    let model = onnx_rs::parse(bytes)?;
+    let model = onnx_rs::parse(bytes).map_err(GraphError::Parse)?;
     let graph = model.graph.as_ref().ok_or(GraphError::NoGraph)?;
     let desc = |v: &ValueInfo<'_>| IoDesc {
         name: v.name.to_string(),
@@ -611,11 +613,11 @@ pub fn read_model_io(bytes: &[u8]) -> Result<ModelIo, GraphError> {
 pub fn read_model_io_file(path: &Path) -> Result<ModelIo, GraphError> {
     let bytes = std::fs::read(path).map_err(|source| GraphError::Io {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     read_model_io(&bytes).map_err(|e| GraphError::InFile {
         path: path.display().to_string(),
-        source: Box::new(e),
+        error: Box::new(e),
     })
 }
 

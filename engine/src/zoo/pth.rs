@@ -31,14 +31,15 @@ pub type StateDict = BTreeMap<String, Tensor>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PthError {
-    #[error("{path}: {source}")]
+    // `error`, not `source`: the message carries it (see GraphError).
+    #[error("{path}: {error}")]
     Io {
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Wraps any format error with the file it came from.
-    #[error("{path}: {source}")]
-    InFile { path: String, source: Box<PthError> },
+    #[error("{path}: {error}")]
+    InFile { path: String, error: Box<PthError> },
     #[error(
         "zip-based torch.save archive: only the legacy (pre-zip, torch < 1.6 style) format is supported"
     )]
@@ -95,11 +96,11 @@ pub enum PthError {
 pub fn load_state_dict(path: &Path) -> Result<StateDict, PthError> {
     let bytes = std::fs::read(path).map_err(|source| PthError::Io {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     load_state_dict_from_bytes(&bytes).map_err(|e| PthError::InFile {
         path: path.display().to_string(),
-        source: Box::new(e),
+        error: Box::new(e),
     })
 }
 

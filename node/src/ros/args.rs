@@ -27,10 +27,11 @@ pub enum ArgsError {
     NotUtf8(String),
     #[error("invalid {kind} \"{name}\": {reason}")]
     InvalidName { kind: &'static str, name: String, reason: String },
-    #[error("cannot read parameters file {}: {source}", path.display())]
-    ParamsFileRead { path: PathBuf, source: std::io::Error },
-    #[error("parameters file {}: {source}", path.display())]
-    ParamsFileYaml { path: PathBuf, source: serde_yaml_ng::Error },
+    // `error`, not `source`: the message carries it, so it is not chained a second time.
+    #[error("cannot read parameters file {}: {error}", path.display())]
+    ParamsFileRead { path: PathBuf, error: std::io::Error },
+    #[error("parameters file {}: {error}", path.display())]
+    ParamsFileYaml { path: PathBuf, error: serde_yaml_ng::Error },
     #[error("parameters file {}: {key}: {reason}", path.display())]
     ParamsFile { path: PathBuf, key: String, reason: String },
     #[error("environment variable {var}=\"{value}\" is invalid: expected {expected}")]
@@ -287,8 +288,8 @@ fn yaml_to_param(value: &Value) -> Result<ParameterValue, String> {
 /// name (rclcpp: file order wins, not specificity). Entries for other nodes are
 /// still type-checked, so a file fails the same way for every node.
 pub fn load_params_file(path: &Path, node_fqn: &str) -> Result<Vec<(String, ParameterValue)>, ArgsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ArgsError::ParamsFileRead { path: path.to_path_buf(), source })?;
-    let doc: Value = serde_yaml_ng::from_str(&text).map_err(|source| ArgsError::ParamsFileYaml { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| ArgsError::ParamsFileRead { path: path.to_path_buf(), error })?;
+    let doc: Value = serde_yaml_ng::from_str(&text).map_err(|error| ArgsError::ParamsFileYaml { path: path.to_path_buf(), error })?;
     let mut out = Vec::new();
     match &doc {
         Value::Null => {}
