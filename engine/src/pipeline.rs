@@ -186,7 +186,8 @@ pub struct Pipeline {
     device_path_fallback: Option<String>,
     manifest: Manifest,
     options: SegmentOptions,
-    fusion_weights: Vec<f32>,
+    /// The encoder's levels, coarse to fine.
+    levels: Vec<crate::manifest::EmbeddingOutput>,
 }
 
 impl Pipeline {
@@ -203,7 +204,7 @@ impl Pipeline {
             on_device: false,
             device_path_fallback: None,
             options: SegmentOptions::from_manifest(&model.manifest.segmentation),
-            fusion_weights: model.manifest.levels_coarse_to_fine().iter().map(|l| l.fusion_weight).collect(),
+            levels: model.manifest.levels_coarse_to_fine(),
             manifest: model.manifest.clone(),
         }
     }
@@ -262,7 +263,7 @@ impl Pipeline {
         let (net_width, net_height, content) = crate::preprocess::plan(frame.width, frame.height, spec);
         #[cfg(not(feature = "cuda"))]
         let _ = (net_width, net_height);
-        let fusion_weights = self.fusion_weights.clone(); // a few floats; frees `self` below
+        let fusion_weights: Vec<f32> = self.levels.iter().map(|l| l.fusion_weight).collect(); // a few floats; frees `self` below
         let plan = ScoringPlan {
             labels,
             logit_scale: self.options.logit_scale,
@@ -326,7 +327,7 @@ impl Pipeline {
         }
         let input = self.backend.device_input(net.0, net.1)?;
         let spec = &self.manifest.image_encoder.input;
-        let level_specs = self.manifest.levels_coarse_to_fine();
+        let level_specs = &self.levels;
         let backend = &mut self.backend;
         let run = || -> Result<_> {
             let mut timings = StageTimings::default();
@@ -342,7 +343,7 @@ impl Pipeline {
             let depth = {
                 let _s = tracing::debug_span!("image_encoder", backend = backend.name(), memory = "device").entered();
                 backend.encode_device(&mut |outputs| {
-                    levels = Some(gpu.levels_from_device(outputs, &level_specs)?);
+                    levels = Some(gpu.levels_from_device(outputs, level_specs)?);
                     Ok(())
                 })?
             };

@@ -121,7 +121,7 @@ impl CudaPreprocessor {
         self.stream.context().bind_to_thread().map_err(|e| gpu("making the context current", e))?;
         // SAFETY: `dst` is a live device buffer of `dst.len()` floats (the caller's contract).
         unsafe { cudarc::driver::result::memset_d8_async(dst.ptr, 0, 4 * dst.len(), self.stream.cu_stream()) }.map_err(|e| gpu("clearing the input", e))?;
-        self.launch(frame, spec, dst.ptr)?;
+        self.launch(frame, spec, (width, height, content), dst.ptr)?;
         self.stream.synchronize().map_err(|e| gpu("preprocessing", e))?;
         Ok(NetGeometry { width, height, content })
     }
@@ -134,16 +134,15 @@ impl CudaPreprocessor {
         {
             let stream = self.stream.clone();
             let (ptr, _record) = out.device_ptr_mut(&stream);
-            self.launch(frame, spec, ptr)?;
+            self.launch(frame, spec, (nw, nh, content), ptr)?;
         }
         let data = self.stream.clone_dtoh(&out).map_err(|e| gpu("copy from device", e))?;
         Ok(NetInput { width: nw, height: nh, layout: spec.layout, data, content })
     }
 
     /// Queues both passes for a validated frame, writing the network input at device address
-    /// `out` (zeroed, `plan`'s size).
-    fn launch(&mut self, frame: &Frame, spec: &ImageInputSpec, out: u64) -> Result<()> {
-        let (nw, nh, content) = plan(frame.width, frame.height, spec);
+    /// `out` (zeroed, of the size `plan` gave the caller).
+    fn launch(&mut self, frame: &Frame, spec: &ImageInputSpec, (nw, nh, content): (usize, usize, ContentRect), out: u64) -> Result<()> {
         let (cw, ch) = (content.width as usize, content.height as usize);
         let (fw, fh) = (frame.width as usize, frame.height as usize);
         let (tx, ty) = (self.upload_taps(&taps(fw, cw))?, self.upload_taps(&taps(fh, ch))?);

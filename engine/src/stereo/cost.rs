@@ -12,17 +12,18 @@ pub(crate) fn cost_volume(isa: Isa, left: &[u64], right: &[u64], width: usize, b
     let disps = cost.len() / left.len();
     cost.par_chunks_mut(width * disps)
         .zip(left.par_chunks(width).zip(right.par_chunks(width)))
-        .for_each(|(out, (l, r))| cost_row(isa, out, l, r, disps, bits));
+        .for_each_init(|| Vec::with_capacity(width), |reversed, (out, (l, r))| cost_row(isa, out, l, r, reversed, disps, bits));
 }
 
-dispatch!(fn cost_row => cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], disps: usize, bits: u8));
+dispatch!(fn cost_row => cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec<u64>, disps: usize, bits: u8));
 
 #[inline(always)]
-fn cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], disps: usize, bits: u8) {
+fn cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec<u64>, disps: usize, bits: u8) {
     // The right row reversed, so that each pixel's codes in disparity order (right x, x-1, ...)
     // are a forward run, which the compiler turns into vector popcounts.
     let w = right.len();
-    let reversed: Vec<u64> = right.iter().rev().copied().collect();
+    reversed.clear();
+    reversed.extend(right.iter().rev());
     for (x, (cell, &l)) in out.chunks_exact_mut(disps).zip(left).enumerate() {
         let reachable = disps.min(x + 1);
         let (valid, outside) = cell.split_at_mut(reachable);
