@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::isa::{Isa, dispatch};
 use super::params::{Paths, StereoParams};
+use super::select::{self, RightBest, Select};
 
 /// P1/P2 for the step between two neighbouring left-image pixels.
 #[derive(Clone, Copy)]
@@ -65,8 +66,10 @@ struct Grid<'a> {
     pen: Penalties<'a>,
 }
 
-/// Fills `sum` (same size as `cost`; its old contents do not matter).
-pub(crate) fn aggregate(isa: Isa, cost: &[u8], width: usize, disps: usize, pen: Penalties<'_>, paths: Paths, sum: &mut [u16]) {
+/// Aggregates `cost` into `sum` (same size; its old contents do not matter) and selects each
+/// row's disparity into `out` as soon as the row's last path is added, while its S is still in
+/// cache: reading the 78 MB of S back from memory afterwards cost more than the selection.
+pub(crate) fn aggregate_and_select(isa: Isa, cost: &[u8], width: usize, disps: usize, pen: Penalties<'_>, paths: Paths, sel: Select, sum: &mut [u16], out: &mut [f32]) {
     let grid = Grid { width, disps, pen };
     let row_len = width * disps;
     sum.par_chunks_mut(row_len).zip(cost.par_chunks(row_len)).enumerate().for_each_init(
@@ -80,12 +83,40 @@ pub(crate) fn aggregate(isa: Isa, cost: &[u8], width: usize, disps: usize, pen: 
     };
     // The top-down and bottom-up sweeps run at the same time on opposite halves of the image,
     // then swap halves: one hand-over instead of a barrier per row, and S rows never shared.
+    // In the second round each row is final once swept, and its selection is spawned.
     let height = cost.len() / row_len;
     let half = height / 2;
     let (mut down, mut up) = (Sweep::new(&grid, dxs, true), Sweep::new(&grid, dxs, false));
     let (top, bottom) = sum.split_at_mut(half * row_len);
-    rayon::join(|| down.rows(isa, cost, top, 0), || up.rows(isa, cost, bottom, half));
-    rayon::join(|| down.rows(isa, cost, bottom, half), || up.rows(isa, cost, top, 0));
+    rayon::join(|| down.rows(isa, cost, top, 0, |_, _| {}), || up.rows(isa, cost, bottom, half, |_, _| {}));
+    let (out_top, out_bottom) = out.split_at_mut(half * width);
+    rayon::scope(|scope| {
+        rayon::join(
+            || down.rows(isa, cost, bottom, half, select_into(scope, isa, sel, out_bottom, true)),
+            || up.rows(isa, cost, top, 0, select_into(scope, isa, sel, out_top, false)),
+        );
+    });
+}
+
+/// What a sweep calls after each final row (rows come in the sweep's order): spawns that
+/// row's selection into its row of `out`.
+fn select_into<'a, 's>(
+    scope: &'a rayon::Scope<'s>,
+    isa: Isa,
+    sel: Select,
+    out: &'s mut [f32],
+    down: bool,
+) -> impl FnMut(usize, &'s [u16]) + Send + use<'a, 's> {
+    let mut rows: Vec<_> = out.chunks_mut(sel.width).collect();
+    if !down {
+        rows.reverse();
+    }
+    let mut rows = rows.into_iter();
+    move |_, s| {
+        if let Some(o) = rows.next() {
+            scope.spawn(move |_| select::select_row(isa, &sel, s, o, &mut RightBest::default()));
+        }
+    }
 }
 
 /// Path cost buffers keep one guard entry each side of the D levels (`[guard, L(0..D), guard]`)
@@ -191,14 +222,18 @@ impl<'g, 'a> Sweep<'g, 'a> {
     }
 
     /// Sweeps the image rows that `sum` holds (starting at row `y0`), in the sweep's direction;
-    /// they must continue where the previous call stopped.
-    fn rows(&mut self, isa: Isa, cost: &[u8], sum: &mut [u16], y0: usize) {
+    /// they must continue where the previous call stopped. `swept(y, S row)` follows each row.
+    fn rows<'s>(&mut self, isa: Isa, cost: &[u8], sum: &'s mut [u16], y0: usize, mut swept: impl FnMut(usize, &'s [u16])) {
         let (w, nd, np) = (self.grid.width, self.grid.disps, self.dxs.len());
         let (row_len, slot) = (w * nd, nd + 2);
         let chunk = (w / (2 * rayon::current_num_threads())).max(16);
-        let rows = sum.len() / row_len;
-        for i in 0..rows {
-            let y = if self.down { y0 + i } else { y0 + rows - 1 - i };
+        let mut rows: Vec<&'s mut [u16]> = sum.chunks_mut(row_len).collect();
+        if !self.down {
+            rows.reverse();
+        }
+        let count = rows.len();
+        for (i, s) in rows.into_iter().enumerate() {
+            let y = if self.down { y0 + i } else { y0 + count - 1 - i };
             let row = SweepRow {
                 y,
                 qy: if self.down { y.wrapping_sub(1) } else { y + 1 },
@@ -209,14 +244,14 @@ impl<'g, 'a> Sweep<'g, 'a> {
                 dxs: self.dxs,
             };
             let grid = self.grid;
-            sum[(y - y0) * row_len..][..row_len]
-                .par_chunks_mut(chunk * nd)
+            s.par_chunks_mut(chunk * nd)
                 .zip(self.cur.par_chunks_mut(chunk * np * slot).zip(self.cur_min.par_chunks_mut(chunk * np)))
                 .enumerate()
                 .for_each(|(ci, (s, (c, m)))| sweep_chunk(isa, grid, &row, ci * chunk, s, c, m));
             std::mem::swap(&mut self.prev, &mut self.cur);
             std::mem::swap(&mut self.prev_min, &mut self.cur_min);
             self.done += 1;
+            swept(y, s);
         }
     }
 }

@@ -225,14 +225,10 @@ impl StereoMatcher {
 
         let t = Instant::now();
         let pen = aggregate::Penalties::new(params, left.pixels, labels);
-        aggregate::aggregate(isa, &self.cost, w, nd, pen, params.paths, &mut self.sum);
-        timings.aggregate_ms = ms(t);
-
-        let t = Instant::now();
         let mut data = vec![f32::NAN; n];
         let sel = select::Select { width: w, disps: nd, uniqueness: params.uniqueness, lr_max_diff: params.lr_max_diff };
-        select::select(isa, &self.sum, sel, &mut data);
-        timings.select_ms = ms(t);
+        aggregate::aggregate_and_select(isa, &self.cost, w, nd, pen, params.paths, sel, &mut self.sum, &mut data);
+        timings.aggregate_ms = ms(t);
         timings.total_ms = ms(t0);
 
         Ok((Disparity { width: w, height: left.height, data }, timings))

@@ -5,9 +5,8 @@
 //! d = 0 or D-1); then the left-right check against the right image's winner-take-all
 //! disparities, read from the same S (right pixel x at disparity d is left pixel x + d).
 //! Invalid pixels are NaN.
-use rayon::prelude::*;
-
-use crate::isa::{Isa, dispatch};
+use super::params::MAX_DISPARITIES;
+use crate::isa::dispatch;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Select {
@@ -17,17 +16,18 @@ pub(crate) struct Select {
     pub lr_max_diff: Option<u16>,
 }
 
-pub(crate) fn select(isa: Isa, sum: &[u16], sel: Select, out: &mut [f32]) {
-    let row_len = sel.width * sel.disps;
-    out.par_chunks_mut(sel.width)
-        .zip(sum.par_chunks(row_len))
-        .for_each_init(|| vec![0u32; sel.width], |rbest, (o, s)| select_row(isa, &sel, s, o, rbest));
+/// Winner-take-all of the right image, built up from the left pixels' costs: lowest cost and
+/// its disparity per right pixel.
+#[derive(Default)]
+pub(crate) struct RightBest {
+    cost: Vec<u16>,
+    disp: Vec<u16>,
 }
 
-dispatch!(fn select_row => select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], rbest: &mut [u32]));
+dispatch!(pub(crate) fn select_row => select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], right: &mut RightBest));
 
 #[inline(always)]
-fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], rbest: &mut [u32]) {
+fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], right: &mut RightBest) {
     let nd = sel.disps;
     for (x, o) in out.iter_mut().enumerate() {
         let s = &sum[x * nd..][..nd];
@@ -36,14 +36,24 @@ fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], rbest: &mut [u32]
     }
     let Some(max_diff) = sel.lr_max_diff else { return };
     // Right image: right pixel xr at disparity d is left pixel xr + d. Stored mirrored
-    // (entry w-1-xr) so that a left pixel's costs update a forward run of entries.
+    // (entry w-1-xr) so that a left pixel's costs update a forward run of entries. Left pixels
+    // come in increasing x, so each right pixel sees its levels in increasing d: a strict
+    // "lower" keeps the smallest disparity among equal costs.
     let w = out.len();
-    rbest.fill(u32::MAX);
+    let RightBest { cost, disp } = right;
+    cost.clear();
+    cost.resize(w, u16::MAX);
+    disp.clear();
+    disp.resize(w, u16::MAX);
     for x in 0..w {
         let m = nd.min(x + 1);
-        let (s, rb) = (&sum[x * nd..][..m], &mut rbest[w - 1 - x..][..m]);
-        for d in 0..m {
-            rb[d] = rb[d].min(pack(s[d], d));
+        let s = &sum[x * nd..][..m];
+        let (rc, rd) = (&mut cost[w - 1 - x..][..m], &mut disp[w - 1 - x..][..m]);
+        for (((&v, &d), c), r) in s.iter().zip(&LEVELS[..m]).zip(rc).zip(rd) {
+            // Both entries read and written every time: a conditional store would not vectorise.
+            let (old_cost, old_disp) = (*c, *r);
+            *c = v.min(old_cost);
+            *r = if v < old_cost { d } else { old_disp };
         }
     }
     for (x, o) in out.iter_mut().enumerate() {
@@ -52,39 +62,50 @@ fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], rbest: &mut [u32]
         }
         // Round half up, written out so that the GPU port can do the same (floorf(d + 0.5f)).
         let d = (*o + 0.5).floor() as usize;
-        if d > x || ((rbest[w - 1 - (x - d)] & 0xFFFF) as u16).abs_diff(d as u16) > max_diff {
+        if d > x || disp[w - 1 - (x - d)].abs_diff(d as u16) > max_diff {
             *o = f32::NAN;
         }
     }
 }
 
-/// Cost in the high half, level in the low half: the smallest packed value is the lowest cost
-/// and, among equal costs, the smallest disparity (one vectorisable min, no search).
-#[inline(always)]
-fn pack(v: u16, d: usize) -> u32 {
-    (u32::from(v) << 16) | d as u32
-}
+/// 0, 1, 2, ...: the disparity of each level, as a slice to zip with (an index counter
+/// would not vectorise).
+static LEVELS: [u16; MAX_DISPARITIES] = {
+    let mut l = [0; MAX_DISPARITIES];
+    let mut i = 0;
+    while i < MAX_DISPARITIES {
+        l[i] = i as u16;
+        i += 1;
+    }
+    l
+};
 
-/// (lowest cost, its smallest disparity).
+/// (lowest cost, its smallest disparity): cost in the high half, level in the low half, so
+/// the smallest packed value is the answer (one vectorisable min, no search).
 #[inline(always)]
 fn argmin(s: &[u16]) -> (u16, usize) {
     let mut best = u32::MAX;
     for (d, &v) in s.iter().enumerate() {
-        best = best.min(pack(v, d));
+        best = best.min((u32::from(v) << 16) | d as u32);
     }
     ((best >> 16) as u16, (best & 0xFFFF) as usize)
 }
 
 /// OpenCV's rule: every level more than one away from the best must cost at least
-/// best * 100 / (100 - uniqueness).
+/// best * 100 / (100 - uniqueness). Counted in one pass over all levels (the levels that fall
+/// short, less those next to the best), which vectorises where two partial minima did not.
 #[inline(always)]
 fn unique(s: &[u16], best: usize, min: u16, uniqueness: u8) -> bool {
     if uniqueness == 0 {
         return true;
     }
-    let (below, above) = (&s[..best.saturating_sub(1)], s.get(best + 2..).unwrap_or(&[]));
-    let second = below.iter().copied().fold(u16::MAX, u16::min).min(above.iter().copied().fold(u16::MAX, u16::min));
-    u32::from(second) * (100 - u32::from(uniqueness)) >= u32::from(min) * 100
+    // v * (100 - u) < min * 100  <=>  v < ceil(min * 100 / (100 - u))  <=>  v <= bound.
+    let limit = (u32::from(min) * 100).div_ceil(100 - u32::from(uniqueness));
+    let Some(bound) = limit.checked_sub(1) else { return true };
+    let bound = bound.min(u32::from(u16::MAX)) as u16;
+    let short = s.iter().fold(0u16, |n, &v| n + u16::from(v <= bound));
+    let near = (best.saturating_sub(1)..(best + 2).min(s.len())).filter(|&d| s[d] <= bound).count() as u16;
+    short == near
 }
 
 #[inline(always)]
