@@ -173,7 +173,7 @@ impl DisparityMatcher for CudaStereoMatcher {
         // SAFETY: matches cost_volume(); cost holds w*h*nd bytes.
         unsafe { l.launch(cfg) }.map_err(|e| gpu("cost volume", e))?;
         sync("cost volume")?;
-        timings.cost_ms = ms(t);
+        timings.cost_ms = Some(ms(t));
 
         let t = Instant::now();
         stream.memset_zeros(&mut b.sum).map_err(|e| gpu("clearing the path sums", e))?;
@@ -221,7 +221,7 @@ impl DisparityMatcher for CudaStereoMatcher {
             unsafe { l.launch(per_pixel(w, h)) }.map_err(|e| gpu("left-right check", e))?;
         }
         let data = stream.clone_dtoh(&b.disparity).map_err(|e| gpu("disparity download", e))?;
-        timings.select_ms = ms(t);
+        timings.select_ms = Some(ms(t));
         timings.total_ms = ms(t0);
         Ok((Disparity { width: w, height: h, data }, timings))
     }

@@ -1,16 +1,28 @@
-//! Stage 3: semi-global aggregation (Hirschmüller 2008).
+//! Stages 2-4 on the CPU, interleaved row by row: matching cost, semi-global aggregation
+//! (Hirschmüller 2008) and disparity selection.
 //!
 //! Along each path direction r: L_r(p, d) = C(p, d) + min(L_r(q, d), L_r(q, d±1) + P1,
 //! min_k L_r(q, k) + P2) - min_k L_r(q, k), with q the predecessor of p on the path; a path
 //! starts with L_r = C where q falls outside the image. S(p, d) = sum over paths of L_r(p, d).
 //! Each L_r is at most bits + P2, so S fits a u16 (see `MAX_PENALTY`): at 640x480 with D = 128
 //! S takes 78 MB. Everything is integer, so the order in which paths are added does not change
-//! S; here: left-right then right-left per row, then the top-down sweep (vertical, then the two
-//! diagonals) and the bottom-up one, interleaved by image halves.
+//! S, and the order of work is chosen for the memory traffic:
+//! - The top-down sweep (vertical, with 8 paths also the two diagonals) and the bottom-up one
+//!   run at the same time on opposite halves of the image, then swap halves: one hand-over
+//!   instead of a barrier per row, and S rows never shared.
+//! - In the first round, a row's costs and its two horizontal paths are computed just before the
+//!   sweep reaches it (the next rows while the sweep works on the current ones), so the sweep
+//!   finds the row in cache.
+//! - In the second round a row is final once swept; its disparity is selected while the sweep
+//!   goes on to the next row, again from cache.
+//!
+//! So S goes to memory once and comes back once; with the stages one after another it went
+//! there and back three times and was read a fourth time for selection.
 use rayon::prelude::*;
 
 use crate::isa::{Isa, dispatch};
 use super::params::{Paths, StereoParams};
+use super::cost;
 use super::select::{self, RightBest, Select};
 
 /// P1/P2 for the step between two neighbouring left-image pixels.
@@ -66,56 +78,70 @@ struct Grid<'a> {
     pen: Penalties<'a>,
 }
 
-/// Aggregates `cost` into `sum` (same size; its old contents do not matter) and selects each
-/// row's disparity into `out` as soon as the row's last path is added, while its S is still in
-/// cache: reading the 78 MB of S back from memory afterwards cost more than the selection.
-pub(crate) fn aggregate_and_select(isa: Isa, cost: &[u8], width: usize, disps: usize, pen: Penalties<'_>, paths: Paths, sel: Select, sum: &mut [u16], out: &mut [f32]) {
+/// Census codes of both images, one per pixel, and the code length.
+#[derive(Clone, Copy)]
+pub(crate) struct Census<'a> {
+    pub left: &'a [u64],
+    pub right: &'a [u64],
+    pub bits: u8,
+}
+
+/// Fills `cost` and `sum` (W*H*D each; their old contents do not matter) and writes each
+/// pixel's disparity into `out` (NaN where invalid).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn match_rows(isa: Isa, census: Census<'_>, width: usize, disps: usize, pen: Penalties<'_>, paths: Paths, sel: Select, cost: &mut [u8], sum: &mut [u16], out: &mut [f32]) {
     let grid = Grid { width, disps, pen };
-    let row_len = width * disps;
-    sum.par_chunks_mut(row_len).zip(cost.par_chunks(row_len)).enumerate().for_each_init(
-        || (vec![GUARD; disps + 2], vec![GUARD; disps + 2]),
-        |(a, b), (y, (s, c))| horizontal_row(isa, &grid, y, c, s, a, b),
-    );
     // Predecessor x offsets of the sweeps: vertical, then the diagonals.
     let dxs: &[isize] = match paths {
         Paths::Four => &[0],
         Paths::Eight => &[0, 1, -1],
     };
-    // The top-down and bottom-up sweeps run at the same time on opposite halves of the image,
-    // then swap halves: one hand-over instead of a barrier per row, and S rows never shared.
-    // In the second round each row is final once swept, and its selection is spawned.
-    let height = cost.len() / row_len;
-    let half = height / 2;
+    let row_len = width * disps;
+    let half = sum.len() / row_len / 2;
+    let prep = Prep { isa, grid: &grid, census };
     let (mut down, mut up) = (Sweep::new(&grid, dxs, true), Sweep::new(&grid, dxs, false));
-    let (top, bottom) = sum.split_at_mut(half * row_len);
-    rayon::join(|| down.rows(isa, cost, top, 0, |_, _| {}), || up.rows(isa, cost, bottom, half, |_, _| {}));
+    let (cost_top, cost_bottom) = cost.split_at_mut(half * row_len);
+    let (sum_top, sum_bottom) = sum.split_at_mut(half * row_len);
+    rayon::join(|| down.first_round(isa, &prep, cost_top, sum_top, 0), || up.first_round(isa, &prep, cost_bottom, sum_bottom, half));
     let (out_top, out_bottom) = out.split_at_mut(half * width);
-    rayon::scope(|scope| {
-        rayon::join(
-            || down.rows(isa, cost, bottom, half, select_into(scope, isa, sel, out_bottom, true)),
-            || up.rows(isa, cost, top, 0, select_into(scope, isa, sel, out_top, false)),
-        );
-    });
+    rayon::join(
+        || down.second_round(isa, &sel, cost_bottom, sum_bottom, out_bottom, half),
+        || up.second_round(isa, &sel, cost_top, sum_top, out_top, 0),
+    );
 }
 
-/// What a sweep calls after each final row (rows come in the sweep's order): spawns that
-/// row's selection into its row of `out`.
-fn select_into<'a, 's>(
-    scope: &'a rayon::Scope<'s>,
+/// A row to prepare: image row index, its costs and its S (both still to be written).
+type NewRow<'r> = (usize, (&'r mut [u8], &'r mut [u16]));
+/// A prepared row: image row index, its costs, its S.
+type ReadyRow<'r> = (usize, &'r [u8], &'r mut [u16]);
+
+/// What a row needs before the sweeps reach it: its costs and its horizontal paths.
+struct Prep<'g, 'a> {
     isa: Isa,
-    sel: Select,
-    out: &'s mut [f32],
-    down: bool,
-) -> impl FnMut(usize, &'s [u16]) + Send + use<'a, 's> {
-    let mut rows: Vec<_> = out.chunks_mut(sel.width).collect();
-    if !down {
-        rows.reverse();
+    grid: &'g Grid<'a>,
+    census: Census<'a>,
+}
+
+impl Prep<'_, '_> {
+    /// Prepares `rows` (image row, its costs, its S) in parallel; hands the costs back shared.
+    fn rows<'r>(&self, rows: Vec<NewRow<'r>>) -> Vec<ReadyRow<'r>> {
+        rows.into_par_iter()
+            .map(|(y, (c, s))| {
+                self.row(y, c, s);
+                (y, &*c, s)
+            })
+            .collect()
     }
-    let mut rows = rows.into_iter();
-    move |_, s| {
-        if let Some(o) = rows.next() {
-            scope.spawn(move |_| select::select_row(isa, &sel, s, o, &mut RightBest::default()));
-        }
+
+    /// Costs of row `y` into `cost`, then its left-right (stored) and right-left (added) paths
+    /// into `sum`.
+    fn row(&self, y: usize, cost: &mut [u8], sum: &mut [u16]) {
+        let (w, nd) = (self.grid.width, self.grid.disps);
+        let Census { left, right, bits } = self.census;
+        let mut reversed = Vec::with_capacity(w);
+        cost::cost_row(self.isa, cost, &left[y * w..][..w], &right[y * w..][..w], &mut reversed, nd, bits);
+        let mut bufs = std::array::from_fn(|_| vec![GUARD; nd + 2]);
+        horizontal_row(self.isa, self.grid, y, cost, sum, &mut bufs);
     }
 }
 
@@ -159,32 +185,40 @@ fn step<const ADD: bool>(cost: &[u8], prev: &[u16], prev_min: u16, p1: u16, p2: 
     min
 }
 
-dispatch!(fn horizontal_row => horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], a: &mut [u16], b: &mut [u16]));
+dispatch!(fn horizontal_row => horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], bufs: &mut [Vec<u16>; 4]));
 
-/// Left-right (stores S) then right-left (adds) along row `y` (`cost`, `sum`: that row).
+/// Left-right and right-left along row `y` (`cost`, `sum`: that row) at the same time, one
+/// step of each per iteration: the two paths are independent, so the CPU overlaps their steps,
+/// where one path alone waits for each step's minimum before it can start the next. Each S
+/// entry is stored by the first of the two to reach it and added to by the second.
 #[inline(always)]
-fn horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], a: &mut [u16], b: &mut [u16]) {
-    horizontal_pass::<false>(grid, y, cost, sum, a, b);
-    horizontal_pass::<true>(grid, y, cost, sum, a, b);
+fn horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], bufs: &mut [Vec<u16>; 4]) {
+    let w = grid.width;
+    let [a, b, c, d] = bufs;
+    let (mut lr, mut rl) = ((&mut a[..], &mut b[..]), (&mut c[..], &mut d[..]));
+    let (mut lr_min, mut rl_min) = (0, 0);
+    for i in 0..w {
+        let (xl, xr) = (i, w - 1 - i);
+        // Left-right goes first within an iteration, so it stores where the two meet.
+        lr_min = horizontal_step(grid, y, (xl, xl.wrapping_sub(1)), i == 0, xl <= xr, cost, sum, (lr.0, lr.1), lr_min);
+        std::mem::swap(&mut lr.0, &mut lr.1);
+        rl_min = horizontal_step(grid, y, (xr, xr + 1), i == 0, xr > xl, cost, sum, (rl.0, rl.1), rl_min);
+        std::mem::swap(&mut rl.0, &mut rl.1);
+    }
 }
 
+/// One step at pixel `x` of row `y` from its predecessor `q` (`first`: none): fills `cur`,
+/// stores (`store`) or adds it to S, returns min(cur).
 #[inline(always)]
-fn horizontal_pass<const BACKWARD: bool>(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], a: &mut [u16], b: &mut [u16]) {
+#[allow(clippy::too_many_arguments)]
+fn horizontal_step(grid: &Grid<'_>, y: usize, (x, q): (usize, usize), first: bool, store: bool, cost: &[u8], sum: &mut [u16], (prev, cur): (&[u16], &mut [u16]), prev_min: u16) -> u16 {
     let (w, nd) = (grid.width, grid.disps);
-    let (mut prev, mut cur) = (a, b);
-    let mut prev_min = 0;
-    for i in 0..w {
-        let x = if BACKWARD { w - 1 - i } else { i };
-        let (c, s) = (&cost[x * nd..][..nd], &mut sum[x * nd..][..nd]);
-        prev_min = if i == 0 {
-            start::<BACKWARD>(c, cur, s)
-        } else {
-            let q = if BACKWARD { x + 1 } else { x - 1 };
-            let (p1, p2) = grid.pen.at(y * w + x, y * w + q);
-            step::<BACKWARD>(c, prev, prev_min, p1, p2, cur, s)
-        };
-        std::mem::swap(&mut prev, &mut cur);
+    let (c, s) = (&cost[x * nd..][..nd], &mut sum[x * nd..][..nd]);
+    if first {
+        return if store { start::<false>(c, cur, s) } else { start::<true>(c, cur, s) };
     }
+    let (p1, p2) = grid.pen.at(y * w + x, y * w + q);
+    if store { step::<false>(c, prev, prev_min, p1, p2, cur, s) } else { step::<true>(c, prev, prev_min, p1, p2, cur, s) }
 }
 
 /// The row being swept and the finished row before it.
@@ -199,9 +233,70 @@ struct SweepRow<'a> {
     dxs: &'a [isize],
 }
 
-/// A vertical sweep (with its diagonals): rows one after another, as each needs the one
-/// before; the pixels of a row in parallel chunks.
+/// Rows in the order a sweep visits them, each with its image row index.
+fn in_order<T>(down: bool, y0: usize, rows: impl Iterator<Item = T>) -> Vec<(usize, T)> {
+    let mut rows: Vec<_> = rows.enumerate().map(|(i, r)| (y0 + i, r)).collect();
+    if !down {
+        rows.reverse();
+    }
+    rows
+}
+
+/// A vertical sweep (with its diagonals) and its selection scratch.
 struct Sweep<'g, 'a> {
+    paths: PathRows<'g, 'a>,
+    right: RightBest,
+}
+
+impl<'g, 'a> Sweep<'g, 'a> {
+    fn new(grid: &'g Grid<'a>, dxs: &'g [isize], down: bool) -> Self {
+        let n = grid.width * dxs.len();
+        let slots = n * (grid.disps + 2);
+        let paths = PathRows { grid, dxs, down, done: 0, prev: vec![GUARD; slots], cur: vec![GUARD; slots], prev_min: vec![0; n], cur_min: vec![0; n] };
+        Sweep { paths, right: RightBest::default() }
+    }
+
+    /// Rows `cost` and `sum` hold, from image row `y0` on, none prepared yet: each block of
+    /// rows is prepared (in parallel) while the sweep works through the block before.
+    fn first_round(&mut self, isa: Isa, prep: &Prep<'_, '_>, cost: &mut [u8], sum: &mut [u16], y0: usize) {
+        let row_len = self.paths.grid.width * self.paths.grid.disps;
+        let block = (rayon::current_num_threads() / 2).max(1);
+        let mut rows = in_order(self.paths.down, y0, cost.chunks_mut(row_len).zip(sum.chunks_mut(row_len))).into_iter();
+        let mut ready = prep.rows(rows.by_ref().take(block).collect());
+        while !ready.is_empty() {
+            let next: Vec<_> = rows.by_ref().take(block).collect();
+            let paths = &mut self.paths;
+            let sweep = move || ready.into_iter().for_each(|(y, c, s)| paths.advance(isa, y, c, s));
+            ready = rayon::join(|| prep.rows(next), sweep).0;
+        }
+    }
+
+    /// The same rows, prepared and swept by the other sweep: after this sweep they are final,
+    /// and each row's disparity goes into its row of `out` while the next row is swept.
+    fn second_round(&mut self, isa: Isa, sel: &Select, cost: &[u8], sum: &mut [u16], out: &mut [f32], y0: usize) {
+        let (w, nd) = (self.paths.grid.width, self.paths.grid.disps);
+        let rows = in_order(self.paths.down, y0, cost.chunks(w * nd).zip(sum.chunks_mut(w * nd)).zip(out.chunks_mut(w)));
+        let mut pending: Option<(&[u16], &mut [f32])> = None;
+        for (y, ((c, s), o)) in rows {
+            match pending.take() {
+                Some((ps, po)) => {
+                    let right = &mut self.right;
+                    rayon::join(|| select::select_row(isa, sel, ps, po, right), || self.paths.advance(isa, y, c, s));
+                }
+                None => self.paths.advance(isa, y, c, s),
+            }
+            let s: &[u16] = s;
+            pending = Some((s, o));
+        }
+        if let Some((ps, po)) = pending {
+            select::select_row(isa, sel, ps, po, &mut self.right);
+        }
+    }
+}
+
+/// Path costs of one sweep: rows one after another, as each needs the one before; the pixels
+/// of a row in parallel chunks.
+struct PathRows<'g, 'a> {
     grid: &'g Grid<'a>,
     dxs: &'g [isize],
     down: bool,
@@ -214,45 +309,29 @@ struct Sweep<'g, 'a> {
     cur_min: Vec<u16>,
 }
 
-impl<'g, 'a> Sweep<'g, 'a> {
-    fn new(grid: &'g Grid<'a>, dxs: &'g [isize], down: bool) -> Self {
-        let n = grid.width * dxs.len();
-        let slots = n * (grid.disps + 2);
-        Sweep { grid, dxs, down, done: 0, prev: vec![GUARD; slots], cur: vec![GUARD; slots], prev_min: vec![0; n], cur_min: vec![0; n] }
-    }
-
-    /// Sweeps the image rows that `sum` holds (starting at row `y0`), in the sweep's direction;
-    /// they must continue where the previous call stopped. `swept(y, S row)` follows each row.
-    fn rows<'s>(&mut self, isa: Isa, cost: &[u8], sum: &'s mut [u16], y0: usize, mut swept: impl FnMut(usize, &'s [u16])) {
+impl PathRows<'_, '_> {
+    /// Adds this sweep's paths at image row `y` (costs `cost`) to its S row `sum`.
+    fn advance(&mut self, isa: Isa, y: usize, cost: &[u8], sum: &mut [u16]) {
         let (w, nd, np) = (self.grid.width, self.grid.disps, self.dxs.len());
-        let (row_len, slot) = (w * nd, nd + 2);
+        let slot = nd + 2;
         let chunk = (w / (2 * rayon::current_num_threads())).max(16);
-        let mut rows: Vec<&'s mut [u16]> = sum.chunks_mut(row_len).collect();
-        if !self.down {
-            rows.reverse();
-        }
-        let count = rows.len();
-        for (i, s) in rows.into_iter().enumerate() {
-            let y = if self.down { y0 + i } else { y0 + count - 1 - i };
-            let row = SweepRow {
-                y,
-                qy: if self.down { y.wrapping_sub(1) } else { y + 1 },
-                first: self.done == 0,
-                cost: &cost[y * row_len..][..row_len],
-                prev: &self.prev,
-                prev_min: &self.prev_min,
-                dxs: self.dxs,
-            };
-            let grid = self.grid;
-            s.par_chunks_mut(chunk * nd)
-                .zip(self.cur.par_chunks_mut(chunk * np * slot).zip(self.cur_min.par_chunks_mut(chunk * np)))
-                .enumerate()
-                .for_each(|(ci, (s, (c, m)))| sweep_chunk(isa, grid, &row, ci * chunk, s, c, m));
-            std::mem::swap(&mut self.prev, &mut self.cur);
-            std::mem::swap(&mut self.prev_min, &mut self.cur_min);
-            self.done += 1;
-            swept(y, s);
-        }
+        let row = SweepRow {
+            y,
+            qy: if self.down { y.wrapping_sub(1) } else { y + 1 },
+            first: self.done == 0,
+            cost,
+            prev: &self.prev,
+            prev_min: &self.prev_min,
+            dxs: self.dxs,
+        };
+        let grid = self.grid;
+        sum.par_chunks_mut(chunk * nd)
+            .zip(self.cur.par_chunks_mut(chunk * np * slot).zip(self.cur_min.par_chunks_mut(chunk * np)))
+            .enumerate()
+            .for_each(|(ci, (s, (c, m)))| sweep_chunk(isa, grid, &row, ci * chunk, s, c, m));
+        std::mem::swap(&mut self.prev, &mut self.cur);
+        std::mem::swap(&mut self.prev_min, &mut self.cur_min);
+        self.done += 1;
     }
 }
 

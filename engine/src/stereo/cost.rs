@@ -1,21 +1,13 @@
-//! Stage 2: matching cost volume.
+//! Stage 2: matching cost volume, one row at a time (called by the aggregation, see there).
 //!
 //! C[(y*W + x)*D + d] = Hamming distance between the left census code at (x, y) and the right
 //! one at (x - d, y), as u8 (at most 64). Where x - d < 0 there is no right pixel and the cost
 //! is `bits`, the worst a real match can score. At 640x480 with D = 128 this volume is 39 MB.
-use rayon::prelude::*;
+use crate::isa::dispatch;
 
-use crate::isa::{Isa, dispatch};
-
-/// Fills `cost` (W*H*D; old contents do not matter).
-pub(crate) fn cost_volume(isa: Isa, left: &[u64], right: &[u64], width: usize, bits: u8, cost: &mut [u8]) {
-    let disps = cost.len() / left.len();
-    cost.par_chunks_mut(width * disps)
-        .zip(left.par_chunks(width).zip(right.par_chunks(width)))
-        .for_each_init(|| Vec::with_capacity(width), |reversed, (out, (l, r))| cost_row(isa, out, l, r, reversed, disps, bits));
-}
-
-dispatch!(fn cost_row => cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec<u64>, disps: usize, bits: u8));
+dispatch!(
+    /// One row of the volume: `out` (W*D) from the census codes of the row in both images.
+    pub(crate) fn cost_row => cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec<u64>, disps: usize, bits: u8));
 
 #[inline(always)]
 fn cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec<u64>, disps: usize, bits: u8) {
@@ -38,6 +30,7 @@ fn cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::Isa;
 
     #[test]
     fn hamming_and_border() {
@@ -45,7 +38,7 @@ mod tests {
         let right = [0b0001u64, 0b1111, 0];
         let run = |isa| {
             let mut c = vec![0; 3 * 8];
-            cost_volume(isa, &left, &right, 3, 62, &mut c);
+            cost_row(isa, &mut c, &left, &right, &mut Vec::new(), 8, 62);
             c
         };
         let c = run(Isa::Portable);

@@ -5,24 +5,28 @@
 //! d = 0 or D-1); then the left-right check against the right image's winner-take-all
 //! disparities, read from the same S (right pixel x at disparity d is left pixel x + d).
 //! Invalid pixels are NaN.
-use super::params::MAX_DISPARITIES;
 use crate::isa::dispatch;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Select {
-    pub width: usize,
     pub disps: usize,
     pub uniqueness: u8,
     pub lr_max_diff: Option<u16>,
 }
 
-/// Winner-take-all of the right image, built up from the left pixels' costs: lowest cost and
-/// its disparity per right pixel.
+/// Winner-take-all of the right image, built up from the left pixels' costs: per right pixel
+/// the lowest of (cost << 16 | disparity), i.e. the lowest cost and, among equal costs, the
+/// smallest disparity, whatever order the left pixels come in.
 #[derive(Default)]
 pub(crate) struct RightBest {
-    cost: Vec<u16>,
-    disp: Vec<u16>,
+    packed: Vec<u32>,
 }
+
+/// Left pixels visit the right image's entries in this many interleaved passes (x = r, r +
+/// STRIDE, ...): consecutive pixels then touch runs a whole vector apart, so each load meets
+/// the store before it exactly. Pixel by pixel, each load would straddle two stores from the
+/// pixel before, which the CPU cannot forward, and the loop stalled on them.
+const STRIDE: usize = 8;
 
 dispatch!(pub(crate) fn select_row => select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], right: &mut RightBest));
 
@@ -36,24 +40,18 @@ fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], right: &mut Right
     }
     let Some(max_diff) = sel.lr_max_diff else { return };
     // Right image: right pixel xr at disparity d is left pixel xr + d. Stored mirrored
-    // (entry w-1-xr) so that a left pixel's costs update a forward run of entries. Left pixels
-    // come in increasing x, so each right pixel sees its levels in increasing d: a strict
-    // "lower" keeps the smallest disparity among equal costs.
+    // (entry w-1-xr) so that a left pixel's costs update a forward run of entries.
     let w = out.len();
-    let RightBest { cost, disp } = right;
-    cost.clear();
-    cost.resize(w, u16::MAX);
-    disp.clear();
-    disp.resize(w, u16::MAX);
-    for x in 0..w {
-        let m = nd.min(x + 1);
-        let s = &sum[x * nd..][..m];
-        let (rc, rd) = (&mut cost[w - 1 - x..][..m], &mut disp[w - 1 - x..][..m]);
-        for (((&v, &d), c), r) in s.iter().zip(&LEVELS[..m]).zip(rc).zip(rd) {
-            // Both entries read and written every time: a conditional store would not vectorise.
-            let (old_cost, old_disp) = (*c, *r);
-            *c = v.min(old_cost);
-            *r = if v < old_cost { d } else { old_disp };
+    let packed = &mut right.packed;
+    packed.clear();
+    packed.resize(w, u32::MAX);
+    for first in 0..STRIDE.min(w) {
+        for x in (first..w).step_by(STRIDE) {
+            let m = nd.min(x + 1);
+            let run = &mut packed[w - 1 - x..][..m];
+            for (d, (p, &v)) in run.iter_mut().zip(&sum[x * nd..][..m]).enumerate() {
+                *p = (*p).min(pack(v, d));
+            }
         }
     }
     for (x, o) in out.iter_mut().enumerate() {
@@ -62,32 +60,23 @@ fn select_row_impl(sel: &Select, sum: &[u16], out: &mut [f32], right: &mut Right
         }
         // Round half up, written out so that the GPU port can do the same (floorf(d + 0.5f)).
         let d = (*o + 0.5).floor() as usize;
-        if d > x || disp[w - 1 - (x - d)].abs_diff(d as u16) > max_diff {
+        if d > x || ((packed[w - 1 - (x - d)] & 0xFFFF) as u16).abs_diff(d as u16) > max_diff {
             *o = f32::NAN;
         }
     }
 }
 
-/// 0, 1, 2, ...: the disparity of each level, as a slice to zip with (an index counter
-/// would not vectorise).
-static LEVELS: [u16; MAX_DISPARITIES] = {
-    let mut l = [0; MAX_DISPARITIES];
-    let mut i = 0;
-    while i < MAX_DISPARITIES {
-        l[i] = i as u16;
-        i += 1;
-    }
-    l
-};
+/// Cost in the high half, level in the low half: the smallest packed value is the lowest cost
+/// and, among equal costs, the smallest disparity.
+#[inline(always)]
+fn pack(v: u16, d: usize) -> u32 {
+    (u32::from(v) << 16) | d as u32
+}
 
-/// (lowest cost, its smallest disparity): cost in the high half, level in the low half, so
-/// the smallest packed value is the answer (one vectorisable min, no search).
+/// (lowest cost, its smallest disparity): one vectorisable min over the packed values.
 #[inline(always)]
 fn argmin(s: &[u16]) -> (u16, usize) {
-    let mut best = u32::MAX;
-    for (d, &v) in s.iter().enumerate() {
-        best = best.min((u32::from(v) << 16) | d as u32);
-    }
+    let best = s.iter().enumerate().fold(u32::MAX, |best, (d, &v)| best.min(pack(v, d)));
     ((best >> 16) as u16, (best & 0xFFFF) as usize)
 }
 
