@@ -13,8 +13,9 @@ see tests/data/ATTRIBUTION.md). Scores on the pixels with ground truth:
 Each is given for the whole image ("all") and for columns x >= max_disp ("x_ge_max_disp"):
 OpenCV leaves the leftmost max_disp columns invalid by design, where we still match the
 disparities that fit (d <= x).
-Times: median of --repeat runs of the matcher alone, in-process for both (ours: the
-`total_ms` that `ovseg stereo --repeat N` reports; OpenCV: `compute()`), same thread count.
+Times: of the matcher alone, in-process for both (ours: the `total_ms` that
+`ovseg stereo --repeat N` reports; OpenCV: `compute()`), same thread count, in rounds that
+take turns between the matchers (see `compare`).
 The bench case scales the pair 2x (bilinear), crops 640x480 and searches 128 disparities.
 Prints one JSON object.
 """
@@ -61,16 +62,13 @@ def run_ours(exe, left, right, max_disp, repeat, threads, extra):
     with tempfile.TemporaryDirectory() as out:
         cmd = [exe, "--threads", str(threads), "stereo", str(left), str(right), "--max-disp", str(max_disp),
                "--out", out, "--repeat", str(repeat), *extra]
-        t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = (time.perf_counter() - t) * 1e3
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         disp = read_pfm(report["pfm"])
-    runs = report["total_ms_runs"]
-    return disp, {"ms": round(statistics.median(runs), 1), "ms_runs": [round(r, 1) for r in runs],
-                  "process_wall_ms": round(wall, 1), "stages_ms": {k: round(v, 1) for k, v in report["ms"].items()}}
+    stages = {k: v for k, v in report["ms"].items() if v is not None}
+    return disp, report["total_ms_runs"], stages
 
 
 def opencv_matcher(mode, max_disp, block):
@@ -90,7 +88,7 @@ def run_opencv(left, right, mode, max_disp, block, repeat):
         times.append((time.perf_counter() - t) * 1e3)
     disp = raw.astype(np.float32) / 16.0
     disp[raw < 0] = np.nan  # minDisparity - 1 (scaled by 16) marks invalid
-    return disp, {"ms": round(statistics.median(times), 1), "ms_runs": [round(t, 1) for t in times]}
+    return disp, times
 
 
 MODES = {"HH": cv2.STEREO_SGBM_MODE_HH, "SGBM_3WAY": cv2.STEREO_SGBM_MODE_SGBM_3WAY, "SGBM": cv2.STEREO_SGBM_MODE_SGBM}
@@ -101,15 +99,33 @@ def scores(disp, gt, max_disp):
 
 
 def compare(exe, left_path, right_path, gt, max_disp, args):
+    """Rounds take turns between the matchers, so that a change in the machine's speed hits all
+    of them alike; each round runs every matcher --repeat times. A matcher's ms is the median
+    over all its runs; a ratio is the median over the rounds of the two round medians' ratio."""
     left = cv2.imread(str(left_path), cv2.IMREAD_GRAYSCALE)
     right = cv2.imread(str(right_path), cv2.IMREAD_GRAYSCALE)
-    result = {"size": f"{left.shape[1]}x{left.shape[0]}", "max_disp": max_disp}
-    for paths in (8, 4):
-        disp, t = run_ours(exe, left_path, right_path, max_disp, args.repeat, args.threads, ["--paths", str(paths)])
-        result[f"ovseg_{paths}paths"] = {**scores(disp, gt, max_disp), **t}
-    for name in args.opencv_modes:
-        disp, t = run_opencv(left, right, MODES[name], max_disp, args.block, args.repeat)
-        result[f"opencv_{name}"] = {**scores(disp, gt, max_disp), **t}
+    result = {"size": f"{left.shape[1]}x{left.shape[0]}", "max_disp": max_disp, "rounds": args.rounds}
+    times, disps, stages = {}, {}, {}
+    for _ in range(args.rounds):
+        for paths in (8, 4):
+            name = f"ovseg_{paths}paths"
+            disps[name], t, stages[name] = run_ours(exe, left_path, right_path, max_disp, args.repeat, args.threads, ["--paths", str(paths)])
+            times.setdefault(name, []).append(t)
+        for mode in args.opencv_modes:
+            name = f"opencv_{mode}"
+            disps[name], t = run_opencv(left, right, MODES[mode], max_disp, args.block, args.repeat)
+            times.setdefault(name, []).append(t)
+    for name, rounds in times.items():
+        runs = [r for rnd in rounds for r in rnd]
+        result[name] = {**scores(disps[name], gt, max_disp), "ms": round(statistics.median(runs), 1),
+                        "ms_min": round(min(runs), 1), "ms_runs": [round(r, 1) for r in runs]}
+        if name in stages:
+            result[name]["stages_ms_last"] = {k: round(v, 1) for k, v in stages[name].items()}
+    for mode in args.opencv_modes:
+        for paths in (8, 4):
+            per_round = [statistics.median(o) / statistics.median(w)
+                         for o, w in zip(times[f"opencv_{mode}"], times[f"ovseg_{paths}paths"])]
+            result[f"ratio_opencv_{mode}_over_ovseg_{paths}paths"] = round(statistics.median(per_round), 2)
     return result
 
 
@@ -118,7 +134,8 @@ def main():
     ap.add_argument("--ovseg", default=str(ROOT / "target" / "release" / "ovseg"))
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "stereo"))
     ap.add_argument("--max-disp", type=int, default=48)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each matcher per round")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds taking turns between the matchers")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--block", type=int, default=5, help="OpenCV blockSize (P1/P2 follow it)")
     ap.add_argument("--opencv-modes", nargs="+", default=["HH", "SGBM_3WAY"], choices=sorted(MODES))
@@ -143,9 +160,6 @@ def main():
                 paths.append(Path(tmp) / name)
             gt2 = np.repeat(np.repeat(gt, 2, 0), 2, 1)[y0:y0 + 480, x0:x0 + 640] * 2
             bench = compare(args.ovseg, paths[0], paths[1], gt2, 128, args)
-        for name in args.opencv_modes:
-            for p in (8, 4):
-                bench[f"ratio_opencv_{name}_over_ovseg_{p}paths"] = round(bench[f"opencv_{name}"]["ms"] / bench[f"ovseg_{p}paths"]["ms"], 2)
         out["bench_640x480_d128"] = bench
     print(json.dumps(out, indent=1))
 

@@ -123,26 +123,44 @@ struct Prep<'g, 'a> {
 }
 
 impl Prep<'_, '_> {
-    /// Prepares `rows` (image row, its costs, its S) in parallel; hands the costs back shared.
-    fn rows<'r>(&self, rows: Vec<NewRow<'r>>) -> Vec<ReadyRow<'r>> {
-        rows.into_par_iter()
-            .map(|(y, (c, s))| {
-                self.row(y, c, s);
-                (y, &*c, s)
-            })
-            .collect()
+    /// Prepares `rows` (image row, its costs, its S), in parallel where there are several;
+    /// hands the costs back shared.
+    fn rows<'r>(&self, rows: Vec<NewRow<'r>>, scratch: &mut RowScratch) -> Vec<ReadyRow<'r>> {
+        let one = |scratch: &mut RowScratch, (y, (c, s)): NewRow<'r>| {
+            self.row(y, c, s, scratch);
+            (y, &*c, s)
+        };
+        if rows.len() == 1 {
+            return rows.into_iter().map(|r| one(scratch, r)).collect();
+        }
+        rows.into_par_iter().map_init(RowScratch::default, one).collect()
     }
 
     /// Costs of row `y` into `cost`, then its left-right (stored) and right-left (added) paths
     /// into `sum`.
-    fn row(&self, y: usize, cost: &mut [u8], sum: &mut [u16]) {
+    fn row(&self, y: usize, cost: &mut [u8], sum: &mut [u16], scratch: &mut RowScratch) {
         let (w, nd) = (self.grid.width, self.grid.disps);
         let Census { left, right, bits } = self.census;
-        let mut reversed = Vec::with_capacity(w);
-        cost::cost_row(self.isa, cost, &left[y * w..][..w], &right[y * w..][..w], &mut reversed, nd, bits);
-        let mut bufs = std::array::from_fn(|_| vec![GUARD; nd + 2]);
-        horizontal_row(self.isa, self.grid, y, cost, sum, &mut bufs);
+        let RowScratch { reversed, paths } = scratch;
+        cost::cost_row(self.isa, cost, &left[y * w..][..w], &right[y * w..][..w], reversed, nd, bits);
+        // The two path buffers at least 128 entries apart: the vectorised step checks at run
+        // time that its buffers are a few vectors apart and takes a scalar loop otherwise,
+        // which two small separate allocations next to each other (D = 48) made 2x slower.
+        let stride = (nd + 2).next_multiple_of(64) + 64;
+        // The guards are never overwritten, so buffers of the right length are ready.
+        if paths.len() != 2 * stride {
+            *paths = vec![GUARD; 2 * stride];
+        }
+        let (a, b) = paths.split_at_mut(stride);
+        horizontal_row(self.isa, self.grid, y, cost, sum, &mut a[..nd + 2], &mut b[..nd + 2]);
     }
+}
+
+/// Buffers for preparing a row, kept from row to row.
+#[derive(Default)]
+struct RowScratch {
+    reversed: Vec<u64>,
+    paths: Vec<u16>,
 }
 
 /// Path cost buffers keep one guard entry each side of the D levels (`[guard, L(0..D), guard]`)
@@ -185,40 +203,32 @@ fn step<const ADD: bool>(cost: &[u8], prev: &[u16], prev_min: u16, p1: u16, p2: 
     min
 }
 
-dispatch!(fn horizontal_row => horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], bufs: &mut [Vec<u16>; 4]));
+dispatch!(fn horizontal_row => horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], a: &mut [u16], b: &mut [u16]));
 
-/// Left-right and right-left along row `y` (`cost`, `sum`: that row) at the same time, one
-/// step of each per iteration: the two paths are independent, so the CPU overlaps their steps,
-/// where one path alone waits for each step's minimum before it can start the next. Each S
-/// entry is stored by the first of the two to reach it and added to by the second.
+/// Left-right (stores S) then right-left (adds) along row `y` (`cost`, `sum`: that row).
 #[inline(always)]
-fn horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], bufs: &mut [Vec<u16>; 4]) {
-    let w = grid.width;
-    let [a, b, c, d] = bufs;
-    let (mut lr, mut rl) = ((&mut a[..], &mut b[..]), (&mut c[..], &mut d[..]));
-    let (mut lr_min, mut rl_min) = (0, 0);
-    for i in 0..w {
-        let (xl, xr) = (i, w - 1 - i);
-        // Left-right goes first within an iteration, so it stores where the two meet.
-        lr_min = horizontal_step(grid, y, (xl, xl.wrapping_sub(1)), i == 0, xl <= xr, cost, sum, (lr.0, lr.1), lr_min);
-        std::mem::swap(&mut lr.0, &mut lr.1);
-        rl_min = horizontal_step(grid, y, (xr, xr + 1), i == 0, xr > xl, cost, sum, (rl.0, rl.1), rl_min);
-        std::mem::swap(&mut rl.0, &mut rl.1);
-    }
+fn horizontal_row_impl(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], a: &mut [u16], b: &mut [u16]) {
+    horizontal_pass::<false>(grid, y, cost, sum, a, b);
+    horizontal_pass::<true>(grid, y, cost, sum, a, b);
 }
 
-/// One step at pixel `x` of row `y` from its predecessor `q` (`first`: none): fills `cur`,
-/// stores (`store`) or adds it to S, returns min(cur).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn horizontal_step(grid: &Grid<'_>, y: usize, (x, q): (usize, usize), first: bool, store: bool, cost: &[u8], sum: &mut [u16], (prev, cur): (&[u16], &mut [u16]), prev_min: u16) -> u16 {
+fn horizontal_pass<const BACKWARD: bool>(grid: &Grid<'_>, y: usize, cost: &[u8], sum: &mut [u16], a: &mut [u16], b: &mut [u16]) {
     let (w, nd) = (grid.width, grid.disps);
-    let (c, s) = (&cost[x * nd..][..nd], &mut sum[x * nd..][..nd]);
-    if first {
-        return if store { start::<false>(c, cur, s) } else { start::<true>(c, cur, s) };
+    let (mut prev, mut cur) = (a, b);
+    let mut prev_min = 0;
+    for i in 0..w {
+        let x = if BACKWARD { w - 1 - i } else { i };
+        let (c, s) = (&cost[x * nd..][..nd], &mut sum[x * nd..][..nd]);
+        prev_min = if i == 0 {
+            start::<BACKWARD>(c, cur, s)
+        } else {
+            let q = if BACKWARD { x + 1 } else { x - 1 };
+            let (p1, p2) = grid.pen.at(y * w + x, y * w + q);
+            step::<BACKWARD>(c, prev, prev_min, p1, p2, cur, s)
+        };
+        std::mem::swap(&mut prev, &mut cur);
     }
-    let (p1, p2) = grid.pen.at(y * w + x, y * w + q);
-    if store { step::<false>(c, prev, prev_min, p1, p2, cur, s) } else { step::<true>(c, prev, prev_min, p1, p2, cur, s) }
 }
 
 /// The row being swept and the finished row before it.
@@ -242,9 +252,10 @@ fn in_order<T>(down: bool, y0: usize, rows: impl Iterator<Item = T>) -> Vec<(usi
     rows
 }
 
-/// A vertical sweep (with its diagonals) and its selection scratch.
+/// A vertical sweep (with its diagonals) and its scratch for preparing rows and selecting.
 struct Sweep<'g, 'a> {
     paths: PathRows<'g, 'a>,
+    scratch: RowScratch,
     right: RightBest,
 }
 
@@ -253,7 +264,7 @@ impl<'g, 'a> Sweep<'g, 'a> {
         let n = grid.width * dxs.len();
         let slots = n * (grid.disps + 2);
         let paths = PathRows { grid, dxs, down, done: 0, prev: vec![GUARD; slots], cur: vec![GUARD; slots], prev_min: vec![0; n], cur_min: vec![0; n] };
-        Sweep { paths, right: RightBest::default() }
+        Sweep { paths, scratch: RowScratch::default(), right: RightBest::default() }
     }
 
     /// Rows `cost` and `sum` hold, from image row `y0` on, none prepared yet: each block of
@@ -262,12 +273,13 @@ impl<'g, 'a> Sweep<'g, 'a> {
         let row_len = self.paths.grid.width * self.paths.grid.disps;
         let block = (rayon::current_num_threads() / 2).max(1);
         let mut rows = in_order(self.paths.down, y0, cost.chunks_mut(row_len).zip(sum.chunks_mut(row_len))).into_iter();
-        let mut ready = prep.rows(rows.by_ref().take(block).collect());
+        let scratch = &mut self.scratch;
+        let mut ready = prep.rows(rows.by_ref().take(block).collect(), scratch);
         while !ready.is_empty() {
             let next: Vec<_> = rows.by_ref().take(block).collect();
             let paths = &mut self.paths;
             let sweep = move || ready.into_iter().for_each(|(y, c, s)| paths.advance(isa, y, c, s));
-            ready = rayon::join(|| prep.rows(next), sweep).0;
+            ready = rayon::join(|| prep.rows(next, scratch), sweep).0;
         }
     }
 

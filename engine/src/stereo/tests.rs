@@ -192,3 +192,121 @@ fn matcher_for_picks_the_cpu_where_no_gpu_answers_and_says_why_cuda_cannot() {
         assert!(e.contains("no CUDA driver"), "{e}");
     }
 }
+
+/// Semi-global matching written straight from its definition, one whole path after another,
+/// with no reuse of the matcher's stages except the census transform (tested on its own): the
+/// matcher's interleaved, row-by-row schedule must give exactly this.
+fn reference_sgm(left: &[u8], right: &[u8], w: usize, h: usize, p: &StereoParams, labels: Option<&[u16]>) -> Vec<f32> {
+    let nd = p.max_disp;
+    let codes = |img: &[u8]| {
+        let mut c = vec![0; w * h];
+        census::census(Isa::Portable, view(w, h, img), p.census_width, p.census_height, &mut c);
+        c
+    };
+    let (cl, cr) = (codes(left), codes(right));
+    let cost = |x: usize, y: usize, d: usize| if d > x { p.census_bits() } else { (cl[y * w + x] ^ cr[y * w + x - d]).count_ones() };
+    let penalties = |a: usize, b: usize| -> (u32, u32) {
+        if labels.is_some_and(|l| l[a] != l[b]) {
+            return (p.label_border_p1.into(), p.label_border_p2.into());
+        }
+        let p2 = match p.p2_gradient {
+            None => u32::from(p.p2),
+            Some(g) => (u32::from(p.p2) * u32::from(g) / (u32::from(g) + u32::from(left[a].abs_diff(left[b])))).max(p.p1.into()),
+        };
+        (p.p1.into(), p2)
+    };
+    // Predecessor offsets (dx, dy): left-right, right-left, then from above and from below.
+    let mut dirs = vec![(-1isize, 0isize), (1, 0), (0, -1), (0, 1)];
+    if p.paths == Paths::Eight {
+        dirs.extend([(-1, -1), (1, -1), (-1, 1), (1, 1)]);
+    }
+    let mut sum = vec![0u32; w * h * nd];
+    for (dx, dy) in dirs {
+        let mut path = vec![0u32; w * h * nd];
+        // Visit order: every predecessor before its pixel.
+        let ys: Vec<usize> = if dy > 0 { (0..h).rev().collect() } else { (0..h).collect() };
+        let xs: Vec<usize> = if dx > 0 { (0..w).rev().collect() } else { (0..w).collect() };
+        for &y in &ys {
+            for &x in &xs {
+                let (qx, qy) = (x as isize + dx, y as isize + dy);
+                let at = (y * w + x) * nd;
+                if qx < 0 || qy < 0 || qx >= w as isize || qy >= h as isize {
+                    (0..nd).for_each(|d| path[at + d] = cost(x, y, d));
+                    continue;
+                }
+                let q = qy as usize * w + qx as usize;
+                let (p1, p2) = penalties(y * w + x, q);
+                let prev = path[q * nd..][..nd].to_vec();
+                let prev_min = *prev.iter().min().unwrap();
+                for d in 0..nd {
+                    let mut best = prev[d].min(prev_min + p2);
+                    if d > 0 {
+                        best = best.min(prev[d - 1] + p1);
+                    }
+                    if d + 1 < nd {
+                        best = best.min(prev[d + 1] + p1);
+                    }
+                    path[at + d] = cost(x, y, d) + best - prev_min;
+                }
+            }
+        }
+        sum.iter_mut().zip(&path).for_each(|(s, l)| *s += l);
+    }
+    let winner = |s: &[u32]| (0..s.len()).min_by_key(|&d| (s[d], d)).unwrap();
+    let mut out = vec![f32::NAN; w * h];
+    for y in 0..h {
+        let row = &sum[y * w * nd..][..w * nd];
+        let s_at = |x: usize| &row[x * nd..][..nd];
+        // Right image winner at right pixel xr: over the left pixels xr + d.
+        let right_best = |xr: usize| (0..nd.min(w - xr)).min_by_key(|&d| (row[(xr + d) * nd + d], d)).unwrap();
+        for x in 0..w {
+            let s = s_at(x);
+            let best = winner(s);
+            let min = s[best];
+            let unique = (0..nd).filter(|d| d.abs_diff(best) > 1).all(|d| s[d] * (100 - u32::from(p.uniqueness)) >= min * 100);
+            if best > x || !unique {
+                continue;
+            }
+            let mut disp = best as f32;
+            if best > 0 && best + 1 < nd {
+                let (c0, c1, c2) = (s[best - 1] as f32, s[best] as f32, s[best + 1] as f32);
+                let denom = c0 - 2.0 * c1 + c2;
+                if denom > 0.0 {
+                    disp = best as f32 + (c0 - c2) / (2.0 * denom);
+                }
+            }
+            if let Some(max_diff) = p.lr_max_diff {
+                let d = (disp + 0.5).floor() as usize;
+                if d > x || right_best(x - d).abs_diff(d) > usize::from(max_diff) {
+                    continue;
+                }
+            }
+            out[y * w + x] = disp;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_matcher_equals_the_textbook_definition_for_any_thread_count() {
+    // Odd sizes, so that no loop stride divides them.
+    let (w, h) = (83, 37);
+    let (l, r, _) = occlusion_scene(w, h);
+    let labels: Vec<u16> = (0..w * h).map(|i| (i % w / 20 + i / w / 15) as u16).collect();
+    let cases = [
+        (params(24), None),
+        (StereoParams { paths: Paths::Four, ..params(24) }, None),
+        (StereoParams { p2_gradient: Some(16), label_border_p1: 3, label_border_p2: 30, ..params(32) }, Some(&labels[..])),
+        (StereoParams { paths: Paths::Four, uniqueness: 0, lr_max_diff: None, ..params(16) }, Some(&labels[..])),
+    ];
+    for (p, labels) in cases {
+        let want = reference_sgm(&l, &r, w, h, &p, labels);
+        assert!(want.iter().filter(|d| !d.is_nan()).count() > w * h / 2, "{p:?}: the reference finds too little");
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| StereoMatcher::new(p.clone()).unwrap().compute(view(w, h, &l), view(w, h, &r), labels).unwrap().0);
+            let differ = got.data.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
+            assert_eq!(differ, 0, "{p:?}, {threads} threads: {differ} pixels differ from the reference");
+        }
+    }
+}
