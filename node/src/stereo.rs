@@ -80,14 +80,15 @@ fn compare_with_cpu(
     Ok(Some(json!({ "ms": cpu_timings, "speedup": cpu_timings.total_ms / timings.total_ms, "identical": identical })))
 }
 
-/// `repeat` runs; the run with the median total time and every run's total.
+/// `repeat` runs; the run with the median total time and every run's total, in run order
+/// (the first run also allocates and first touches the matcher's buffers).
 fn timed_runs(matcher: &mut dyn DisparityMatcher, left: GrayView<'_>, right: GrayView<'_>, repeat: u32) -> Result<((Disparity, StereoTimings), Vec<f64>)> {
     let mut runs = Vec::new();
     for _ in 0..repeat {
         runs.push(matcher.compute(left, right, None)?);
     }
-    runs.sort_by(|a, b| a.1.total_ms.total_cmp(&b.1.total_ms));
     let totals = runs.iter().map(|r| r.1.total_ms).collect();
+    runs.sort_by(|a, b| a.1.total_ms.total_cmp(&b.1.total_ms));
     Ok((runs.swap_remove(runs.len() / 2), totals))
 }
 

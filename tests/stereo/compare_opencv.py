@@ -60,15 +60,16 @@ def score(disp, gt):
 
 def run_ours(exe, left, right, max_disp, repeat, threads, extra):
     with tempfile.TemporaryDirectory() as out:
+        # One more run than timed: the first (dropped) also allocates the buffers.
         cmd = [exe, "--threads", str(threads), "stereo", str(left), str(right), "--max-disp", str(max_disp),
-               "--out", out, "--repeat", str(repeat), *extra]
+               "--out", out, "--repeat", str(repeat + 1), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         disp = read_pfm(report["pfm"])
     stages = {k: v for k, v in report["ms"].items() if v is not None}
-    return disp, report["total_ms_runs"], stages
+    return disp, report["total_ms_runs"][1:], stages
 
 
 def opencv_matcher(mode, max_disp, block):
@@ -81,6 +82,7 @@ def opencv_matcher(mode, max_disp, block):
 
 def run_opencv(left, right, mode, max_disp, block, repeat):
     m = opencv_matcher(mode, max_disp, block)
+    m.compute(left, right)  # untimed, as for ours: the first run also allocates the buffers
     times, raw = [], None
     for _ in range(repeat):
         t = time.perf_counter()
@@ -100,8 +102,9 @@ def scores(disp, gt, max_disp):
 
 def compare(exe, left_path, right_path, gt, max_disp, args):
     """Rounds take turns between the matchers, so that a change in the machine's speed hits all
-    of them alike; each round runs every matcher --repeat times. A matcher's ms is the median
-    over all its runs; a ratio is the median over the rounds of the two round medians' ratio."""
+    of them alike; each round runs every matcher once untimed, then --repeat times. A
+    matcher's ms is the median over all its timed runs; a ratio is the median over the rounds
+    of the two round medians' ratio."""
     left = cv2.imread(str(left_path), cv2.IMREAD_GRAYSCALE)
     right = cv2.imread(str(right_path), cv2.IMREAD_GRAYSCALE)
     result = {"size": f"{left.shape[1]}x{left.shape[0]}", "max_disp": max_disp, "rounds": args.rounds}

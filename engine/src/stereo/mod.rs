@@ -4,19 +4,21 @@
 //! at left column x appears at right column x - d). Output: the left image's disparity d per
 //! pixel, NaN where no reliable match was found.
 //!
-//! Stages, always in this order, each in its own module so that a GPU port can be compared
-//! with this one stage by stage (all integer up to the subpixel step, hence exactly):
+//! Stages, each in its own module so that a GPU port can be compared with this one stage by
+//! stage (all integer up to the subpixel step, hence exactly):
 //! 1. `census.rs`: 9x7 census codes (u64) of both images;
 //! 2. `cost.rs`: Hamming cost volume C, u8, W x H x D;
 //! 3. `aggregate.rs`: path costs over 4 or 8 directions summed into S, u16, W x H x D;
 //! 4. `select.rs`: winner-take-all, uniqueness, parabola subpixel, left-right check.
 //!
 //! Memory: 3 bytes per pixel and disparity level (C and S) plus 16 bytes per pixel, e.g.
-//! 118 MB at 640x480 with D = 128, kept by a [`StereoMatcher`] from frame to frame. Stages 1,
-//! 2 and 4 run rows in parallel (rayon); stage 3 runs rows in parallel for the horizontal
-//! paths, and the top-down and bottom-up sweeps side by side, each with the pixels of a row in
-//! parallel (a row needs the one before). Hot loops are compiled twice, portable and
-//! AVX2 (`crate::isa`, picked at run time; identical results).
+//! 118 MB at 640x480 with D = 128, kept by a [`StereoMatcher`] from frame to frame. Stage 1
+//! runs rows in parallel (rayon); stages 2-4 run interleaved row by row (see `aggregate.rs`):
+//! the top-down and bottom-up sweeps side by side, each with the pixels of a row in parallel
+//! (a row needs the one before), the next rows' costs and horizontal paths and the last
+//! row's selection alongside. Hot loops are compiled twice, portable and AVX2 (`crate::isa`,
+//! picked at run time; identical results). A test holds the result to a textbook
+//! implementation (one whole path after another) bit for bit, at several thread counts.
 //!
 //! Semantic conditioning: [`StereoMatcher::compute`] takes an optional label per left pixel;
 //! between neighbours with different labels the smoothness penalties become
