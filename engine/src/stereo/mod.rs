@@ -13,7 +13,7 @@
 //!
 //! Memory: 3 bytes per pixel and disparity level (C and S) plus 16 bytes per pixel, e.g.
 //! 118 MB at 640x480 with D = 128, kept by a [`StereoMatcher`] from frame to frame. Stage 1
-//! runs rows in parallel (rayon); stages 2-4 run interleaved row by row (see `aggregate.rs`):
+//! runs rows in parallel (rayon); stages 2-4 run interleaved row by row (see `schedule.rs`):
 //! the top-down and bottom-up sweeps side by side, each with the pixels of a row in parallel
 //! (a row needs the one before), the next rows' costs and horizontal paths and the last
 //! row's selection alongside. Hot loops are compiled twice, portable and AVX2 (`crate::isa`,
@@ -28,6 +28,7 @@ mod census;
 mod cost;
 
 mod params;
+mod schedule;
 mod select;
 #[cfg(test)]
 mod tests;
@@ -224,11 +225,11 @@ impl StereoMatcher {
         timings.census_ms = ms(t);
 
         let t = Instant::now();
-        let census = aggregate::Census { left: cl, right: cr, bits: params.census_bits() as u8 };
+        let census = schedule::Census { left: cl, right: cr, bits: params.census_bits() as u8 };
         let pen = aggregate::Penalties::new(params, left.pixels, labels);
         let mut data = vec![f32::NAN; n];
         let sel = select::Select { disps: nd, uniqueness: params.uniqueness, lr_max_diff: params.lr_max_diff };
-        aggregate::match_rows(isa, census, w, nd, pen, params.paths, sel, &mut self.cost, &mut self.sum, &mut data);
+        schedule::match_rows(isa, census, w, nd, pen, params.paths, sel, &mut self.cost, &mut self.sum, &mut data);
         timings.aggregate_ms = ms(t);
         timings.total_ms = ms(t0);
 
