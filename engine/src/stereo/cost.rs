@@ -1,4 +1,4 @@
-//! Stage 2: matching cost volume, one row at a time (called by the aggregation, see there).
+//! Stage 2: matching cost volume, one row at a time (when: see `schedule.rs`).
 //!
 //! C[(y*W + x)*D + d] = Hamming distance between the left census code at (x, y) and the right
 //! one at (x - d, y), as u8 (at most 64). Where x - d < 0 there is no right pixel and the cost
