@@ -104,8 +104,8 @@ impl CalibrationTable {
         Ok(CalibrationTable { ranges })
     }
 
-    /// Writes the cache to `path` through a temporary file and a rename. An existing file that
-    /// is not a calibration cache is never replaced.
+    /// Writes the cache to `path` through a temporary file and a rename, making its folder. An
+    /// existing file that is not a calibration cache is never replaced.
     pub fn save(&self, path: &Path, tensorrt_version: Option<u32>) -> Result<()> {
         if path.exists() {
             let existing = std::fs::read(path).map_err(|e| EngineError::io(format!("reading {}", path.display()), e))?;
@@ -113,12 +113,8 @@ impl CalibrationTable {
                 return Err(EngineError::TensorRt(format!("{} exists and is not a calibration cache; not replacing it", path.display())));
             }
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
-        }
-        let tmp = path.with_extension("tmp-calibration");
-        std::fs::write(&tmp, self.to_cache(tensorrt_version)).map_err(|e| EngineError::io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path).map_err(|e| EngineError::io(format!("writing {}", path.display()), e))
+        crate::labels::write_atomic(path, self.to_cache(tensorrt_version).as_bytes())
+            .map_err(|e| EngineError::io(format!("writing {}", path.display()), e))
     }
 }
 
