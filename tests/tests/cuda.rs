@@ -1,6 +1,7 @@
 //! CUDA scorer: the kernels compile with the real NVRTC everywhere (the `nvidia-cuda-nvrtc`
 //! wheel, no GPU needed), and on a machine with a CUDA device they reproduce the CPU scorer bit
-//! for bit. Without a device the parity tests print why and return.
+//! for bit. Without a device the parity tests print why and return; with one, a part that does not
+//! start fails them.
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
@@ -81,7 +82,6 @@ fn motorcycle() -> (usize, usize, Vec<u8>, Vec<u8>) {
 #[test]
 fn cuda_stereo_matches_the_cpu_bit_for_bit() {
     use engine::stereo::{DisparityMatcher, GrayView, Paths, StereoMatcher, StereoParams};
-    nvrtc();
     let (w, h, left, right) = motorcycle();
     // A label per pixel: three vertical bands, so label borders cross every row.
     let labels: Vec<u16> = (0..w * h).map(|i| ((i % w) * 3 / w) as u16).collect();
@@ -91,14 +91,11 @@ fn cuda_stereo_matches_the_cpu_bit_for_bit() {
         ("8 paths, labels, gradient P2", StereoParams { max_disp: 40, p2_gradient: Some(20), ..StereoParams::default() }, true),
         ("no uniqueness, 128 levels", StereoParams { max_disp: 128, uniqueness: 0, ..StereoParams::default() }, false),
     ];
+    if !device_here("stereo parity") {
+        return;
+    }
     for (case, params, with_labels) in cases {
-        let mut gpu = match cuda::CudaStereoMatcher::new(params.clone()) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("skipped, no CUDA device here: {e}");
-                return;
-            }
-        };
+        let mut gpu = cuda::CudaStereoMatcher::new(params.clone()).unwrap_or_else(|e| panic!("{case}: a device answers, but the matcher did not start: {e}"));
         let labels = with_labels.then_some(labels.as_slice());
         let (l, r) = (GrayView::new(w, h, &left).unwrap(), GrayView::new(w, h, &right).unwrap());
         let (want, _) = StereoMatcher::new(params).unwrap().compute(l, r, labels).unwrap();
@@ -176,18 +173,24 @@ fn plan<'a>(labels: &'a LabelSet, weights: &'a [f32], top_k: usize, width: u32, 
     }
 }
 
-fn gpu_scorer(test: &str) -> Option<CudaScorer> {
+/// Whether a CUDA device answers. Where none does, the caller skips and this says why; where one
+/// does, a part that fails to start (a kernel NVRTC or the driver refuses) fails the test.
+fn device_here(test: &str) -> bool {
     nvrtc();
-    match CudaScorer::new() {
-        Ok(s) => {
-            eprintln!("{test}: running on {}", s.device_name());
-            Some(s)
+    match cuda::device_identity() {
+        Ok((name, (major, minor))) => {
+            eprintln!("{test}: running on {name} (sm_{major}{minor})");
+            true
         }
         Err(e) => {
             eprintln!("{test}: skipped, no CUDA device here ({e})");
-            None
+            false
         }
     }
+}
+
+fn gpu_scorer(test: &str) -> Option<CudaScorer> {
+    device_here(test).then(|| CudaScorer::new().unwrap_or_else(|e| panic!("{test}: a device answers, but the scorer did not start: {e}")))
 }
 
 /// GPU and CPU must agree bit for bit: per-cell candidates and probabilities, then labels and
@@ -276,13 +279,13 @@ fn cuda_matches_cpu_bit_for_bit_on_real_image_embeddings() {
 
 #[test]
 fn auto_backend_takes_cuda_exactly_when_it_starts() {
-    nvrtc();
+    let device = device_here("auto backend");
     let direct = CudaScorer::new();
     let auto = engine::scoring::scorer_for(BackendKind::Auto).unwrap();
     match &direct {
         Ok(_) => assert_eq!(auto.name(), "cuda"),
         Err(e) => {
-            eprintln!("no CUDA device here: {e}");
+            assert!(!device, "a device answers, but the scorer did not start: {e}");
             assert_eq!(auto.name(), "cpu");
             // Asking for CUDA explicitly is an error that says why.
             let err = engine::scoring::scorer_for(BackendKind::Cuda).err().expect("cuda without a device must fail");
@@ -325,14 +328,10 @@ fn gpu_preprocessing_matches_the_cpu_bit_for_bit_for_every_pixel_format() {
     use engine::backend::DeviceTensor;
     use engine::frame::{Frame, PixelFormat};
     use engine::manifest::{Layout, ResizeMode};
-    nvrtc();
-    let mut gpu = match cuda::CudaPreprocessor::new() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("preprocessing parity: skipped, no CUDA device here ({e})");
-            return;
-        }
-    };
+    if !device_here("preprocessing parity") {
+        return;
+    }
+    let mut gpu = cuda::CudaPreprocessor::new().unwrap_or_else(|e| panic!("a device answers, but the preprocessor did not start: {e}"));
     let stream = cudarc::driver::CudaContext::new(0).unwrap().default_stream();
     let rgb = ovseg_tests::load_rgb("motorcycle_left");
     let (w, h) = (rgb.width(), rgb.height());

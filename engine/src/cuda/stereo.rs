@@ -137,6 +137,10 @@ impl DisparityMatcher for CudaStereoMatcher {
     fn compute(&mut self, left: GrayView<'_>, right: GrayView<'_>, labels: Option<&[u16]>) -> Result<(Disparity, StereoTimings)> {
         check_inputs(left, right, labels)?;
         let (w, h) = (left.width, left.height);
+        // Rows index the grid's y dimension and pixels are 32-bit ints in the kernels.
+        if h > 65_535 || w.checked_mul(h).is_none_or(|n| n > i32::MAX as usize) {
+            return Err(EngineError::Gpu(format!("stereo on CUDA: a {w}x{h} pair is beyond the kernels' limits (height 65535, 2^31 pixels)")));
+        }
         let params = self.params.clone();
         let nd = params.max_disp;
         let stream = self.stream.clone();
