@@ -230,6 +230,17 @@ pub fn bilinear_axis(pos: f32, offset: f32, stride: u32, n: usize) -> (usize, us
     (i0, i1, c - i0 as f32)
 }
 
+/// `f32::total_cmp`'s order as an integer, with every NaN lowest whatever its sign bit (which
+/// differs between CPUs and GPUs): a label whose score is NaN is never kept over a number.
+#[inline]
+pub fn rank_key(score: f32) -> i32 {
+    if score.is_nan() {
+        return i32::MIN;
+    }
+    let bits = score.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
 /// Keeps, per cell, the `k` best-scoring labels, best first (ties: lower label id first).
 pub fn keep_top_k(field: &ScoreField, k: usize) -> ScoreField {
     let cells = field.width * field.height;
@@ -241,7 +252,7 @@ pub fn keep_top_k(field: &ScoreField, k: usize) -> ScoreField {
         Vec::new,
         |order: &mut Vec<usize>, (i, ((n, lab), sc))| {
             let (labels, scores) = field.cell(i);
-            let before = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(labels[*a].cmp(&labels[*b]));
+            let before = |a: &usize, b: &usize| rank_key(scores[*b]).cmp(&rank_key(scores[*a])).then(labels[*a].cmp(&labels[*b]));
             order.clear();
             order.extend(0..labels.len());
             let m = cap.min(order.len());
@@ -449,6 +460,20 @@ mod tests {
         let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
         let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         assert!((dot(&a, &b) as f64 - naive).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_nan_score_is_never_kept_over_a_number_whatever_its_sign() {
+        let grid = Grid { stride: 16, offset: 8.0, width: 2, height: 1 };
+        let negative_nan = f32::from_bits(0xffc0_0000);
+        let scores = vec![f32::NAN, 2.0, f32::NEG_INFINITY, negative_nan, f32::NEG_INFINITY, 1.0];
+        let top = keep_top_k(&ScoreField::dense(grid, 3, scores), 2);
+        assert_eq!(top.cell(0).0, &[1, 2]);
+        assert_eq!(top.cell(1).0, &[2, 1]);
+        // Otherwise the order is total_cmp's, -0.0 below +0.0.
+        let order = [f32::NEG_INFINITY, -1.0, -0.0, 0.0, 1e-45, 3.0, f32::INFINITY];
+        assert!(order.windows(2).all(|p| rank_key(p[0]) < rank_key(p[1])));
+        assert!(rank_key(f32::NAN) < rank_key(f32::NEG_INFINITY) && rank_key(negative_nan) == rank_key(f32::NAN));
     }
 
     #[test]

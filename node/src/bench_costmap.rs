@@ -353,6 +353,9 @@ fn on_gpu(
         Err(e) if common.backend == "cuda" => return Err(e).context("--backend cuda"),
         Err(e) => return Ok(Err(e.to_string())),
     };
+    if let Err(e) = engine::cuda::CudaScorer::check_limits(&cell_plan(inputs, labels, args.top_k, false)?) {
+        return Ok(Err(e.to_string()));
+    }
     let t = Instant::now();
     let frames = inputs.frames.iter().map(|f| scorer.upload_levels(&f.1)).collect::<engine::Result<Vec<_>>>()?;
     let upload_ms = t.elapsed().as_secs_f64() * 1e3 / inputs.frames.len() as f64;

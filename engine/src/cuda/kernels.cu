@@ -33,15 +33,16 @@ __device__ __forceinline__ void corner_weights(float fx, float fy, float w[4]) {
     w[3] = fx * fy;
 }
 
-// Orders floats like Rust's f32::total_cmp when compared as signed integers.
+// costmap::rank_key: orders floats as Rust's f32::total_cmp does, with every NaN lowest.
 __device__ __forceinline__ int total_key(float f) {
+    if (f != f) return (int)0x80000000u;
     int b = __float_as_int(f);
     return b ^ (int)(((unsigned)(b >> 31)) >> 1);
 }
 
 // costmap::softmax_exp, same constants, same operations.
 __device__ __forceinline__ float softmax_exp(float x) {
-    x = fminf(fmaxf(x, -87.0f), 0.0f);
+    x = x < -87.0f ? -87.0f : (x > 0.0f ? 0.0f : x); // as f32::clamp: NaN stays NaN
     float n = rintf(x * 1.44269504088896340736f);
     float r = x - n * 0.693359375f - n * -2.1219444e-4f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
@@ -227,7 +228,7 @@ extern "C" __global__ void fuse_sparse(
     if (lane == 0) {
         int used = 0;
         long long prev = -1;
-        while (used < out_cap) {
+        while (used < min(out_cap, FS_MAX_CANDIDATES)) {
             u32 next = 0xffffffffu;
             for (int c = 0; c < 4; ++c) {
                 const u32* ls = k_label + (size_t)cell[c] * k_cap;

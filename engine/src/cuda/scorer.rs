@@ -154,8 +154,10 @@ impl CudaScorer {
     }
 
     fn upload_labels(&mut self, labels: &LabelSet) -> Result<()> {
+        // Bit for bit: -0.0 == 0.0 would keep a stale copy, and NaN != NaN would upload every frame.
+        let same_bits = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         let same = self.labels.as_ref().is_some_and(|d| {
-            d.host.0 == labels.embeddings && d.host.1 == labels.gain && d.host.2 == labels.bias
+            same_bits(&d.host.0, &labels.embeddings) && same_bits(&d.host.1, &labels.gain) && same_bits(&d.host.2, &labels.bias)
         });
         if !same {
             self.labels = Some(DeviceLabels {
@@ -313,6 +315,7 @@ impl CudaScorer {
 
     /// Cost map, fusion, rejection and softmax, on the device.
     fn fuse(&mut self, levels: &[DeviceLevel], plan: &ScoringPlan) -> Result<DeviceField> {
+        Self::check_limits(plan)?;
         plan.check_dims(levels.iter().map(|l| l.dim))?;
         self.upload_labels(plan.labels)?;
         let k = plan.labels.len();
@@ -418,6 +421,19 @@ impl CudaScorer {
     pub fn within_limits(plan: &ScoringPlan) -> bool {
         plan.labels.len() <= MAX_LABELS && plan.rejection().is_none_or(|k| 4 * k <= MAX_FUSED_CANDIDATES)
     }
+
+    /// [`Self::within_limits`] as an error that gives the plan's figures and the limits.
+    pub fn check_limits(plan: &ScoringPlan) -> Result<()> {
+        if Self::within_limits(plan) {
+            return Ok(());
+        }
+        Err(EngineError::Gpu(format!(
+            "{} labels / top_k {} exceed the CUDA kernels' limits ({MAX_LABELS} labels, top_k {})",
+            plan.labels.len(),
+            plan.top_k,
+            MAX_FUSED_CANDIDATES / 4
+        )))
+    }
 }
 
 impl Scorer for CudaScorer {
@@ -430,14 +446,9 @@ impl Scorer for CudaScorer {
     }
 
     fn score(&mut self, levels: &[EmbeddingMap], plan: &ScoringPlan) -> Result<Scored> {
-        if !Self::within_limits(plan) {
+        if let Err(e) = Self::check_limits(plan) {
             if !self.warned_limits {
-                tracing::warn!(
-                    "{} labels / top_k {} exceed the CUDA kernels' limits ({MAX_LABELS} labels, top_k {}); scoring these frames on the CPU",
-                    plan.labels.len(),
-                    plan.top_k,
-                    MAX_FUSED_CANDIDATES / 4
-                );
+                tracing::warn!("{e}; scoring these frames on the CPU");
                 self.warned_limits = true;
             }
             return self.cpu.score(levels, plan);
