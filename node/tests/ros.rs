@@ -678,15 +678,24 @@ fn bad_frames_are_counted_logged_once_and_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let domain = domain_id();
     let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
-    let mut node = NodeProcess::start(domain, &["-p", "diagnostics_period:=0.2", "-p", "image_qos:=reliable"], tmp.path());
+    // With simulated time (a rosgraph_msgs/Clock writer, as simulators and bag players have).
+    let params = ["-p", "diagnostics_period:=0.2", "-p", "image_qos:=reliable", "-p", "use_sim_time:=true"];
+    let mut node = NodeProcess::start(domain, &params, tmp.path());
     let png = pngs[0].display().to_string();
     // The good frames go as YUYV, which the node converts (BT.601).
     let args = ["pubsub", "--images", &png, "--encoding", "yuyv", "--camera-info", "--bad-frames", "--diagnostics", "--repeat", "4", "--rate-hz", "4"];
-    let result = ok(peer(domain, &[&args[..], &["--expect", "1", "--timeout", "60", "--collect", "mask"]].concat()));
+    let result = ok(peer(domain, &[&args[..], &["--expect", "1", "--timeout", "60", "--collect", "mask", "--sim-clock", "5000"]].concat()));
     let diagnostics = &result["diagnostics"];
     for kind in ["step", "encoding", "zero_size", "size_mismatch"] {
         assert_eq!(diagnostics[format!("rejected.{kind}")], "1", "{diagnostics:#}");
     }
+    // Three frames had nothing to show; the one whose camera_info has another size still has
+    // its mask (stamp 503), since only depth and points need camera_info.
+    assert_eq!(diagnostics["frames_rejected"], "3", "{diagnostics:#}");
+    let mask_stamps = result["topics"]["mask"]["stamps"].as_array().unwrap();
+    assert!(mask_stamps.contains(&serde_json::json!([503, 0])), "{mask_stamps:?}");
+    let stamp = result["diagnostics_stamp"][0].as_i64().unwrap();
+    assert!((5000..5300).contains(&stamp), "/diagnostics is stamped with /clock time: {}", result["diagnostics_stamp"]);
     assert_eq!(diagnostics["backend"], "cpu");
     assert!(diagnostics["latency_ms.total.p50"].as_str().is_some(), "{diagnostics:#}");
     node.assert_running();

@@ -73,7 +73,9 @@ from rcl_interfaces.srv import (DescribeParameters, GetParameters,  # noqa: E402
 from rclpy.executors import ExternalShutdownException  # noqa: E402
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: E402
                        ReliabilityPolicy)
+from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 _T0 = time.monotonic()
@@ -320,7 +322,8 @@ BAD_KINDS = ["step", "encoding", "zero_size", "size_mismatch"]
 
 
 def bad_frames(frame):
-    """One malformed input per kind the node must count and skip, as
+    """One malformed input per kind the node must count (and skip, but for a
+    camera_info of another size, which only stops what needs it), as
     (kind, camera_info fields or None, image fields) with stamps 500+i."""
     w, h = frame.width, frame.height
     header = lambda i: header_fields(500 + i, 0, "camera")  # noqa: E731
@@ -530,6 +533,14 @@ def cmd_pubsub(a):
     if rights:
         pubs["right/camera_info"] = node.create_publisher(CameraInfo, "right/camera_info", input_qos())
         pubs["right/image"] = node.create_publisher(Image, "right/image", input_qos())
+    if a.sim_clock is not None:
+        pubs["/clock"] = node.create_publisher(Clock, "/clock", 10)
+
+    def tick_clock():
+        """Publishes simulated time: --sim-clock seconds plus the time since start."""
+        if a.sim_clock is not None:
+            ns = int((a.sim_clock + time.monotonic() - _T0) * 1e9)
+            pubs["/clock"].publish(Clock(clock=Time(sec=ns // 10**9, nanosec=ns % 10**9)))
 
     published = []  # [{index, sec, nanosec, image}]
     published_stamps = set()
@@ -556,8 +567,10 @@ def cmd_pubsub(a):
             msg_type, topic, lambda m, t=topic: on_message(t, m), sensor_qos())
     label_reader = label_info_reader() if "label_info" in a.collect else None
     diagnostics = {}
+    diagnostics_stamp = []
     if a.diagnostics:
         def on_diagnostics(msg):
+            diagnostics_stamp[:] = [msg.header.stamp.sec, msg.header.stamp.nanosec]
             for status in msg.status:
                 diagnostics.clear()
                 diagnostics.update({kv.key: kv.value for kv in status.values})
@@ -585,6 +598,7 @@ def cmd_pubsub(a):
             "label_info": label_infos[-1] if label_infos else None,
             "label_info_count": len(label_infos),
             "diagnostics": diagnostics if a.diagnostics else None,
+            "diagnostics_stamp": diagnostics_stamp if a.diagnostics else None,
             "out_dir": str(out_dir) if out_dir else None,
             "unmatched": unmatched(),
             "elapsed_s": round(time.monotonic() - _T0, 3),
@@ -603,7 +617,7 @@ def cmd_pubsub(a):
         take_label_info()
         if any(len(r["matched"]) < a.expect for r in received.values()):
             return False
-        if a.bad_frames and int(diagnostics.get("frames_rejected", 0)) < len(BAD_KINDS):
+        if a.bad_frames and sum(int(diagnostics.get(f"rejected.{k}", 0)) for k in BAD_KINDS) < len(BAD_KINDS):
             return False
         return label_reader is None or bool(label_infos)
 
@@ -625,6 +639,7 @@ def cmd_pubsub(a):
             spin_for(executor, 1.0)
             for kind, info, image in bad_frames(frames[0]):
                 log(f"publishing a bad frame: {kind}")
+                tick_clock()
                 if info is not None:
                     pubs["camera_info"].publish(fill(CameraInfo(), info))
                 pubs["image"].publish(fill(Image(), image))
@@ -638,6 +653,7 @@ def cmd_pubsub(a):
             sec, nanosec = input_stamp(index)
             header = header_fields(sec, nanosec, a.frame_id)
             published_stamps.add((sec, nanosec))
+            tick_clock()
             # camera_info and depth first, so they are there when the image is.
             if "camera_info" in pubs:
                 info = frame.camera_info(header, distortion=a.distortion)
@@ -1119,6 +1135,8 @@ def build_parser():
     s.add_argument("--out", metavar="DIR", help="write <topic>_<sec>_<nanosec>.json/.bin here")
     s.add_argument("--diagnostics", action="store_true",
                    help="report the node's latest /diagnostics key/values")
+    s.add_argument("--sim-clock", type=float, metavar="SECONDS",
+                   help="publish rosgraph_msgs/Clock on /clock from this time on, as a simulator does")
     s.add_argument("--bad-frames", action="store_true",
                    help="first publish one malformed frame per kind (needs --camera-info "
                    "and --diagnostics; waits until /diagnostics counts them)")

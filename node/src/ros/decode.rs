@@ -1,5 +1,6 @@
 //! Incoming messages to engine inputs, with every rejection naming the field and its value.
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use engine::{Frame, PixelFormat};
 
@@ -16,34 +17,33 @@ fn reject(kind: &'static str, message: impl Into<String>) -> Rejected {
     Rejected { kind, message: message.into() }
 }
 
-/// An `image` message as a frame (its pixel buffer moves into the frame); `info` (if any) must
-/// describe the same size.
-pub fn frame(msg: &mut Image, info: Option<&CameraInfo>) -> Result<Frame, Rejected> {
+/// An image message from `topic` as a frame (its pixel buffer moves into the frame).
+pub fn frame(msg: &mut Image, topic: &str) -> Result<Frame, Rejected> {
     if msg.width == 0 || msg.height == 0 {
-        return Err(reject("zero_size", format!("image: `width` x `height` = {}x{}; both must be > 0", msg.width, msg.height)));
+        return Err(reject("zero_size", format!("{topic}: `width` x `height` = {}x{}; both must be > 0", msg.width, msg.height)));
     }
-    if let Some(info) = info
-        && (info.width, info.height) != (0, 0)
-        && (info.width, info.height) != (msg.width, msg.height)
-    {
-        return Err(reject(
-            "size_mismatch",
-            format!(
-                "image: {}x{} but camera_info `width` x `height` = {}x{} (frame {:?})",
-                msg.width, msg.height, info.width, info.height, msg.header.frame_id
-            ),
-        ));
-    }
-    let format = PixelFormat::from_encoding(&msg.encoding).map_err(|e| reject("encoding", format!("image: {e}")))?;
+    let format = PixelFormat::from_encoding(&msg.encoding).map_err(|e| reject("encoding", format!("{topic}: {e}")))?;
     let frame = Frame { width: msg.width, height: msg.height, format, step: msg.step as usize, data: std::mem::take(&mut msg.data) };
     frame.validate().map_err(|e| {
         let kind = match &e {
             engine::EngineError::Frame { field: "step", .. } => "step",
             _ => "size",
         };
-        reject(kind, format!("image: {e}"))
+        reject(kind, format!("{topic}: {e}"))
     })?;
     Ok(frame)
+}
+
+/// Whether `info` (as published, see [`super::outputs::as_published`]) describes a
+/// `width` x `height` image from `topic`.
+pub fn check_info_size(info: &CameraInfo, info_topic: &str, topic: &str, width: u32, height: u32) -> Result<(), Rejected> {
+    if (info.width, info.height) == (width, height) {
+        return Ok(());
+    }
+    Err(reject(
+        "size_mismatch",
+        format!("{topic}: {width}x{height} but {info_topic} `width` x `height` = {}x{} (after binning and region of interest)", info.width, info.height),
+    ))
 }
 
 /// Reads one depth sample (raw bytes, big-endian?) as metres.
@@ -72,6 +72,13 @@ pub fn depth_metres(msg: &Image, topic: &str, width: u32, height: u32) -> Result
             ));
         }
     };
+    // Another resolution of the same view is resampled; another shape cannot be registered.
+    if (w * height as usize).abs_diff(h * width as usize) * 100 > w * height as usize {
+        return Err(reject(
+            "depth_size",
+            format!("{topic}: {w}x{h} has another aspect ratio than the {width}x{height} image it is registered to"),
+        ));
+    }
     let step = msg.step as usize;
     if step < w * bytes {
         return Err(reject("depth_step", format!("{topic}: `step` = {step}, shorter than width * {bytes} = {}", w * bytes)));
@@ -98,26 +105,51 @@ pub fn depth_metres(msg: &Image, topic: &str, width: u32, height: u32) -> Result
     Ok(out)
 }
 
-/// Counts skipped messages per kind and says which kinds are new (to be logged once).
+/// How often a kind of problem that goes on is logged again.
+const RELOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Counts problems per kind and says when one is to be logged: the first time its kind is seen,
+/// then at most every [`RELOG_EVERY`] while it goes on, with the count since.
 #[derive(Debug, Default, Clone)]
 pub struct RejectCounter {
     counts: BTreeMap<&'static str, u64>,
+    logged: BTreeMap<&'static str, (Instant, u64)>,
+    /// The latest problem's message, for /diagnostics.
+    last: Option<String>,
 }
 
 impl RejectCounter {
-    /// Counts `r`; true the first time its kind is seen.
-    pub fn count(&mut self, r: &Rejected) -> bool {
-        let n = self.counts.entry(r.kind).or_insert(0);
-        *n += 1;
-        *n == 1
+    /// Counts `r`; `Some(n)` when it should be logged, with `n` problems of its kind since it last
+    /// was (0 the first time).
+    pub fn count(&mut self, r: &Rejected) -> Option<u64> {
+        self.count_at(r, Instant::now())
     }
 
-    pub fn total(&self) -> u64 {
-        self.counts.values().sum()
+    fn count_at(&mut self, r: &Rejected, now: Instant) -> Option<u64> {
+        let n = self.counts.entry(r.kind).or_insert(0);
+        *n += 1;
+        let total = *n;
+        self.last = Some(r.message.clone());
+        match self.logged.get_mut(r.kind) {
+            None => {
+                self.logged.insert(r.kind, (now, total));
+                Some(0)
+            }
+            Some((at, seen)) if now.duration_since(*at) >= RELOG_EVERY => {
+                let since = total - 1 - *seen;
+                (*at, *seen) = (now, total);
+                Some(since)
+            }
+            Some(_) => None,
+        }
     }
 
     pub fn by_kind(&self) -> &BTreeMap<&'static str, u64> {
         &self.counts
+    }
+
+    pub fn last(&self) -> Option<&str> {
+        self.last.as_deref()
     }
 }
 
@@ -131,23 +163,24 @@ mod tests {
 
     #[test]
     fn good_frames_decode_and_bad_ones_name_field_and_value() {
-        assert!(frame(&mut image(4, 2, "rgb8", 12, 24), None).is_ok());
-        let r = frame(&mut image(4, 2, "rgb8", 10, 24), None).unwrap_err();
+        assert!(frame(&mut image(4, 2, "rgb8", 12, 24), "image").is_ok());
+        let r = frame(&mut image(4, 2, "rgb8", 10, 24), "image").unwrap_err();
         assert_eq!(r.kind, "step");
         assert!(r.message.contains("`step` = 10"), "{}", r.message);
-        let r = frame(&mut image(4, 2, "rgb8", 12, 20), None).unwrap_err();
+        let r = frame(&mut image(4, 2, "rgb8", 12, 20), "image").unwrap_err();
         assert_eq!(r.kind, "size");
         assert!(r.message.contains("20 bytes"), "{}", r.message);
-        let r = frame(&mut image(4, 2, "bayer_rggb8", 4, 8), None).unwrap_err();
+        let r = frame(&mut image(4, 2, "bayer_rggb8", 4, 8), "right/image").unwrap_err();
         assert_eq!(r.kind, "encoding");
-        assert!(r.message.contains("bayer_rggb8"), "{}", r.message);
-        let r = frame(&mut image(0, 2, "rgb8", 0, 0), None).unwrap_err();
+        assert!(r.message.starts_with("right/image: ") && r.message.contains("bayer_rggb8"), "{}", r.message);
+        let r = frame(&mut image(0, 2, "rgb8", 0, 0), "image").unwrap_err();
         assert_eq!(r.kind, "zero_size");
+        assert!(frame(&mut image(4, 2, "nv12", 4, 12), "image").is_ok());
         let info = CameraInfo { width: 640, height: 480, ..Default::default() };
-        let r = frame(&mut image(4, 2, "rgb8", 12, 24), Some(&info)).unwrap_err();
+        assert!(check_info_size(&info, "camera_info", "image", 640, 480).is_ok());
+        let r = check_info_size(&info, "camera_info", "image", 4, 2).unwrap_err();
         assert_eq!(r.kind, "size_mismatch");
-        assert!(r.message.contains("640x480"), "{}", r.message);
-        assert!(frame(&mut image(4, 2, "nv12", 4, 12), None).is_ok());
+        assert!(r.message.contains("image: 4x2 but camera_info `width` x `height` = 640x480"), "{}", r.message);
     }
 
     #[test]
@@ -160,17 +193,25 @@ mod tests {
         let mut m = image(1, 1, "32FC1", 4, 4);
         m.data = 2.25f32.to_le_bytes().to_vec();
         assert_eq!(depth_metres(&m, "depth_registered", 2, 2).unwrap(), vec![2.25; 4]);
+        let r = depth_metres(&image(1, 2, "32FC1", 4, 8), "depth_registered", 2, 2).unwrap_err();
+        assert!(r.kind == "depth_size" && r.message.contains("1x2 has another aspect ratio than the 2x2 image"), "{}", r.message);
         let r = depth_metres(&image(1, 1, "rgb8", 3, 3), "depth/image", 1, 1).unwrap_err();
         assert!(r.message.contains("\"rgb8\""), "{}", r.message);
     }
 
     #[test]
-    fn each_kind_is_reported_once() {
+    fn each_kind_is_logged_once_then_again_after_a_while_with_the_count_since() {
         let mut c = RejectCounter::default();
+        let t0 = Instant::now();
         let r = reject("step", "x");
-        assert!(c.count(&r));
-        assert!(!c.count(&r));
-        assert!(c.count(&reject("size", "y")));
-        assert_eq!(c.total(), 3);
+        assert_eq!(c.count_at(&r, t0), Some(0));
+        assert_eq!(c.count_at(&r, t0 + Duration::from_secs(1)), None);
+        assert_eq!(c.count_at(&reject("size", "y"), t0), Some(0));
+        assert_eq!(c.count_at(&r, t0 + Duration::from_secs(2)), None);
+        assert_eq!(c.count_at(&r, t0 + RELOG_EVERY), Some(2));
+        assert_eq!(c.count_at(&r, t0 + RELOG_EVERY + Duration::from_secs(1)), None);
+        assert_eq!(c.by_kind().values().sum::<u64>(), 6);
+        assert_eq!(c.by_kind()["step"], 5);
+        assert_eq!(c.last(), Some("x"));
     }
 }

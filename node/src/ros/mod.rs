@@ -14,7 +14,7 @@ pub mod stats;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -27,7 +27,7 @@ use rustdds::mio1::{Events, Interest, Poll, Token};
 
 use crate::CommonArgs;
 use args::RosArgs;
-use msgs::{CameraInfo, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, Time};
+use msgs::{CameraInfo, Clock, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, Time};
 use outputs::{OutMsg, Topic};
 use param_state::ParamState;
 use processor::{FrameOutcome, Processor, Update};
@@ -81,9 +81,6 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let mut node = context
         .new_node(NodeName::new(&namespace, &node_name).map_err(|e| anyhow!("node name {fqn}: {e:?}"))?, options)
         .context("creating the node")?;
-    if settings.use_sim_time {
-        node.set_parameter("use_sim_time", ros2_client::ParameterValue::Boolean(true)).map_err(|e| anyhow!("use_sim_time: {e}"))?;
-    }
 
     let resolve = |name: &str| -> Result<Name> {
         let full = args::resolve_topic(name, &namespace, &node_name, &ros.remaps).with_context(|| format!("topic {name}"))?;
@@ -108,6 +105,15 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let mut depth_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("depth/camera_info")?, &input_qos)?;
     let mut right_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("right/image")?, &input_qos)?;
     let mut right_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("right/camera_info")?, &input_qos)?;
+    // Simulated time is read here rather than by the ROS client library, whose /clock reader
+    // declares the type builtin_interfaces/Time and so never matches a rosgraph_msgs/Clock writer.
+    // Best effort matches both kinds of /clock writer; until the first message time is 0.
+    let clock_qos = QosProfile::subscription_default().history(History::KeepLast { depth: 1 });
+    let mut clock_sub = match settings.use_sim_time {
+        true => Some(subscribe::<Clock>(&mut node, resolve("/clock")?, &clock_qos)?),
+        false => None,
+    };
+    let sim_time = settings.use_sim_time.then(|| Arc::new(AtomicI64::new(0)));
 
     let mut outputs = BTreeMap::new();
     for topic in Topic::ALL {
@@ -145,7 +151,7 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let (side_tx, side_rx) = crossbeam_channel::bounded::<Side>(64);
     let worker = {
         let processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
-        let publishers = Publishers { node: node.clone(), outputs, label_info, diagnostics, name: fqn.clone() };
+        let publishers = Publishers { node: node.clone(), outputs, label_info, diagnostics, name: fqn.clone(), sim_time: sim_time.clone() };
         std::thread::Builder::new()
             .name("processing".into())
             .spawn(move || process_loop(processor, publishers, frame_rx, side_rx, update_rx))?
@@ -160,6 +166,9 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     poll.registry().register(&mut right_info_sub, Token(4), Interest::READABLE)?;
     poll.registry().register(&mut raw_depth_sub, Token(5), Interest::READABLE)?;
     poll.registry().register(&mut depth_info_sub, Token(6), Interest::READABLE)?;
+    if let Some(sub) = &mut clock_sub {
+        poll.registry().register(sub, Token(7), Interest::READABLE)?;
+    }
     let mut events = Events::with_capacity(8);
     let mut side_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
@@ -168,6 +177,11 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
                 tracing::warn!("poll: {e}");
             }
             continue;
+        }
+        if let (Some(sub), Some(now)) = (&clock_sub, &sim_time) {
+            while let Some(clock) = take(sub, "/clock") {
+                now.store(clock.clock.as_nanos(), Ordering::Relaxed);
+            }
         }
         // camera_info and depth first: a frame should find what was sent along with it.
         while let Some(info) = take(&info_sub, "camera_info") {
@@ -238,6 +252,8 @@ struct Publishers {
     label_info: Publisher<LabelInfo>,
     diagnostics: Publisher<DiagnosticArray>,
     name: String,
+    /// Nanoseconds of the latest /clock message, with use_sim_time.
+    sim_time: Option<Arc<AtomicI64>>,
 }
 
 impl Publishers {
@@ -258,8 +274,17 @@ impl Publishers {
         }
     }
 
+    /// Stamp for label_info and /diagnostics: /clock time with use_sim_time, else the system's.
     fn now(&self) -> Time {
-        Time::from_nanos(self.node.time_now().to_nanos())
+        match &self.sim_time {
+            Some(nanos) => Time::from_nanos(nanos.load(Ordering::Relaxed)),
+            None => Time::from_nanos(self.node.time_now().to_nanos()),
+        }
+    }
+
+    /// Whether depth or points would be computed for a frame now.
+    fn wants_depth(&self, settings: &params::OutputSettings) -> bool {
+        Topic::ALL.into_iter().any(|t| t.needs_depth() && settings.publishes(t.toggle()) && self.has_subscribers(t))
     }
 }
 
@@ -276,22 +301,17 @@ fn process_loop(
     let mut last_diagnostics = Instant::now();
     let mut failed_publishes = 0u64;
     loop {
-        // Parameter changes land between frames: a frame never mixes two label sets.
-        for update in updates.try_iter() {
-            processor.apply(update);
-        }
-        if processor.settings().publishes("publish_label_info")
-            && let Some(info) = processor.take_label_info(publishers.now())
-            && publishers.label_info.publish(info).is_err()
-        {
-            failed_publishes += 1;
-        }
+        failed_publishes += apply_updates(&mut processor, &updates, &publishers);
         match frames.take(POLL) {
             Ok(incoming) => {
+                // A change whose set call returned while this thread waited applies to this frame.
+                failed_publishes += apply_updates(&mut processor, &updates, &publishers);
                 // What was sent before this frame is in the side channel by now.
                 drain_side(&mut processor, &side);
-                let stamp = incoming.image.header.stamp;
-                wait_for_depth_input(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
+                if publishers.wants_depth(processor.settings()) {
+                    let stamp = incoming.image.header.stamp;
+                    wait_for_depth_input(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
+                }
                 let outcome = processor.process(incoming.image, incoming.received, |t| publishers.has_subscribers(t));
                 if let FrameOutcome::Published(msgs) = outcome {
                     for msg in msgs {
@@ -309,6 +329,18 @@ fn process_loop(
             let array = DiagnosticArray { header: Header { stamp: publishers.now(), frame_id: String::new() }, status: vec![status] };
             let _ = publishers.diagnostics.publish(array);
         }
+    }
+}
+
+/// Applies parameter changes (between frames: a frame never mixes two label sets) and re-sends
+/// label_info if they changed it; returns the number of failed publishes.
+fn apply_updates(processor: &mut Processor, updates: &Receiver<Update>, publishers: &Publishers) -> u64 {
+    for update in updates.try_iter() {
+        processor.apply(update);
+    }
+    match processor.settings().publishes("publish_label_info").then(|| processor.take_label_info(publishers.now())).flatten() {
+        Some(info) => publishers.label_info.publish(info).is_err() as u64,
+        None => 0,
     }
 }
 

@@ -69,6 +69,13 @@ pub struct Header {
     pub frame_id: String,
 }
 
+/// rosgraph_msgs/Clock: simulated time on `/clock`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Clock {
+    pub clock: Time,
+}
+ros_type!(Clock, "rosgraph_msgs", "Clock", concat!("builtin_interfaces/Time clock\n", dependency!("builtin_interfaces/Time", "int32 sec\nuint32 nanosec\n")));
+
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub header: Header,

@@ -2,7 +2,7 @@
 use calibration::{Camera, CalibrationError, PinholeCamera, PixelRays};
 use engine::{LabelMap, LabelSet, MaskPixels};
 
-use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
+use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, RegionOfInterest, VisionClass};
 
 /// The per-frame output topics (label_info and diagnostics are published on change / on a timer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,6 +97,40 @@ fn floats(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// `info` as it describes the images actually published: the region of interest (when set)
+/// cut out and binning applied, to the size and to K and P (principal point shifted by the
+/// region's offset, then K and P divided by the binning), as ROS image_geometry reads them.
+/// camera_info `width` x `height` stay the calibration's full size under this convention.
+pub fn as_published(mut info: CameraInfo) -> CameraInfo {
+    let roi = &info.roi;
+    let (bx, by) = (info.binning_x.max(1), info.binning_y.max(1));
+    let full_frame = roi.width == 0 || roi.height == 0;
+    if full_frame && (bx, by) == (1, 1) {
+        return info;
+    }
+    let (x0, y0) = if full_frame { (0.0, 0.0) } else { (roi.x_offset as f64, roi.y_offset as f64) };
+    if !full_frame {
+        (info.width, info.height) = (roi.width, roi.height);
+    }
+    (info.width, info.height) = (info.width / bx, info.height / by);
+    let (sx, sy) = (bx as f64, by as f64);
+    // K: fx 0 cx / 0 fy cy / 0 0 1. P: fx 0 cx Tx / 0 fy cy Ty / 0 0 1 0.
+    info.k[2] -= x0;
+    info.k[5] -= y0;
+    info.p[2] -= x0 * info.p[10];
+    info.p[6] -= y0 * info.p[10];
+    for i in [0, 1, 2] {
+        info.k[i] /= sx;
+        info.k[3 + i] /= sy;
+    }
+    for i in [0, 1, 2, 3] {
+        info.p[i] /= sx;
+        info.p[4 + i] /= sy;
+    }
+    (info.binning_x, info.binning_y, info.roi) = (0, 0, Default::default());
+    info
+}
+
 /// The pinhole model of rectified pixels. As in ROS image_geometry, rectified images follow P
 /// (K and D describe the raw image); K is used when P is not filled in.
 pub fn rectified_camera(info: &CameraInfo) -> Result<PinholeCamera, calibration::CalibrationError> {
@@ -111,6 +145,14 @@ pub fn rectified_camera(info: &CameraInfo) -> Result<PinholeCamera, calibration:
 /// The camera model of an image described by `info`: the pinhole of P for a rectified image,
 /// K with the distortion model `d` for a raw one.
 pub fn image_camera(info: &CameraInfo, rectified: bool) -> Result<Camera, CalibrationError> {
+    // Every pixel gets a ray: a size no image can have would only exhaust memory.
+    const _: () = assert!(engine::frame::MAX_FRAME_SIDE == 16384, "the reason below gives the limit");
+    for (field, value) in [("width", info.width), ("height", info.height)] {
+        if value > engine::frame::MAX_FRAME_SIDE {
+            let reason = "more than 16384, the largest image side the node takes";
+            return Err(CalibrationError::Invalid { field, value: value.to_string(), reason });
+        }
+    }
     if rectified {
         rectified_camera(info).map(Camera::from)
     } else {
@@ -214,6 +256,35 @@ mod tests {
 
     fn map() -> LabelMap {
         LabelMap { width: 2, height: 2, labels: vec![0, 1, engine::UNKNOWN, 1], confidence: vec![0.9, 0.8, 0.1, 0.7] }
+    }
+
+    #[test]
+    fn binning_and_region_of_interest_describe_the_published_image() {
+        let k = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0];
+        let p = [500.0, 0.0, 320.0, -50.0, 0.0, 510.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        let full = CameraInfo { width: 640, height: 480, distortion_model: "plumb_bob".into(), d: vec![0.1, 0.0, 0.0, 0.0, 0.0], k, p, ..Default::default() };
+        assert_eq!(as_published(full.clone()), full);
+        let binned = as_published(CameraInfo { binning_x: 2, binning_y: 2, ..full.clone() });
+        assert_eq!((binned.width, binned.height), (320, 240));
+        assert_eq!(binned.k, [250.0, 0.0, 160.0, 0.0, 255.0, 120.0, 0.0, 0.0, 1.0]);
+        assert_eq!(binned.p, [250.0, 0.0, 160.0, -25.0, 0.0, 255.0, 120.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        let roi = RegionOfInterest { x_offset: 100, y_offset: 40, width: 200, height: 120, do_rectify: false };
+        let cut = as_published(CameraInfo { roi: roi.clone(), binning_x: 2, ..full.clone() });
+        assert_eq!((cut.width, cut.height), (100, 120));
+        assert_eq!((cut.k[0], cut.k[2], cut.k[4], cut.k[5]), (250.0, 110.0, 510.0, 200.0));
+        assert_eq!(cut.d, full.d);
+        // The same ray either way: a full-frame pixel and its place in the cut-out, binned image.
+        let (u, v) = (300.0, 100.0);
+        let (ub, vb) = ((u - 100.0) / 2.0, v - 40.0);
+        assert_eq!(((u - k[2]) / k[0], (v - k[5]) / k[4]), ((ub - cut.k[2]) / cut.k[0], (vb - cut.k[5]) / cut.k[4]));
+    }
+
+    #[test]
+    fn a_camera_info_larger_than_any_image_is_refused_before_its_rays_are_made() {
+        let k = [500.0, 0.0, 320.0, 0.0, 500.0, 240.0, 0.0, 0.0, 1.0];
+        let huge = CameraInfo { width: 200_000, height: 120, distortion_model: "plumb_bob".into(), d: vec![0.0; 5], k, ..Default::default() };
+        let e = image_camera(&huge, false).unwrap_err().to_string();
+        assert!(e.contains("width") && e.contains("200000"), "{e}");
     }
 
     #[test]

@@ -108,9 +108,14 @@ pub struct Processor {
     stereo_fallback: Option<String>,
     pub rejects: RejectCounter,
     pub latency: Latencies,
-    /// Set when labels change, so the owner republishes `label_info`.
-    labels_changed: bool,
+    /// Set when labels or the threshold change, so the owner republishes `label_info`.
+    label_info_due: bool,
+    /// Whether camera_info describes the frame being processed (checked once per frame).
+    camera_info_fits: bool,
     frames: u64,
+    /// Frames that produced no output at all, and whether the latest one was such.
+    frames_skipped: u64,
+    last_skipped: bool,
     last_error: Option<String>,
 }
 
@@ -133,8 +138,11 @@ impl Processor {
             stereo_fallback: None,
             rejects: RejectCounter::default(),
             latency: Latencies::default(),
-            labels_changed: true,
+            label_info_due: true,
+            camera_info_fits: true,
             frames: 0,
+            frames_skipped: 0,
+            last_skipped: false,
             last_error: None,
         }
     }
@@ -143,9 +151,11 @@ impl Processor {
         match update {
             Update::Labels(labels) => {
                 self.labels = labels;
-                self.labels_changed = true;
+                self.label_info_due = true;
             }
             Update::Options(options) => {
+                // label_info carries the threshold.
+                self.label_info_due |= options.unknown_threshold != self.pipeline.options().unknown_threshold;
                 if let Err(e) = self.pipeline.set_options(options) {
                     // Values are checked before they get here; keep the old options if not.
                     tracing::error!("segmentation options refused: {e}");
@@ -161,21 +171,22 @@ impl Processor {
             Update::Pipeline(pipeline, labels) => {
                 self.pipeline = *pipeline;
                 self.labels = labels;
-                self.labels_changed = true;
+                self.label_info_due = true;
             }
         }
     }
 
+    // Each camera_info is kept as it describes the published images (binning, region of interest).
     pub fn set_camera_info(&mut self, info: CameraInfo) {
-        self.camera_info = Some(info);
+        self.camera_info = Some(outputs::as_published(info));
     }
 
     pub fn set_depth_camera_info(&mut self, info: CameraInfo) {
-        self.depth_camera_info = Some(info);
+        self.depth_camera_info = Some(outputs::as_published(info));
     }
 
     pub fn set_right_camera_info(&mut self, info: CameraInfo) {
-        self.right_camera_info = Some(info);
+        self.right_camera_info = Some(outputs::as_published(info));
     }
 
     /// Whether the input `mode` needs for a frame stamped `stamp` has arrived.
@@ -194,7 +205,7 @@ impl Processor {
 
     /// `label_info` for the current labels if they changed since the last call.
     pub fn take_label_info(&mut self, stamp: Time) -> Option<LabelInfo> {
-        if !std::mem::take(&mut self.labels_changed) {
+        if !std::mem::take(&mut self.label_info_due) {
             return None;
         }
         let header = Header { stamp, frame_id: String::new() };
@@ -206,16 +217,27 @@ impl Processor {
     pub fn process(&mut self, mut image: Image, received: Instant, wants: impl Fn(Topic) -> bool) -> FrameOutcome {
         let wanted: Vec<Topic> = Topic::ALL.into_iter().filter(|t| self.settings.publishes(t.toggle()) && wants(*t)).collect();
         let header = image.header.clone();
-        let frame = match decode::frame(&mut image, self.camera_info.as_ref()) {
+        let frame = match decode::frame(&mut image, "image") {
             Ok(f) => f,
             Err(r) => return self.skip(r),
         };
+        // A camera_info of another size stops only what needs it; the mask needs none.
+        self.camera_info_fits = match self.camera_info.as_ref().map(|info| decode::check_info_size(info, "camera_info", "image", frame.width, frame.height)) {
+            Some(Err(mut r)) => {
+                r.message += "; what needs camera_info (depth registration, stereo, ground depth, points) skipped";
+                self.note(&r);
+                false
+            }
+            _ => true,
+        };
         let wants_depth = wanted.iter().any(|t| t.needs_depth());
         let measured = if self.settings.depth_mode == DepthMode::Rgbd && wants_depth {
-            match self.measured_depth(header.stamp, &frame) {
-                Ok(m) => m,
-                Err(r) => return self.skip(r),
-            }
+            // A malformed depth image costs this frame its depth, not its mask.
+            self.measured_depth(header.stamp, &frame).unwrap_or_else(|mut r| {
+                r.message += "; depth and points skipped";
+                self.note(&r);
+                None
+            })
         } else {
             None
         };
@@ -256,7 +278,7 @@ impl Processor {
         let measured_modes = matches!(self.settings.depth_mode, DepthMode::Rgbd | DepthMode::Stereo | DepthMode::Model);
         let wants_rays = wanted.contains(&Topic::Points) || (measured_modes && self.settings.ground_fit.is_some());
         let rays = match metres.is_some() && wants_rays {
-            true => self.image_rays(&frame, "points and ground_fit"),
+            true => self.image_rays("points and ground_fit"),
             false => None,
         };
         if let (Some(m), Some(rays), Some(tolerance), true) = (&mut metres, &rays, self.settings.ground_fit, measured_modes) {
@@ -296,6 +318,7 @@ impl Processor {
         timings.post_ms += started.elapsed().as_secs_f64() * 1000.0;
         self.latency.record(&timings, received.elapsed().as_secs_f64() * 1000.0);
         self.frames += 1;
+        self.last_skipped = false;
         FrameOutcome::Published(out)
     }
 
@@ -340,7 +363,10 @@ impl Processor {
         };
         let size = (depth.width as usize, depth.height as usize);
         let metres = decode::depth_metres(depth, topic, depth.width, depth.height)?;
-        match self.register(&metres, size, frame, &source) {
+        if !self.camera_info_fits {
+            return Ok(None); // said once for the frame
+        }
+        match self.register(&metres, size, &source) {
             Ok(m) => Ok(Some(m)),
             Err(r) => {
                 self.note(&r);
@@ -350,12 +376,17 @@ impl Processor {
     }
 
     /// `metres` from the depth camera redrawn as the colour camera's z-depth.
-    fn register(&mut self, metres: &[f32], size: (usize, usize), frame: &Frame, source: &PoseParam) -> Result<Vec<f32>, Rejected> {
+    fn register(&mut self, metres: &[f32], size: (usize, usize), source: &PoseParam) -> Result<Vec<f32>, Rejected> {
         let _s = tracing::debug_span!("register_depth").entered();
         let reject = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
         let (Some(color), Some(depth)) = (&self.camera_info, &self.depth_camera_info) else {
             return Err(reject("no_camera_info", "depth_registration extrinsics needs camera_info and depth/camera_info".into()));
         };
+        // Sizes first: the registration's tables are as large as the camera_info says.
+        if (depth.width as usize, depth.height as usize) != size {
+            return Err(reject("depth_size", format!("depth/image is {}x{}, but depth/camera_info says {}x{}", size.0, size.1, depth.width, depth.height)));
+        }
+
         let rectified = self.settings.image_rectified;
         let current = |c: &RegistrationCache| {
             c.rectified == rectified && c.source == *source && outputs::same_calibration(&c.color, color) && outputs::same_calibration(&c.depth, depth)
@@ -372,14 +403,6 @@ impl Processor {
             }
         };
         let registration = &self.registration.insert(cache).registration;
-        if registration.depth_size() != size {
-            let (w, h) = registration.depth_size();
-            return Err(reject("depth_size", format!("depth/image is {}x{}, but depth/camera_info says {w}x{h}", size.0, size.1)));
-        }
-        if registration.color_size() != (frame.width as usize, frame.height as usize) {
-            let (w, h) = registration.color_size();
-            return Err(reject("camera_info_size", format!("image is {}x{}, but camera_info says {w}x{h}", frame.width, frame.height)));
-        }
         registration.register(metres).map_err(|e| reject("registration", e.to_string()))
     }
 
@@ -422,16 +445,22 @@ impl Processor {
                 return None;
             }
         };
-        let right_info = right_info.clone();
-        let right = match decode::frame(&mut right, Some(&right_info)) {
-            Ok(f) if (f.width, f.height) == (left.width, left.height) => f,
-            Ok(f) => {
-                let message = format!("right/image: {}x{}, but image is {}x{}", f.width, f.height, left.width, left.height);
-                self.note(&skip("size_mismatch", message));
-                return None;
+        if !self.camera_info_fits {
+            return None; // said once for the frame
+        }
+        // Every problem with the right camera's input is counted as one kind, named by topic.
+        let right_problem = |r: Rejected| Rejected { kind: "right_image", message: format!("{}; depth and points skipped", r.message) };
+        let checked = decode::frame(&mut right, "right/image").and_then(|f| {
+            decode::check_info_size(right_info, "right/camera_info", "right/image", f.width, f.height)?;
+            match (f.width, f.height) == (left.width, left.height) {
+                true => Ok(f),
+                false => Err(Rejected { kind: "right_image", message: format!("right/image: {}x{}, but image is {}x{}", f.width, f.height, left.width, left.height) }),
             }
+        });
+        let right = match checked {
+            Ok(f) => f,
             Err(r) => {
-                self.note(&r);
+                self.note(&right_problem(r));
                 return None;
             }
         };
@@ -473,7 +502,7 @@ impl Processor {
     /// other labels take the ground depth where their column meets it.
     fn ground_depth(&mut self, map: &engine::LabelMap) -> Option<calibration::GroundDepth> {
         let _s = tracing::debug_span!("ground_depth").entered();
-        let rays = self.image_rays_of(map.width, map.height, "depth and points")?;
+        let rays = self.image_rays("depth and points")?;
         let (pose, mounting) = (&self.settings.camera_pose, self.settings.camera_mounting);
         let plane = match &self.ground_plane {
             Some((p, m, plane)) if p == pose && *m == mounting => Ok(*plane),
@@ -516,22 +545,16 @@ impl Processor {
         }
     }
 
-    fn image_rays(&mut self, frame: &Frame, what: &str) -> Option<Arc<PixelRays>> {
-        self.image_rays_of(frame.width, frame.height, what)
-    }
-
-    /// The rays of the image's pixels from the last camera_info (P when `image_rectified`, K
-    /// and the distortion model otherwise), if it is usable and of the image's size.
-    fn image_rays_of(&mut self, width: u32, height: u32, what: &str) -> Option<Arc<PixelRays>> {
+    /// The rays of the frame's pixels from the last camera_info (P when `image_rectified`, K
+    /// and the distortion model otherwise), if it is usable and of the frame's size.
+    fn image_rays(&mut self, what: &str) -> Option<Arc<PixelRays>> {
         let rectified = self.settings.image_rectified;
         let Some(info) = &self.camera_info else {
             self.note(&Rejected { kind: "no_camera_info", message: format!("no camera_info received yet; {what} skipped") });
             return None;
         };
-        if (info.width, info.height) != (width, height) {
-            let message = format!("image is {width}x{height}, but camera_info says {}x{}; {what} skipped", info.width, info.height);
-            self.note(&Rejected { kind: "camera_info_size", message });
-            return None;
+        if !self.camera_info_fits {
+            return None; // said once for the frame
         }
         if let Some(cache) = &self.rays
             && cache.rectified == rectified
@@ -554,12 +577,18 @@ impl Processor {
 
     fn skip(&mut self, r: Rejected) -> FrameOutcome {
         self.note(&r);
+        self.frames_skipped += 1;
+        self.last_skipped = true;
         FrameOutcome::Skipped
     }
 
+    /// Counts a problem in /diagnostics and logs it the first time its kind comes up, then
+    /// at most every half minute while it goes on.
     fn note(&mut self, r: &Rejected) {
-        if self.rejects.count(r) {
-            tracing::warn!("{} (logged once; counted in /diagnostics as rejected.{})", r.message, r.kind);
+        match self.rejects.count(r) {
+            Some(0) => tracing::warn!("{} (counted in /diagnostics as rejected.{})", r.message, r.kind),
+            Some(n) => tracing::warn!("{} (rejected.{}: {n} more since last logged)", r.message, r.kind),
+            None => {}
         }
     }
 
@@ -573,8 +602,11 @@ impl Processor {
             kv("labels", self.labels.len().to_string()),
             kv("frames_processed", self.frames.to_string()),
             kv("frames_dropped", dropped.to_string()),
-            kv("frames_rejected", self.rejects.total().to_string()),
+            kv("frames_rejected", self.frames_skipped.to_string()),
         ];
+        if let Some(last) = self.rejects.last() {
+            values.push(kv("last_problem", last.into()));
+        }
         for (kind, n) in self.rejects.by_kind() {
             values.push(kv(&format!("rejected.{kind}"), n.to_string()));
         }
@@ -604,6 +636,9 @@ impl Processor {
         }
         let (level, message) = match &self.last_error {
             Some(e) => (DiagnosticStatus::ERROR, e.clone()),
+            None if self.last_skipped => {
+                (DiagnosticStatus::WARN, format!("latest frame skipped: {}", self.rejects.last().unwrap_or("see rejected.*")))
+            }
             None if self.pipeline.scorer_fallback().is_some() => {
                 (DiagnosticStatus::WARN, format!("{} frames processed; GPU scoring failed, scoring on the CPU", self.frames))
             }
