@@ -31,7 +31,9 @@ pub struct CameraInfoYaml {
     pub projection_matrix: [f64; 12],
 }
 
+// `expecting` keeps the private struct names out of type errors ("expected struct RawFile").
 #[derive(Deserialize)]
+#[serde(expecting = "a matrix mapping with rows, cols and data")]
 struct RawMatrix {
     rows: i64,
     cols: i64,
@@ -39,6 +41,7 @@ struct RawMatrix {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a camera_info mapping (image_width, image_height, camera_matrix, ...)")]
 struct RawFile {
     image_width: u32,
     image_height: u32,
@@ -98,7 +101,7 @@ const YAML_NAMES: FieldNames = FieldNames {
 impl CameraInfoYaml {
     /// Parses and validates (shapes, finite values, and that [`Self::camera`] succeeds).
     pub fn parse(text: &str) -> Result<Self, CalibrationError> {
-        let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| CalibrationError::Yaml(e.to_string()))?;
+        let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| CalibrationError::yaml("camera_info", e))?;
         let d = &raw.distortion_coefficients;
         if !(d.rows == 1 || d.cols == 1 || d.data.is_empty()) {
             return Err(CalibrationError::invalid(D_FIELDS.rows, d.rows, D_FIELDS.shape));
@@ -313,5 +316,13 @@ mod tests {
         assert_eq!(yaml_string("yes"), "\"yes\"");
         assert_eq!(yaml_string("0123"), "\"0123\"");
         assert_eq!(yaml_string("a: \"b\"\n"), "\"a: \\\"b\\\"\\n\"");
+    }
+
+    #[test]
+    fn type_errors_name_the_file_kind_not_internal_types() {
+        let e = CameraInfoYaml::parse("just some notes").unwrap_err().to_string();
+        assert!(e.starts_with("camera_info YAML: invalid type") && e.contains("expected a camera_info mapping"), "{e}");
+        let e = CameraInfoYaml::parse("image_width: 1\nimage_height: 1\ncamera_matrix: 3\n").unwrap_err().to_string();
+        assert!(e.contains("expected a matrix mapping") && !e.contains("Raw"), "{e}");
     }
 }

@@ -15,9 +15,10 @@ pub enum CalibrationError {
     /// A `distortion_model` this crate does not implement.
     #[error("`{field}` = {value:?}: unknown distortion model, expected one of {accepted}")]
     UnknownModel { field: &'static str, value: String, accepted: &'static str },
-    /// A camera_info YAML document that does not parse (syntax, missing field, wrong type).
-    #[error("camera_info YAML: {0}")]
-    Yaml(String),
+    /// A YAML document that does not parse (syntax, missing field, wrong type); `kind` says
+    /// which kind of file it was meant to be ("camera_info", "pose").
+    #[error("{kind} YAML: {message}")]
+    Yaml { kind: &'static str, message: String },
     /// Reading, parsing or writing a file failed; `message` is the underlying error.
     #[error("{path}: {message}")]
     File { path: String, message: String },
@@ -27,6 +28,10 @@ pub enum CalibrationError {
 }
 
 impl CalibrationError {
+    pub(crate) fn yaml(kind: &'static str, message: impl std::fmt::Display) -> Self {
+        CalibrationError::Yaml { kind, message: message.to_string() }
+    }
+
     pub(crate) fn invalid(field: &'static str, value: impl std::fmt::Display, reason: &'static str) -> Self {
         CalibrationError::Invalid { field, value: value.to_string(), reason }
     }

@@ -21,6 +21,9 @@ pub struct Extrinsics {
 /// (written files carry about 1e-9 of rounding; a scaled or sheared matrix is far off).
 const ROTATION_TOLERANCE: f64 = 1e-6;
 
+/// What YAML errors call these files: camera poses and sensor extrinsics alike.
+const KIND: &str = "pose";
+
 impl Extrinsics {
     pub fn identity() -> Self {
         Extrinsics { isometry: Isometry3::identity() }
@@ -89,25 +92,27 @@ impl Extrinsics {
     /// Exactly one rotation form; unknown keys are refused (a misspelt key would otherwise
     /// silently mean "no rotation").
     pub fn from_yaml(text: &str) -> Result<Self, CalibrationError> {
+        // `expecting` keeps the private struct name out of type errors ("expected struct Raw").
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
+        #[serde(deny_unknown_fields, expecting = "a pose mapping (translation + rotation_rpy | rotation_quaternion, or matrix)")]
         struct Raw {
             translation: Option<Vec<f64>>,
             rotation_rpy: Option<Vec<f64>>,
             rotation_quaternion: Option<Vec<f64>>,
             matrix: Option<Vec<f64>>,
         }
-        let raw: Raw = serde_yaml_ng::from_str(text).map_err(|e| CalibrationError::Yaml(e.to_string()))?;
+        let raw: Raw = serde_yaml_ng::from_str(text).map_err(|e| CalibrationError::yaml(KIND, e))?;
         let translation = |v: Option<Vec<f64>>| -> Result<[f64; 3], CalibrationError> {
-            let v = v.ok_or_else(|| CalibrationError::Yaml("missing `translation` (or give `matrix`)".into()))?;
+            let v = v.ok_or_else(|| CalibrationError::yaml(KIND, "missing `translation` (or give `matrix`)"))?;
             array("translation", &v)
         };
         match (raw.matrix, raw.rotation_rpy, raw.rotation_quaternion) {
             (Some(m), None, None) if raw.translation.is_none() => Self::from_matrix(&m),
             (None, Some(rpy), None) => Self::from_xyz_rpy(translation(raw.translation)?, array("rotation_rpy", &rpy)?),
             (None, None, Some(q)) => Self::from_xyz_quaternion(translation(raw.translation)?, array("rotation_quaternion", &q)?),
-            _ => Err(CalibrationError::Yaml(
-                "give exactly one of `rotation_rpy` or `rotation_quaternion` (with `translation`), or `matrix` alone".into(),
+            _ => Err(CalibrationError::yaml(
+                KIND,
+                "give exactly one of `rotation_rpy` or `rotation_quaternion` (with `translation`), or `matrix` alone",
             )),
         }
     }
@@ -198,5 +203,27 @@ mod tests {
         assert!(err("translation: [0, 0, 0]\n").contains("exactly one"));
         let e = Extrinsics::from_yaml_file(Path::new("/nonexistent/extrinsics.yaml")).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/extrinsics.yaml"), "{e}");
+    }
+
+    #[test]
+    fn yaml_errors_name_a_pose_file_not_internal_types() {
+        let dir = std::env::temp_dir().join(format!("ovseg-extrinsics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let typo = write("typo.yaml", "translaton: [0, 0, 1]\nrotation_rpy: [0, 0, 0]\n");
+        let e = Extrinsics::from_yaml_file(&typo).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: pose YAML: unknown field `translaton`, expected one of", typo.display())), "{e}");
+        let text = write("notes.txt", "just some notes\n");
+        let e = Extrinsics::from_yaml_file(&text).unwrap_err().to_string();
+        assert!(e.contains("pose YAML") && e.contains("expected a pose mapping"), "{e}");
+        for yaml in ["[1, 2, 3]", "translation: [0, 0, 0]\n"] {
+            let e = Extrinsics::from_yaml(yaml).unwrap_err().to_string();
+            assert!(e.starts_with("pose YAML: ") && !e.contains("Raw") && !e.contains("camera_info"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -46,7 +46,8 @@ pub struct CommonArgs {
     /// on burn, on a CUDA device with `burn-cuda`, else on burn's CPU backend.
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
-    /// More log output (-v info, -vv debug with per-stage spans).
+    /// More log output (-v info, -vv debug with per-stage spans); RUST_LOG, then
+    /// `--ros-args --log-level`, take precedence.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -72,8 +73,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Run as a ROS 2 node (pure-Rust DDS; no ROS install needed). ROS arguments follow
     /// `--ros-args`: `-r from:=to` remaps, `-r __node:=name`, `-r __ns:=/ns`, `-p name:=value`,
-    /// `--params-file file.yaml`. Honours ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-    /// and ROS_LOCALHOST_ONLY=1.
+    /// `--params-file file.yaml`, `--log-level [segmenter:=]LEVEL`, `--disable-stdout-logs`.
+    /// Honours ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and ROS_LOCALHOST_ONLY=1
+    /// (which, as in rcl, wins over the range).
     ///
     /// Subscribes `image`, `camera_info`, `depth_registered` (or `depth/image` and
     /// `depth/camera_info`), `right/image` and `right/camera_info`; publishes `mask`, `mask_color`,
@@ -123,7 +125,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
-    init_logging(cli.common.verbose);
+    init_logging(cli.common.verbose, &ros_args, matches!(cli.command, Command::Node));
     let threads = cli.common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // One pool for our pixel loops; ONNX Runtime gets the same count for its own.
     if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
@@ -164,12 +166,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+/// Log level: `RUST_LOG` when set, else `--ros-args --log-level`, else `-v`/`-vv`, else warn
+/// (info for the node, as for rcl nodes).
+/// `--ros-args --disable-stdout-logs` drops the stderr output (errors still end the run with a
+/// message), `--disable-rosout-logs` the `/rosout` records.
+fn init_logging(verbose: u8, ros_args: &ros::args::RosArgs, node: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fallback = match verbose {
+        0 if node => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let levels = ros_args.log_levels(ros::DEFAULT_NODE_NAME);
+    let from_args = || tracing_subscriber::EnvFilter::new(levels.directives(fallback));
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let (filter, bad_rust_log) = match &rust_log {
+        Some(text) => match tracing_subscriber::EnvFilter::try_new(text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (from_args(), Some(format!("RUST_LOG=\"{text}\" is not a valid filter ({e}); using the command line's level"))),
+        },
+        None => (from_args(), None),
+    };
+    // Colour codes only for a terminal; they garble log files and launch output.
+    let stderr = (!ros_args.disable_stdout_logs)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()));
+    // Records reach /rosout only once the node hands the layer its writer.
+    let rosout = (!ros_args.disable_rosout_logs).then_some(ros::rosout::RosoutLayer);
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(rosout).try_init();
+    if let Some(warning) = bad_rust_log {
+        tracing::warn!("{warning}");
+    }
+    if !levels.ignored.is_empty() {
+        tracing::warn!(
+            "--log-level: ignoring the levels for {}: only the node's own logger ({}) and the default level are supported",
+            levels.ignored.iter().map(|l| format!("'{l}'")).collect::<Vec<_>>().join(", "),
+            ros_args.node_name.as_deref().unwrap_or(ros::DEFAULT_NODE_NAME),
+        );
+    }
 }

@@ -614,6 +614,7 @@ fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
             "params",
             "--timeout",
             "60",
+            "--watch",
             "--set",
             "labels=[\"cat\", \"grass\", \"sky\"]",
             "labels=[]",
@@ -647,6 +648,12 @@ fn labels_are_retasked_through_parameters_and_bad_values_are_refused() {
     let describe = &result["describe"];
     assert!(describe["labels"]["description"].as_str().unwrap().contains("Free-text labels"), "{describe:#}");
     assert_eq!(describe["queue_depth"]["read_only"], true, "{describe:#}");
+    // As an rcl node: the change on /parameter_events, the refusals on /rosout.
+    let events = result["parameter_events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["node"] == "/segmenter" && e["changed"] == serde_json::json!(["labels"])), "{events:?}");
+    let records = result["rosout"].as_array().unwrap();
+    let refusal = records.iter().find(|r| r["msg"].as_str().unwrap().contains("unknown_threshold refused"));
+    assert!(refusal.is_some_and(|r| r["name"] == "segmenter" && r["level"] == 30), "{records:?}");
     node.assert_running();
 
     // The next frames use the new label ids: the same mask as `segment` with these labels.

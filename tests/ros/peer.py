@@ -67,7 +67,7 @@ from mcap.reader import make_reader  # noqa: E402
 from mcap_ros2.decoder import DecoderFactory  # noqa: E402
 from mcap_ros2.writer import Writer  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterValue  # noqa: E402
+from rcl_interfaces.msg import Log, Parameter, ParameterEvent, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import (DescribeParameters, GetParameters,  # noqa: E402
                                 ListParameters, SetParameters)
 from rclpy.executors import ExternalShutdownException  # noqa: E402
@@ -802,6 +802,14 @@ def cmd_params(a):
     target = a.node.rstrip("/")
     out = {"node": target}
 
+    events, records = [], []
+    if a.watch:
+        # Volatile topics: match before anything happens, or it is missed.
+        subs = [node.create_subscription(ParameterEvent, "/parameter_events", events.append, input_qos(100)),
+                node.create_subscription(Log, "/rosout", records.append, input_qos(100))]
+        wait_until(executor, lambda: all(s.get_publisher_count() > 0 for s in subs), deadline,
+                   "/parameter_events and /rosout writers")
+
     def call(srv_type, name, request):
         client = node.create_client(srv_type, f"{target}/{name}")
         if not client.wait_for_service(timeout_sec=max(0.0, deadline - time.monotonic())):
@@ -856,6 +864,11 @@ def cmd_params(a):
     if a.list:
         response = call(ListParameters, "list_parameters", ListParameters.Request())
         out["list"] = sorted(response.result.names)
+    if a.watch:
+        spin_for(executor, 1.0)  # what the calls set off is on its way
+        out["parameter_events"] = [{"node": e.node, "new": [p.name for p in e.new_parameters],
+                                    "changed": [p.name for p in e.changed_parameters]} for e in events]
+        out["rosout"] = [{"name": r.name, "level": r.level, "msg": r.msg} for r in records]
     return out
 
 
@@ -1147,6 +1160,8 @@ def build_parser():
     s.add_argument("--get", nargs="+", default=[], metavar="NAME")
     s.add_argument("--describe", nargs="+", default=[], metavar="NAME")
     s.add_argument("--list", action="store_true")
+    s.add_argument("--watch", action="store_true",
+                   help="also report what arrives on /parameter_events and /rosout meanwhile")
     s.add_argument("--timeout", type=float, default=20.0)
 
     s = sub.add_parser("latency", parents=[ros],

@@ -216,6 +216,68 @@ impl RosArgs {
     }
 }
 
+/// What `--log-level` asks of the log: levels as tracing names ("fatal" is "error"; "unset"
+/// leaves the level to `-v` and the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogLevels {
+    /// `--log-level LEVEL`: every target.
+    pub default: Option<&'static str>,
+    /// `--log-level NODE:=LEVEL`: the node's own code.
+    pub node: Option<&'static str>,
+    /// `logger:=level` rules naming loggers this node does not have (`rcl`, `rmw_*`, ...).
+    pub ignored: Vec<String>,
+}
+
+/// tracing targets of the node's own code, which its ROS logger stands for.
+pub const NODE_LOG_TARGETS: [&str; 3] = ["ovseg", "engine", "calibration"];
+
+impl LogLevels {
+    /// The tracing filter directives, given the global level to use when `--log-level`
+    /// sets none (from `-v`, or the default).
+    pub fn directives(&self, fallback: &str) -> String {
+        let mut out = self.default.unwrap_or(fallback).to_string();
+        if let Some(level) = self.node {
+            for target in NODE_LOG_TARGETS {
+                out.push_str(&format!(",{target}={level}"));
+            }
+        }
+        out
+    }
+}
+
+/// A ROS log level as a tracing level; None for "unset".
+fn tracing_level(level: &str) -> Option<&'static str> {
+    match level {
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warn" => Some("warn"),
+        "error" | "fatal" => Some("error"),
+        _ => None,
+    }
+}
+
+impl RosArgs {
+    /// The levels `--log-level` sets for the node called `default_node` unless remapped.
+    /// A named rule applies when it names the node's logger, as rclcpp spells it (`segmenter`,
+    /// or `robot.segmenter` in namespace `/robot`); the plain node name is accepted in a
+    /// namespace too. Rules for other loggers are returned in `ignored`.
+    pub fn log_levels(&self, default_node: &str) -> LogLevels {
+        let node = self.node_name.as_deref().unwrap_or(default_node);
+        let ns = self.namespace.as_deref().unwrap_or("/").trim_matches('/').replace('/', ".");
+        let qualified = if ns.is_empty() { node.to_string() } else { format!("{ns}.{node}") };
+        let mut levels = LogLevels { default: self.log_level.as_deref().and_then(tracing_level), ..Default::default() };
+        for (logger, level) in &self.logger_levels {
+            if logger == node || *logger == qualified {
+                // Later rules win, and "unset" clears an earlier one, as in rcutils.
+                levels.node = tracing_level(level);
+            } else if !levels.ignored.contains(logger) {
+                levels.ignored.push(logger.clone());
+            }
+        }
+        levels
+    }
+}
+
 /// Replaces an existing entry in place (keeping first-seen order) or appends.
 fn merge(out: &mut Vec<(String, ParameterValue)>, name: String, value: ParameterValue) {
     match out.iter_mut().find(|(n, _)| *n == name) {
@@ -494,14 +556,18 @@ pub struct DdsEnv {
     pub localhost_only: bool,
 }
 
-/// Reads `ROS_DOMAIN_ID`, `ROS_AUTOMATIC_DISCOVERY_RANGE` and (when the latter is
-/// unset) the older `ROS_LOCALHOST_ONLY=1`. Empty values count as unset.
+/// Reads `ROS_DOMAIN_ID`, `ROS_LOCALHOST_ONLY`, `ROS_AUTOMATIC_DISCOVERY_RANGE` and
+/// `ROS_STATIC_PEERS` as rcl (Jazzy) does, and returns the settings with warnings for the
+/// log. Empty values count as unset; the range is case-insensitive.
 ///
 /// Domain ids 0..=232 are accepted, the range for which the RTPS port formula
 /// stays below 65535; on Linux only 0-101 and 215-232 avoid the ephemeral ports.
-/// `ROS_AUTOMATIC_DISCOVERY_RANGE=OFF` becomes loopback-only discovery, since
-/// the DDS stack cannot switch discovery off entirely. Values are case-insensitive.
-pub fn dds_env_from(vars: impl Fn(&str) -> Option<String>) -> Result<DdsEnv, ArgsError> {
+/// `ROS_LOCALHOST_ONLY=1` is deprecated but, as in rcl, wins: discovery stays on loopback
+/// and the range and static peers are ignored. `ROS_AUTOMATIC_DISCOVERY_RANGE=OFF` becomes
+/// loopback-only discovery, since the DDS stack cannot switch discovery off entirely (other
+/// processes on the host can still connect). The DDS stack has no static peers, so
+/// `ROS_STATIC_PEERS` is ignored with a warning.
+pub fn dds_env_from(vars: impl Fn(&str) -> Option<String>) -> Result<(DdsEnv, Vec<String>), ArgsError> {
     let get = |name: &str| vars(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
     let domain_id = match get("ROS_DOMAIN_ID") {
         None => 0,
@@ -511,10 +577,37 @@ pub fn dds_env_from(vars: impl Fn(&str) -> Option<String>) -> Result<DdsEnv, Arg
             expected: "an integer from 0 to 232",
         })?,
     };
-    let localhost_only = match get("ROS_AUTOMATIC_DISCOVERY_RANGE") {
-        None => get("ROS_LOCALHOST_ONLY").is_some_and(|v| v == "1"),
+    let range = get("ROS_AUTOMATIC_DISCOVERY_RANGE");
+    let peers = get("ROS_STATIC_PEERS");
+    let mut warnings = Vec::new();
+    if get("ROS_LOCALHOST_ONLY").is_some_and(|v| v == "1") {
+        let ignored: Vec<String> = [("ROS_AUTOMATIC_DISCOVERY_RANGE", &range), ("ROS_STATIC_PEERS", &peers)]
+            .into_iter()
+            .filter_map(|(var, value)| value.as_ref().map(|v| format!("{var}=\"{v}\"")))
+            .collect();
+        let ignored = match ignored.len() {
+            0 => String::new(),
+            1 => format!("; it overrides {}, which is ignored", ignored[0]),
+            _ => format!("; it overrides {}, which are ignored", ignored.join(" and ")),
+        };
+        warnings.push(format!(
+            "ROS_LOCALHOST_ONLY=1 is deprecated but still honoured: discovery stays on loopback{ignored} \
+             (use ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST instead)"
+        ));
+        return Ok((DdsEnv { domain_id, localhost_only: true }, warnings));
+    }
+    let localhost_only = match range {
+        None => false,
         Some(v) => match v.to_ascii_uppercase().as_str() {
-            "LOCALHOST" | "OFF" => true,
+            "LOCALHOST" => true,
+            "OFF" => {
+                warnings.push(
+                    "ROS_AUTOMATIC_DISCOVERY_RANGE=OFF: discovery cannot be switched off here, so it is limited to loopback \
+                     (processes on this host can still connect)"
+                        .to_string(),
+                );
+                true
+            }
             "SUBNET" | "SYSTEM_DEFAULT" => false,
             _ => {
                 return Err(ArgsError::Env {
@@ -525,12 +618,19 @@ pub fn dds_env_from(vars: impl Fn(&str) -> Option<String>) -> Result<DdsEnv, Arg
             }
         },
     };
-    Ok(DdsEnv { domain_id, localhost_only })
+    if let Some(peers) = peers {
+        warnings.push(format!("ROS_STATIC_PEERS=\"{peers}\" is ignored: static peers are not supported, only multicast discovery"));
+    }
+    Ok((DdsEnv { domain_id, localhost_only }, warnings))
 }
 
-/// [`dds_env_from`] on the process environment.
+/// [`dds_env_from`] on the process environment; the warnings go to the log.
 pub fn dds_env() -> Result<DdsEnv, ArgsError> {
-    dds_env_from(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    let (env, warnings) = dds_env_from(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(env)
 }
 
 #[cfg(test)]
@@ -605,6 +705,30 @@ mod tests {
         assert_eq!(ros.enclave.as_deref(), Some("/e"));
         assert!(ros.disable_rosout_logs && ros.disable_stdout_logs && ros.disable_external_lib_logs);
         assert!(err("p --ros-args --log-level loud").contains("\"loud\""));
+    }
+
+    #[test]
+    fn log_levels_map_to_tracing() {
+        let levels = |line: &str| split(line).unwrap().1.log_levels("segmenter");
+        assert_eq!(levels("p"), LogLevels::default());
+        assert_eq!(levels("p").directives("warn"), "warn");
+        let l = levels("p --ros-args --log-level DEBUG");
+        assert_eq!((l.default, l.directives("warn")), (Some("debug"), "debug".to_string()));
+        assert_eq!(levels("p --ros-args --log-level Fatal").default, Some("error"));
+        assert_eq!(levels("p --ros-args --log-level info --log-level unset").default, None, "unset leaves it to -v");
+        let l = levels(
+            "p --ros-args --log-level segmenter:=debug --log-level rcl:=warn --log-level rmw_fastrtps_cpp:=info --log-level rcl:=info",
+        );
+        assert_eq!(l.default, None);
+        assert_eq!(l.node, Some("debug"));
+        assert_eq!(l.ignored, ["rcl", "rmw_fastrtps_cpp"]);
+        assert_eq!(l.directives("info"), "info,ovseg=debug,engine=debug,calibration=debug");
+        // The node's logger follows remaps; rclcpp's namespaced spelling works too.
+        let l = levels("p --ros-args -r __node:=seg -r __ns:=/robot/a --log-level segmenter:=debug --log-level seg:=warn");
+        assert_eq!((l.node, l.ignored), (Some("warn"), vec!["segmenter".to_string()]));
+        assert_eq!(levels("p --ros-args -r __ns:=/robot --log-level robot.segmenter:=error").node, Some("error"));
+        assert_eq!(levels("p --ros-args --log-level segmenter:=debug --log-level segmenter:=unset").node, None);
+        assert!(err("p --ros-args --log-level segmenter:=verbose").contains("\"segmenter:=verbose\""));
     }
 
     #[test]
@@ -721,17 +845,22 @@ mod tests {
 
     #[test]
     fn dds_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
+        let with_warnings = |pairs: &'static [(&'static str, &'static str)]| {
             dds_env_from(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
         };
-        assert_eq!(env(&[]).unwrap(), DdsEnv { domain_id: 0, localhost_only: false });
+        let env = |pairs: &'static [(&'static str, &'static str)]| with_warnings(pairs).map(|(env, _)| env);
+        assert_eq!(with_warnings(&[]).unwrap(), (DdsEnv { domain_id: 0, localhost_only: false }, vec![]));
         assert_eq!(env(&[("ROS_DOMAIN_ID", ""), ("ROS_LOCALHOST_ONLY", "1")]).unwrap(), DdsEnv { domain_id: 0, localhost_only: true });
         assert_eq!(env(&[("ROS_DOMAIN_ID", "232")]).unwrap().domain_id, 232);
-        assert!(env(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")]).unwrap().localhost_only);
-        assert!(env(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "OFF")]).unwrap().localhost_only);
+        assert_eq!(
+            with_warnings(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "localhost")]).unwrap(),
+            (DdsEnv { domain_id: 0, localhost_only: true }, vec![])
+        );
+        let (off, warnings) = with_warnings(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "OFF")]).unwrap();
+        assert!(off.localhost_only);
+        assert!(warnings.len() == 1 && warnings[0].contains("OFF") && warnings[0].contains("loopback"), "{warnings:?}");
         assert!(!env(&[("ROS_LOCALHOST_ONLY", "0")]).unwrap().localhost_only);
-        let subnet = env(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET"), ("ROS_LOCALHOST_ONLY", "1")]).unwrap();
-        assert!(!subnet.localhost_only, "the range variable overrides ROS_LOCALHOST_ONLY");
+        assert!(!env(&[("ROS_LOCALHOST_ONLY", "0"), ("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")]).unwrap().localhost_only);
         assert!(!env(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT")]).unwrap().localhost_only);
         assert_eq!(
             env(&[("ROS_DOMAIN_ID", "233")]).unwrap_err().to_string(),
@@ -740,5 +869,32 @@ mod tests {
         assert!(env(&[("ROS_DOMAIN_ID", "-1")]).unwrap_err().to_string().contains("\"-1\""));
         let bad = env(&[("ROS_AUTOMATIC_DISCOVERY_RANGE", "LAN")]).unwrap_err().to_string();
         assert!(bad.contains("ROS_AUTOMATIC_DISCOVERY_RANGE=\"LAN\"") && bad.contains("SUBNET"), "{bad}");
+    }
+
+    #[test]
+    fn localhost_only_wins_over_range_and_peers_like_rcl() {
+        let run = |pairs: &'static [(&'static str, &'static str)]| {
+            dds_env_from(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap()
+        };
+        let (alone, warnings) = run(&[("ROS_LOCALHOST_ONLY", "1")]);
+        assert!(alone.localhost_only);
+        assert!(warnings.len() == 1 && warnings[0].contains("deprecated") && !warnings[0].contains("ignored"), "{warnings:?}");
+        let (both, warnings) =
+            run(&[("ROS_LOCALHOST_ONLY", "1"), ("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET"), ("ROS_STATIC_PEERS", "10.0.0.2")]);
+        assert!(both.localhost_only, "ROS_LOCALHOST_ONLY=1 overrides the range, as in rcl");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("ROS_AUTOMATIC_DISCOVERY_RANGE=\"SUBNET\" and ROS_STATIC_PEERS=\"10.0.0.2\", which are ignored"),
+            "{warnings:?}"
+        );
+        // rcl never reads the range in this case, so a bad one is not an error either.
+        let (bad_range, warnings) = run(&[("ROS_LOCALHOST_ONLY", "1"), ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LAN")]);
+        assert!(
+            bad_range.localhost_only && warnings[0].contains("ROS_AUTOMATIC_DISCOVERY_RANGE=\"LAN\", which is ignored"),
+            "{warnings:?}"
+        );
+        let (peers, warnings) = run(&[("ROS_STATIC_PEERS", "192.168.0.7;robot.local")]);
+        assert!(!peers.localhost_only);
+        assert!(warnings.len() == 1 && warnings[0].starts_with("ROS_STATIC_PEERS=\"192.168.0.7;robot.local\" is ignored"), "{warnings:?}");
     }
 }

@@ -9,6 +9,7 @@ mod param_server;
 pub mod param_state;
 pub mod params;
 pub mod processor;
+pub mod rosout;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -34,8 +35,11 @@ use processor::{FrameOutcome, Processor, Update};
 
 pub const DEFAULT_NODE_NAME: &str = "segmenter";
 
-/// How long shutdown waits for a thread before leaving it behind.
+/// How often the threads look for a stop request.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long shutdown waits for the processing and parameter threads.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What the DDS thread hands to the processing thread besides frames.
 enum Side {
@@ -81,6 +85,8 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let mut node = context
         .new_node(NodeName::new(&namespace, &node_name).map_err(|e| anyhow!("node name {fqn}: {e:?}"))?, options)
         .context("creating the node")?;
+
+    rosout::forward_to(ros2_client::rosout::RosoutRaw::rosout_writer(&node.logging_handle()), rosout::logger_name(&namespace, &node_name));
 
     let resolve = |name: &str| -> Result<Name> {
         let full = args::resolve_topic(name, &namespace, &node_name, &ros.remaps).with_context(|| format!("topic {name}"))?;
@@ -212,8 +218,17 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     drop(frame_tx);
-    let _ = worker.join();
-    let _ = params_thread.join();
+    // A frame or a label encoding in progress gets a moment to finish; a long one (thousands of
+    // labels, a model load) is left behind rather than holding up Ctrl-C.
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    for (thread, what) in [(&worker, "a frame"), (&params_thread, "a parameter change")] {
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !thread.is_finished() {
+            tracing::warn!("stopping with {what} still in progress");
+        }
+    }
     node.stop_spinner();
     eprintln!("{fqn} stopped");
     Ok(())

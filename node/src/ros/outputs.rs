@@ -2,7 +2,7 @@
 use calibration::{Camera, CalibrationError, PinholeCamera, PixelRays};
 use engine::{LabelMap, LabelSet, MaskPixels};
 
-use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, RegionOfInterest, VisionClass};
+use super::msgs::{CameraInfo, Header, Image, LabelInfo, PointCloud2, PointField, VisionClass};
 
 /// The per-frame output topics (label_info and diagnostics are published on change / on a timer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -252,6 +252,7 @@ pub fn label_info(header: &Header, labels: &LabelSet, threshold: f32) -> LabelIn
 
 #[cfg(test)]
 mod tests {
+    use super::super::msgs::RegionOfInterest;
     use super::*;
 
     fn map() -> LabelMap {

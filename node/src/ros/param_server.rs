@@ -8,7 +8,8 @@ use anyhow::Result;
 use ros2_client::parameters::raw;
 use ros2_client::rcl_interfaces::*;
 use ros2_client::service::Server;
-use ros2_client::{Name, Node, ParameterValue, QosProfile, ServiceMapping, ServiceTypeName, qos::History};
+use ros2_client::builtin_interfaces::Time;
+use ros2_client::{MessageTypeName, Name, Node, ParameterValue, Publisher, QosProfile, ServiceMapping, ServiceTypeName, qos::History};
 use rustdds::mio1::{Events, Interest, Poll, Token};
 
 use super::param_state::ParamState;
@@ -21,6 +22,9 @@ struct Servers {
     set_atomically: Server<SetParametersRequest, SetParametersAtomicallyResponse>,
     list: Server<ListParametersRequest, ListParametersResponse>,
     describe: Server<DescribeParametersRequest, DescribeParametersResponse>,
+    /// `/parameter_events`, where ros2 param watchers and rqt learn of changes.
+    events: Publisher<raw::ParameterEvent>,
+    node: String,
 }
 
 fn server<Req, Resp>(node: &mut Node, fqn: &str, service: &str, type_name: &str) -> Result<Server<Req, Resp>>
@@ -44,6 +48,14 @@ pub fn create(node: &mut Node) -> Result<impl FnOnce(ParamState, Arc<AtomicBool>
         set_atomically: server(node, &fqn, "set_parameters_atomically", "SetParametersAtomically")?,
         list: server(node, &fqn, "list_parameters", "ListParameters")?,
         describe: server(node, &fqn, "describe_parameters", "DescribeParameters")?,
+        events: {
+            // As rcl's parameter-events profile: reliable, volatile, a deep history.
+            let qos = QosProfile::publisher_default().history(History::KeepLast { depth: 1000 });
+            let name = Name::new("/", "parameter_events").map_err(|e| anyhow::anyhow!("/parameter_events: {e:?}"))?;
+            let topic = node.create_topic(&name, MessageTypeName::new("rcl_interfaces", "ParameterEvent"), &qos)?;
+            node.create_publisher(&topic, Some(qos))?
+        },
+        node: fqn.clone(),
     };
     Ok(move |state: ParamState, stop: Arc<AtomicBool>| serve(servers, state, stop))
 }
@@ -56,6 +68,9 @@ fn serve(mut servers: Servers, mut state: ParamState, stop: Arc<AtomicBool>) {
             return;
         }
     };
+    // Every parameter is new once, as when an rcl node declares its parameters.
+    let declared: Vec<String> = state.names().cloned().collect();
+    publish_event(&servers, &state, &declared, true);
     let mut events = Events::with_capacity(16);
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
@@ -111,14 +126,44 @@ fn handle_all(s: &Servers, state: &mut ParamState) {
             })
             .collect(),
     });
+    let mut changed = Vec::new();
     respond(&s.set, |req: SetParametersRequest| SetParametersResponse {
-        results: req.parameter.into_iter().map(|p| outcome(&p.name.clone(), state.set(vec![(p.name, p.value.into())]))).collect(),
+        results: req
+            .parameter
+            .into_iter()
+            .map(|p| {
+                let name = p.name.clone();
+                let result = state.set(vec![(p.name, p.value.into())]);
+                if result.is_ok() {
+                    changed.push(name.clone());
+                }
+                outcome(&name, result)
+            })
+            .collect(),
     });
     respond(&s.set_atomically, |req: SetParametersRequest| {
         let changes: Vec<(String, ParameterValue)> = req.parameter.into_iter().map(|p| (p.name, p.value.into())).collect();
         let names: Vec<String> = changes.iter().map(|(n, _)| n.clone()).collect();
-        SetParametersAtomicallyResponse { result: outcome(&names.join(", "), state.set(changes)) }
+        let result = state.set(changes);
+        if result.is_ok() {
+            changed.extend(names.iter().cloned());
+        }
+        SetParametersAtomicallyResponse { result: outcome(&names.join(", "), result) }
     });
+    if !changed.is_empty() {
+        publish_event(s, state, &changed, false);
+    }
+}
+
+/// A ParameterEvent with the current values of `names`, as new or as changed parameters.
+fn publish_event(s: &Servers, state: &ParamState, names: &[String], new: bool) {
+    let parameters: Vec<raw::Parameter> =
+        names.iter().filter_map(|n| state.get(n).map(|v| raw::Parameter { name: n.clone(), value: v.clone().into() })).collect();
+    let (new_parameters, changed_parameters) = if new { (parameters, vec![]) } else { (vec![], parameters) };
+    let event = raw::ParameterEvent { stamp: Time::now(), node: s.node.clone(), new_parameters, changed_parameters, deleted_parameters: vec![] };
+    if let Err(e) = s.events.publish(event) {
+        tracing::warn!("/parameter_events: {e:?}");
+    }
 }
 
 fn outcome(name: &str, result: Result<(), String>) -> raw::SetParametersResult {

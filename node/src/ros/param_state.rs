@@ -77,16 +77,45 @@ fn encode(bank: &mut LabelBank, settings: &Settings) -> Result<Arc<LabelSet>> {
     }
     let mut descriptions = engine::labels::parse_descriptions(settings.label_descriptions.iter().map(String::as_str))
         .context("label_descriptions")?;
-    // Operators keep descriptions for labels they switch in and out; unused ones wait.
-    descriptions.retain(|label, _| settings.labels.iter().any(|l| l.trim() == label));
+    // Operators keep descriptions for labels they switch in and out; unused ones wait, but are
+    // logged, since a typo in a label would otherwise go unnoticed.
+    let in_labels = |label: &str| settings.labels.iter().any(|l| l.trim() == label);
+    let mut unused: Vec<&String> = descriptions.keys().filter(|label| !in_labels(label)).collect();
+    if !unused.is_empty() {
+        unused.sort();
+        tracing::warn!(
+            "label_descriptions: no label in `labels` for {}; kept unused until such a label is added",
+            unused.iter().map(|l| format!("'{l}'")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    descriptions.retain(|label, _| in_labels(label));
     let specs = engine::labels::with_descriptions(settings.labels.clone(), &descriptions).context("labels")?;
     Ok(Arc::new(bank.build(&specs).context("encoding labels")?))
 }
 
+/// Applies start-up overrides over `values` and returns the names of those the node does not
+/// declare, which are skipped: like rclcpp, a params file may carry entries for other code
+/// (`qos_overrides.*`, a shared `/**` section). A bad value of a declared parameter is an
+/// error naming it.
+fn apply_overrides(values: &mut BTreeMap<String, ParameterValue>, overrides: Vec<(String, ParameterValue)>) -> Result<Vec<String>> {
+    let mut undeclared = Vec::new();
+    for (name, value) in overrides {
+        let Some(current) = values.get(&name) else {
+            undeclared.push(name);
+            continue;
+        };
+        params::check(&name, &value, current).map_err(|e| anyhow::anyhow!("parameter override: {e}"))?;
+        let value = params::coerce(&value, current);
+        values.insert(name, value);
+    }
+    Ok(undeclared)
+}
+
 impl ParamState {
     /// Applies start-up overrides (from `-p` and params files) over the defaults (the model's,
-    /// and `--model-dir` / `--backend` of the command line) and loads everything. A bad
-    /// override is an error naming the parameter.
+    /// and `--model-dir` / `--backend` of the command line) and loads everything. A bad value
+    /// is an error naming the parameter; overrides of undeclared parameters are logged and
+    /// skipped.
     pub fn start(
         cli: &crate::CommonArgs,
         overrides: Vec<(String, ParameterValue)>,
@@ -102,11 +131,12 @@ impl ParamState {
         let mut values = params::defaults(&model.manifest);
         values.insert("model_dir".into(), ParameterValue::String(dir));
         values.insert("backend".into(), ParameterValue::String(cli.backend.clone()));
-        for (name, value) in overrides {
-            let current = values.get(&name).ok_or_else(|| anyhow::anyhow!("parameter override: no parameter named '{name}'"))?;
-            params::check(&name, &value, current).map_err(|e| anyhow::anyhow!("parameter override: {e}"))?;
-            let value = params::coerce(&value, current);
-            values.insert(name, value);
+        let undeclared = apply_overrides(&mut values, overrides)?;
+        if !undeclared.is_empty() {
+            tracing::warn!(
+                "ignoring overrides of parameters this node does not declare: {} (`ovseg node --help` lists its parameters)",
+                undeclared.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+            );
         }
         let settings = Settings::from_values(&values);
         let threads = if settings.threads > 0 { settings.threads } else { threads };
@@ -172,5 +202,27 @@ impl ParamState {
         }
         self.values = next;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ParameterValue as P;
+
+    #[test]
+    fn undeclared_overrides_are_skipped_and_bad_values_refused() {
+        let mut values = params::defaults(&engine::zoo::build::default_manifest());
+        let overrides = vec![
+            ("bogus_param".to_string(), P::Integer(3)),
+            ("overlay_alpha".to_string(), P::Integer(1)),
+            ("qos_overrides./parameter_events.publisher.depth".to_string(), P::Integer(1000)),
+        ];
+        let undeclared = apply_overrides(&mut values, overrides).unwrap();
+        assert_eq!(undeclared, ["bogus_param", "qos_overrides./parameter_events.publisher.depth"]);
+        assert_eq!(values.get("overlay_alpha"), Some(&P::Double(1.0)));
+        assert!(!values.contains_key("bogus_param"));
+        let e = apply_overrides(&mut values, vec![("overlay_alpha".to_string(), P::Double(2.0))]).unwrap_err().to_string();
+        assert!(e.starts_with("parameter override: 'overlay_alpha' must be in 0..=1, got 2"), "{e}");
     }
 }

@@ -56,7 +56,8 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("labels", "Free-text labels to segment; mask value i is labels[i]. Live from the next frame.")
     },
     ParamSpec {
-        constraints: "'label: sentence' entries; each label must be in `labels`",
+        constraints: "'label: sentence' entries, label and sentence non-empty; a description of a label not in `labels` is \
+                      kept unused (and logged) until that label is added",
         ..spec("label_descriptions", "Sentences describing labels, averaged into their text embeddings.")
     },
     ParamSpec {
@@ -317,7 +318,7 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
         }
         ("label_descriptions", ParameterValue::StringArray(lines)) => {
             too_long(name, lines, MAX_SENTENCE_BYTES)?;
-            engine::labels::parse_descriptions(lines.iter().map(String::as_str)).map(|_| ()).map_err(|e| e.to_string())
+            check_descriptions(lines)
         }
         ("prompt_templates", ParameterValue::StringArray(templates)) => {
             if templates.is_empty() {
@@ -345,6 +346,25 @@ fn check_labels(labels: &[String]) -> Result<(), String> {
     too_long("labels", labels, MAX_LABEL_BYTES)?;
     let specs: Vec<engine::LabelSpec> = labels.iter().map(engine::LabelSpec::new).collect();
     engine::labels::validate(&specs).map_err(|e| e.to_string())
+}
+
+/// Each entry is `label: sentence` with both parts non-blank; blank entries and `#` comments
+/// are skipped, as in a descriptions file.
+fn check_descriptions(lines: &[String]) -> Result<(), String> {
+    for (i, line) in lines.iter().enumerate() {
+        let entry = line.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let problem = match entry.split_once(':') {
+            None => "has no ':'",
+            Some((label, _)) if label.trim().is_empty() => "has no label before ':'",
+            Some((_, sentence)) if sentence.trim().is_empty() => "has no sentence after ':'",
+            Some(_) => continue,
+        };
+        return Err(format!("'label_descriptions'[{i}] {line:?} {problem}; expected 'label: sentence'"));
+    }
+    Ok(())
 }
 
 fn too_long(name: &str, items: &[String], max: usize) -> Result<(), String> {
@@ -666,7 +686,15 @@ mod tests {
         let e = check("prompt_templates", &strings(&["a photo"]), &strings(&["{}"])).unwrap_err();
         assert!(e.contains("exactly once"), "{e}");
         let e = check("label_descriptions", &strings(&["no colon"]), &strings(&[])).unwrap_err();
-        assert!(!e.is_empty());
+        assert_eq!(e, "'label_descriptions'[0] \"no colon\" has no ':'; expected 'label: sentence'");
+        let e = check("label_descriptions", &strings(&["weed: a plant", ": empty label"]), &strings(&[])).unwrap_err();
+        assert_eq!(e, "'label_descriptions'[1] \": empty label\" has no label before ':'; expected 'label: sentence'");
+        let e = check("label_descriptions", &strings(&["person:  "]), &strings(&[])).unwrap_err();
+        assert_eq!(e, "'label_descriptions'[0] \"person:  \" has no sentence after ':'; expected 'label: sentence'");
+        // Labels and descriptions are set one at a time, so one for a label not (yet) in
+        // `labels` is accepted; encoding leaves it unused and logs it.
+        let kept = strings(&["ghost: a pale figure", "", "# note", "crop row : plants in a line"]);
+        check("label_descriptions", &kept, &strings(&[])).unwrap();
         assert!(check("nonexistent", &Integer(1), &Integer(1)).unwrap_err().contains("no parameter named"));
     }
 
