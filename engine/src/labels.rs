@@ -4,7 +4,9 @@
 //! template, plus its description when given (as the SSIW paper describes classes by a sentence),
 //! re-normalised. Embeddings are cached by content hash in memory and on disk.
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -62,7 +64,7 @@ pub fn split_list(text: &str) -> Vec<String> {
 pub fn parse_descriptions<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<HashMap<String, String>> {
     let mut map = HashMap::new();
     for (i, line) in lines.into_iter().enumerate() {
-        let line = line.trim();
+        let line = strip_bom(line).trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -333,17 +335,58 @@ fn check_templates(templates: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so readers never see half a file.
+/// Writes through a temporary file and a rename, so readers never see half a file. The data is
+/// on disk before the rename (after a power cut the path holds the old bytes or the new ones),
+/// and a write or rename that fails removes its temporary file (a full disk must not fill up
+/// further with leftovers).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // Unique per call: two writers of one path in this process never share a temporary file.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let written = write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    match written {
+        Ok(()) => {
+            sync_dir(dir);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Makes a rename in `dir` durable. Best effort: some file systems cannot sync a directory, and
+/// the file itself is already on disk.
+pub fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// `text` without a leading UTF-8 byte order mark, which editors on Windows put at the start of
+/// text files and which `str::trim` keeps (U+FEFF is not white space).
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 #[cfg(test)]
@@ -396,5 +439,26 @@ mod tests {
         write_atomic(&p, &[4]).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), vec![4]);
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Renaming a file over a non-empty folder fails after the temporary file is written.
+        let target = dir.path().join("taken");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), b"x").unwrap();
+        assert!(write_atomic(&target, b"new").is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, vec!["taken".to_string()], "temporary file left behind");
+        assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_label() {
+        assert_eq!(strip_bom("\u{feff}weed\nsoil"), "weed\nsoil");
+        assert_eq!(strip_bom("weed"), "weed");
+        let m = parse_descriptions(["\u{feff}weed: a small wild plant"]).unwrap();
+        assert_eq!(m["weed"], "a small wild plant");
     }
 }

@@ -38,7 +38,7 @@ impl SegmentOptions {
             return Err(EngineError::Labels(format!("unknown_threshold {} is outside 0..=1", self.unknown_threshold)));
         }
         if !self.logit_scale.is_finite() || self.logit_scale <= 0.0 {
-            return Err(EngineError::Labels(format!("logit_scale {} must be > 0", self.logit_scale)));
+            return Err(EngineError::Labels(format!("logit_scale {} must be finite and > 0", self.logit_scale)));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! Where the library comes from, first match wins: the path given by the caller,
 //! `ORT_DYLIB_PATH`, the copy `ovseg models fetch` unpacks into the cache.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use ort::session::Session;
@@ -61,7 +62,26 @@ fn environment(explicit: Option<&Path>) -> Result<&'static (PathBuf, ort::enviro
     Ok(ENVIRONMENT.get_or_init(|| (path, env)))
 }
 
-/// Opens an ONNX file on the CPU with `threads` intra-op threads.
+/// Logical cores this process may use (cgroup quotas included), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The thread count to use for `requested`: 0 means every core. More threads than cores only
+/// contend (measured 20-1000x slower), so that is warned about, once per process.
+pub fn resolve_threads(requested: usize) -> usize {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let cores = available_cores();
+    if requested == 0 {
+        return cores;
+    }
+    if requested > cores && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("{requested} threads asked for, but this machine gives the process {cores} cores; threads beyond the cores make inference and pixel loops much slower");
+    }
+    requested
+}
+
+/// Opens an ONNX file on the CPU with `threads` intra-op threads (0 = every core).
 pub fn open_session(path: &Path, threads: usize) -> Result<Session> {
     let mut builder = cpu_builder(path, threads)?;
     builder.commit_from_file(path).map_err(|e| EngineError::ModelFile { path: path.to_path_buf(), reason: e.to_string() })
@@ -88,7 +108,7 @@ fn cpu_builder(path: &Path, threads: usize) -> Result<ort::session::builder::Ses
         .map_err(|e| EngineError::Runtime(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(model_error)?
-        .with_intra_threads(threads.max(1))
+        .with_intra_threads(resolve_threads(threads))
         .map_err(model_error)?
         .with_inter_threads(1)
         .map_err(model_error)
@@ -111,5 +131,17 @@ pub fn tensor_shape(session: &Session, path: &Path, name: &str, is_input: bool) 
             path: path.to_path_buf(),
             reason: format!("{kind} {name:?} is {other:?}, expected a tensor"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_threads_means_every_core() {
+        assert_eq!(resolve_threads(0), available_cores());
+        assert_eq!(resolve_threads(1), 1);
+        assert_eq!(resolve_threads(available_cores() + 3), available_cores() + 3);
     }
 }

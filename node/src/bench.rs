@@ -21,11 +21,19 @@ pub struct BenchArgs {
     #[command(subcommand)]
     pub target: Option<BenchTarget>,
     /// Timed frames per configuration (after 2 warm-up frames).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = at_least_one())]
     pub frames: usize,
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Replace --json FILE even if it is not an earlier report of this bench.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Counts that must be at least 1 (frames, runs): 0 would time nothing and report NaN.
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -104,6 +112,8 @@ fn timed_pair(
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
+    let threads = engine::runtime::resolve_threads(threads);
+    crate::render::check_json_out(args.json.as_deref(), "bench", &Default::default(), args.force)?;
     let (model, mut pipeline, mut bank) = model::load(common, threads)?;
     let sets = [("21", label_list(LABELS_21)), ("150", label_list(LABELS_150))];
 
@@ -141,7 +151,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
         }
     }
     pipeline.set_options(defaults)?;
-    let report = json!({
+    let mut report = json!({
         "model": model.manifest.name,
         "backend": pipeline.backend_name(),
         "scorer": pipeline.scorer_name(),
@@ -156,5 +166,6 @@ pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
         },
         "configs": configs,
     });
+    crate::render::stamp(&mut report, "bench");
     crate::render::emit_json(&report, args.json.as_deref())
 }

@@ -22,6 +22,8 @@ use crate::CommonArgs;
 use crate::bench::{label_list, median};
 
 pub const LABELS_847: &str = include_str!("../data/labels-847.txt");
+/// Names in [`LABELS_847`]; `--labels` beyond it is refused before any work.
+const BUILT_IN_LABELS: u64 = 847;
 
 /// Network input that puts the stride-16 level at 160x120 cells.
 const NET_SIZE: (u32, u32) = (2560, 1920);
@@ -29,13 +31,13 @@ const NET_SIZE: (u32, u32) = (2560, 1920);
 #[derive(Args, Debug)]
 pub struct CostmapBenchArgs {
     /// Label count K: the first K names of the built-in 847-label list (150 = the scene set).
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 150, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=BUILT_IN_LABELS))]
     pub labels: usize,
     /// Labels kept per coarse cell by early rejection.
     #[arg(long, default_value_t = 8)]
     pub top_k: usize,
     /// Timed runs per configuration after one warm-up (medians are reported).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, value_parser = crate::bench::at_least_one())]
     pub runs: usize,
     /// Also measure agreement and speed-up for top-k 1..32.
     #[arg(long)]
@@ -53,6 +55,33 @@ pub struct CostmapBenchArgs {
     /// Sample photos to encode when running the model (1..=4).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=4))]
     pub frames: u8,
+    /// Replace --json FILE or --write-fixture FILE even if it is not an earlier output of this
+    /// bench (never the --fixture read).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `report` of the JSON this bench writes.
+const REPORT_KIND: &str = "bench costmap";
+
+/// Before any work: the files this run would write must not be its input fixture, each other,
+/// or (without --force) anything but earlier outputs of this bench.
+fn check_outputs(args: &CostmapBenchArgs) -> Result<()> {
+    let mut inputs = crate::render::InputFiles::default();
+    if let Some(fixture) = &args.fixture {
+        inputs.add(fixture);
+    }
+    let json = args.json.clone().flatten();
+    if let (Some(json), Some(fixture)) = (&json, &args.write_fixture)
+        && crate::render::same_destination(json, fixture)
+    {
+        bail!("--json and --write-fixture name the same file {}", json.display());
+    }
+    crate::render::check_json_out(json.as_deref(), REPORT_KIND, &inputs, args.force)?;
+    if let Some(path) = &args.write_fixture {
+        crate::render::check_outputs([(path.clone(), crate::render::Output::Magic(FIXTURE_MAGIC))], &inputs, args.force).context("--write-fixture")?;
+    }
+    Ok(())
 }
 
 /// What the fixture's JSON header records; the arrays follow it.
@@ -424,6 +453,8 @@ fn end_to_end(common: &CommonArgs, threads: usize, labels: &LabelSet, runs: usiz
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: CostmapBenchArgs) -> Result<()> {
+    let threads = engine::runtime::resolve_threads(threads);
+    check_outputs(&args)?;
     let inputs = match &args.fixture {
         Some(path) => read_fixture(path)?,
         None => from_model(common, threads, args.frames as usize)?,
@@ -483,6 +514,17 @@ pub fn run(common: &CommonArgs, threads: usize, args: CostmapBenchArgs) -> Resul
     if args.fixture.is_none() {
         report["end_to_end"] = end_to_end(common, threads, &labels, args.runs.min(5))?;
     }
+    crate::render::stamp(&mut report, REPORT_KIND);
     let also_to = args.json.flatten();
     crate::render::emit_json(&report, also_to.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_limit_is_the_built_in_list() {
+        assert_eq!(label_list(LABELS_847).len() as u64, BUILT_IN_LABELS);
+    }
 }

@@ -14,11 +14,14 @@ use crate::{CommonArgs, model};
 #[derive(Args, Debug)]
 pub struct DepthBenchArgs {
     /// Timed frames (after 2 warm-up frames).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = crate::bench::at_least_one())]
     pub frames: usize,
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Replace --json FILE even if it is not an earlier report of this bench.
+    #[arg(long)]
+    pub force: bool,
 }
 
 const SIZE: (u32, u32) = (640, 480);
@@ -33,6 +36,8 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: DepthBenchArgs) -> Result<()> {
+    let threads = engine::runtime::resolve_threads(threads);
+    crate::render::check_json_out(args.json.as_deref(), "bench depth", &Default::default(), args.force)?;
     let (_, mut pipeline, mut bank) = model::load(common, threads)?;
     let labels = bank.build(&label_list(LABELS_21))?;
     let frame = resized_sample(SIZE.0, SIZE.1)?;
@@ -89,7 +94,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: DepthBenchArgs) -> Result<
         }
     }
     let (segment, register, fit, condition) = (median(&mut segment), median(&mut register), median(&mut fit), median(&mut condition));
-    let report = json!({
+    let mut report = json!({
         "frame": format!("{}x{}", SIZE.0, SIZE.1),
         "threads": threads,
         "frames": args.frames,
@@ -103,5 +108,6 @@ pub fn run(common: &CommonArgs, threads: usize, args: DepthBenchArgs) -> Result<
         "ground_fit_over_segment": fit / segment,
         "condition_over_segment": condition / segment,
     });
+    crate::render::stamp(&mut report, "bench depth");
     crate::render::emit_json(&report, args.json.as_deref())
 }

@@ -26,11 +26,14 @@ pub struct EncoderBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "320x240,640x480")]
     pub sizes: Vec<String>,
     /// Timed frames per backend and size (after 2 warm-up frames).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = crate::bench::at_least_one())]
     pub frames: usize,
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replace --json FILE even if it is not an earlier report of this bench.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32)> {
@@ -67,9 +70,11 @@ fn differences(a: &Encoded, b: &Encoded) -> (Option<f32>, Option<f32>) {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: EncoderBenchArgs) -> Result<()> {
-    if args.backends.is_empty() || args.frames == 0 {
-        bail!("--backends needs at least one name and --frames at least 1");
+    let threads = engine::runtime::resolve_threads(threads);
+    if args.backends.is_empty() {
+        bail!("--backends needs at least one name");
     }
+    crate::render::check_json_out(args.json.as_deref(), "bench encoder", &Default::default(), args.force)?;
     let dir = model::resolve(common.model_dir.as_deref())?;
     let manifest = Manifest::read(&dir).with_context(|| format!("reading the manifest in {}", dir.display()))?;
     let sizes = args.sizes.iter().map(|s| parse_size(s)).collect::<Result<Vec<_>>>()?;
@@ -115,6 +120,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: EncoderBenchArgs) -> Resul
         eprintln!("{w}x{h}: {}", backends.iter().zip(&medians).map(|((n, _), ms)| format!("{n} {ms:.1} ms")).collect::<Vec<_>>().join(", "));
         configs.push(json!({ "frame": format!("{w}x{h}"), "network_input": [input.width, input.height], "backends": results }));
     }
-    let report = json!({ "model": manifest.name, "threads": threads, "frames": args.frames, "configs": configs });
+    let mut report = json!({ "model": manifest.name, "threads": threads, "frames": args.frames, "configs": configs });
+    crate::render::stamp(&mut report, "bench encoder");
     crate::render::emit_json(&report, args.json.as_deref())
 }

@@ -33,6 +33,9 @@ pub struct RosBenchArgs {
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replace a --json file that is not an earlier report of this bench.
+    #[arg(long)]
+    pub force: bool,
 }
 
 struct Guard(Child);
@@ -88,11 +91,15 @@ fn wait_for(log: &Path, needle: &str, child: &mut Child, what: &str) -> Result<(
 }
 
 pub fn run(args: RosBenchArgs) -> Result<()> {
+    let mut inputs = crate::render::InputFiles::default();
     for (what, path) in [("--python", &args.python), ("--peer", &args.peer), ("--image", &args.image)] {
         if !path.exists() {
             bail!("{what} {} does not exist", path.display());
         }
+        inputs.add(path);
     }
+    inputs.add(&args.fastdds_profile);
+    crate::render::check_json_out(args.json.as_deref(), "bench ros", &inputs, args.force)?;
     let domain = 1 + (std::process::id() % 100) as u16;
     let dir = tempfile_dir()?;
 
@@ -126,7 +133,7 @@ pub fn run(args: RosBenchArgs) -> Result<()> {
         let (a, b) = (ours["topics"][topic]["p50_ms"].as_f64(), baseline["topics"][topic]["p50_ms"].as_f64());
         a.zip(b).map(|(a, b)| json!({"added_p50_ms": a - b, "ratio_p50": a / b}))
     };
-    let report = json!({
+    let mut report = json!({
         "bench": "ros_latency",
         "frame": args.size,
         "rate_hz": args.rate_hz,
@@ -140,6 +147,7 @@ pub fn run(args: RosBenchArgs) -> Result<()> {
         "note": "frames the node had no time for are dropped by design (latest frame wins): `lost` counts them",
     });
     let _ = std::fs::remove_dir_all(&dir);
+    crate::render::stamp(&mut report, "bench ros");
     crate::render::emit_json(&report, args.json.as_deref())
 }
 

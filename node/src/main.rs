@@ -37,7 +37,7 @@ pub struct CommonArgs {
     /// first use into the user cache (OVSEG_CACHE_DIR overrides the cache location).
     #[arg(long, global = true, env = "OVSEG_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
-    /// CPU threads for inference and pixel loops (default: all cores).
+    /// CPU threads for inference and pixel loops (default and 0: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     /// Where the cost map, fusion and post-processing run: auto (CUDA when a device answers,
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse_from(argv);
     init_logging(cli.common.verbose, &ros_args, matches!(cli.command, Command::Node));
-    let threads = cli.common.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = engine::runtime::resolve_threads(cli.common.threads.unwrap_or(0));
     // One pool for our pixel loops; ONNX Runtime gets the same count for its own.
     if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
         tracing::debug!("rayon pool already set: {e}");

@@ -58,13 +58,19 @@ pub fn open_dir(model_dir: Option<&Path>) -> Result<Model> {
 }
 
 pub fn backend_kind(common: &CommonArgs) -> Result<BackendKind> {
-    common.backend.parse::<BackendKind>().context("--backend")
+    // The engine files a bad name under its ONNX Runtime errors; here it is a flag's value.
+    common.backend.parse::<BackendKind>().map_err(|e| match e {
+        engine::EngineError::Runtime(message) => anyhow::anyhow!("--backend {}: {message}", common.backend),
+        other => anyhow::Error::new(other).context("--backend"),
+    })
 }
 
 /// Pipeline and label bank for a command.
 pub fn load(common: &CommonArgs, threads: usize) -> Result<(Model, Pipeline, LabelBank)> {
+    // A misspelt backend is refused before the model is opened (or fetched).
+    let kind = backend_kind(common)?;
     let model = open(common)?;
-    let pipeline = model.pipeline(backend_kind(common)?, threads)?;
+    let pipeline = model.pipeline(kind, threads)?;
     let bank = model.label_bank(threads, Some(engine::paths::label_cache_dir()))?;
     Ok((model, pipeline, bank))
 }

@@ -1,36 +1,84 @@
-//! Writing masks and overlays: PNG encoding, legend drawing, atomic file writes.
-use std::io::Cursor;
-use std::path::Path;
+//! Writing masks and overlays: PNG encoding, legend drawing, atomic file writes, and the checks
+//! that keep outputs off files ovseg did not write.
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use engine::{Frame, LabelMap, LabelSet, MaskPixels};
 use font8x8::UnicodeFonts;
-use image::{ImageBuffer, ImageFormat, Luma, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
+
+/// What ovseg writes into its PNGs (tEXt `Software`) and JSON reports (`software`), so that a
+/// later run can tell its own outputs, which it may replace, from a user's files.
+pub const SOFTWARE: &str = concat!("ovseg ", env!("CARGO_PKG_VERSION"));
+const SOFTWARE_PREFIX: &str = "ovseg ";
 
 /// Writes the label-id mask: 8-bit with up to 255 labels, else 16-bit. Returns the bit depth.
 pub fn write_mask(map: &LabelMap, num_labels: usize, path: &Path) -> Result<u8> {
     let (w, h) = (map.width, map.height);
-    let mut png = Cursor::new(Vec::new());
-    let bits = match map.mask_pixels(num_labels) {
-        MaskPixels::Mono8(data) => {
-            let img: ImageBuffer<Luma<u8>, _> = ImageBuffer::from_raw(w, h, data).context("mask buffer size")?;
-            img.write_to(&mut png, ImageFormat::Png)?;
-            8
-        }
+    let (png, bits) = match map.mask_pixels(num_labels) {
+        MaskPixels::Mono8(data) => (encode_png(w, h, png::ColorType::Grayscale, png::BitDepth::Eight, &data, &[])?, 8),
         MaskPixels::Mono16(data) => {
-            let img: ImageBuffer<Luma<u16>, _> = ImageBuffer::from_raw(w, h, data).context("mask buffer size")?;
-            img.write_to(&mut png, ImageFormat::Png)?;
-            16
+            // PNG stores 16-bit samples big-endian.
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_be_bytes()).collect();
+            (encode_png(w, h, png::ColorType::Grayscale, png::BitDepth::Sixteen, &bytes, &[])?, 16)
         }
     };
-    write_file(path, png.get_ref())?;
+    write_file(path, &png)?;
     Ok(bits)
 }
 
 pub fn save_rgb(img: &RgbImage, path: &Path) -> Result<()> {
-    let mut png = Cursor::new(Vec::new());
-    img.write_to(&mut png, ImageFormat::Png)?;
-    write_file(path, png.get_ref())
+    save_rgb_with(img, path, &[])
+}
+
+/// [`save_rgb`] for the picture of PFM files written after it (`(path, bytes)`): it records
+/// each one's fingerprint, which is how a later run knows those PFMs are ovseg's (a PFM has no
+/// room for a marker of its own).
+pub fn save_rgb_with(img: &RgbImage, path: &Path, pfms: &[(&Path, &[u8])]) -> Result<()> {
+    let records: Vec<String> = pfms.iter().map(|(pfm, bytes)| pfm_record(pfm, bytes)).collect();
+    let png = encode_png(img.width(), img.height(), png::ColorType::Rgb, png::BitDepth::Eight, img.as_raw(), &records)?;
+    write_file(path, &png)
+}
+
+/// tEXt keyword of a PFM's fingerprint in the picture written with it.
+const PFM_KEYWORD: &str = "ovseg-pfm";
+
+/// `<file name> <length> <hash>`, as the picture written with a PFM records it.
+fn pfm_record(pfm: &Path, bytes: &[u8]) -> String {
+    format!("{} {}", pfm.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), fingerprint(bytes))
+}
+
+/// Length and 64-bit FNV-1a hash: enough to tell our file from one put in its place.
+fn fingerprint(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{} {hash:016x}", bytes.len())
+}
+
+/// A PNG with the `Software` text chunk that marks it as ovseg's (and `records` of PFMs); the
+/// same compression and filter as the `image` crate's default encoder.
+fn encode_png(width: u32, height: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8], records: &[String]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(color);
+    encoder.set_depth(depth);
+    encoder.set_compression(png::Compression::Fast);
+    encoder.set_filter(png::Filter::Adaptive);
+    encoder.add_text_chunk("Software".into(), SOFTWARE.into()).context("PNG text chunk")?;
+    for record in records {
+        encoder.add_text_chunk(PFM_KEYWORD.into(), record.clone()).context("PNG text chunk")?;
+    }
+    let mut writer = encoder.write_header().context("encoding PNG")?;
+    writer.write_image_data(data).context("encoding PNG")?;
+    writer.finish().context("encoding PNG")?;
+    Ok(out)
+}
+
+/// Marks a JSON report as ovseg's, of `kind` (the command that wrote it).
+pub fn stamp(report: &mut serde_json::Value, kind: &str) {
+    report["software"] = serde_json::json!(SOFTWARE);
+    report["report"] = serde_json::json!(kind);
 }
 
 /// Prints a JSON report to stdout and, if asked, writes it to a file too.
@@ -46,6 +94,196 @@ pub fn emit_json(report: &serde_json::Value, also_to: Option<&Path>) -> Result<(
 /// Temp file + rename: an interrupted run never leaves a half-written output behind.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     engine::labels::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What an output path is meant to hold, which says how to recognise an earlier output of the
+/// same kind that may be replaced.
+#[derive(Clone, Copy, Debug)]
+pub enum Output<'a> {
+    /// A PNG ovseg writes (mask, overlay, depth or disparity colours): tEXt `Software` = ovseg.
+    Png,
+    /// A JSON report of this kind: `software` = ovseg and `report` = the kind.
+    Report(&'a str),
+    /// A PFM, which has no room for a marker: the ovseg PNG written with it (always before it,
+    /// by [`save_rgb_with`]) must hold its fingerprint.
+    Pfm { companion: &'a Path },
+    /// A binary file that starts with this magic (cost-map fixtures).
+    Magic(&'a [u8]),
+}
+
+/// Whether `path` holds a file ovseg wrote as `kind`. Anything unreadable is not.
+pub fn written_by_ovseg(path: &Path, kind: Output<'_>) -> bool {
+    match kind {
+        Output::Png => png_text(path, "Software").first().is_some_and(|s| s.starts_with(SOFTWARE_PREFIX)),
+        Output::Report(kind) => {
+            let Ok(text) = std::fs::read_to_string(path) else { return false };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+            value["software"].as_str().is_some_and(|s| s.starts_with(SOFTWARE_PREFIX)) && value["report"] == kind
+        }
+        Output::Pfm { companion } => {
+            let Ok(bytes) = std::fs::read(path) else { return false };
+            let record = pfm_record(path, &bytes);
+            written_by_ovseg(companion, Output::Png) && png_text(companion, PFM_KEYWORD).contains(&record)
+        }
+        Output::Magic(magic) => {
+            let mut head = vec![0; magic.len()];
+            std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == magic
+        }
+    }
+}
+
+/// The tEXt entries of a PNG under `keyword` (read up to the image data, not decoded); none
+/// for anything that is not a readable PNG.
+fn png_text(path: &Path, keyword: &str) -> Vec<String> {
+    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(reader) = png::Decoder::new(BufReader::new(file)).read_info() else { return Vec::new() };
+    reader.info().uncompressed_latin1_text.iter().filter(|t| t.keyword == keyword).map(|t| t.text.clone()).collect()
+}
+
+/// Identity of an existing file: device and inode, so `a/../b`, symlinks and hard links are
+/// the same file however they are spelt.
+#[cfg(unix)]
+type FileId = (u64, u64);
+#[cfg(not(unix))]
+type FileId = PathBuf;
+
+fn file_id(path: &Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::canonicalize(path).ok()
+    }
+}
+
+/// Whether two paths, existing or not, name the same place: the same file where both exist,
+/// else the same name in the same folder (folders resolved through symlinks and `..`).
+pub fn same_destination(a: &Path, b: &Path) -> bool {
+    if let (Some(x), Some(y)) = (file_id(a), file_id(b)) {
+        return x == y;
+    }
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        let name = p.file_name()?;
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(name))
+    };
+    match (resolve(a), resolve(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The files a command reads; no output may land on one of them, even with --force.
+#[derive(Default)]
+pub struct InputFiles(HashMap<FileId, PathBuf>);
+
+impl InputFiles {
+    /// Records `path` if it exists (a missing input cannot be overwritten).
+    pub fn add(&mut self, path: &Path) {
+        if let Some(id) = file_id(path) {
+            self.0.entry(id).or_insert_with(|| path.to_path_buf());
+        }
+    }
+
+    /// The input `path` is, however it is spelt, if it is one.
+    pub fn find(&self, path: &Path) -> Option<&Path> {
+        file_id(path).and_then(|id| self.0.get(&id)).map(PathBuf::as_path)
+    }
+}
+
+/// Refuses, before any work, outputs that would replace one of `inputs` (always), a folder
+/// (always), or an existing file ovseg did not write as that kind (unless `force`). Every
+/// offending path is named.
+pub fn check_outputs<'a>(outputs: impl IntoIterator<Item = (PathBuf, Output<'a>)>, inputs: &InputFiles, force: bool) -> Result<()> {
+    let (mut clashes, mut folders, mut foreign) = (Vec::new(), Vec::new(), Vec::new());
+    for (path, kind) in outputs {
+        if let Some(input) = inputs.find(&path) {
+            clashes.push(format!("{} (the input {})", path.display(), input.display()));
+            continue;
+        }
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => {}
+            Ok(m) if m.is_dir() => folders.push(path.display().to_string()),
+            Ok(_) if force || written_by_ovseg(&path, kind) => {}
+            Ok(_) => foreign.push(path.display().to_string()),
+        }
+    }
+    if !clashes.is_empty() {
+        bail!("refusing to write over this run's own input: {}", listing(&clashes));
+    }
+    if !folders.is_empty() {
+        bail!("{} in the way of an output file: {}", if folders.len() == 1 { "a folder is" } else { "folders are" }, listing(&folders));
+    }
+    if !foreign.is_empty() {
+        bail!(
+            "refusing to replace {} that ovseg did not write: {} (pass --force to replace {})",
+            if foreign.len() == 1 { "a file".to_string() } else { format!("{} files", foreign.len()) },
+            listing(&foreign),
+            if foreign.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
+}
+
+/// The first few entries of a list, and how many more there are.
+fn listing(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let head = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    match items.len().saturating_sub(SHOWN) {
+        0 => head,
+        more => format!("{head} and {more} more"),
+    }
+}
+
+/// `--json FILE` of a command that writes a report of `kind`: checked before the command
+/// does its work.
+pub fn check_json_out(path: Option<&Path>, kind: &str, inputs: &InputFiles, force: bool) -> Result<()> {
+    match path {
+        Some(path) => check_outputs([(path.to_path_buf(), Output::Report(kind))], inputs, force).context("--json"),
+        None => Ok(()),
+    }
+}
+
+/// Fails early, naming the folder, when `dir` cannot be created or written, so that a run does
+/// not do its work first. Leaves nothing behind: a missing folder is not created here, its
+/// nearest existing parent is tried instead (with a file created and removed at once).
+pub fn check_out_dir(dir: &Path) -> Result<()> {
+    let mut existing = dir.to_path_buf();
+    loop {
+        match std::fs::metadata(&existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if existing == dir => bail!("{} is not a folder", dir.display()),
+            Ok(_) => bail!("{} cannot be made: {} is not a folder", dir.display(), existing.display()),
+            // Under a file, the path is "not a directory" rather than missing: walk up to the file.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                let parent = match existing.parent() {
+                    Some(p) if p.as_os_str().is_empty() => PathBuf::from("."),
+                    Some(p) => p.to_path_buf(),
+                    None => bail!("{} cannot be made: {}: {e}", dir.display(), existing.display()),
+                };
+                if parent == existing {
+                    bail!("{} cannot be made: {}: {e}", dir.display(), existing.display());
+                }
+                existing = parent;
+            }
+            Err(e) => bail!("{}: {e}", existing.display()),
+        }
+    }
+    let probe = existing.join(format!(".ovseg-write-test.{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if existing == dir => bail!("{} is not writable: {e}", dir.display()),
+        Err(e) => bail!("{} cannot be made: {} is not writable: {e}", dir.display(), existing.display()),
+    }
 }
 
 const GLYPH: u32 = 8;
@@ -152,6 +390,79 @@ mod tests {
         assert_eq!(write_mask(&map(vec![0, 255, UNKNOWN]), 256, &p).unwrap(), 16);
         let img = image::open(&p).unwrap().to_luma16();
         assert_eq!(img.as_raw(), &vec![0, 255, 65535]);
+        assert!(written_by_ovseg(&p, Output::Png));
+    }
+
+    #[test]
+    fn outputs_are_recognised_by_their_marker_and_foreign_files_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let png = d.join("a.overlay.png");
+        save_rgb(&RgbImage::new(3, 2), &png).unwrap();
+        assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (3, 2));
+        assert!(written_by_ovseg(&png, Output::Png));
+        let theirs = d.join("theirs.png");
+        RgbImage::new(3, 2).save(&theirs).unwrap();
+        assert!(!written_by_ovseg(&theirs, Output::Png));
+
+        let pfm = d.join("a.depth.pfm");
+        let ours = crate::stereo::pfm_bytes(&engine::stereo::Disparity { width: 3, height: 2, data: vec![1.0; 6] });
+        save_rgb_with(&RgbImage::new(3, 2), &png, &[(&pfm, &ours)]).unwrap();
+        assert!(written_by_ovseg(&png, Output::Png));
+        std::fs::write(&pfm, &ours).unwrap();
+        assert!(written_by_ovseg(&pfm, Output::Pfm { companion: &png }));
+        assert!(!written_by_ovseg(&pfm, Output::Pfm { companion: &theirs }), "the companion must be ours too");
+        // Another PFM in its place, header and size alike (a ground truth, say).
+        let other = crate::stereo::pfm_bytes(&engine::stereo::Disparity { width: 3, height: 2, data: vec![2.0; 6] });
+        std::fs::write(&pfm, other).unwrap();
+        assert!(!written_by_ovseg(&pfm, Output::Pfm { companion: &png }));
+
+        let mut report = serde_json::json!({"mean_miou": 0.5});
+        stamp(&mut report, "eval");
+        let json = d.join("r.json");
+        std::fs::write(&json, report.to_string()).unwrap();
+        assert!(written_by_ovseg(&json, Output::Report("eval")));
+        assert!(!written_by_ovseg(&json, Output::Report("bench")), "another command's report");
+        std::fs::write(&json, r#"{"images": []}"#).unwrap();
+        assert!(!written_by_ovseg(&json, Output::Report("eval")));
+
+        let inputs = InputFiles::default();
+        let e = check_outputs([(theirs.clone(), Output::Png), (png.clone(), Output::Png)], &inputs, false).unwrap_err().to_string();
+        assert!(e.contains("theirs.png") && !e.contains("a.overlay.png") && e.contains("--force"), "{e}");
+        check_outputs([(theirs.clone(), Output::Png)], &inputs, true).unwrap();
+        let e = check_outputs([(d.to_path_buf(), Output::Png)], &inputs, true).unwrap_err().to_string();
+        assert!(e.contains("folder"), "{e}");
+    }
+
+    #[test]
+    fn an_input_is_never_an_output_however_it_is_spelt() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.json");
+        std::fs::write(&input, "{}").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut inputs = InputFiles::default();
+        inputs.add(&input);
+        let spelt = dir.path().join("sub/../in.json");
+        assert_eq!(inputs.find(&spelt), Some(input.as_path()));
+        let e = check_outputs([(spelt, Output::Report("eval"))], &inputs, true).unwrap_err().to_string();
+        assert!(e.contains("own input") && e.contains("in.json"), "{e}");
+        assert!(inputs.find(&dir.path().join("other.json")).is_none());
+        assert!(same_destination(&dir.path().join("new.json"), &dir.path().join("sub/../new.json")));
+        assert!(!same_destination(&dir.path().join("new.json"), &dir.path().join("sub/new.json")));
+    }
+
+    #[test]
+    fn the_out_folder_is_checked_without_being_made() {
+        let dir = tempfile::tempdir().unwrap();
+        check_out_dir(&dir.path().join("a/b/c")).unwrap();
+        assert!(!dir.path().join("a").exists());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = check_out_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a folder"), "{e}");
+        let e = check_out_dir(&file.join("sub")).unwrap_err().to_string();
+        assert!(e.contains("cannot be made") && e.contains("file is not a folder"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no probe file left behind");
     }
 
     #[test]

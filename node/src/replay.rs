@@ -2,7 +2,7 @@
 //! and writes every output topic (plus the inputs) as ROS 2 CDR into a new mcap.
 use std::collections::BTreeMap;
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -21,10 +21,10 @@ use crate::ros::processor::{FrameOutcome, Processor, closest_in_time};
 pub struct ReplayArgs {
     /// Recorded bag (ROS 2 mcap with CDR messages).
     pub input: PathBuf,
-    /// Bag to write (must not exist unless --force).
+    /// Bag to write (must not exist unless --force; never the input bag).
     #[arg(long)]
     pub out: PathBuf,
-    /// Overwrite --out if it exists.
+    /// Overwrite --out if it exists (a file; never the input bag).
     #[arg(long)]
     pub force: bool,
     /// Colour image topic in the bag (sensor_msgs/Image).
@@ -94,35 +94,76 @@ impl Recorder {
     }
 }
 
+/// The output bag while it is written: a hidden file next to --out, renamed onto it when
+/// complete, and removed if the replay fails before that.
+struct Partial {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Partial {
+    fn new(out: &Path) -> Self {
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = out.file_name().map_or_else(|| "out.mcap".into(), |n| n.to_string_lossy().into_owned());
+        Partial { path: dir.join(format!(".{name}.{}.partial", std::process::id())), done: false }
+    }
+
+    /// Flushes the bag to disk, then renames it onto `out`.
+    fn finish(mut self, writer: BufWriter<std::fs::File>, out: &Path) -> Result<()> {
+        let file = writer.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", self.path.display(), e.error()))?;
+        file.sync_all().with_context(|| format!("writing {}", self.path.display()))?;
+        drop(file);
+        std::fs::rename(&self.path, out).with_context(|| format!("moving {} to {}", self.path.display(), out.display()))?;
+        self.done = true;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            engine::labels::sync_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Refuses, before any work, an --out that is the input bag however it is spelt (`a/../in.mcap`,
+/// a link), a folder, or an existing file without --force.
+fn check_out(args: &ReplayArgs) -> Result<()> {
+    if args.out.is_dir() {
+        bail!("--out {} is a folder; give the file name of the bag to write", args.out.display());
+    }
+    if crate::render::same_destination(&args.out, &args.input) {
+        bail!("--out {} is the input bag {}; give another file", args.out.display(), args.input.display());
+    }
+    if args.out.exists() && !args.force {
+        bail!("{} exists; pass --force to overwrite it", args.out.display());
+    }
+    Ok(())
+}
+
 fn out_topic(namespace: &str, name: &str) -> String {
     format!("{}/{name}", namespace.trim_end_matches('/'))
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) -> Result<()> {
-    if args.out.exists() && !args.force {
-        bail!("{} exists; pass --force to overwrite it", args.out.display());
-    }
-    if args.out == args.input {
-        bail!("--out must differ from the input bag");
-    }
+    let threads = engine::runtime::resolve_threads(threads);
+    check_out(&args)?;
     let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let fqn = crate::ros::args::fully_qualified_node_name(
-        ros.namespace.as_deref().unwrap_or("/"),
-        ros.node_name.as_deref().unwrap_or(crate::ros::DEFAULT_NODE_NAME),
-    );
-    let overrides = ros.parameter_overrides(&fqn).context("parameters")?;
-    let (updates, _) = crossbeam_channel::unbounded();
-    let (state, initial) = ParamState::start(common, overrides, threads, updates)?;
-    let settings = state.settings();
-    let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
-
+    let reading = || format!("reading the input bag {}", args.input.display());
     // Depth and right images first, so each image finds its partner whatever the order in the
-    // bag.
+    // bag; a file that is no bag is refused before the model loads.
     let mut depth_images: Vec<Image> = Vec::new();
     let mut right_images: Vec<Image> = Vec::new();
     let mut images = 0usize;
-    for message in mcap::MessageStream::new(&bytes).context("reading the input bag")? {
-        let message = message.context("reading the input bag")?;
+    for message in mcap::MessageStream::new(&bytes).with_context(reading)? {
+        let message = message.with_context(reading)?;
         if message.channel.topic == args.depth_topic {
             let depth: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
             depth_images.push(depth);
@@ -137,9 +178,20 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         bail!("no messages on {} in {} (set --image-topic)", args.image_topic, args.input.display());
     }
 
-    // Temp file + rename: a failed replay never leaves a truncated bag at --out.
-    let partial = args.out.with_extension("mcap.partial");
-    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let fqn = crate::ros::args::fully_qualified_node_name(
+        ros.namespace.as_deref().unwrap_or("/"),
+        ros.node_name.as_deref().unwrap_or(crate::ros::DEFAULT_NODE_NAME),
+    );
+    let overrides = ros.parameter_overrides(&fqn).context("parameters")?;
+    let (updates, _) = crossbeam_channel::unbounded();
+    let (state, initial) = ParamState::start(common, overrides, threads, updates)?;
+    let settings = state.settings();
+    let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
+
+    // Temp file + rename: a failed replay never leaves a truncated bag at --out, nor the
+    // temporary file.
+    let partial = Partial::new(&args.out);
+    let file = std::fs::File::create(&partial.path).with_context(|| format!("creating {}", partial.path.display()))?;
     let writer = mcap::WriteOptions::new()
         .profile("ros2")
         .compression(Some(mcap::Compression::Zstd))
@@ -151,8 +203,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} frames {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let started = Instant::now();
     let mut processed = 0u64;
-    for message in mcap::MessageStream::new(&bytes)? {
-        let message = message?;
+    for message in mcap::MessageStream::new(&bytes).with_context(reading)? {
+        let message = message.with_context(reading)?;
         let topic = message.channel.topic.as_str();
         if !args.outputs_only
             && let Some(schema) = &message.channel.schema
@@ -198,13 +250,13 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     }
     bar.finish_and_clear();
     rec.writer.finish().context("finishing the output bag")?;
-    drop(rec.writer);
-    std::fs::rename(&partial, &args.out).with_context(|| format!("moving {} to {}", partial.display(), args.out.display()))?;
+    let counts = rec.counts;
+    partial.finish(rec.writer.into_inner(), &args.out)?;
 
     let elapsed = started.elapsed().as_secs_f64();
     let outputs: BTreeMap<&str, u64> = Topic::ALL
         .iter()
-        .filter_map(|t| rec.counts.get(&out_topic(&args.output_namespace, t.name())).map(|n| (t.name(), *n)))
+        .filter_map(|t| counts.get(&out_topic(&args.output_namespace, t.name())).map(|n| (t.name(), *n)))
         .collect();
     let report = json!({
         "input": args.input.display().to_string(),

@@ -1,16 +1,19 @@
 //! `ovseg segment`: images in, mask / overlay / JSON out.
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use engine::labels::{LabelSpec, parse_descriptions, split_list, with_descriptions};
-use engine::{Frame, LabelSet, Pipeline, SegmentOptions, Segmentation};
+use engine::labels::{LabelSpec, parse_descriptions, split_list, strip_bom, with_descriptions};
+use engine::{EngineError, Frame, LabelSet, Pipeline, SegmentOptions, Segmentation};
 use serde_json::json;
 
 use crate::CommonArgs;
+use crate::render::{InputFiles, Output};
 use crate::{model, render, samples};
 
 /// Exit status when some inputs failed but the others were written.
@@ -42,19 +45,45 @@ pub struct SegmentArgs {
     /// Output directory (created if missing).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// Replace existing files in --out that ovseg did not write (it never writes over an input).
+    #[arg(long)]
+    pub force: bool,
 }
 
-/// One image to process: where it came from and its bytes.
+/// One image to process: where it came from; its bytes are read when it is processed.
 struct Input {
     name: String,
     source: String,
-    bytes: std::io::Result<Vec<u8>>,
+    data: Data,
+}
+
+enum Data {
+    Sample(&'static [u8]),
+    File(PathBuf),
+}
+
+impl Input {
+    fn read(&self) -> Result<Cow<'static, [u8]>> {
+        match &self.data {
+            Data::Sample(bytes) => Ok(Cow::Borrowed(bytes)),
+            Data::File(path) => std::fs::read(path).map(Cow::Owned).map_err(|e| anyhow::anyhow!("cannot read: {e}")),
+        }
+    }
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<ExitCode> {
+    let threads = engine::runtime::resolve_threads(threads);
+    if let Some(t) = args.threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        bail!("--threshold {t}: must be a probability in 0..=1");
+    }
     let inputs = collect_inputs(&args.inputs)?;
+    render::check_out_dir(&args.out).context("--out")?;
 
     let (model, mut pipeline, mut bank) = model::load(common, threads)?;
+    let stems = unique_stems(inputs.iter().map(|i| i.name.as_str()));
+    check_outputs(&args, &inputs, &stems, model.manifest.image_encoder.depth.is_some())?;
     let mut options: SegmentOptions = pipeline.options().clone();
     if let Some(t) = args.threshold {
         options.unknown_threshold = t;
@@ -62,25 +91,28 @@ pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<Exi
     if let Some(k) = args.top_k {
         options.early_rejection_top_k = k;
     }
-    pipeline.set_options(options.clone()).context("--threshold / --top-k")?;
+    pipeline.set_options(options.clone()).context("segmentation options")?;
     if let Some(path) = &args.templates {
         let templates = read_lines(path)?;
-        bank.set_templates(templates).with_context(|| format!("templates in {}", path.display()))?;
+        bank.set_templates(templates).map_err(|e| labels_error(e, &format!("--templates {}", path.display())))?;
     }
 
-    let specs = label_specs(&args, &model.manifest.segmentation.default_labels)?;
+    let (specs, source) = label_specs(&args, &model.manifest.segmentation.default_labels)?;
+    engine::labels::validate(&specs).map_err(|e| labels_error(e, &source))?;
     let t = Instant::now();
-    let labels = bank.build(&specs).context("encoding labels")?;
+    let labels = bank.build(&specs).map_err(|e| labels_error(e, "encoding labels"))?;
     let label_ms = t.elapsed().as_secs_f64() * 1000.0;
     eprintln!("{} labels encoded in {label_ms:.0} ms; image encoder {}, scoring {}", labels.len(), pipeline.backend_name(), pipeline.scorer_name());
     // Only now: a run refused for its labels or model leaves no directory behind.
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating output directory {}", args.out.display()))?;
 
-    let mut failed = 0usize;
-    let stems = unique_stems(inputs.iter().map(|i| i.name.as_str()));
+    let (mut failed, mut written) = (0usize, 0usize);
     for (input, stem) in inputs.iter().zip(stems) {
         match process_one(&mut pipeline, &labels, input, &stem, &args.out, label_ms, &options, &model.manifest.name) {
-            Ok(summary) => println!("{}: {summary}", input.source),
+            Ok(summary) => {
+                written += 1;
+                println!("{}: {summary}", input.source);
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}: {e:#}", input.source);
@@ -88,32 +120,77 @@ pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<Exi
         }
     }
     if failed > 0 {
-        eprintln!("{failed} image(s) failed; the others were written to {}", args.out.display());
+        match written {
+            0 => eprintln!("{failed} image(s) failed; no image was written"),
+            1 => eprintln!("{failed} image(s) failed; the other image was written to {}", args.out.display()),
+            n => eprintln!("{failed} image(s) failed; the other {n} were written to {}", args.out.display()),
+        }
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn label_specs(args: &SegmentArgs, defaults: &[String]) -> Result<Vec<LabelSpec>> {
-    let names = match (&args.labels, &args.labels_file) {
-        (Some(list), _) => split_list(list),
-        (None, Some(path)) => read_lines(path)?,
-        (None, None) if !defaults.is_empty() => defaults.to_vec(),
+/// A label problem named by where the labels came from, without the engine's own "labels: "
+/// prefix (it would read "--labels: labels: ..."); other errors keep their kind.
+pub(crate) fn labels_error(e: EngineError, source: &str) -> anyhow::Error {
+    match e {
+        EngineError::Labels(message) => anyhow::anyhow!("{source}: {message}"),
+        other => anyhow::Error::new(other).context(source.to_string()),
+    }
+}
+
+/// Before any image is processed: every file this run would write must be new, an earlier
+/// output of ovseg's, or (with --force) anything but one of this run's inputs.
+fn check_outputs(args: &SegmentArgs, inputs: &[Input], stems: &[String], depth: bool) -> Result<()> {
+    let mut read = InputFiles::default();
+    for input in inputs {
+        if let Data::File(path) = &input.data {
+            read.add(path);
+        }
+    }
+    for path in [&args.labels_file, &args.descriptions, &args.templates].into_iter().flatten() {
+        read.add(path);
+    }
+    let mut planned = Vec::new();
+    let companions: Vec<PathBuf> = stems.iter().map(|stem| args.out.join(format!("{stem}.depth.png"))).collect();
+    for (stem, companion) in stems.iter().zip(&companions) {
+        planned.push((args.out.join(format!("{stem}.mask.png")), Output::Png));
+        planned.push((args.out.join(format!("{stem}.overlay.png")), Output::Png));
+        planned.push((args.out.join(format!("{stem}.json")), Output::Report(REPORT_KIND)));
+        if depth {
+            planned.push((companion.clone(), Output::Png));
+            planned.push((args.out.join(format!("{stem}.depth.pfm")), Output::Pfm { companion }));
+        }
+    }
+    render::check_outputs(planned, &read, args.force).with_context(|| format!("--out {}", args.out.display()))
+}
+
+/// `report` of the per-image JSON.
+const REPORT_KIND: &str = "segment";
+
+/// The label specs and where the names came from (for messages).
+fn label_specs(args: &SegmentArgs, defaults: &[String]) -> Result<(Vec<LabelSpec>, String)> {
+    let (names, source) = match (&args.labels, &args.labels_file) {
+        (Some(list), _) => (split_list(list), "--labels".to_string()),
+        (None, Some(path)) => (read_lines(path)?, format!("--labels-file {}", path.display())),
+        (None, None) if !defaults.is_empty() => (defaults.to_vec(), "the model's default labels".to_string()),
         (None, None) => bail!("the model has no default labels; pass --labels or --labels-file"),
     };
     let descriptions = match &args.descriptions {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            parse_descriptions(text.lines()).with_context(|| format!("in {}", path.display()))?
+            parse_descriptions(strip_bom(&text).lines()).map_err(|e| labels_error(e, &format!("--descriptions {}", path.display())))?
         }
         None => HashMap::new(),
     };
-    Ok(with_descriptions(names, &descriptions)?)
+    let described = args.descriptions.as_ref().map_or(String::new(), |p| format!("--descriptions {}", p.display()));
+    let specs = with_descriptions(names, &descriptions).map_err(|e| labels_error(e, &described))?;
+    Ok((specs, source))
 }
 
 /// Non-empty, non-comment lines, trimmed (label and template files).
 pub fn content_lines(text: &str) -> Vec<String> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+    strip_bom(text).lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
@@ -125,7 +202,7 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
     if paths.is_empty() {
         return Ok(samples::SAMPLES
             .iter()
-            .map(|(name, bytes)| Input { name: name.to_string(), source: format!("sample:{name}"), bytes: Ok(bytes.to_vec()) })
+            .map(|(name, bytes)| Input { name: name.to_string(), source: format!("sample:{name}"), data: Data::Sample(bytes) })
             .collect());
     }
     let mut files = Vec::new();
@@ -137,12 +214,19 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
                 .filter(|p| p.is_file() && has_image_extension(p))
                 .collect();
             found.sort();
+            // Masks, overlays and depth pictures of an earlier run into this folder are not photos.
+            let before = found.len();
+            found.retain(|p| !render::written_by_ovseg(p, Output::Png));
             if found.is_empty() {
-                eprintln!("warning: {} holds no .png/.jpg/.jpeg files", path.display());
+                let ours = match before {
+                    0 => String::new(),
+                    n => format!(" other than {n} written by ovseg"),
+                };
+                bail!("{} holds no .png/.jpg/.jpeg files{ours}", path.display());
             }
             files.extend(found);
         } else {
-            // Missing or unreadable files are reported per file below, not fatal here.
+            // Missing or unreadable files are reported per file when processed, not fatal here.
             files.push(path.clone());
         }
     }
@@ -151,7 +235,7 @@ fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
         .map(|p| Input {
             name: p.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned()),
             source: p.display().to_string(),
-            bytes: std::fs::read(&p),
+            data: Data::File(p),
         })
         .collect())
 }
@@ -177,7 +261,20 @@ fn unique_stems<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Vec<String>
         .collect()
 }
 
+/// Width and height from the image's header, refused beyond `MAX_FRAME_SIDE` before the
+/// pixels are decoded (a corrupt or hostile header would otherwise cost gigabytes).
+pub fn checked_size(bytes: &[u8]) -> Result<(u32, u32)> {
+    const MAX: u32 = engine::frame::MAX_FRAME_SIDE;
+    let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("not a readable PNG/JPEG image")?;
+    let (w, h) = reader.into_dimensions().context("not a readable PNG/JPEG image")?;
+    if w > MAX || h > MAX {
+        bail!("{w}x{h} pixels: images up to {MAX} pixels a side are accepted");
+    }
+    Ok((w, h))
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Frame> {
+    checked_size(bytes)?;
     let image = image::load_from_memory(bytes).context("not a readable PNG/JPEG image")?;
     Ok(Frame::from_rgb_image(&image.to_rgb8()))
 }
@@ -193,8 +290,7 @@ fn process_one(
     options: &SegmentOptions,
     model_name: &str,
 ) -> Result<String> {
-    let bytes = input.bytes.as_ref().map_err(|e| anyhow::anyhow!("cannot read: {e}"))?;
-    let frame = decode(bytes)?;
+    let frame = decode(&input.read()?)?;
     let seg = pipeline.process(&frame, labels)?;
     let mask_path = out.join(format!("{stem}.mask.png"));
     let overlay_path = out.join(format!("{stem}.overlay.png"));
@@ -206,14 +302,17 @@ fn process_one(
         Some(model_depth) => {
             let (file, picture) = (format!("{stem}.depth.pfm"), format!("{stem}.depth.png"));
             let depth = conditioned_depth(&model_depth.metres(), &seg.map, labels);
-            render::write_file(&out.join(&file), &crate::stereo::pfm_bytes(&depth))?;
-            render::save_rgb(&crate::stereo::colorize_depth(&depth), &out.join(picture))?;
+            // The picture first: its record of the PFM marks the PFM as ovseg's to a later run.
+            let (pfm, pfm_path) = (crate::stereo::pfm_bytes(&depth), out.join(&file));
+            render::save_rgb_with(&crate::stereo::colorize_depth(&depth), &out.join(picture), &[(&pfm_path, &pfm)])?;
+            render::write_file(&pfm_path, &pfm)?;
             Some(file)
         }
         None => None,
     };
     let mut report = report_json(input, &seg, labels, bits, label_ms, options, (pipeline.backend_name(), pipeline.scorer_name()), model_name, stem);
     report["depth"] = json!(depth_file);
+    render::stamp(&mut report, REPORT_KIND);
     render::write_file(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
 
     let (shares, _) = seg.map.shares(labels.len());

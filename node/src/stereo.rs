@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use calibration::{CameraInfoYaml, StereoFields, StereoGeometry, rectify_map, remap_gray8};
 use clap::Args;
-use engine::stereo::{Disparity, DisparityMatcher, GrayView, Paths, StereoMatcher, StereoParams, StereoTimings};
+use engine::stereo::{Disparity, DisparityMatcher, GrayView, Paths, StereoError, StereoMatcher, StereoParams, StereoTimings};
 use image::{GrayImage, RgbImage};
 use serde_json::json;
 
-use crate::render;
+use crate::render::{self, InputFiles, Output};
 
 #[derive(Args, Debug)]
 pub struct StereoArgs {
@@ -61,6 +61,9 @@ pub struct StereoArgs {
     /// time, the speed-up and whether the two disparities are identical.
     #[arg(long)]
     pub compare_cpu: bool,
+    /// Replace existing files in --out that ovseg did not write (it never writes over an input).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// For a GPU run: the CPU's median time on the same pair, the speed-up, and whether the
@@ -111,10 +114,12 @@ fn rectify(img: &GrayImage, yaml: &CameraInfoYaml, path: &Path) -> Result<GrayIm
 
 fn calibrated_pair(left: &mut GrayImage, right: &mut GrayImage, files: &[PathBuf]) -> Result<StereoGeometry> {
     let [lp, rp] = files else { bail!("--calib takes two files (left, right)") };
-    let load = |p: &PathBuf| CameraInfoYaml::load(p).with_context(|| format!("--calib {}", p.display()));
+    // The loader's errors name the file already.
+    let load = |p: &PathBuf| CameraInfoYaml::load(p).context("--calib");
     let (ly, ry) = (load(lp)?, load(rp)?);
     const FIELDS: StereoFields = StereoFields { left_fx: "left projection_matrix[0] (fx)", right_tx: "right projection_matrix[3]" };
     let geometry = StereoGeometry::from_projections(&ly.projection_matrix, &ry.projection_matrix, &FIELDS)
+        .and_then(|g| g.check_width(left.width()).map(|()| g))
         .with_context(|| format!("--calib {} {}", lp.display(), rp.display()))?;
     *left = rectify(left, &ly, lp)?;
     *right = rectify(right, &ry, rp)?;
@@ -136,8 +141,59 @@ impl StereoArgs {
     }
 }
 
+/// A parameter error named by its command-line flag (`--max-disp 12: ...`).
+fn flag_error(e: StereoError) -> anyhow::Error {
+    let flag = |field: &str| match field {
+        "max_disp" | "p1" | "p2" | "p2_gradient" | "uniqueness" | "lr_max_diff" | "paths" => Some(format!("--{}", field.replace('_', "-"))),
+        _ => None,
+    };
+    match &e {
+        StereoError::Param { field, value, reason } if let Some(flag) = flag(field) => anyhow::anyhow!("{flag} {value}: {reason}"),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+/// The files a run writes into --out: the colour picture first (it marks the PFMs as ovseg's
+/// to a later run), the disparity PFM, and with --calib the depth PFM.
+struct OutFiles {
+    png: PathBuf,
+    pfm: PathBuf,
+    depth: Option<PathBuf>,
+}
+
+impl OutFiles {
+    fn new(args: &StereoArgs) -> Self {
+        let stem = args.left.file_stem().and_then(|s| s.to_str()).unwrap_or("left");
+        OutFiles {
+            png: args.out.join(format!("{stem}.disparity.png")),
+            pfm: args.out.join(format!("{stem}.disparity.pfm")),
+            depth: args.calib.as_ref().map(|_| args.out.join(format!("{stem}.depth.pfm"))),
+        }
+    }
+
+    /// Before any work: never over an input; files ovseg did not write only with --force.
+    fn check(&self, args: &StereoArgs) -> Result<()> {
+        let mut inputs = InputFiles::default();
+        for path in [&args.left, &args.right].into_iter().chain(args.calib.iter().flatten()) {
+            inputs.add(path);
+        }
+        let companion = Output::Pfm { companion: &self.png };
+        let planned = [(self.png.clone(), Output::Png), (self.pfm.clone(), companion)].into_iter().chain(self.depth.clone().map(|d| (d, companion)));
+        render::check_outputs(planned, &inputs, args.force).with_context(|| format!("--out {}", args.out.display()))
+    }
+}
+
 pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
+    let threads = engine::runtime::resolve_threads(threads);
     let params = args.params();
+    params.validate().map_err(flag_error)?;
+    // tensorrt and burn run an image encoder, which stereo does not have.
+    if !matches!(backend, "auto" | "cpu" | "cuda") {
+        bail!("--backend {backend}: stereo matching runs on auto, cpu or cuda");
+    }
+    render::check_out_dir(&args.out).context("--out")?;
+    let files = OutFiles::new(&args);
+    files.check(&args)?;
     let mut matcher = engine::stereo::matcher_for(backend, &params).with_context(|| format!("--backend {backend}"))?;
     let mut left = load_gray(&args.left)?;
     let mut right = load_gray(&args.right)?;
@@ -163,16 +219,20 @@ pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
         false => None,
     };
 
-    let stem = args.left.file_stem().and_then(|s| s.to_str()).unwrap_or("left");
-    let pfm = args.out.join(format!("{stem}.disparity.pfm"));
-    let png = args.out.join(format!("{stem}.disparity.png"));
-    render::write_file(&pfm, &pfm_bytes(&disp))?;
-    render::save_rgb(&colorize(&disp, params.max_disp), &png)?;
-    let depth = match &pair {
-        Some(pair) => {
-            let path = args.out.join(format!("{stem}.depth.pfm"));
-            let depth = Disparity { data: disp.depth(pair.focal_baseline, pair.doffs), ..disp.clone() };
-            render::write_file(&path, &pfm_bytes(&depth))?;
+    let OutFiles { png, pfm, depth: depth_path } = files;
+    let disparity_bytes = pfm_bytes(&disp);
+    let depth_file = match (&pair, depth_path) {
+        (Some(pair), Some(path)) => Some((pfm_bytes(&Disparity { data: disp.depth(pair.focal_baseline, pair.doffs), ..disp.clone() }), path)),
+        _ => None,
+    };
+    // The picture first: its records of the PFMs mark them as ovseg's to a later run.
+    let mut records = vec![(pfm.as_path(), disparity_bytes.as_slice())];
+    records.extend(depth_file.as_ref().map(|(bytes, path)| (path.as_path(), bytes.as_slice())));
+    render::save_rgb_with(&colorize(&disp, params.max_disp), &png, &records)?;
+    render::write_file(&pfm, &disparity_bytes)?;
+    let depth = match depth_file {
+        Some((bytes, path)) => {
+            render::write_file(&path, &bytes)?;
             Some(path.display().to_string())
         }
         None => None,
@@ -208,8 +268,10 @@ fn parse_paths(s: &str) -> Result<u8, String> {
     }
 }
 
+/// The image as 8-bit gray; its size is checked from the header before the pixels are decoded.
 fn load_gray(path: &Path) -> Result<GrayImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    crate::segment::checked_size(&bytes).with_context(|| path.display().to_string())?;
     let img = image::load_from_memory(&bytes).with_context(|| format!("{}: not a readable PNG/JPEG image", path.display()))?;
     Ok(img.to_luma8())
 }

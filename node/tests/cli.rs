@@ -167,6 +167,7 @@ fn a_missing_input_fails_with_exit_code_3_naming_it() {
     assert_exit(&o, 3);
     let err = stderr(&o);
     assert!(err.contains(&missing.display().to_string()), "stderr does not name the missing file:\n{err}");
+    assert!(err.contains("no image was written") && !err.contains("the other"), "{err}");
     assert!(files_in(out.path()).is_empty(), "{:?}", files_in(out.path()));
 }
 
@@ -475,4 +476,278 @@ fn a_model_with_a_depth_head_also_writes_depth_conditioned_on_the_labels() {
     assert_exit(&segment_paths(&[&image("coffee.jpg")], &[], &plain), 0);
     assert!(!plain.join("coffee.depth.pfm").exists());
     assert_eq!(read_json(&plain.join("coffee.json"))["depth"], Value::Null);
+}
+
+fn ovseg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ovseg")).args(args).output().expect("running ovseg")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A hand-made annotation (here the committed ground truth of the eval set) in --out is never
+/// replaced without --force; ovseg's own outputs are, so a second run into the same folder works.
+#[test]
+fn segment_keeps_files_it_did_not_write_and_replaces_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = small_image(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let truth = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/eval/chelsea.mask.png");
+    let theirs = out.join("small.mask.png");
+    std::fs::copy(&truth, &theirs).unwrap();
+    let before = std::fs::read(&theirs).unwrap();
+
+    let o = segment_paths(&[&input], &["--labels", "cat,sofa"], &out);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains(s(&theirs)) && err.contains("did not write") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), before, "the annotation was changed");
+    assert_eq!(files_in(&out), BTreeSet::from(["small.mask.png".to_string()]), "nothing else is written");
+
+    let o = segment_paths(&[&input], &["--labels", "cat,sofa", "--force"], &out);
+    assert_exit(&o, 0);
+    assert_eq!(files_in(&out), outputs_for(&["small"]));
+    assert_ne!(std::fs::read(&theirs).unwrap(), before);
+    let report = read_json(&out.join("small.json"));
+    assert_eq!((report["software"].as_str().map(|s| s.starts_with("ovseg ")), &report["report"]), (Some(true), &Value::from("segment")));
+
+    // Again without --force: every file there is ovseg's now.
+    let o = segment_paths(&[&input], &["--labels", "cat,sofa"], &out);
+    assert_exit(&o, 0);
+    assert_eq!(files_in(&out), outputs_for(&["small"]));
+}
+
+/// With --out the input folder: the photos' outputs land next to them, a second run does not
+/// take the masks and overlays of the first for photos, and no file that is an input of the run
+/// (here the labels file) is written over, even with --force.
+#[test]
+fn segment_into_its_input_folder_never_writes_over_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("photos");
+    std::fs::create_dir(&folder).unwrap();
+    small_image(&folder);
+    // A UTF-8 byte order mark (Windows editors) is not part of the first label.
+    let labels = folder.join("labels.txt");
+    std::fs::write(&labels, "\u{feff}cat\nsofa\n").unwrap();
+    for _ in 0..2 {
+        let o = segment_paths(&[&folder], &["--labels-file", s(&labels)], &folder);
+        assert_exit(&o, 0);
+        let mut expected = outputs_for(&["small"]);
+        expected.extend(["small.png".to_string(), "labels.txt".to_string()]);
+        assert_eq!(files_in(&folder), expected);
+    }
+    assert_eq!(read_json(&folder.join("small.json"))["labels"], serde_json::json!(["cat", "sofa"]));
+
+    let clash = folder.join("small.json");
+    std::fs::write(&clash, "cat\nsofa\n").unwrap();
+    let o = segment_paths(&[&folder], &["--labels-file", s(&clash), "--force"], &folder);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("own input") && err.contains("small.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(&clash).unwrap(), "cat\nsofa\n");
+}
+
+#[test]
+fn segment_refuses_an_unusable_out_folder_and_empty_inputs_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = small_image(dir.path());
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    let o = segment_paths(&[&input], &["--labels", "cat"], &file.join("out"));
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("--out") && err.contains(s(&file)) && err.contains("not a folder"), "{err}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = segment_paths(&[&empty], &["--labels", "cat"], &dir.path().join("out"));
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains(&format!("{} holds no .png/.jpg/.jpeg files", empty.display())), "{}", stderr(&o));
+    assert!(!dir.path().join("out").exists());
+}
+
+#[test]
+fn bad_option_values_are_named_by_their_flag_alone() {
+    let out = tempfile::tempdir().unwrap();
+    let o = segment_paths(&[&image("chelsea.jpg")], &["--labels", "cat", "--threshold=-0.1"], out.path());
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("--threshold -0.1") && !err.contains("--top-k") && !err.contains("labels:"), "{err}");
+    let o = segment_paths(&[&image("chelsea.jpg")], &["--labels", "cat,,dog"], out.path());
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("--labels: empty or whitespace-only labels") && !err.contains("labels: labels"), "{err}");
+    let o = segment_paths(&[&image("chelsea.jpg")], &["--labels", "cat", "--backend", "lidar"], out.path());
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("--backend lidar: unknown backend") && !err.contains("ONNX Runtime"), "{err}");
+    assert!(files_in(out.path()).is_empty());
+
+    let o = ovseg(&["eval", "tests/data/eval/annotations.json", "--logit-scale", "inf"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--logit-scale inf: must be finite"), "{}", stderr(&o));
+    for args in [&["bench", "--frames", "0"][..], &["bench", "depth", "--frames", "0"], &["bench", "costmap", "--runs", "0"], &["bench", "costmap", "--labels", "0"], &["bench", "costmap", "--labels", "848"]] {
+        let o = ovseg(args);
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(args[args.len() - 2]), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn an_image_too_large_is_refused_from_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide.png");
+    image::GrayImage::new(20000, 1).save(&wide).unwrap();
+    let o = segment_paths(&[&wide], &["--labels", "cat"], &dir.path().join("out"));
+    assert_exit(&o, 3);
+    let err = stderr(&o);
+    assert!(err.contains(s(&wide)) && err.contains("20000x1 pixels") && err.contains("16384"), "{err}");
+    assert!(err.contains("no image was written"), "{err}");
+}
+
+#[test]
+fn zero_threads_means_every_core_and_too_many_are_warned_about() {
+    let stereo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/stereo");
+    let (l, r) = (stereo.join("motorcycle_left.png"), stereo.join("motorcycle_right.png"));
+    let out = tempfile::tempdir().unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let run = |threads: usize| ovseg(&["--threads", &threads.to_string(), "stereo", s(&l), s(&r), "--max-disp", "16", "--out", s(out.path()), "--backend", "cpu"]);
+    let o = run(0);
+    assert_exit(&o, 0);
+    assert_eq!(json_of(&o)["threads"], cores);
+    assert!(!stderr(&o).contains("threads asked for"), "{}", stderr(&o));
+    let o = run(cores + 1);
+    assert_exit(&o, 0);
+    assert_eq!(stderr(&o).matches("threads asked for").count(), 1, "{}", stderr(&o));
+}
+
+/// A small annotation set in `dir`: the small chelsea, labels cat and sofa, `mask` as given.
+fn annotated(dir: &Path, masks: &[(&str, DynamicImage)]) -> PathBuf {
+    let photo = small_image(dir);
+    let images: Vec<Value> = masks
+        .iter()
+        .map(|(name, mask)| {
+            mask.save(dir.join(format!("{name}.mask.png"))).unwrap();
+            serde_json::json!({"name": name, "image": photo.file_name().unwrap().to_str(), "labels": ["cat", "sofa"]})
+        })
+        .collect();
+    let path = dir.join("ann.json");
+    std::fs::write(&path, serde_json::json!({ "images": images }).to_string()).unwrap();
+    path
+}
+
+fn mask8(f: impl Fn(u32, u32) -> u8) -> DynamicImage {
+    DynamicImage::ImageLuma8(image::GrayImage::from_fn(90, 60, |x, y| image::Luma([f(x, y)])))
+}
+
+fn mask16(f: impl Fn(u32, u32) -> u16) -> DynamicImage {
+    DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(90, 60, |x, y| image::Luma([f(x, y)])))
+}
+
+#[test]
+fn eval_takes_masks_as_stored_and_refuses_what_it_cannot_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat_left = |x: u32, _| if x < 60 { 0 } else { 1 };
+    // The same truth as 8 and 16 bits scores the same; a mask with nothing annotated is left out.
+    let ann = annotated(
+        dir.path(),
+        &[("eight", mask8(cat_left)), ("sixteen", mask16(|x, y| cat_left(x, y) as u16)), ("blank", mask8(|_, _| 255))],
+    );
+    let o = ovseg(&["eval", s(&ann)]);
+    assert_exit(&o, 0);
+    let r = json_of(&o);
+    let rows = r["images"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r}");
+    assert_eq!(rows[0]["miou"], rows[1]["miou"], "{r}");
+    assert!(rows[0]["miou"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["images_without_annotations"], serde_json::json!(["blank"]));
+    assert_eq!(r["mean_miou"], rows[0]["miou"]);
+    assert!(stderr(&o).contains("blank.mask.png: no annotated pixels"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let ann = annotated(dir.path(), &[("blank", mask16(|_, _| 65535))]);
+    let o = ovseg(&["eval", s(&ann)]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("nothing to score"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let ann = annotated(dir.path(), &[("wrong", mask8(|x, y| if (x, y) == (3, 2) { 2 } else { 0 }))]);
+    let o = ovseg(&["eval", s(&ann)]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("wrong.mask.png") && err.contains("value 2 at pixel (3, 2)"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ann = annotated(dir.path(), &[("colour", DynamicImage::ImageRgb8(image::RgbImage::new(90, 60)))]);
+    let o = ovseg(&["eval", s(&ann)]);
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.contains("colour.mask.png") && err.contains("Rgb8"), "{err}");
+
+    // A missing photo is named by the path it was looked for at.
+    let text = std::fs::read_to_string(&ann).unwrap().replace("small.png", "gone.png");
+    std::fs::write(&ann, text).unwrap();
+    let o = ovseg(&["eval", s(&ann)]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains(s(&dir.path().join("gone.png"))), "{}", stderr(&o));
+}
+
+#[test]
+fn json_reports_never_replace_an_input_or_a_foreign_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ann = annotated(dir.path(), &[("eight", mask8(|_, _| 0))]);
+    let before = std::fs::read(&ann).unwrap();
+    // However it is spelt, and even with --force.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let spelt = dir.path().join("sub/../ann.json");
+    let o = ovseg(&["eval", s(&ann), "--json", s(&spelt), "--force"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--json") && stderr(&o).contains("own input"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&ann).unwrap(), before);
+
+    let notes = dir.path().join("notes.json");
+    std::fs::write(&notes, "{\"mine\": true}").unwrap();
+    let o = ovseg(&["eval", s(&ann), "--json", s(&notes)]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("notes.json") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "{\"mine\": true}");
+
+    // A report of ours is replaced; the fixture a run reads is never written.
+    let report = dir.path().join("report.json");
+    for _ in 0..2 {
+        assert_exit(&ovseg(&["eval", s(&ann), "--json", s(&report)]), 0);
+        assert_eq!(read_json(&report)["report"], "eval");
+    }
+    let o = ovseg(&["bench", "depth", "--frames", "1", "--json", s(&report)]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("report.json"), "{}", stderr(&o));
+    let fixture = dir.path().join("f.fixture");
+    std::fs::write(&fixture, b"OVSEGCM1 not really").unwrap();
+    let o = bench_costmap(&["--fixture", s(&fixture), "--write-fixture", s(&fixture)]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--write-fixture") && stderr(&o).contains("own input"), "{}", stderr(&o));
+    let o = bench_costmap(&["--write-fixture", s(&notes)]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("notes.json") && stderr(&o).contains("--force"), "{}", stderr(&o));
+}
+
+#[test]
+fn replay_never_replaces_its_input_bag_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let bag = dir.path().join("in.mcap");
+    std::fs::write(&bag, b"not an mcap").unwrap();
+    std::fs::create_dir(dir.path().join("rp")).unwrap();
+    let o = ovseg(&["replay", s(&bag), "--out", s(&dir.path().join("rp/../in.mcap")), "--force"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("is the input bag"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&bag).unwrap(), b"not an mcap");
+    let o = ovseg(&["replay", s(&bag), "--out", s(&dir.path().join("rp")), "--force"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("is a folder"), "{}", stderr(&o));
+    let o = ovseg(&["replay", s(&bag), "--out", s(&dir.path().join("out.mcap"))]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains(&format!("reading the input bag {}", bag.display())), "{}", stderr(&o));
+    assert_eq!(files_in(dir.path()), BTreeSet::from(["in.mcap".to_string(), "rp".to_string()]));
 }

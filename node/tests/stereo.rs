@@ -60,8 +60,20 @@ fn bad_arguments_are_named() {
         assert_eq!(res.status.code(), Some(1), "{args:?}");
         String::from_utf8_lossy(&res.stderr).into_owned()
     };
-    assert!(run(&[l, r, "--max-disp", "50", "--out", o]).contains("`max_disp` = 50"));
-    assert!(run(&[l, r, "--max-disp", "48", "--p1", "300", "--out", o]).contains("`p2` = 120"));
+    // Named by the flag, not by the backend or the engine's field name.
+    let e = run(&[l, r, "--max-disp", "12", "--out", o]);
+    assert!(e.contains("error: --max-disp 12: must be a multiple of 8") && !e.contains("--backend"), "{e}");
+    assert!(run(&[l, r, "--max-disp", "50", "--out", o]).contains("--max-disp 50"));
+    assert!(run(&[l, r, "--max-disp", "48", "--p1", "300", "--out", o]).contains("--p2 120: must be >= p1 (300)"));
+    for backend in ["foo", "tensorrt"] {
+        let e = run(&[l, r, "--max-disp", "48", "--out", o, "--backend", backend]);
+        assert!(e.contains(&format!("--backend {backend}: stereo matching runs on auto, cpu or cuda")) && !e.contains("ONNX Runtime"), "{e}");
+    }
+    let huge = out.path().join("huge.png");
+    image::GrayImage::new(16385, 2).save(&huge).unwrap();
+    let e = run(&[huge.to_str().unwrap(), r, "--max-disp", "48", "--out", o]);
+    assert!(e.contains("huge.png") && e.contains("16385x2 pixels") && e.contains("16384"), "{e}");
+    std::fs::remove_file(&huge).unwrap();
     let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/images/chelsea.jpg");
     assert!(run(&[l, other.to_str().unwrap(), "--max-disp", "48", "--out", o]).contains("differs from the left image's 370x250"));
     assert!(run(&[l, "/nonexistent.png", "--max-disp", "48", "--out", o]).contains("/nonexistent.png"));
@@ -126,7 +138,60 @@ fn bad_calibration_files_are_named_with_the_field() {
     pair_yaml(&ry, (370, 250), 500.0, 184.5, 0.0);
     let e = run(&ly, &ry);
     assert!(e.contains("right.yaml") && e.contains("projection_matrix[3]"), "{e}");
-    std::fs::write(&ry, "image_width: 370\n").unwrap();
+    // A pair from two different calibrations: the rectified projections must share fy and cy.
+    pair_yaml(&ry, (370, 250), 500.0, 184.5, 0.1);
+    let mut text = std::fs::read_to_string(&ry).unwrap();
+    let p = calibration::CameraInfoYaml::parse(&text).unwrap().projection_matrix;
+    let mut other = calibration::CameraInfoYaml::parse(&text).unwrap();
+    other.projection_matrix[5] = p[5] + 3.0;
+    other.save(&ry).unwrap();
+    let e = run(&ly, &ry);
+    assert!(e.contains("left.yaml") && e.contains("right.yaml") && e.contains("P[5] (fy)") && e.contains("503"), "{e}");
+    // A principal-point offset of a whole image width.
+    other.projection_matrix = p;
+    other.projection_matrix[2] = 184.5 + 400.0;
+    other.save(&ry).unwrap();
+    let e = run(&ly, &ry);
+    assert!(e.contains("P[2] (cx)") && e.contains("400") && e.contains("370"), "{e}");
+    text = "image_width: 370\n".into();
+    std::fs::write(&ry, &text).unwrap();
     let e = run(&ly, &ry);
     assert!(e.contains("right.yaml"), "{e}");
+    // The loader names the file; it is not named twice.
+    let missing = tmp.path().join("missing.yaml");
+    let e = run(&ly, &missing);
+    assert_eq!(e.matches("missing.yaml").count(), 1, "{e}");
+}
+
+#[test]
+fn outputs_replace_earlier_ones_but_not_files_ovseg_did_not_write() {
+    let out = tempfile::tempdir().unwrap();
+    let (left, right) = (data("motorcycle_left.png"), data("motorcycle_right.png"));
+    let (l, r, o) = (left.to_str().unwrap(), right.to_str().unwrap(), out.path().to_str().unwrap());
+    let args = [l, r, "--max-disp", "16", "--out", o, "--backend", "cpu"];
+    for _ in 0..2 {
+        let res = stereo(&args);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    }
+    // Someone's ground truth where the disparity would go.
+    let pfm = out.path().join("motorcycle_left.disparity.pfm");
+    std::fs::copy(data("motorcycle_disp.pfm"), &pfm).unwrap();
+    let before = std::fs::read(&pfm).unwrap();
+    let res = stereo(&args);
+    assert_eq!(res.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&res.stderr);
+    assert!(e.contains("motorcycle_left.disparity.pfm") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read(&pfm).unwrap(), before);
+    let res = stereo(&[&args[..], &["--force"]].concat());
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_ne!(std::fs::read(&pfm).unwrap(), before);
+    // Never over an input, even with --force: here the right image has the left's output name.
+    let (a, b) = (out.path().join("a.png"), out.path().join("a.disparity.png"));
+    std::fs::copy(&left, &a).unwrap();
+    std::fs::copy(&right, &b).unwrap();
+    let res = stereo(&[a.to_str().unwrap(), b.to_str().unwrap(), "--max-disp", "16", "--out", o, "--force"]);
+    assert_eq!(res.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&res.stderr);
+    assert!(e.contains("own input") && e.contains("a.disparity.png"), "{e}");
+    assert_eq!(std::fs::read(&b).unwrap(), std::fs::read(&right).unwrap());
 }

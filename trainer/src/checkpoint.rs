@@ -100,7 +100,7 @@ pub struct Checkpoint {
     pub depth: Option<DepthWeights>,
 }
 
-const METADATA_KEY: &str = "ovseg";
+pub(crate) const METADATA_KEY: &str = "ovseg";
 const MODULE_STATE: &str = "state.module";
 const OPTIMIZER_STATE: &str = "state.optimizer";
 const TAIL_MODULE_STATE: &str = "state.tail_module";

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Augment, IGNORE, Split};
 
+/// Upper bounds of the sizes a configuration may ask for: beyond them a run would not fit in
+/// memory (or not finish), and it is better refused than killed.
+pub const MAX_HIDDEN: usize = 8192;
+pub const MAX_BATCH: usize = 1024;
+pub const MAX_COPIES: usize = 64;
+pub const MAX_SYNTHETIC: usize = 10_000;
+pub const MAX_ZS3_GENERATED: usize = 4096;
+
 /// Training configuration (a YAML file, every field optional; CLI flags override it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -99,7 +107,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: invalid training configuration", path.display()))
+        let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
+        serde_yaml_ng::from_str(text).with_context(|| format!("{}: invalid training configuration", path.display()))
     }
 
     /// Names the first field whose value cannot work.
@@ -118,6 +127,18 @@ impl TrainConfig {
         ];
         if let Some((name, v)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{name} is {v}; it must be at least 1");
+        }
+        let bounded = [
+            ("hidden", self.hidden, MAX_HIDDEN),
+            ("depth_hidden", self.depth_hidden, MAX_HIDDEN),
+            ("batch", self.batch, MAX_BATCH),
+            ("copies", self.copies, MAX_COPIES),
+            ("synthetic_train", self.synthetic_train, MAX_SYNTHETIC),
+            ("synthetic_val", self.synthetic_val, MAX_SYNTHETIC),
+            ("zs3_generated", self.zs3_generated, MAX_ZS3_GENERATED),
+        ];
+        if let Some((name, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {
+            bail!("{name} is {v}; it must be at most {max}");
         }
         for (name, rate) in [("learning_rate", self.learning_rate), ("tune_learning_rate", self.tune_learning_rate)] {
             if !(rate.is_finite() && rate > 0.0) {
@@ -165,6 +186,13 @@ impl TrainConfig {
             let base = self.seed << 20;
             return Ok((Split::synthetic(base, self.synthetic_train, size), Split::synthetic(base + (1 << 19), self.synthetic_val, size)));
         }
+        let key = |spec: &PathBuf| {
+            let (root, split) = crate::layouts::split_spec(spec);
+            (crate::outputs::canonical(&root), split)
+        };
+        if let Some(spec) = self.val_data.iter().find(|v| self.data.iter().any(|d| key(d) == key(v))) {
+            bail!("val_data: {} is also a training data set; validation must be on images training does not see", spec.display());
+        }
         let all = Split::folders(&self.data)?;
         if !self.val_data.is_empty() {
             let val = Split::folders(&self.val_data)?;
@@ -205,4 +233,43 @@ fn remap_labels(mut split: Split, labels: &[String]) -> Split {
     split.descriptions = labels.iter().map(|_| None).collect();
     split.labels = labels.to_vec();
     split
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_have_upper_bounds() {
+        let cases = [
+            (TrainConfig { hidden: 100_000_000, ..TrainConfig::default() }, "hidden is 100000000; it must be at most 8192"),
+            (TrainConfig { depth_hidden: MAX_HIDDEN + 1, ..TrainConfig::default() }, "depth_hidden is 8193"),
+            (TrainConfig { batch: 100_000, ..TrainConfig::default() }, "batch is 100000; it must be at most 1024"),
+            (TrainConfig { copies: 1000, ..TrainConfig::default() }, "copies is 1000"),
+            (TrainConfig { synthetic_train: 1 << 40, ..TrainConfig::default() }, "synthetic_train is"),
+            (TrainConfig { zs3_generated: 1 << 20, holdout_labels: vec!["sky".into()], ..TrainConfig::default() }, "zs3_generated is 1048576"),
+        ];
+        for (config, needle) in cases {
+            let err = config.check().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle:?} missing from: {err}");
+        }
+        TrainConfig { hidden: MAX_HIDDEN, batch: MAX_BATCH, ..TrainConfig::default() }.check().unwrap();
+    }
+
+    #[test]
+    fn validation_on_a_training_set_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig { data: vec![dir.path().to_path_buf()], val_data: vec![dir.path().join(".")], ..TrainConfig::default() };
+        let err = config.splits().unwrap_err().to_string();
+        assert!(err.contains("val_data") && err.contains("is also a training data set"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_a_partial_augment_block_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "\u{FEFF}steps: 7\naugment:\n  scale_min: 0.8\n  scale_max: 1.2\n").unwrap();
+        let config = TrainConfig::read(&path).unwrap();
+        assert_eq!((config.steps, config.augment.scale_min, config.augment.flip, config.augment.color), (7, 0.8, true, 0.2));
+    }
 }

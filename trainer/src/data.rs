@@ -1,7 +1,8 @@
 //! Training data: image + mask samples from the built-in synthetic set or from folder data sets,
 //! augmentation, and per-cell training targets.
 //!
-//! Folder layout: `labels.txt` (one label per line; mask value i = line i), `images/<stem>.jpg`
+//! Folder layout: `labels.txt` (one label per line; mask value i = line i, counted from 0; no
+//! blank lines before the last label), `images/<stem>.jpg`
 //! or `.png`, `masks/<stem>.png` (8-bit, same size as the image, 255 = ignore). Several folders
 //! with different label lists merge by label text. An optional `dataset.yaml` says how the set
 //! is annotated: `annotation: fine` (the default), `coarse` (rough masks), or `tags` (no masks;
@@ -33,6 +34,8 @@ pub enum DataError {
     UnknownLabel { path: PathBuf, value: u8, x: u32, y: u32, labels: usize },
     #[error("{0}: the data set has no samples (expected images/<stem>.jpg|png with masks/<stem>.png)")]
     Empty(PathBuf),
+    #[error("{field}: {name:?} is not a label of the {what} data ({})", .labels.join(", "))]
+    NotALabel { field: String, name: String, what: String, labels: Vec<String> },
 }
 
 /// How a sample is annotated; this decides its loss.
@@ -140,6 +143,7 @@ impl Split {
     /// Folder data sets merged by label text (labels keep the order of first appearance).
     pub fn folders(dirs: &[PathBuf]) -> Result<Self, DataError> {
         let mut split = Split { labels: Vec::new(), descriptions: Vec::new(), sources: Vec::new(), synthetic_size: (0, 0) };
+        check_distinct(dirs)?;
         for dir in dirs {
             if let Some(set) = crate::layouts::detect(dir)? {
                 let mut ids = Vec::with_capacity(set.labels.len());
@@ -158,8 +162,7 @@ impl Split {
                 continue;
             }
             let labels_path = dir.join("labels.txt");
-            let label_names: Vec<String> = read_text(&labels_path)?
-                .lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            let label_names = read_label_lines(&labels_path)?;
             if label_names.is_empty() || label_names.len() > usize::from(IGNORE) {
                 return Err(DataError::File { path: labels_path, reason: format!("{} labels; need 1..=255", label_names.len()) });
             }
@@ -227,6 +230,14 @@ impl Split {
         })
     }
 
+    /// Refuses a name in `names` (given as `field`) that is not one of the split's labels.
+    pub fn check_labels(&self, field: &str, names: &[String], what: &str) -> Result<(), DataError> {
+        match names.iter().find(|n| !self.labels.contains(n)) {
+            Some(name) => Err(DataError::NotALabel { field: field.into(), name: name.clone(), what: what.into(), labels: self.labels.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// The labels as the engine's label specs, with the descriptions the split carries.
     pub fn label_specs(&self) -> Vec<engine::LabelSpec> {
         self.labels
@@ -242,6 +253,33 @@ impl Split {
 
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
+    }
+
+    /// Whether sample `i` has a pixel (or, tagged, a tag) of a global label that `keep` accepts;
+    /// reads only the mask, and checks its values.
+    pub fn annotated(&self, i: usize, keep: &dyn Fn(u8) -> bool) -> Result<bool, DataError> {
+        match &self.sources[i] {
+            // Every scene has sky and ground.
+            Source::Synthetic { .. } => Ok(crate::synth::CLASSES.iter().enumerate().any(|(id, _)| u8::try_from(id).is_ok_and(keep))),
+            Source::Files { mask, to_global, encoding, .. } => Ok(load_mask(mask, to_global, *encoding)?.pixels().any(|p| p.0[0] != IGNORE && keep(p.0[0]))),
+            Source::Tagged { tags, .. } => Ok(tags.iter().any(|&t| keep(t))),
+        }
+    }
+
+    /// The split without its samples that have no annotated pixel (nothing to score them on),
+    /// and the names of those dropped.
+    pub fn without_unannotated(mut self) -> Result<(Split, Vec<String>), DataError> {
+        let mut dropped = Vec::new();
+        let mut kept = Vec::with_capacity(self.sources.len());
+        for i in 0..self.sources.len() {
+            if self.annotated(i, &|_| true)? {
+                kept.push(self.sources[i].clone());
+            } else {
+                dropped.push(self.sources[i].describe());
+            }
+        }
+        self.sources = kept;
+        Ok((self, dropped))
     }
 
     /// Loads sample `i` with its mask in global label ids, checked.
@@ -262,12 +300,65 @@ impl Split {
     }
 }
 
+/// The first ten of `names` and how many more there are, for messages about many samples.
+pub fn some_names(names: &[String]) -> String {
+    let shown = names.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+    match names.len() {
+        n if n > 10 => format!("{shown} and {} more", n - 10),
+        _ => shown,
+    }
+}
+
 pub(crate) fn file_error(path: &Path, reason: impl Into<String>) -> DataError {
     DataError::File { path: path.to_path_buf(), reason: reason.into() }
 }
 
+/// A text file, without the byte-order mark some editors put first (`trim` keeps it, so it
+/// would become part of the first label).
 pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    Ok(match text.strip_prefix('\u{FEFF}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+/// The labels of a `labels.txt`, line i = mask value i. A blank line before the last label
+/// would shift every label after it by one, so it is refused naming the line; blank lines at
+/// the end are fine.
+fn read_label_lines(path: &Path) -> Result<Vec<String>, DataError> {
+    let text = read_text(path)?;
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let used = lines.iter().rposition(|l| !l.is_empty()).map_or(0, |last| last + 1);
+    if let Some(blank) = lines[..used].iter().position(|l| l.is_empty()) {
+        return Err(file_error(
+            path,
+            format!(
+                "line {} is blank; line n names mask value n - 1, so a blank line before the last label would shift the labels after it \
+                 (name mask value {blank} there, or remove the line and renumber the masks)",
+                blank + 1
+            ),
+        ));
+    }
+    Ok(lines[..used].iter().map(|l| l.to_string()).collect())
+}
+
+/// Refuses a data set named twice (the same folder and split): its images would be counted
+/// twice and land in both training and validation.
+fn check_distinct(specs: &[PathBuf]) -> Result<(), DataError> {
+    let keys: Vec<(PathBuf, Option<String>)> = specs
+        .iter()
+        .map(|spec| {
+            let (root, split) = crate::layouts::split_spec(spec);
+            (crate::outputs::canonical(&root), split)
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(j) = keys[..i].iter().position(|k| k == key) {
+            return Err(file_error(&specs[i], format!("the same data set is given twice (also as {}); name each once", specs[j].display())));
+        }
+    }
+    Ok(())
 }
 
 /// The entries of `dir`, sorted.
@@ -322,6 +413,16 @@ fn read_tags(dir: &Path, names: &[String], to_global: &[u8]) -> Result<std::coll
 
 fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8], encoding: MaskEncoding) -> Result<(RgbImage, GrayImage), DataError> {
     let image = decode(image_path)?.to_rgb8();
+    let mask = load_mask(mask_path, to_global, encoding)?;
+    if mask.dimensions() != image.dimensions() {
+        let ((mask_w, mask_h), (image_w, image_h)) = (mask.dimensions(), image.dimensions());
+        return Err(DataError::SizeMismatch { path: mask_path.to_path_buf(), mask_w, mask_h, image_w, image_h });
+    }
+    Ok((image, mask))
+}
+
+/// A mask in global label ids, its values checked against the label list.
+fn load_mask(mask_path: &Path, to_global: &[u8], encoding: MaskEncoding) -> Result<GrayImage, DataError> {
     let raw = decode(mask_path)?;
     let raw = match encoding {
         MaskEncoding::VocPalette => image::DynamicImage::ImageLuma8(crate::layouts::voc_mask(&raw.to_rgb8(), mask_path)?),
@@ -334,10 +435,6 @@ fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8], encoding: M
         });
     }
     let mut mask = raw.to_luma8();
-    if mask.dimensions() != image.dimensions() {
-        let ((mask_w, mask_h), (image_w, image_h)) = (mask.dimensions(), image.dimensions());
-        return Err(DataError::SizeMismatch { path: mask_path.to_path_buf(), mask_w, mask_h, image_w, image_h });
-    }
     for (x, y, p) in mask.enumerate_pixels_mut() {
         let v = p.0[0];
         if v == IGNORE {
@@ -351,7 +448,7 @@ fn load_files(image_path: &Path, mask_path: &Path, to_global: &[u8], encoding: M
             labels: to_global.len(),
         })?;
     }
-    Ok((image, mask))
+    Ok(mask)
 }
 
 /// A 16-bit depth PNG (`scale` metres per unit, 0 = no measurement) as metres (NaN = none),
@@ -372,9 +469,10 @@ fn load_depth(path: &Path, scale: f32, image_size: (u32, u32)) -> Result<DepthMa
     }))
 }
 
-/// Random scale, crop to `size`, horizontal flip and colour jitter.
+/// Random scale, crop to `size`, horizontal flip and colour jitter (in a configuration, each
+/// field is optional and defaults to [`Augment::default`]'s).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Augment {
     pub scale_min: f32,
     pub scale_max: f32,
@@ -530,6 +628,74 @@ mod tests {
         assert_eq!(&t[..2], &[1.0, 0.0]);
         assert_eq!(&t[2..], &[0.0, 1.0]);
         assert!((w[0] - 15.0 / 16.0).abs() < 1e-6 && w[1] == 1.0, "{w:?}");
+    }
+
+    /// A folder set of 4x2 images, one per mask (each a list of pixel values).
+    fn folder_set(dir: &Path, labels: &str, masks: &[[u8; 8]]) {
+        for sub in ["images", "masks"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("labels.txt"), labels).unwrap();
+        for (i, values) in masks.iter().enumerate() {
+            RgbImage::new(4, 2).save(dir.join(format!("images/{i}.png"))).unwrap();
+            GrayImage::from_raw(4, 2, values.to_vec()).unwrap().save(dir.join(format!("masks/{i}.png"))).unwrap();
+        }
+    }
+
+    #[test]
+    fn labels_txt_keeps_mask_value_i_at_line_i() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("set");
+        folder_set(&set, "sky\n\nweed\n", &[[0, 0, 2, 2, 0, 0, 2, 2]]);
+        let err = Split::folders(std::slice::from_ref(&set)).unwrap_err().to_string();
+        assert!(err.contains("labels.txt") && err.contains("line 2 is blank") && err.contains("mask value 1"), "{err}");
+        // A byte-order mark is not part of the first label; blank lines at the end are fine.
+        std::fs::write(set.join("labels.txt"), "\u{FEFF}sky\r\nground\r\nweed\r\n\r\n  \n").unwrap();
+        let split = Split::folders(std::slice::from_ref(&set)).unwrap();
+        assert_eq!(split.labels, ["sky", "ground", "weed"]);
+        assert_eq!(split.load(0).unwrap().mask.as_raw(), &[0, 0, 2, 2, 0, 0, 2, 2]);
+    }
+
+    #[test]
+    fn text_files_may_start_with_a_byte_order_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("set");
+        folder_set(&set, "\u{FEFF}sky\nweed\n", &[[0; 8]]);
+        std::fs::write(set.join("dataset.yaml"), "\u{FEFF}annotation: tags\n").unwrap();
+        std::fs::write(set.join("tags.json"), "\u{FEFF}{\"0\": [\"weed\"]}").unwrap();
+        let split = Split::folders(std::slice::from_ref(&set)).unwrap();
+        assert_eq!(split.labels, ["sky", "weed"]);
+        assert!(matches!(&split.sources[0], Source::Tagged { tags, .. } if tags == &[1]), "{:?}", split.sources);
+    }
+
+    #[test]
+    fn a_data_set_named_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("set");
+        folder_set(&set, "sky\n", &[[0; 8]]);
+        let err = Split::folders(&[set.clone(), dir.path().join("./set/")]).unwrap_err().to_string();
+        assert!(err.contains("given twice") && err.contains(&set.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn samples_without_annotated_pixels_are_found_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("set");
+        folder_set(&set, "sky\nweed\n", &[[255; 8], [255, 255, 255, 1, 255, 255, 255, 255]]);
+        let split = Split::folders(std::slice::from_ref(&set)).unwrap();
+        assert!(!split.annotated(0, &|_| true).unwrap());
+        assert!(split.annotated(1, &|_| true).unwrap());
+        assert!(!split.annotated(1, &|id| id != 1).unwrap(), "weed held out: nothing left");
+        let (kept, dropped) = split.without_unannotated().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(dropped.len() == 1 && dropped[0].ends_with("0.png"), "{dropped:?}");
+    }
+
+    #[test]
+    fn augment_fields_are_each_optional() {
+        let a: Augment = serde_yaml_ng::from_str("scale_min: 0.8\nscale_max: 1.2\n").unwrap();
+        assert_eq!(a, Augment { scale_min: 0.8, scale_max: 1.2, ..Augment::default() });
+        assert!(serde_yaml_ng::from_str::<Augment>("flips: true\n").is_err(), "unknown fields are still refused");
     }
 
     #[test]

@@ -10,6 +10,9 @@ use engine::{BackendKind, Frame, Model};
 use crate::checkpoint::DepthScore;
 use crate::data::Split;
 
+/// The per-class table of [`EvalReport::markdown`] starts with this (it marks our reports).
+pub(crate) const MARKDOWN_TABLE_HEADER: &str = "| label | IoU | pixels |";
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClassIou {
     pub label: String,
@@ -58,7 +61,8 @@ impl EvalReport {
                 100.0 * d.delta1
             ));
         }
-        s.push_str("| label | IoU | pixels |\n|---|---|---|\n");
+        s.push_str(MARKDOWN_TABLE_HEADER);
+        s.push_str("\n|---|---|---|\n");
         for c in &self.classes {
             let iou = c.iou.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
             s.push_str(&format!("| {} | {iou} | {} |\n", c.label, c.pixels));
@@ -70,6 +74,7 @@ impl EvalReport {
 /// Segments every sample of `split` with the model in `model_dir` and scores it; `unseen` names
 /// the labels held out of training (empty: no seen/unseen split).
 pub fn evaluate(model_dir: &Path, split: &Split, threads: usize, unseen: &[String]) -> Result<EvalReport> {
+    split.check_labels("--unseen", unseen, "evaluation")?;
     let model = Model::open(model_dir).with_context(|| format!("opening the model in {}", model_dir.display()))?;
     let mut pipeline = model.pipeline(BackendKind::Cpu, threads)?;
     let mut bank = model.label_bank(threads, None)?;

@@ -1,7 +1,7 @@
 //! The model directory the engine and the node load, written from a trained head.
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use engine::Manifest;
 use engine::zoo::build::{ANCHORS_FILE, default_manifest};
@@ -9,6 +9,7 @@ use engine::zoo::pth::StateDict;
 use engine::zoo::trained::build_trained_encoder;
 
 use crate::checkpoint::{Checkpoint, save_checkpoint};
+use crate::outputs::{BASE_MODEL, Outputs, TRAINED_BY};
 
 /// File name of the trained head inside an exported model directory.
 pub const HEAD_FILE: &str = "head.safetensors";
@@ -27,7 +28,7 @@ pub fn trained_manifest(name: &str, scales: [f32; 2], labels: &[String], backbon
     let backbone = if backbone_tuned { "ImageNet, last blocks tuned" } else { "ImageNet, frozen" };
     m.description = format!(
         "EfficientNet-Lite0 ({backbone}) with the data-free head plus a trained residual head, \
-         in the all-MiniLM-L6-v2 sentence space; trained by ovseg-train."
+         in the all-MiniLM-L6-v2 sentence space; {TRAINED_BY}."
     );
     // logit_scale x fusion_weight of each level reproduces the learned per-level scale.
     let total = scales[0] + scales[1];
@@ -43,10 +44,11 @@ pub fn trained_manifest(name: &str, scales: [f32; 2], labels: &[String], backbon
 
 /// Writes a complete model directory at `out`: built in a staging directory next to it, checked
 /// by loading it through the engine, then moved into place. An existing `out` is replaced only
-/// when it is itself a model directory (holds a manifest); anything else is left alone.
+/// when ovseg-train wrote it (with `force`: any model directory), and never when it is or holds
+/// the base model; anything else is left alone.
 /// The head is taken from `checkpoint` (its training state, if any, is not copied).
-pub fn export_model(out: &Path, base: &BaseModel, checkpoint: &Checkpoint) -> Result<()> {
-    check_destination(out)?;
+pub fn export_model(out: &Path, base: &BaseModel, checkpoint: &Checkpoint, force: bool) -> Result<()> {
+    check_destination(out, &base.dir, force)?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
@@ -66,17 +68,13 @@ pub fn export_model(out: &Path, base: &BaseModel, checkpoint: &Checkpoint) -> Re
     std::fs::rename(&staging, out).with_context(|| format!("installing {}", out.display()))
 }
 
-/// Refuses an `out` that exists and is neither an empty directory nor a model directory (checked
-/// before training too, so no time is spent on a run whose result could not be written).
-pub fn check_destination(out: &Path) -> Result<()> {
-    if out.exists() && !(out.join(engine::manifest::MANIFEST_FILE).is_file() || is_empty_dir(out)) {
-        bail!("{} exists and is not a model directory; refusing to overwrite it", out.display());
-    }
+/// Refuses an `out` that is, holds or lies in the base model's directory, or that exists and is
+/// neither an empty directory nor a model directory ovseg-train wrote (any model directory with
+/// `force`). Training checks this with its other outputs before it starts; the export checks
+/// again, as the destination may have changed since.
+pub fn check_destination(out: &Path, base_dir: &Path, force: bool) -> Result<()> {
+    Outputs::new(force).input(base_dir, BASE_MODEL).model_dir(out, "the model directory")?;
     Ok(())
-}
-
-fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
 }
 
 fn write_model(dir: &Path, base: &BaseModel, checkpoint: &Checkpoint, name: &str) -> Result<()> {

@@ -21,7 +21,7 @@ use engine::zoo::trained::{DepthWeights, HeadWeights};
 use crate::checkpoint::{f32_bytes, f32_values};
 use crate::features::{ImageFeatures, LevelFeatures};
 use crate::model::{DepthHead, Head, values};
-use crate::train::{BatchOrder, Objective, Prepared, TrainConfig, make_batch, new_depth_head};
+use crate::train::{BatchOrder, Objective, Prepared, TrainConfig, effective_batch, make_batch, new_depth_head};
 
 /// Everything but the tensors.
 #[derive(Serialize, Deserialize)]
@@ -44,7 +44,7 @@ pub struct Fixture {
     pub(crate) train: Vec<Prepared>,
 }
 
-const META_KEY: &str = "ovseg_fixture";
+pub(crate) const META_KEY: &str = "ovseg_fixture";
 
 fn grid_tuple(g: Grid) -> (u32, f32, usize, usize) {
     (g.stride, g.offset, g.width, g.height)
@@ -177,7 +177,8 @@ pub fn run<B: AutodiffBackend>(fixture: &Fixture, steps: usize, device: B::Devic
     let mut optimizer = AdamConfig::new().init::<B, Head<B>>();
     let mut depth_head = new_depth_head::<B>(c, dim, &fixture.train, &device);
     let mut depth_optimizer = AdamConfig::new().init::<B, DepthHead<B>>();
-    let mut order = BatchOrder::new(c.seed, fixture.train.len(), c.batch);
+    let batch_size = effective_batch(c.batch, fixture.train.len());
+    let mut order = BatchOrder::new(c.seed, fixture.train.len(), batch_size);
     let (mut loss_curve, mut depth_curve) = (Vec::with_capacity(steps), Vec::new());
     let started = Instant::now();
     for step in 1..=steps {
@@ -206,7 +207,7 @@ pub fn run<B: AutodiffBackend>(fixture: &Fixture, steps: usize, device: B::Devic
         device: name.to_string(),
         loss: loss_curve,
         depth_loss: depth_curve,
-        images_per_second: (steps * c.batch) as f64 / seconds.max(1e-9),
+        images_per_second: (steps * batch_size) as f64 / seconds.max(1e-9),
         weights: (head_weights, scales, depth_weights),
     })
 }
@@ -229,7 +230,7 @@ pub fn compare(fixture: &Fixture, steps: usize) -> Result<serde_json::Value> {
     };
     Ok(serde_json::json!({
         "steps": steps,
-        "batch": fixture.config.batch,
+        "batch": effective_batch(fixture.config.batch, fixture.train.len()),
         "train_images": fixture.train.len(),
         "loss_max_relative_difference": cuda.as_ref().map(|g| curve_difference(&cpu.loss, &g.loss)),
         "depth_loss_max_relative_difference": cuda.as_ref().map(|g| curve_difference(&cpu.depth_loss, &g.depth_loss)),

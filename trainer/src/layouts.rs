@@ -40,13 +40,18 @@ const VOC: [&str; 21] = [
     "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor",
 ];
 
-/// Recognises a public layout at `spec` (`path` or `path#split`); `None` = not one of them.
-pub fn detect(spec: &Path) -> Result<Option<PublicSet>, DataError> {
+/// A data path's folder and the split named after `#`, if any.
+pub fn split_spec(spec: &Path) -> (PathBuf, Option<String>) {
     let text = spec.to_string_lossy();
-    let (root, split) = match text.rsplit_once('#') {
+    match text.rsplit_once('#') {
         Some((root, split)) => (PathBuf::from(root), Some(split.to_string())),
         None => (spec.to_path_buf(), None),
-    };
+    }
+}
+
+/// Recognises a public layout at `spec` (`path` or `path#split`); `None` = not one of them.
+pub fn detect(spec: &Path) -> Result<Option<PublicSet>, DataError> {
+    let (root, split) = split_spec(spec);
     if root.join("objectInfo150.csv").is_file() {
         return ade20k(&root, split.as_deref().unwrap_or("training")).map(Some);
     }

@@ -10,6 +10,7 @@ pub mod features;
 pub mod fixture;
 pub mod layouts;
 pub mod model;
+pub mod outputs;
 pub mod plot;
 pub mod synth;
 pub mod train;

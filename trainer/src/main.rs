@@ -5,10 +5,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use trainer::config::MAX_SYNTHETIC;
 use trainer::data::Split;
 use trainer::eval::{EvalReport, evaluate};
 use trainer::checkpoint::load_checkpoint;
 use trainer::export::{BaseModel, export_model};
+use trainer::outputs::{BASE_MODEL, Kind, Outputs};
 use trainer::train::{TrainConfig, TrainOptions, train};
 
 #[derive(Parser)]
@@ -47,9 +49,12 @@ struct BenchArgs {
     /// Steps on each device.
     #[arg(long, default_value_t = 100)]
     steps: usize,
-    /// Also write the JSON here.
+    /// Also write the JSON here (an existing file is replaced only if it is a bench report).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Replace an existing --json file even if it is not a bench report.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -57,11 +62,17 @@ struct TrainArgs {
     /// YAML configuration (every field optional; the flags below override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model directory to write (replaced only if it already is a model directory).
+    /// Model directory to write, named (not `.`); an existing one is replaced only if
+    /// ovseg-train wrote it (see --force), never the default model or a folder holding an input.
+    /// The checkpoint goes beside it: `<out>.checkpoint.safetensors`.
     #[arg(long)]
     out: PathBuf,
+    /// Replace existing outputs that ovseg-train did not write: a model directory at --out,
+    /// files at --json, --write-fixture and the checkpoint path (inputs never are).
+    #[arg(long)]
+    force: bool,
     /// Folder data sets (labels.txt, images/, masks/; or ADE20K, Cityscapes, VOC roots, with
-    /// `#split` to pick a split); repeat for several.
+    /// `#split` to pick a split); repeat for several, each once.
     #[arg(long)]
     data: Vec<PathBuf>,
     /// Folder data sets for validation (default: every 5th image with a mask is held out).
@@ -70,7 +81,7 @@ struct TrainArgs {
     /// Keep this label out of training and evaluate it zero-shot (repeat for several).
     #[arg(long)]
     holdout_label: Vec<String>,
-    /// ZS3Net: generated cells per held-out label per step (0 = off) [default: 0].
+    /// ZS3Net: generated cells per held-out label per step (0 = off, at most 4096) [default: 0].
     #[arg(long)]
     zs3_generated: Option<usize>,
     /// Tune this many of the backbone's last blocks (with its head conv) along with the head
@@ -93,25 +104,27 @@ struct TrainArgs {
     /// Seed of every random choice (scenes, augmentation, batches, initial weights) [default: 1].
     #[arg(long)]
     seed: Option<u64>,
-    /// Images per step [default: 8].
+    /// Images per step (1..=1024; a batch larger than the training set's augmented images is
+    /// cut to them, with a warning) [default: 8].
     #[arg(long)]
     batch: Option<usize>,
-    /// Width of the head's hidden layer [default: 128].
+    /// Width of the head's hidden layer (1..=8192) [default: 128].
     #[arg(long)]
     hidden: Option<usize>,
     /// Adam learning rate [default: 0.002].
     #[arg(long)]
     learning_rate: Option<f64>,
-    /// Synthetic training scenes when no --data is given [default: 64].
+    /// Synthetic training scenes when no --data is given (at most 10000) [default: 64].
     #[arg(long)]
     synthetic_train: Option<usize>,
-    /// Synthetic validation scenes when no --data is given [default: 16].
+    /// Synthetic validation scenes when no --data is given (at most 10000) [default: 16].
     #[arg(long)]
     synthetic_val: Option<usize>,
     /// ONNX Runtime threads for the backbone features and evaluation [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// Also write the report here (default: <out>/train_report.json).
+    /// Write the report here instead of <out>/train_report.json (outside --out and the data
+    /// sets; an existing file is replaced only if it is a training report).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Continue from a checkpoint (`<out>.checkpoint.safetensors` is written during training);
@@ -121,7 +134,8 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
-    /// Also write the prepared training pool (features, targets, labels) here, for `bench`.
+    /// Also write the prepared training pool (features, targets, labels) here, for `bench`
+    /// (outside --out and the data sets).
     #[arg(long)]
     write_fixture: Option<PathBuf>,
 }
@@ -134,13 +148,13 @@ struct EvalArgs {
     /// Folder data sets to evaluate on (default: synthetic scenes).
     #[arg(long)]
     data: Vec<PathBuf>,
-    /// Number of synthetic scenes (when no --data).
+    /// Number of synthetic scenes (when no --data; at most 10000, and 2^31 pixels in all).
     #[arg(long, default_value_t = 16)]
     synthetic: usize,
     /// First synthetic seed (the trainer's validation scenes of seed s start at s * 2^20 + 2^19).
     #[arg(long, default_value_t = (1 << 20) + (1 << 19))]
     first_seed: u64,
-    /// Size of the synthetic scenes.
+    /// Size of the synthetic scenes (each side 1..=16384).
     #[arg(long, default_value_t = 256)]
     width: u32,
     #[arg(long, default_value_t = 192)]
@@ -148,12 +162,17 @@ struct EvalArgs {
     /// ONNX Runtime threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Labels the model was not trained on (repeat): the report adds seen, unseen and harmonic mIoU.
+    /// Labels the model was not trained on (repeat; each a label of the data): the report adds
+    /// seen, unseen and harmonic mIoU.
     #[arg(long)]
     unseen: Vec<String>,
-    /// Write the report as Markdown here (JSON goes to stdout).
+    /// Write the report as Markdown here (JSON goes to stdout); an existing file is replaced
+    /// only if it is an evaluation report.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Replace an existing --markdown file even if it is not an evaluation report.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -161,9 +180,13 @@ struct ExportArgs {
     /// A training checkpoint (`<out>.checkpoint.safetensors`) or an exported `head.safetensors`.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Model directory to write (replaced only if it already is a model directory).
+    /// Model directory to write, named (not `.`); an existing one is replaced only if
+    /// ovseg-train wrote it (see --force), never the default model.
     #[arg(long)]
     out: PathBuf,
+    /// Replace a model directory at --out that ovseg-train did not write.
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -205,7 +228,16 @@ fn run_train(args: TrainArgs) -> Result<()> {
     }
     override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate, depth_weight);
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = train(&config, &args.out, &TrainOptions { progress, resume: args.resume, device: args.device, write_fixture: args.write_fixture })?;
+    let options = TrainOptions {
+        progress,
+        resume: args.resume,
+        device: args.device,
+        write_fixture: args.write_fixture,
+        force: args.force,
+        config_file: args.config.clone(),
+        report_json: args.json.clone(),
+    };
+    let report = train(&config, &args.out, &options)?;
     let json = serde_json::to_string_pretty(&report)?;
     let report_path = args.json.unwrap_or_else(|| args.out.join("train_report.json"));
     write_file(&report_path, json.as_bytes())?;
@@ -228,10 +260,42 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     if args.data.is_empty() && args.synthetic == 0 {
         bail!("--synthetic 0: nothing to evaluate; give --data or at least one synthetic scene");
     }
+    // Before any scene is drawn: a scene of a size the engine refuses would first be allocated,
+    // and the scores keep every pixel of every scene.
+    if args.data.is_empty() {
+        let max = engine::frame::MAX_FRAME_SIDE;
+        for (name, side) in [("--width", args.width), ("--height", args.height)] {
+            if !(1..=max).contains(&side) {
+                bail!("{name} {side}: synthetic scenes must be 1..={max} pixels on each side");
+            }
+        }
+        if args.synthetic > MAX_SYNTHETIC {
+            bail!("--synthetic {}: at most {MAX_SYNTHETIC} scenes", args.synthetic);
+        }
+        let pixels = args.synthetic as u64 * u64::from(args.width) * u64::from(args.height);
+        if pixels > 1 << 31 {
+            bail!("--synthetic {} scenes of {}x{} are {pixels} pixels; at most 2^31 in all (fewer or smaller scenes)", args.synthetic, args.width, args.height);
+        }
+    }
+    let mut paths = Outputs::new(args.force);
+    paths.open_input(&args.model_dir, "the model being evaluated");
+    for spec in &args.data {
+        paths.input(&trainer::layouts::split_spec(spec).0, "a data set being evaluated on");
+    }
+    if let Some(path) = &args.markdown {
+        paths.file(path, "--markdown", Kind::EvalMarkdown)?;
+    }
     let split = if args.data.is_empty() {
         Split::synthetic(args.first_seed, args.synthetic, (args.width, args.height))
     } else {
-        Split::folders(&args.data)?
+        let (split, dropped) = Split::folders(&args.data)?.without_unannotated()?;
+        if split.is_empty() {
+            bail!("no image of the data has an annotated pixel (every mask is 255 everywhere); there is nothing to evaluate");
+        }
+        if !dropped.is_empty() {
+            tracing::warn!("{} images have no annotated pixel and are left out: {}", dropped.len(), trainer::data::some_names(&dropped));
+        }
+        split
     };
     let report: EvalReport = evaluate(&args.model_dir, &split, args.threads, &args.unseen)?;
     if let Some(path) = &args.markdown {
@@ -242,11 +306,14 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn run_export(args: ExportArgs) -> Result<()> {
+    let mut paths = Outputs::new(args.force);
+    paths.input(&engine::paths::default_model_dir(), BASE_MODEL).input(&args.checkpoint, "the checkpoint being exported");
+    paths.model_dir(&args.out, "--out")?;
     let checkpoint = load_checkpoint(&args.checkpoint)?;
     let quiet = |_: usize, _: usize, _: &str| {};
     let (dir, state, class_text) = engine::zoo::build::default_backbone(&quiet).context("loading the default model's backbone")?;
     let base = BaseModel { dir, weights: state, class_text };
-    export_model(&args.out, &base, &checkpoint)?;
+    export_model(&args.out, &base, &checkpoint, args.force)?;
     let meta = &checkpoint.meta;
     eprintln!("exported step {} ({} labels) to {}", meta.step, meta.labels.len(), args.out.display());
     Ok(())
@@ -255,6 +322,11 @@ fn run_export(args: ExportArgs) -> Result<()> {
 fn run_bench(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    let mut paths = Outputs::new(args.force);
+    paths.input(&args.fixture, "the fixture");
+    if let Some(path) = &args.json {
+        paths.file(path, "--json", Kind::BenchReport)?;
     }
     let fixture = trainer::fixture::read(&args.fixture)?;
     let report = trainer::fixture::compare(&fixture, args.steps)?;

@@ -25,7 +25,8 @@ pub use crate::config::TrainConfig;
 use crate::data::{Annotation, Augment, IGNORE, Split, cell_depth_targets, cell_targets};
 use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, DepthScore, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
-use crate::export::{BaseModel, check_destination, export_model};
+use crate::export::{BaseModel, export_model};
+use crate::outputs::{BASE_MODEL, Kind, Outputs, canonical};
 use crate::features::{FeatureExtractor, ImageFeatures};
 use engine::burn::{Blocks, DataFree};
 use crate::model::{Batch, DepthHead, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
@@ -114,6 +115,13 @@ pub struct TrainOptions {
     pub device: TrainDevice,
     /// Also write the prepared training pool here (see [`crate::fixture`]).
     pub write_fixture: Option<PathBuf>,
+    /// Replace existing files that are not outputs of the same kind, and model directories
+    /// ovseg-train did not write (never an input, nor the default model).
+    pub force: bool,
+    /// The configuration file the caller read `config` from (an input no output may replace).
+    pub config_file: Option<PathBuf>,
+    /// Where the caller will write the report (checked with the other outputs, up front).
+    pub report_json: Option<PathBuf>,
 }
 
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
@@ -124,6 +132,7 @@ type DepthOptimizer<B> = OptimizerAdaptor<Adam, DepthHead<B>, B>;
 /// Trains, exports the model directory to `out` and evaluates untrained vs trained.
 pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
     config.check()?;
+    check_paths(config, out, options)?;
     match options.device {
         TrainDevice::Cpu => train_on::<Autodiff<Flex>>(config, out, options, Default::default(), "cpu"),
         TrainDevice::Cuda | TrainDevice::Auto => cuda_or_cpu(config, out, options),
@@ -152,8 +161,38 @@ fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Resu
     train_on::<Autodiff<Flex>>(config, out, options, Default::default(), "cpu")
 }
 
+/// Checks every path the run writes against what it reads, before any work (see
+/// [`crate::outputs`]): the model directory, the running checkpoint beside it, the fixture and
+/// the caller's report.
+pub fn check_paths(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<()> {
+    let mut paths = Outputs::new(options.force);
+    paths.input(&engine::paths::default_model_dir(), BASE_MODEL);
+    for spec in &config.data {
+        paths.input(&crate::layouts::split_spec(spec).0, "a training data set");
+    }
+    for spec in &config.val_data {
+        paths.input(&crate::layouts::split_spec(spec).0, "a validation data set");
+    }
+    if let Some(path) = &options.config_file {
+        paths.input(path, "the configuration file");
+    }
+    if let Some(path) = &options.resume {
+        // Resuming `<out>.checkpoint.safetensors` and writing it on is the normal way to go on.
+        paths.continued_input(path, "the checkpoint being resumed", Kind::Checkpoint);
+    }
+    paths.model_dir(out, "--out")?;
+    paths.file(&checkpoint_path(out), "the running checkpoint", Kind::Checkpoint)?;
+    if let Some(path) = &options.write_fixture {
+        paths.file(path, "--write-fixture", Kind::Fixture)?;
+    }
+    // The default report lies in the freshly exported model directory.
+    if let Some(path) = options.report_json.as_ref().filter(|p| canonical(p) != canonical(out).join("train_report.json")) {
+        paths.file(path, "--json", Kind::TrainReport)?;
+    }
+    Ok(())
+}
+
 fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &TrainOptions, device: B::Device, device_name: &str) -> Result<TrainReport> {
-    check_destination(out)?;
     // The checkpoint goes next to the output directory, from the first evaluation on: its
     // folder must exist before training starts, not when the first save fails.
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -162,12 +201,24 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let resume = options.resume.as_deref().map(|path| resume_point(path, config)).transpose()?;
     let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.threads };
     let (train_split, val_split) = config.splits()?;
+    let seen = SeenLabels::new(&train_split, &config.holdout_labels)?;
+    check_labelled(&train_split, &seen, config)?;
+    let val_split = annotated_validation(val_split)?;
+    let pool_len = train_split.len() * config.copies;
+    let batch = effective_batch(config.batch, pool_len);
+    if batch < config.batch {
+        tracing::warn!(
+            "batch {} is larger than the training set ({} images x {} copies = {pool_len}); each step trains on all {pool_len} instead",
+            config.batch,
+            train_split.len(),
+            config.copies
+        );
+    }
     let quiet = |_: usize, _: usize, _: &str| {};
     let (base_dir, weights, class_text) = engine::zoo::build::default_backbone(&quiet).context("loading the default model's backbone")?;
     let base = BaseModel { dir: base_dir, weights, class_text };
     let model = engine::Model::open(&base.dir)?;
     let mut bank = model.label_bank(threads, None)?;
-    let seen = SeenLabels::new(&train_split, &config.holdout_labels)?;
     // With ZS3 the held-out labels' names join the label set (after the seen ones); their
     // pixels stay ignored.
     let zs3 = config.zs3_generated > 0;
@@ -241,7 +292,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let recorder = StateRecorder::default();
     let (mut history, mut running, first_step) = match resume {
         Some(checkpoint) => {
-            let state = checkpoint.state.context("the checkpoint holds no training state")?;
+            let state = checkpoint.state.with_context(|| format!("{}: the checkpoint holds no training state", options.resume.as_deref().unwrap_or(Path::new("")).display()))?;
             let module = Recorder::<B>::load(&recorder, state.module, &device).context("restoring the head from the checkpoint")?;
             head = head.load_record(module);
             let moments = Recorder::<B>::load(&recorder, state.optimizer, &device).context("restoring the optimizer from the checkpoint")?;
@@ -319,7 +370,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         };
         Ok(Checkpoint { weights, scales, meta, state, backbone, depth })
     };
-    let mut batches = BatchOrder::new(config.seed, train_pool.len(), config.batch);
+    let mut batches = BatchOrder::new(config.seed, train_pool.len(), batch);
     let mut steps_done = first_step - 1;
     let mut saved_at = (first_step > 1).then_some(steps_done);
     let train_started = Instant::now();
@@ -400,7 +451,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     save_checkpoint(&checkpoint_path, &last)?;
 
     let t = Instant::now();
-    export_model(out, &base, &last)?;
+    export_model(out, &base, &last, options.force)?;
     let export_seconds = t.elapsed().as_secs_f64();
     let untrained = evaluate(&base.dir, &val_split, threads, &config.holdout_labels)?;
     let trained = evaluate(out, &val_split, threads, &config.holdout_labels)?;
@@ -419,7 +470,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         val_images: val_pool.len(),
         feature_seconds,
         train_seconds,
-        train_images_per_second: ((steps_done + 1 - first_step) * config.batch) as f64 / train_seconds.max(1e-9),
+        train_images_per_second: ((steps_done + 1 - first_step) * batch) as f64 / train_seconds.max(1e-9),
         history,
         scales: last.scales,
         untrained,
@@ -486,9 +537,7 @@ struct SeenLabels {
 
 impl SeenLabels {
     fn new(split: &Split, holdout: &[String]) -> Result<Self> {
-        if let Some(missing) = holdout.iter().find(|h| !split.labels.contains(h)) {
-            bail!("holdout_labels: {missing:?} is not a label of the training data ({})", split.labels.join(", "));
-        }
+        split.check_labels("holdout_labels", holdout, "training")?;
         let all = split.label_specs();
         let mut specs = Vec::new();
         let mut to_seen = Vec::with_capacity(all.len());
@@ -519,13 +568,80 @@ impl SeenLabels {
     }
 }
 
+/// The batch a step trains on: `batch`, or the whole pool where it holds fewer images (a larger
+/// batch would only repeat images within the step, at any memory cost).
+pub(crate) fn effective_batch(batch: usize, pool: usize) -> usize {
+    batch.min(pool.max(1))
+}
+
+/// Refuses a training set in which no sample has a pixel or tag of a trained label: it would
+/// train on nothing. Stops at the first sample that has one (usually the first).
+fn check_labelled(split: &Split, seen: &SeenLabels, config: &TrainConfig) -> Result<()> {
+    let trained = |id: u8| seen.to_seen.get(usize::from(id)).is_some_and(|&s| s != IGNORE);
+    for i in 0..split.len() {
+        if split.annotated(i, &trained)? {
+            return Ok(());
+        }
+    }
+    let sets: Vec<String> = config.data.iter().map(|d| d.display().to_string()).collect();
+    let held = if config.holdout_labels.is_empty() { "" } else { " or of a held-out label" };
+    let tags = if split.sources.iter().any(|s| !s.has_mask()) { ", and no image tag names a trained label" } else { "" };
+    bail!(
+        "the training set ({}) has no labelled pixel: in all {} training images every mask pixel is 255 (not annotated){held}{tags}; there is nothing to train on",
+        sets.join(", "),
+        split.len()
+    )
+}
+
+/// The validation split without images that have no annotated pixel (they have nothing to be
+/// scored on and would count as 0), named in a warning; refused when none is left.
+fn annotated_validation(split: Split) -> Result<Split> {
+    let total = split.len();
+    let (split, dropped) = split.without_unannotated()?;
+    if split.is_empty() {
+        bail!("no validation image has an annotated pixel (all {total} masks are 255 everywhere); there is nothing to validate on");
+    }
+    if !dropped.is_empty() {
+        tracing::warn!("{} of {total} validation images have no annotated pixel and are left out: {}", dropped.len(), crate::data::some_names(&dropped));
+    }
+    Ok(split)
+}
+
+/// The first field (dotted for nested ones) whose value differs between two configurations,
+/// with both values, ignoring those that may change on resume.
+fn config_difference(saved: &TrainConfig, now: &TrainConfig) -> Result<Option<(String, String, String)>> {
+    fn first(prefix: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<(String, String, String)> {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                keys.into_iter().find_map(|k| {
+                    let null = serde_json::Value::Null;
+                    first(&format!("{prefix}{k}."), a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null))
+                })
+            }
+            _ if a == b => None,
+            _ => Some((prefix.trim_end_matches('.').to_string(), a.to_string(), b.to_string())),
+        }
+    }
+    let comparable = |c: &TrainConfig| serde_json::to_value(TrainConfig { steps: 0, threads: 0, ..c.clone() });
+    Ok(first("", &comparable(saved)?, &comparable(now)?))
+}
+
 /// Reads a checkpoint to resume from and checks that it belongs to this configuration.
 fn resume_point(path: &Path, config: &TrainConfig) -> Result<Checkpoint> {
     let checkpoint = load_checkpoint(path)?;
+    if checkpoint.state.is_none() {
+        bail!(
+            "{}: the checkpoint holds no training state (a model's head.safetensors cannot be resumed; resume the <out>.checkpoint.safetensors that training writes)",
+            path.display()
+        );
+    }
     let saved: TrainConfig = serde_json::from_str(&checkpoint.meta.config).with_context(|| format!("{}: unreadable configuration", path.display()))?;
-    let comparable = |c: &TrainConfig| TrainConfig { steps: 0, threads: 0, ..c.clone() };
-    if comparable(&saved) != comparable(config) {
-        bail!("{}: the checkpoint was trained with another configuration (only steps and threads may change on resume)", path.display());
+    if let Some((field, then, now)) = config_difference(&saved, config)? {
+        bail!(
+            "{}: the checkpoint was trained with another configuration: {field} is {then} there and {now} now (only steps and threads may change on resume)",
+            path.display()
+        );
     }
     if checkpoint.meta.step >= config.steps {
         bail!("{}: the checkpoint is at step {}; steps ({}) must be larger to resume", path.display(), checkpoint.meta.step, config.steps);
@@ -694,4 +810,52 @@ fn validate<B: Backend>(
 
 fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::zoo::trained::{FEATURE_CHANNELS, HeadWeights};
+
+    fn checkpoint(config: &TrainConfig, state: Option<TrainingState>) -> Checkpoint {
+        let weights = HeadWeights { hidden: 1, dim: 1, w1: vec![0.0; FEATURE_CHANNELS], b1: vec![0.0], w2: vec![0.0], b2: vec![0.0] };
+        let meta = CheckpointMeta { step: 2, labels: vec!["sky".into()], config: serde_json::to_string(config).unwrap(), history: Vec::new(), running_loss: None };
+        Checkpoint { weights, scales: [1.0, 1.0], meta, state, backbone: Default::default(), depth: None }
+    }
+
+    #[test]
+    fn resuming_names_the_file_and_the_field_that_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.checkpoint.safetensors");
+        let config = TrainConfig { steps: 2, ..TrainConfig::default() };
+        save_checkpoint(&path, &checkpoint(&config, None)).unwrap();
+        let err = format!("{:#}", resume_point(&path, &config).unwrap_err());
+        assert!(err.contains("m.checkpoint.safetensors: the checkpoint holds no training state"), "{err}");
+        let state = TrainingState {
+            module: vec![1],
+            optimizer: vec![1],
+            tail_module: Vec::new(),
+            tail_optimizer: Vec::new(),
+            depth_module: Vec::new(),
+            depth_optimizer: Vec::new(),
+        };
+        save_checkpoint(&path, &checkpoint(&config, Some(state))).unwrap();
+        let more = |c: TrainConfig| TrainConfig { steps: 4, threads: 3, ..c };
+        resume_point(&path, &more(config.clone())).unwrap();
+        let err = format!("{:#}", resume_point(&path, &more(TrainConfig { hidden: 64, ..config.clone() })).unwrap_err());
+        assert!(err.contains("m.checkpoint.safetensors") && err.contains("hidden is 128 there and 64 now"), "{err}");
+        let augment = Augment { flip: false, ..Augment::default() };
+        let err = format!("{:#}", resume_point(&path, &more(TrainConfig { augment, ..config })).unwrap_err());
+        assert!(err.contains("augment.flip is true there and false now"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_pool_is_cut_to_it() {
+        assert_eq!(effective_batch(8, 10), 8);
+        assert_eq!(effective_batch(100, 10), 10);
+        let mut order = BatchOrder::new(1, 10, effective_batch(100, 10));
+        let mut first = order.at(1);
+        first.sort_unstable();
+        assert_eq!(first, (0..10).collect::<Vec<_>>(), "each image once per step");
+    }
 }

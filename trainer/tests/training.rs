@@ -292,7 +292,7 @@ fn resuming_gives_the_weights_of_an_uninterrupted_run() {
     assert!(err.contains("at step 12") && err.contains("steps (12)"), "{err}");
     let other = TrainConfig { seed: 2, ..config(16) };
     let err = format!("{:#}", run(&other, &part, Some(checkpoint_path(&part))).unwrap_err());
-    assert!(err.contains("another configuration"), "{err}");
+    assert!(err.contains("another configuration: seed is 1 there and 2 now"), "{err}");
 }
 
 #[test]

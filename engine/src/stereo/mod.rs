@@ -162,7 +162,7 @@ pub fn matcher_for(backend: &str, params: &StereoParams) -> crate::Result<Box<dy
         }
     }
     if !matches!(backend, "auto" | "cpu" | "cuda" | "tensorrt") {
-        return Err(crate::EngineError::Runtime(format!("backend {backend:?}: stereo runs on auto, cpu or cuda")));
+        return Err(StereoError::param("backend", format!("{backend:?}"), "stereo runs on auto, cpu or cuda").into());
     }
     #[cfg(not(feature = "cuda"))]
     if backend == "cuda" {

@@ -438,7 +438,9 @@ impl Processor {
             return None;
         };
         const FIELDS: StereoFields = StereoFields { left_fx: "camera_info `p[0]` (fx)", right_tx: "right/camera_info `p[3]`" };
-        let geometry = match StereoGeometry::from_projections(&outputs::projection(left_info), &outputs::projection(right_info), &FIELDS) {
+        let geometry = StereoGeometry::from_projections(&outputs::projection(left_info), &outputs::projection(right_info), &FIELDS)
+            .and_then(|g| g.check_width(left.width).map(|()| g));
+        let geometry = match geometry {
             Ok(g) => g,
             Err(e) => {
                 self.note(&skip("camera_info", e.to_string()));
