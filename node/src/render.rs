@@ -50,7 +50,8 @@ fn pfm_record(pfm: &Path, bytes: &[u8]) -> String {
     format!("{} {}", pfm.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), fingerprint(bytes))
 }
 
-/// Length and 64-bit FNV-1a hash: enough to tell our file from one put in its place.
+/// Length and 64-bit FNV-1a hash: enough to tell our file from one put in its place (written
+/// out: one line, where a hash crate would be a dependency for it).
 fn fingerprint(bytes: &[u8]) -> String {
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{} {hash:016x}", bytes.len())
