@@ -74,7 +74,14 @@ pub fn parse_descriptions<'a>(lines: impl IntoIterator<Item = &'a str>) -> Resul
                 i + 1
             )));
         };
-        map.insert(label.trim().to_string(), sentence.trim().to_string());
+        let (label, sentence) = (label.trim(), sentence.trim());
+        let missing = if label.is_empty() { Some("label") } else if sentence.is_empty() { Some("sentence") } else { None };
+        if let Some(part) = missing {
+            return Err(EngineError::Labels(format!("description {} ({line:?}) has no {part}; expected `label: sentence`", i + 1)));
+        }
+        if map.insert(label.to_string(), sentence.to_string()).is_some() {
+            return Err(EngineError::Labels(format!("description {} ({line:?}) describes {label:?} a second time", i + 1)));
+        }
     }
     Ok(map)
 }
@@ -413,6 +420,12 @@ mod tests {
         assert_eq!(m["crop row"], "plants in a line");
         let e = parse_descriptions(["weed a plant"]).unwrap_err().to_string();
         assert!(e.contains("description 1") && e.contains("weed a plant"), "{e}");
+        let e = parse_descriptions(["weed: a plant", ": no label"]).unwrap_err().to_string();
+        assert!(e.contains("description 2") && e.contains("has no label"), "{e}");
+        let e = parse_descriptions(["weed:  "]).unwrap_err().to_string();
+        assert!(e.contains("has no sentence"), "{e}");
+        let e = parse_descriptions(["weed: a plant", "weed: another"]).unwrap_err().to_string();
+        assert!(e.contains("description 2") && e.contains("\"weed\" a second time"), "{e}");
     }
 
     #[test]
