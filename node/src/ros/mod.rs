@@ -57,13 +57,6 @@ struct Incoming {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
-    // From the start: Ctrl-C while the model loads (or downloads) ends the run cleanly once it
-    // is loaded; a second one ends it at once (exit status 130).
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone()).context("installing signal handlers")?;
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
     let env = args::dds_env().context("ROS environment")?;
     let node_name = ros.node_name.clone().unwrap_or_else(|| DEFAULT_NODE_NAME.to_string());
     let namespace = ros.namespace.clone().unwrap_or_else(|| "/".to_string());
@@ -144,6 +137,11 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
 
     let spinner = node.spinner().context("node spinner")?;
     let node = Arc::new(node);
+    // Only now: until here (a model download included) Ctrl-C ends the process at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
     // Discovery, graph bookkeeping (subscriber counts) and /clock run in the spinner.
     std::thread::Builder::new().name("ros-spinner".into()).spawn(move || {
         if let Err(e) = futures::executor::block_on(spinner.spin()) {
