@@ -101,6 +101,8 @@ const YAML_NAMES: FieldNames = FieldNames {
 impl CameraInfoYaml {
     /// Parses and validates (shapes, finite values, and that [`Self::camera`] succeeds).
     pub fn parse(text: &str) -> Result<Self, CalibrationError> {
+        // A byte order mark (some Windows editors write one) is not YAML.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| CalibrationError::yaml("camera_info", e))?;
         let d = &raw.distortion_coefficients;
         if !(d.rows == 1 || d.cols == 1 || d.data.is_empty()) {

@@ -87,7 +87,7 @@ fn read_truth(path: &Path, labels: usize, size: (u32, u32), image_path: &Path) -
             (Truth::Sixteen(v), bad, u32::from(u16::MAX))
         }
         other => bail!(
-            "{}: a {:?} image; a mask is single-channel 8-bit or 16-bit gray with the label index per pixel",
+            "{}: a colour, palette or alpha image ({:?} decoded); a mask is single-channel 8-bit or 16-bit gray with the label index per pixel",
             path.display(),
             other.color()
         ),

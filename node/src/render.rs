@@ -223,7 +223,7 @@ pub fn check_outputs<'a>(outputs: impl IntoIterator<Item = (PathBuf, Output<'a>)
     }
     if !foreign.is_empty() {
         bail!(
-            "refusing to replace {} that ovseg did not write: {} (pass --force to replace {})",
+            "refusing to replace {} that ovseg did not write as this output: {} (pass --force to replace {})",
             if foreign.len() == 1 { "a file".to_string() } else { format!("{} files", foreign.len()) },
             listing(&foreign),
             if foreign.len() == 1 { "it" } else { "them" }

@@ -225,6 +225,12 @@ pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
         (Some(pair), Some(path)) => Some((pfm_bytes(&Disparity { data: disp.depth(pair.focal_baseline, pair.doffs), ..disp.clone() }), path)),
         _ => None,
     };
+    // Without --calib, the depth of an earlier --calib run into this folder no longer matches
+    // the new disparity, and the new picture will not vouch for it: it goes (ours only).
+    let stale_depth = png.with_file_name(pfm.file_name().map_or_else(String::new, |n| n.to_string_lossy().replace(".disparity.pfm", ".depth.pfm")));
+    if depth_file.is_none() && render::written_by_ovseg(&stale_depth, Output::Pfm { companion: &png }) {
+        std::fs::remove_file(&stale_depth).with_context(|| format!("removing the stale {}", stale_depth.display()))?;
+    }
     // The picture first: its records of the PFMs mark them as ovseg's to a later run.
     let mut records = vec![(pfm.as_path(), disparity_bytes.as_slice())];
     records.extend(depth_file.as_ref().map(|(bytes, path)| (path.as_path(), bytes.as_slice())));

@@ -116,6 +116,20 @@ fn calibrated_pairs_are_rectified_and_give_depth_in_metres() {
         valid += 1;
     }
     assert!(valid > 370 * 250 / 2, "{valid} valid pixels");
+
+    // Into one folder with and without --calib in turn: the run without drops the depth of the
+    // run before (it no longer matches), and the next --calib run replaces its own files. A
+    // byte order mark before the YAML is not an error.
+    let yaml = std::fs::read_to_string(&ly).unwrap();
+    std::fs::write(&ly, format!("\u{feff}{yaml}")).unwrap();
+    let calibrated = calibrated.to_str().unwrap();
+    let with_calib = [l, r, "--max-disp", "48", "--out", calibrated, "--calib", ly.to_str().unwrap(), ry.to_str().unwrap()];
+    for args in [&with_calib[..], &with_calib[..6], &with_calib[..]] {
+        let o = stereo(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let depth = Path::new(calibrated).join("motorcycle_left.depth.pfm");
+        assert_eq!(depth.exists(), args.len() > 6, "{args:?}");
+    }
 }
 
 #[test]
