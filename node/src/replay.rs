@@ -191,7 +191,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     // Temp file + rename: a failed replay never leaves a truncated bag at --out, nor the
     // temporary file.
     let partial = Partial::new(&args.out);
-    let file = std::fs::File::create(&partial.path).with_context(|| format!("creating {}", partial.path.display()))?;
+    let file = std::fs::File::create(&partial.path).with_context(|| format!("--out {}: cannot create a file in its folder", args.out.display()))?;
     let writer = mcap::WriteOptions::new()
         .profile("ros2")
         .compression(Some(mcap::Compression::Zstd))
