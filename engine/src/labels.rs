@@ -342,52 +342,69 @@ fn check_templates(templates: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so readers never see half a file. The data is
-/// on disk before the rename (after a power cut the path holds the old bytes or the new ones),
-/// and a write or rename that fails removes its temporary file (a full disk must not fill up
-/// further with leftovers).
+/// Writes through a temporary file and a rename, so readers never see half a file (see
+/// [`AtomicFile`]); makes the folder first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Unique per call: two writers of one path in this process never share a temporary file.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    match written {
-        Ok(()) => {
-            sync_dir(dir);
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
+    std::fs::create_dir_all(AtomicFile::folder(path))?;
+    let (pending, mut file) = AtomicFile::create(path)?;
     file.write_all(bytes)?;
-    file.sync_all()
+    pending.commit(file)
 }
 
-/// Makes a rename in `dir` durable. Best effort: some file systems cannot sync a directory, and
-/// the file itself is already on disk.
-pub fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+/// A file that replaces `path` only once complete: written to a hidden temporary beside it, on
+/// disk before the rename (after a power cut the path holds the old bytes or the new ones), and
+/// removed if it is dropped before [`AtomicFile::commit`] (a failed write, or a full disk, must
+/// not leave leftovers behind).
+pub struct AtomicFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// The temporary file, opened for writing; `path`'s folder must exist.
+    pub fn create(path: &Path) -> std::io::Result<(Self, std::fs::File)> {
+        // Unique per call: two writers of one path in this process never share a temporary file.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = Self::folder(path).join(format!(
+            ".{}.{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&tmp)?;
+        Ok((AtomicFile { tmp, path: path.to_path_buf(), committed: false }, file))
     }
-    #[cfg(not(unix))]
-    let _ = dir;
+
+    /// Puts `file` (the one [`AtomicFile::create`] gave) on disk and renames it onto the path.
+    pub fn commit(mut self, file: std::fs::File) -> std::io::Result<()> {
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        // Makes the rename durable. Best effort: some file systems cannot sync a folder, and
+        // the file itself is already on disk.
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(Self::folder(&self.path)) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn folder(path: &Path) -> &Path {
+        match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// `text` without a leading UTF-8 byte order mark, which editors on Windows put at the start of

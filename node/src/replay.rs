@@ -2,7 +2,7 @@
 //! and writes every output topic (plus the inputs) as ROS 2 CDR into a new mcap.
 use std::collections::BTreeMap;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -94,45 +94,6 @@ impl Recorder {
     }
 }
 
-/// The output bag while it is written: a hidden file next to --out, renamed onto it when
-/// complete, and removed if the replay fails before that.
-struct Partial {
-    path: PathBuf,
-    done: bool,
-}
-
-impl Partial {
-    fn new(out: &Path) -> Self {
-        let dir = match out.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = out.file_name().map_or_else(|| "out.mcap".into(), |n| n.to_string_lossy().into_owned());
-        Partial { path: dir.join(format!(".{name}.{}.partial", std::process::id())), done: false }
-    }
-
-    /// Flushes the bag to disk, then renames it onto `out`.
-    fn finish(mut self, writer: BufWriter<std::fs::File>, out: &Path) -> Result<()> {
-        let file = writer.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", self.path.display(), e.error()))?;
-        file.sync_all().with_context(|| format!("writing {}", self.path.display()))?;
-        drop(file);
-        std::fs::rename(&self.path, out).with_context(|| format!("moving {} to {}", self.path.display(), out.display()))?;
-        self.done = true;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            engine::labels::sync_dir(dir);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Refuses, before any work, an --out that is the input bag however it is spelt (`a/../in.mcap`,
 /// a link), a folder, or an existing file without --force.
 fn check_out(args: &ReplayArgs) -> Result<()> {
@@ -190,8 +151,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
 
     // Temp file + rename: a failed replay never leaves a truncated bag at --out, nor the
     // temporary file.
-    let partial = Partial::new(&args.out);
-    let file = std::fs::File::create(&partial.path).with_context(|| format!("--out {}: cannot create a file in its folder", args.out.display()))?;
+    // Written beside --out and renamed onto it once complete; removed if the replay fails.
+    let (partial, file) = engine::labels::AtomicFile::create(&args.out).with_context(|| format!("--out {}: cannot create a file in its folder", args.out.display()))?;
     let writer = mcap::WriteOptions::new()
         .profile("ros2")
         .compression(Some(mcap::Compression::Zstd))
@@ -251,7 +212,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     bar.finish_and_clear();
     rec.writer.finish().context("finishing the output bag")?;
     let counts = rec.counts;
-    partial.finish(rec.writer.into_inner(), &args.out)?;
+    let file = rec.writer.into_inner().into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", args.out.display(), e.error()))?;
+    partial.commit(file).with_context(|| format!("writing {}", args.out.display()))?;
 
     let elapsed = started.elapsed().as_secs_f64();
     let outputs: BTreeMap<&str, u64> = Topic::ALL

@@ -107,7 +107,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
+        let text = engine::labels::strip_bom(&text);
         serde_yaml_ng::from_str(text).with_context(|| format!("{}: invalid training configuration", path.display()))
     }
 

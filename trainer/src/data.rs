@@ -317,10 +317,7 @@ pub(crate) fn file_error(path: &Path, reason: impl Into<String>) -> DataError {
 /// would become part of the first label).
 pub(crate) fn read_text(path: &Path) -> Result<String, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
-    Ok(match text.strip_prefix('\u{FEFF}') {
-        Some(rest) => rest.to_string(),
-        None => text,
-    })
+    Ok(engine::labels::strip_bom(&text).to_string())
 }
 
 /// The labels of a `labels.txt`, line i = mask value i. A blank line before the last label
