@@ -112,7 +112,6 @@ fn timed_pair(
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     crate::render::check_json_out(args.json.as_deref(), "bench", &Default::default(), args.force)?;
     let (model, mut pipeline, mut bank) = model::load(common, threads)?;
     let sets = [("21", label_list(LABELS_21)), ("150", label_list(LABELS_150))];

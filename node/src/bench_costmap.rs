@@ -453,7 +453,6 @@ fn end_to_end(common: &CommonArgs, threads: usize, labels: &LabelSet, runs: usiz
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: CostmapBenchArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     check_outputs(&args)?;
     let inputs = match &args.fixture {
         Some(path) => read_fixture(path)?,

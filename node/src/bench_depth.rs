@@ -36,7 +36,6 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: DepthBenchArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     crate::render::check_json_out(args.json.as_deref(), "bench depth", &Default::default(), args.force)?;
     let (_, mut pipeline, mut bank) = model::load(common, threads)?;
     let labels = bank.build(&label_list(LABELS_21))?;

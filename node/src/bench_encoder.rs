@@ -70,7 +70,6 @@ fn differences(a: &Encoded, b: &Encoded) -> (Option<f32>, Option<f32>) {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: EncoderBenchArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     if args.backends.is_empty() {
         bail!("--backends needs at least one name");
     }

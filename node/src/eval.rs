@@ -104,7 +104,6 @@ fn read_truth(path: &Path, labels: usize, size: (u32, u32), image_path: &Path) -
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: EvalArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     if let Some(scale) = args.logit_scale
         && !(scale.is_finite() && scale > 0.0)
     {

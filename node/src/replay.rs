@@ -114,7 +114,6 @@ fn out_topic(namespace: &str, name: &str) -> String {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     check_out(&args)?;
     let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let reading = || format!("reading the input bag {}", args.input.display());

@@ -72,7 +72,6 @@ impl Input {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: SegmentArgs) -> Result<ExitCode> {
-    let threads = engine::runtime::resolve_threads(threads);
     if let Some(t) = args.threshold
         && !(0.0..=1.0).contains(&t)
     {

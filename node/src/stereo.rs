@@ -158,7 +158,9 @@ fn flag_error(e: StereoError) -> anyhow::Error {
 struct OutFiles {
     png: PathBuf,
     pfm: PathBuf,
-    depth: Option<PathBuf>,
+    depth: PathBuf,
+    /// Whether `depth` is written (--calib).
+    with_depth: bool,
 }
 
 impl OutFiles {
@@ -167,7 +169,8 @@ impl OutFiles {
         OutFiles {
             png: args.out.join(format!("{stem}.disparity.png")),
             pfm: args.out.join(format!("{stem}.disparity.pfm")),
-            depth: args.calib.as_ref().map(|_| args.out.join(format!("{stem}.depth.pfm"))),
+            depth: args.out.join(format!("{stem}.depth.pfm")),
+            with_depth: args.calib.is_some(),
         }
     }
 
@@ -178,13 +181,12 @@ impl OutFiles {
             inputs.add(path);
         }
         let companion = Output::Pfm { companion: &self.png };
-        let planned = [(self.png.clone(), Output::Png), (self.pfm.clone(), companion)].into_iter().chain(self.depth.clone().map(|d| (d, companion)));
+        let planned = [(self.png.clone(), Output::Png), (self.pfm.clone(), companion)].into_iter().chain(self.with_depth.then(|| (self.depth.clone(), companion)));
         render::check_outputs(planned, &inputs, args.force).with_context(|| format!("--out {}", args.out.display()))
     }
 }
 
 pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
-    let threads = engine::runtime::resolve_threads(threads);
     let params = args.params();
     params.validate().map_err(flag_error)?;
     // tensorrt and burn run an image encoder, which stereo does not have.
@@ -219,17 +221,13 @@ pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
         false => None,
     };
 
-    let OutFiles { png, pfm, depth: depth_path } = files;
+    let OutFiles { png, pfm, depth: depth_path, .. } = files;
     let disparity_bytes = pfm_bytes(&disp);
-    let depth_file = match (&pair, depth_path) {
-        (Some(pair), Some(path)) => Some((pfm_bytes(&Disparity { data: disp.depth(pair.focal_baseline, pair.doffs), ..disp.clone() }), path)),
-        _ => None,
-    };
+    let depth_file = pair.as_ref().map(|pair| (pfm_bytes(&Disparity { data: disp.depth(pair.focal_baseline, pair.doffs), ..disp.clone() }), depth_path.clone()));
     // Without --calib, the depth of an earlier --calib run into this folder no longer matches
     // the new disparity, and the new picture will not vouch for it: it goes (ours only).
-    let stale_depth = png.with_file_name(pfm.file_name().map_or_else(String::new, |n| n.to_string_lossy().replace(".disparity.pfm", ".depth.pfm")));
-    if depth_file.is_none() && render::written_by_ovseg(&stale_depth, Output::Pfm { companion: &png }) {
-        std::fs::remove_file(&stale_depth).with_context(|| format!("removing the stale {}", stale_depth.display()))?;
+    if depth_file.is_none() && render::written_by_ovseg(&depth_path, Output::Pfm { companion: &png }) {
+        std::fs::remove_file(&depth_path).with_context(|| format!("removing the stale {}", depth_path.display()))?;
     }
     // The picture first: its records of the PFMs mark them as ovseg's to a later run.
     let mut records = vec![(pfm.as_path(), disparity_bytes.as_slice())];
