@@ -195,7 +195,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
             if let Some(info) = processor.take_label_info(image.header.stamp) {
                 rec.write::<LabelInfo>(&out_topic(&args.output_namespace, "label_info"), &info, message.log_time)?;
             }
-            if let FrameOutcome::Published(outputs) = processor.process(image, Instant::now(), |_| true) {
+            let wanted = processor.wanted_topics(|_| true);
+            if let FrameOutcome::Published(outputs) = processor.process(image, Instant::now(), wanted) {
                 for out in outputs {
                     let name = out_topic(&args.output_namespace, out.topic().name());
                     match out {

@@ -297,10 +297,6 @@ impl Publishers {
         }
     }
 
-    /// Whether depth or points would be computed for a frame now.
-    fn wants_depth(&self, settings: &params::OutputSettings) -> bool {
-        Topic::ALL.into_iter().any(|t| t.needs_depth() && settings.publishes(t.toggle()) && self.has_subscribers(t))
-    }
 }
 
 /// How long a frame that needs depth waits for its depth image to arrive.
@@ -323,11 +319,12 @@ fn process_loop(
                 failed_publishes += apply_updates(&mut processor, &updates, &publishers);
                 // What was sent before this frame is in the side channel by now.
                 drain_side(&mut processor, &side);
-                if publishers.wants_depth(processor.settings()) {
+                let wanted = processor.wanted_topics(|t| publishers.has_subscribers(t));
+                if wanted.iter().any(|t| t.needs_depth()) {
                     let stamp = incoming.image.header.stamp;
                     wait_for_depth_input(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
                 }
-                let outcome = processor.process(incoming.image, incoming.received, |t| publishers.has_subscribers(t));
+                let outcome = processor.process(incoming.image, incoming.received, wanted);
                 if let FrameOutcome::Published(msgs) = outcome {
                     for msg in msgs {
                         failed_publishes += !publishers.publish(msg) as u64;

@@ -212,10 +212,15 @@ impl Processor {
         Some(outputs::label_info(&header, &self.labels, self.pipeline.options().unknown_threshold))
     }
 
-    /// Segments `image` and builds the outputs `wants` asks for (already filtered by the
-    /// publish toggles). Bad input is counted and logged once per kind.
-    pub fn process(&mut self, mut image: Image, received: Instant, wants: impl Fn(Topic) -> bool) -> FrameOutcome {
-        let wanted: Vec<Topic> = Topic::ALL.into_iter().filter(|t| self.settings.publishes(t.toggle()) && wants(*t)).collect();
+    /// The outputs to build for a frame: those `wants` asks for (subscribed) whose publish_*
+    /// toggle is on.
+    pub fn wanted_topics(&self, wants: impl Fn(Topic) -> bool) -> Vec<Topic> {
+        Topic::ALL.into_iter().filter(|t| self.settings.publishes(t.toggle()) && wants(*t)).collect()
+    }
+
+    /// Segments `image` and builds the `wanted` outputs (see [`Self::wanted_topics`]). Bad input
+    /// is counted and logged.
+    pub fn process(&mut self, mut image: Image, received: Instant, wanted: Vec<Topic>) -> FrameOutcome {
         let header = image.header.clone();
         let frame = match decode::frame(&mut image, "image") {
             Ok(f) => f,
