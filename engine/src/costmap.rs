@@ -124,9 +124,9 @@ pub fn label_cost(pixel: &[f32], labels: &LabelSet, k: usize, scale: f32) -> f32
 #[inline]
 fn label_costs(isa: Isa, pixel: &[f32], labels: &LabelSet, scale: f32, out: &mut [f32]) {
     match isa {
-        // SAFETY: Isa::Avx2 exists only after Isa::detect saw AVX2 on this CPU.
+        // SAFETY: Isa::Avx2 and Isa::Avx512 exist only after Isa::available saw AVX2 on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::label_costs(pixel, labels, scale, out) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::label_costs(pixel, labels, scale, out) },
         Isa::Portable => {
             for (k, o) in out.iter_mut().enumerate() {
                 *o = label_cost(pixel, labels, k, scale);
@@ -141,7 +141,7 @@ fn label_cost_isa(isa: Isa, pixel: &[f32], labels: &LabelSet, k: usize, scale: f
     match isa {
         // SAFETY: as in `label_costs`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => scale * (labels.gain[k] * unsafe { avx2::dot(pixel, labels.embedding(k)) } + labels.bias[k]),
+        Isa::Avx2 | Isa::Avx512 => scale * (labels.gain[k] * unsafe { avx2::dot(pixel, labels.embedding(k)) } + labels.bias[k]),
         Isa::Portable => label_cost(pixel, labels, k, scale),
     }
 }
@@ -554,11 +554,14 @@ mod tests {
             labels.gain = (0..n).map(|k| 1.0 + k as f32 * 0.01).collect();
             labels.bias = (0..n).map(|k| k as f32 * -0.003).collect();
             let pixel: Vec<f32> = (0..dim).map(|d| ((d * 31) % 97) as f32 / 97.0 - 0.3).collect();
-            let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
-            label_costs(Isa::Portable, &pixel, &labels, 3.5, &mut a);
-            label_costs(Isa::detect(), &pixel, &labels, 3.5, &mut b);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&b), "dim {dim}, {n} labels, {:?}", Isa::detect());
+            let bits = |isa| {
+                let mut out = vec![0.0; n];
+                label_costs(isa, &pixel, &labels, 3.5, &mut out);
+                out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            for isa in Isa::available() {
+                assert_eq!(bits(Isa::Portable), bits(isa), "dim {dim}, {n} labels, {isa:?}");
+            }
         }
     }
 

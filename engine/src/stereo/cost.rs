@@ -5,7 +5,7 @@
 //! is `bits`, the worst a real match can score. At 640x480 with D = 128 this volume is 39 MB.
 use crate::isa::dispatch;
 
-dispatch!(
+dispatch!(wide
     /// One row of the volume: `out` (W*D) from the census codes of the row in both images.
     pub(crate) fn cost_row => cost_row_impl(out: &mut [u8], left: &[u64], right: &[u64], reversed: &mut Vec<u64>, disps: usize, bits: u8));
 
@@ -46,6 +46,8 @@ mod tests {
         assert_eq!(&c[..8], &[2, 62, 62, 62, 62, 62, 62, 62]);
         // x = 2: d = 0 -> right[2], d = 1 -> right[1], d = 2 -> right[0].
         assert_eq!(&c[16..19], &[0, 4, 1]);
-        assert_eq!(c, run(Isa::detect()));
+        for isa in Isa::available() {
+            assert_eq!(c, run(isa), "{isa:?}");
+        }
     }
 }

@@ -121,7 +121,7 @@ pub struct StereoTimings {
 /// A semi-global matcher: [`StereoMatcher`] on the CPU, or `crate::cuda::CudaStereoMatcher`
 /// (feature `cuda`), which gives the same disparities.
 pub trait DisparityMatcher: Send {
-    /// "cpu", or "cuda: <device>".
+    /// "cpu (<instruction set>)", or "cuda: <device>".
     fn device(&self) -> String;
     /// Whether this is the CPU reference (what a GPU matcher is compared against).
     fn is_cpu(&self) -> bool;
@@ -133,7 +133,7 @@ pub trait DisparityMatcher: Send {
 
 impl DisparityMatcher for StereoMatcher {
     fn device(&self) -> String {
-        "cpu".into()
+        format!("cpu ({})", self.isa.name())
     }
 
     fn is_cpu(&self) -> bool {

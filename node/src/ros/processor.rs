@@ -493,7 +493,7 @@ impl Processor {
             Ok((disparity, _)) => Some(disparity.depth(geometry.focal_baseline, geometry.doffs)),
             Err(e) => {
                 let device = matcher.device();
-                if device != "cpu" {
+                if !matcher.is_cpu() {
                     // As for GPU scoring: the following frames match on the CPU.
                     tracing::error!("stereo matching on {device} failed ({e}); matching on the CPU from the next frame");
                     self.stereo_fallback = Some(format!("{device}: {e}"));
