@@ -66,7 +66,7 @@ impl Isa {
 /// when `isa` says the CPU has them. `$imp` must be `#[inline(always)]` so that the copies
 /// really are compiled for those features. Kernels marked `wide` get an AVX-512 copy too;
 /// the others run an AVX2 build on AVX-512 CPUs. Measured on the 640x480 pair (CPU time,
-/// AVX-512 against AVX2): stereo costs 2.5x less (vector popcounts), census and selection the
+/// AVX-512 against AVX2): stereo costs 2.2x less (vector popcounts), census and selection the
 /// same, and aggregation's short per-pixel loops (48 to 128 levels) slower, the small
 /// Motorcycle pair taking 1.6x as long.
 macro_rules! dispatch {
