@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod labels;
 pub mod manifest;
 pub mod metrics;
+pub mod outputs;
 pub mod paths;
 pub mod pipeline;
 pub mod post;

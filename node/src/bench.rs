@@ -112,7 +112,7 @@ fn timed_pair(
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: BenchArgs) -> Result<()> {
-    crate::render::check_json_out(args.json.as_deref(), "bench", &Default::default(), args.force)?;
+    crate::render::check_json_out(&mut crate::render::Outputs::new(args.force), args.json.as_deref(), "bench")?;
     let (model, mut pipeline, mut bank) = model::load(common, threads)?;
     let sets = [("21", label_list(LABELS_21)), ("150", label_list(LABELS_150))];
 

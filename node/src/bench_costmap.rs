@@ -67,19 +67,13 @@ const REPORT_KIND: &str = "bench costmap";
 /// Before any work: the files this run would write must not be its input fixture, each other,
 /// or (without --force) anything but earlier outputs of this bench.
 fn check_outputs(args: &CostmapBenchArgs) -> Result<()> {
-    let mut inputs = crate::render::InputFiles::default();
+    let mut outputs = crate::render::Outputs::new(args.force);
     if let Some(fixture) = &args.fixture {
-        inputs.add(fixture);
+        outputs.input(fixture, "the --fixture file");
     }
-    let json = args.json.clone().flatten();
-    if let (Some(json), Some(fixture)) = (&json, &args.write_fixture)
-        && crate::render::same_destination(json, fixture)
-    {
-        bail!("--json and --write-fixture name the same file {}", json.display());
-    }
-    crate::render::check_json_out(json.as_deref(), REPORT_KIND, &inputs, args.force)?;
+    crate::render::check_json_out(&mut outputs, args.json.clone().flatten().as_deref(), REPORT_KIND)?;
     if let Some(path) = &args.write_fixture {
-        crate::render::check_outputs([(path.clone(), crate::render::Output::Magic(FIXTURE_MAGIC))], &inputs, args.force).context("--write-fixture")?;
+        outputs.file(path, "--write-fixture", crate::render::Output::Magic(FIXTURE_MAGIC))?;
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 pub fn run(common: &CommonArgs, threads: usize, args: DepthBenchArgs) -> Result<()> {
-    crate::render::check_json_out(args.json.as_deref(), "bench depth", &Default::default(), args.force)?;
+    crate::render::check_json_out(&mut crate::render::Outputs::new(args.force), args.json.as_deref(), "bench depth")?;
     let (_, mut pipeline, mut bank) = model::load(common, threads)?;
     let labels = bank.build(&label_list(LABELS_21))?;
     let frame = resized_sample(SIZE.0, SIZE.1)?;

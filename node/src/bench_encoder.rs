@@ -73,7 +73,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: EncoderBenchArgs) -> Resul
     if args.backends.is_empty() {
         bail!("--backends needs at least one name");
     }
-    crate::render::check_json_out(args.json.as_deref(), "bench encoder", &Default::default(), args.force)?;
+    crate::render::check_json_out(&mut crate::render::Outputs::new(args.force), args.json.as_deref(), "bench encoder")?;
     let dir = model::resolve(common.model_dir.as_deref())?;
     let manifest = Manifest::read(&dir).with_context(|| format!("reading the manifest in {}", dir.display()))?;
     let sizes = args.sizes.iter().map(|s| parse_size(s)).collect::<Result<Vec<_>>>()?;

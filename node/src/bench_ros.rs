@@ -91,15 +91,15 @@ fn wait_for(log: &Path, needle: &str, child: &mut Child, what: &str) -> Result<(
 }
 
 pub fn run(args: RosBenchArgs) -> Result<()> {
-    let mut inputs = crate::render::InputFiles::default();
+    let mut outputs = crate::render::Outputs::new(args.force);
     for (what, path) in [("--python", &args.python), ("--peer", &args.peer), ("--image", &args.image)] {
         if !path.exists() {
             bail!("{what} {} does not exist", path.display());
         }
-        inputs.add(path);
+        outputs.input(path, format!("the {what} file"));
     }
-    inputs.add(&args.fastdds_profile);
-    crate::render::check_json_out(args.json.as_deref(), "bench ros", &inputs, args.force)?;
+    outputs.input(&args.fastdds_profile, "the --fastdds-profile file");
+    crate::render::check_json_out(&mut outputs, args.json.as_deref(), "bench ros")?;
     let domain = 1 + (std::process::id() % 100) as u16;
     let dir = tempfile_dir()?;
 

@@ -11,7 +11,6 @@ use engine::LabelSpec;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::render::InputFiles;
 use crate::{CommonArgs, model, render, segment};
 
 #[derive(Args, Debug)]
@@ -70,11 +69,11 @@ impl Truth {
 /// naming the file, the value and the pixel.
 fn read_truth(path: &Path, labels: usize, size: (u32, u32), image_path: &Path) -> Result<Truth> {
     // The size from the header first: a mask that does not fit is not decoded.
-    let (w, h) = image::image_dimensions(path).with_context(|| format!("reading {}", path.display()))?;
+    let (w, h) = image::image_dimensions(path).map_err(segment::image_error).with_context(|| format!("reading {}", path.display()))?;
     if (w, h) != size {
         bail!("{}: mask is {w}x{h}, image {} is {}x{}", path.display(), image_path.display(), size.0, size.1);
     }
-    let image = image::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let image = image::open(path).map_err(segment::image_error).with_context(|| format!("reading {}", path.display()))?;
     let (truth, bad, ignore) = match image {
         image::DynamicImage::ImageLuma8(m) => {
             let v = m.into_raw();
@@ -117,13 +116,12 @@ pub fn run(common: &CommonArgs, threads: usize, args: EvalArgs) -> Result<()> {
     }
     let base = args.annotations.parent().unwrap_or(Path::new("."));
     let mask_path = |image: &AnnotatedImage| base.join(format!("{}.mask.png", image.name));
-    let mut inputs = InputFiles::default();
-    inputs.add(&args.annotations);
+    let mut outputs = render::Outputs::new(args.force);
+    outputs.input(&args.annotations, "the annotations file");
     for image in &set.images {
-        inputs.add(&base.join(&image.image));
-        inputs.add(&mask_path(image));
+        outputs.input(&base.join(&image.image), "an annotated image").input(&mask_path(image), "a ground-truth mask");
     }
-    render::check_json_out(args.json.as_deref(), REPORT_KIND, &inputs, args.force)?;
+    render::check_json_out(&mut outputs, args.json.as_deref(), REPORT_KIND)?;
 
     let (_, mut pipeline, mut bank) = model::load(common, threads)?;
     let mut options = pipeline.options().clone();

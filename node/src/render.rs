@@ -1,10 +1,10 @@
-//! Writing masks and overlays: PNG encoding, legend drawing, atomic file writes, and the checks
-//! that keep outputs off files ovseg did not write.
-use std::collections::HashMap;
+//! Writing masks and overlays: PNG encoding, legend drawing, atomic file writes, and how ovseg
+//! recognises its own outputs for the checks of `engine::outputs`.
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use engine::outputs::{OutputError, OutputKind};
 use engine::{Frame, LabelMap, LabelSet, MaskPixels};
 use font8x8::UnicodeFonts;
 use image::{Rgb, RgbImage};
@@ -99,7 +99,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// What an output path is meant to hold, which says how to recognise an earlier output of the
 /// same kind that may be replaced.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Output<'a> {
     /// A PNG ovseg writes (mask, overlay, depth or disparity colours): tEXt `Software` = ovseg.
     Png,
@@ -111,6 +111,26 @@ pub enum Output<'a> {
     /// A binary file that starts with this magic (cost-map fixtures).
     Magic(&'a [u8]),
 }
+
+impl OutputKind for Output<'_> {
+    const WRITER: &'static str = "ovseg";
+
+    fn describe(self) -> String {
+        match self {
+            Output::Png => "a PNG".into(),
+            Output::Report(kind) => format!("a report of ovseg {kind}"),
+            Output::Pfm { companion } => format!("a PFM recorded in {}", companion.display()),
+            Output::Magic(_) => "a cost-map fixture".into(),
+        }
+    }
+
+    fn recognises(self, path: &Path) -> bool {
+        written_by_ovseg(path, self)
+    }
+}
+
+/// The inputs and outputs of one command (see [`engine::outputs`]).
+pub type Outputs<'a> = engine::outputs::Outputs<Output<'a>>;
 
 /// Whether `path` holds a file ovseg wrote as `kind`. Anything unreadable is not.
 pub fn written_by_ovseg(path: &Path, kind: Output<'_>) -> bool {
@@ -141,112 +161,11 @@ fn png_text(path: &Path, keyword: &str) -> Vec<String> {
     reader.info().uncompressed_latin1_text.iter().filter(|t| t.keyword == keyword).map(|t| t.text.clone()).collect()
 }
 
-/// Identity of an existing file: device and inode, so `a/../b`, symlinks and hard links are
-/// the same file however they are spelt.
-#[cfg(unix)]
-type FileId = (u64, u64);
-#[cfg(not(unix))]
-type FileId = PathBuf;
-
-fn file_id(path: &Path) -> Option<FileId> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::canonicalize(path).ok()
-    }
-}
-
-/// Whether two paths, existing or not, name the same place: the same file where both exist,
-/// else the same name in the same folder (folders resolved through symlinks and `..`).
-pub fn same_destination(a: &Path, b: &Path) -> bool {
-    if let (Some(x), Some(y)) = (file_id(a), file_id(b)) {
-        return x == y;
-    }
-    let resolve = |p: &Path| -> Option<PathBuf> {
-        let name = p.file_name()?;
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(std::fs::canonicalize(parent).ok()?.join(name))
-    };
-    match (resolve(a), resolve(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
-}
-
-/// The files a command reads; no output may land on one of them, even with --force.
-#[derive(Default)]
-pub struct InputFiles(HashMap<FileId, PathBuf>);
-
-impl InputFiles {
-    /// Records `path` if it exists (a missing input cannot be overwritten).
-    pub fn add(&mut self, path: &Path) {
-        if let Some(id) = file_id(path) {
-            self.0.entry(id).or_insert_with(|| path.to_path_buf());
-        }
-    }
-
-    /// The input `path` is, however it is spelt, if it is one.
-    pub fn find(&self, path: &Path) -> Option<&Path> {
-        file_id(path).and_then(|id| self.0.get(&id)).map(PathBuf::as_path)
-    }
-}
-
-/// Refuses, before any work, outputs that would replace one of `inputs` (always), a folder
-/// (always), or an existing file ovseg did not write as that kind (unless `force`). Every
-/// offending path is named.
-pub fn check_outputs<'a>(outputs: impl IntoIterator<Item = (PathBuf, Output<'a>)>, inputs: &InputFiles, force: bool) -> Result<()> {
-    let (mut clashes, mut folders, mut foreign) = (Vec::new(), Vec::new(), Vec::new());
-    for (path, kind) in outputs {
-        if let Some(input) = inputs.find(&path) {
-            clashes.push(format!("{} (the input {})", path.display(), input.display()));
-            continue;
-        }
-        match std::fs::symlink_metadata(&path) {
-            Err(_) => {}
-            Ok(m) if m.is_dir() => folders.push(path.display().to_string()),
-            Ok(_) if force || written_by_ovseg(&path, kind) => {}
-            Ok(_) => foreign.push(path.display().to_string()),
-        }
-    }
-    if !clashes.is_empty() {
-        bail!("refusing to write over this run's own input: {}", listing(&clashes));
-    }
-    if !folders.is_empty() {
-        bail!("{} in the way of an output file: {}", if folders.len() == 1 { "a folder is" } else { "folders are" }, listing(&folders));
-    }
-    if !foreign.is_empty() {
-        bail!(
-            "refusing to replace {} that ovseg did not write as this output: {} (pass --force to replace {})",
-            if foreign.len() == 1 { "a file".to_string() } else { format!("{} files", foreign.len()) },
-            listing(&foreign),
-            if foreign.len() == 1 { "it" } else { "them" }
-        );
-    }
-    Ok(())
-}
-
-/// The first few entries of a list, and how many more there are.
-fn listing(items: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let head = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
-    match items.len().saturating_sub(SHOWN) {
-        0 => head,
-        more => format!("{head} and {more} more"),
-    }
-}
-
-/// `--json FILE` of a command that writes a report of `kind`: checked before the command
-/// does its work.
-pub fn check_json_out(path: Option<&Path>, kind: &str, inputs: &InputFiles, force: bool) -> Result<()> {
+/// `--json FILE` of a command that writes a report of `kind`, among the command's `outputs`:
+/// checked before the command does its work.
+pub fn check_json_out(outputs: &mut Outputs<'_>, path: Option<&Path>, kind: &'static str) -> Result<(), OutputError> {
     match path {
-        Some(path) => check_outputs([(path.to_path_buf(), Output::Report(kind))], inputs, force).context("--json"),
+        Some(path) => outputs.file(path, "--json", Output::Report(kind)),
         None => Ok(()),
     }
 }
@@ -427,29 +346,11 @@ mod tests {
         std::fs::write(&json, r#"{"images": []}"#).unwrap();
         assert!(!written_by_ovseg(&json, Output::Report("eval")));
 
-        let inputs = InputFiles::default();
-        let e = check_outputs([(theirs.clone(), Output::Png), (png.clone(), Output::Png)], &inputs, false).unwrap_err().to_string();
-        assert!(e.contains("theirs.png") && !e.contains("a.overlay.png") && e.contains("--force"), "{e}");
-        check_outputs([(theirs.clone(), Output::Png)], &inputs, true).unwrap();
-        let e = check_outputs([(d.to_path_buf(), Output::Png)], &inputs, true).unwrap_err().to_string();
-        assert!(e.contains("folder"), "{e}");
-    }
-
-    #[test]
-    fn an_input_is_never_an_output_however_it_is_spelt() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.json");
-        std::fs::write(&input, "{}").unwrap();
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        let mut inputs = InputFiles::default();
-        inputs.add(&input);
-        let spelt = dir.path().join("sub/../in.json");
-        assert_eq!(inputs.find(&spelt), Some(input.as_path()));
-        let e = check_outputs([(spelt, Output::Report("eval"))], &inputs, true).unwrap_err().to_string();
-        assert!(e.contains("own input") && e.contains("in.json"), "{e}");
-        assert!(inputs.find(&dir.path().join("other.json")).is_none());
-        assert!(same_destination(&dir.path().join("new.json"), &dir.path().join("sub/../new.json")));
-        assert!(!same_destination(&dir.path().join("new.json"), &dir.path().join("sub/new.json")));
+        // Through the shared checks: only the foreign file is refused, and --force replaces it.
+        let planned = || [(theirs.clone(), Output::Png), (png.clone(), Output::Png)];
+        let e = Outputs::new(false).files("--out", planned()).unwrap_err().to_string();
+        assert!(e.contains("theirs.png exists and is not a PNG") && !e.contains("a.overlay.png") && e.contains("--force"), "{e}");
+        Outputs::new(true).files("--out", planned()).unwrap();
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn check_out(args: &ReplayArgs) -> Result<()> {
     if args.out.is_dir() {
         bail!("--out {} is a folder; give the file name of the bag to write", args.out.display());
     }
-    if crate::render::same_destination(&args.out, &args.input) {
+    if engine::outputs::same_destination(&args.out, &args.input) {
         bail!("--out {} is the input bag {}; give another file", args.out.display(), args.input.display());
     }
     if args.out.exists() && !args.force {

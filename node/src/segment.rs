@@ -13,7 +13,7 @@ use engine::{EngineError, Frame, LabelSet, Pipeline, SegmentOptions, Segmentatio
 use serde_json::json;
 
 use crate::CommonArgs;
-use crate::render::{InputFiles, Output};
+use crate::render::{Output, Outputs};
 use crate::{model, render, samples};
 
 /// Exit status when some inputs failed but the others were written.
@@ -141,14 +141,16 @@ pub(crate) fn labels_error(e: EngineError, source: &str) -> anyhow::Error {
 /// Before any image is processed: every file this run would write must be new, an earlier
 /// output of ovseg's, or (with --force) anything but one of this run's inputs.
 fn check_outputs(args: &SegmentArgs, inputs: &[Input], stems: &[String], depth: bool) -> Result<()> {
-    let mut read = InputFiles::default();
+    let mut outputs = Outputs::new(args.force);
     for input in inputs {
         if let Data::File(path) = &input.data {
-            read.add(path);
+            outputs.input(path, "an input image");
         }
     }
-    for path in [&args.labels_file, &args.descriptions, &args.templates].into_iter().flatten() {
-        read.add(path);
+    for (path, what) in [(&args.labels_file, "the --labels-file"), (&args.descriptions, "the --descriptions file"), (&args.templates, "the --templates file")] {
+        if let Some(path) = path {
+            outputs.input(path, what);
+        }
     }
     let mut planned = Vec::new();
     let companions: Vec<PathBuf> = stems.iter().map(|stem| args.out.join(format!("{stem}.depth.png"))).collect();
@@ -161,7 +163,7 @@ fn check_outputs(args: &SegmentArgs, inputs: &[Input], stems: &[String], depth: 
             planned.push((args.out.join(format!("{stem}.depth.pfm")), Output::Pfm { companion }));
         }
     }
-    render::check_outputs(planned, &read, args.force).with_context(|| format!("--out {}", args.out.display()))
+    Ok(outputs.files("--out", planned)?)
 }
 
 /// `report` of the per-image JSON.
@@ -265,7 +267,7 @@ fn unique_stems<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Vec<String>
 pub fn checked_size(bytes: &[u8]) -> Result<(u32, u32)> {
     const MAX: u32 = engine::frame::MAX_FRAME_SIDE;
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().context("not a readable PNG/JPEG image")?;
-    let (w, h) = reader.into_dimensions().context("not a readable PNG/JPEG image")?;
+    let (w, h) = reader.into_dimensions().map_err(image_error).context("not a readable PNG/JPEG image")?;
     if w > MAX || h > MAX {
         bail!("{w}x{h} pixels: images up to {MAX} pixels a side are accepted");
     }
@@ -274,8 +276,15 @@ pub fn checked_size(bytes: &[u8]) -> Result<(u32, u32)> {
 
 pub fn decode(bytes: &[u8]) -> Result<Frame> {
     checked_size(bytes)?;
-    let image = image::load_from_memory(bytes).context("not a readable PNG/JPEG image")?;
+    let image = image::load_from_memory(bytes).map_err(image_error).context("not a readable PNG/JPEG image")?;
     Ok(Frame::from_rgb_image(&image.to_rgb8()))
+}
+
+/// An image error as one message, for the caller to put in context: its text already ends with
+/// its cause, which `{:#}` would print a second time if it stayed chained (and the JPEG
+/// decoder ends its text with a line break).
+pub fn image_error(e: image::ImageError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.to_string().trim_end())
 }
 
 #[allow(clippy::too_many_arguments)]

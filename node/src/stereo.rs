@@ -11,7 +11,7 @@ use engine::stereo::{Disparity, DisparityMatcher, GrayView, Paths, StereoError, 
 use image::{GrayImage, RgbImage};
 use serde_json::json;
 
-use crate::render::{self, InputFiles, Output};
+use crate::render::{self, Output, Outputs};
 
 #[derive(Args, Debug)]
 pub struct StereoArgs {
@@ -176,13 +176,14 @@ impl OutFiles {
 
     /// Before any work: never over an input; files ovseg did not write only with --force.
     fn check(&self, args: &StereoArgs) -> Result<()> {
-        let mut inputs = InputFiles::default();
-        for path in [&args.left, &args.right].into_iter().chain(args.calib.iter().flatten()) {
-            inputs.add(path);
+        let mut outputs = Outputs::new(args.force);
+        outputs.input(&args.left, "the left image").input(&args.right, "the right image");
+        for path in args.calib.iter().flatten() {
+            outputs.input(path, "a calibration file");
         }
         let companion = Output::Pfm { companion: &self.png };
         let planned = [(self.png.clone(), Output::Png), (self.pfm.clone(), companion)].into_iter().chain(self.with_depth.then(|| (self.depth.clone(), companion)));
-        render::check_outputs(planned, &inputs, args.force).with_context(|| format!("--out {}", args.out.display()))
+        Ok(outputs.files("--out", planned)?)
     }
 }
 
@@ -276,7 +277,7 @@ fn parse_paths(s: &str) -> Result<u8, String> {
 fn load_gray(path: &Path) -> Result<GrayImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     crate::segment::checked_size(&bytes).with_context(|| path.display().to_string())?;
-    let img = image::load_from_memory(&bytes).with_context(|| format!("{}: not a readable PNG/JPEG image", path.display()))?;
+    let img = image::load_from_memory(&bytes).map_err(crate::segment::image_error).with_context(|| format!("{}: not a readable PNG/JPEG image", path.display()))?;
     Ok(img.to_luma8())
 }
 

@@ -154,6 +154,10 @@ fn a_corrupt_file_fails_alone_with_exit_code_3() {
     assert!(err.contains(&corrupt.display().to_string()), "stderr does not name the corrupt file:\n{err}");
     assert!(err.contains(&text.display().to_string()), "stderr does not name the text file:\n{err}");
     assert!(err.contains("2 image(s) failed"), "{err}");
+    // The decoder's message says its cause once (it is not chained to be printed again).
+    let line = err.lines().find(|l| l.contains("corrupt.jpg")).unwrap();
+    let cause = line.rsplit(": ").next().unwrap();
+    assert_eq!(err.matches(cause).count(), 1, "{err}");
     // The good image in between was still written, and nothing for the bad ones.
     assert_eq!(files_in(out.path()), outputs_for(&["chelsea"]));
     assert_eq!(read_json(&out.path().join("chelsea.json"))["labels"], serde_json::json!(["cat", "sofa"]));

@@ -188,7 +188,7 @@ impl TrainConfig {
         }
         let key = |spec: &PathBuf| {
             let (root, split) = crate::layouts::split_spec(spec);
-            (crate::outputs::canonical(&root), split)
+            (engine::outputs::canonical(&root), split)
         };
         if let Some(spec) = self.val_data.iter().find(|v| self.data.iter().any(|d| key(d) == key(v))) {
             bail!("val_data: {} is also a training data set; validation must be on images training does not see", spec.display());

@@ -347,7 +347,7 @@ fn check_distinct(specs: &[PathBuf]) -> Result<(), DataError> {
         .iter()
         .map(|spec| {
             let (root, split) = crate::layouts::split_spec(spec);
-            (crate::outputs::canonical(&root), split)
+            (engine::outputs::canonical(&root), split)
         })
         .collect();
     for (i, key) in keys.iter().enumerate() {

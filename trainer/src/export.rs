@@ -9,7 +9,7 @@ use engine::zoo::pth::StateDict;
 use engine::zoo::trained::build_trained_encoder;
 
 use crate::checkpoint::{Checkpoint, save_checkpoint};
-use crate::outputs::{BASE_MODEL, Outputs, TRAINED_BY};
+use crate::outputs::{BASE_MODEL, Outputs, TRAINED_BY, model_dir};
 
 /// File name of the trained head inside an exported model directory.
 pub const HEAD_FILE: &str = "head.safetensors";
@@ -73,7 +73,7 @@ pub fn export_model(out: &Path, base: &BaseModel, checkpoint: &Checkpoint, force
 /// `force`). Training checks this with its other outputs before it starts; the export checks
 /// again, as the destination may have changed since.
 pub fn check_destination(out: &Path, base_dir: &Path, force: bool) -> Result<()> {
-    Outputs::new(force).input(base_dir, BASE_MODEL).model_dir(out, "the model directory")?;
+    model_dir(Outputs::new(force).input(base_dir, BASE_MODEL), out, "the model directory")?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use trainer::data::Split;
 use trainer::eval::{EvalReport, evaluate};
 use trainer::checkpoint::load_checkpoint;
 use trainer::export::{BaseModel, export_model};
-use trainer::outputs::{BASE_MODEL, Kind, Outputs};
+use trainer::outputs::{BASE_MODEL, Kind, Outputs, model_dir};
 use trainer::train::{TrainConfig, TrainOptions, train};
 
 #[derive(Parser)]
@@ -301,7 +301,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         }
         split
     };
-    let report: EvalReport = evaluate(&args.model_dir, &split, args.threads, &args.unseen)?;
+    let report: EvalReport = evaluate(&args.model_dir, &split, engine::runtime::resolve_threads(args.threads), &args.unseen)?;
     if let Some(path) = &args.markdown {
         write_file(path, report.markdown().as_bytes())?;
     }
@@ -312,7 +312,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 fn run_export(args: ExportArgs) -> Result<()> {
     let mut paths = Outputs::new(args.force);
     paths.input(&engine::paths::default_model_dir(), BASE_MODEL).input(&args.checkpoint, "the checkpoint being exported");
-    paths.model_dir(&args.out, "--out")?;
+    model_dir(&mut paths, &args.out, "--out")?;
     let checkpoint = load_checkpoint(&args.checkpoint)?;
     let quiet = |_: usize, _: usize, _: &str| {};
     let (dir, state, class_text) = engine::zoo::build::default_backbone(&quiet).context("loading the default model's backbone")?;

@@ -1,15 +1,19 @@
-//! Checks on what a command writes, made before any work starts: an output never replaces one
-//! of the command's inputs (data sets, configuration, checkpoint, the default model training
-//! builds on), two outputs never share a path, and an existing file or model directory is
-//! replaced only where ovseg-train wrote it as the same kind of output, or with `--force`.
+//! What ovseg-train writes, for the checks on its outputs that `engine::outputs` makes before
+//! any work starts: how it recognises its own files, and its model directories, which are
+//! replaced as a whole.
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use engine::outputs::{OutputError, OutputKind, canonical};
 
 /// Every model directory ovseg-train exports says this in its manifest's description.
 pub const TRAINED_BY: &str = "trained by ovseg-train";
 
 /// What the inputs are called in errors.
 pub const BASE_MODEL: &str = "the default model that trained models build on";
+
+/// The inputs and outputs of one command (see `engine::outputs`).
+pub type Outputs = engine::outputs::Outputs<Kind>;
 
 /// What an output file holds, to recognise an earlier output of the same kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +25,10 @@ pub enum Kind {
     BenchReport,
 }
 
-impl Kind {
-    fn describe(self) -> &'static str {
+impl OutputKind for Kind {
+    const WRITER: &'static str = "ovseg-train";
+
+    fn describe(self) -> String {
         match self {
             Kind::Checkpoint => "a training checkpoint",
             Kind::Fixture => "a training fixture",
@@ -30,9 +36,9 @@ impl Kind {
             Kind::EvalMarkdown => "an evaluation report",
             Kind::BenchReport => "a bench report",
         }
+        .into()
     }
 
-    /// Whether `path` holds what ovseg-train writes as this kind.
     fn recognises(self, path: &Path) -> bool {
         match self {
             Kind::Checkpoint => safetensors_metadata(path).is_some_and(|m| m.contains_key(crate::checkpoint::METADATA_KEY)),
@@ -45,189 +51,56 @@ impl Kind {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum OutputError {
+pub enum ModelDirError {
     #[error("{what} {}: name the model directory itself (for example my-model): it is replaced as a whole, and its checkpoint is written beside it", .path.display())]
     NotAName { what: String, path: PathBuf },
     #[error("{what} {} is or contains the current directory; name another model directory (it is replaced as a whole)", .path.display())]
     CurrentDirectory { what: String, path: PathBuf },
-    #[error("{what} {} is {input} ({}); refusing to overwrite an input", .path.display(), .input_path.display())]
-    IsInput { what: String, path: PathBuf, input: String, input_path: PathBuf },
-    #[error("{what} {} is inside {input} ({}); write it elsewhere", .path.display(), .input_path.display())]
-    InsideInput { what: String, path: PathBuf, input: String, input_path: PathBuf },
-    #[error("{what} {} is a file of {input} ({}) and not {kind} written by ovseg-train; refusing to overwrite it", .path.display(), .input_path.display())]
-    FileOfInput { what: String, path: PathBuf, input: String, input_path: PathBuf, kind: &'static str },
-    #[error("{what} {} contains {input} ({}), and a model directory is replaced as a whole; name another directory", .path.display(), .input_path.display())]
-    ContainsInput { what: String, path: PathBuf, input: String, input_path: PathBuf },
-    #[error("{what} {} is also {other}; give each output its own path", .path.display())]
-    SameAsOutput { what: String, path: PathBuf, other: String },
-    #[error("{what} {} is inside {other} ({}), which is replaced as a whole; write it elsewhere", .path.display(), .other_path.display())]
-    InsideOutput { what: String, path: PathBuf, other: String, other_path: PathBuf },
-    #[error("{what} {} is a directory; expected a file", .path.display())]
-    IsDirectory { what: String, path: PathBuf },
-    #[error("{what} {} exists and is not {kind} written by ovseg-train; refusing to overwrite it (--force replaces it)", .path.display())]
-    NotOurs { what: String, path: PathBuf, kind: &'static str },
     #[error("{} exists and is not a model directory; refusing to overwrite it", .path.display())]
     NotAModelDirectory { path: PathBuf },
     #[error("{} holds a model that ovseg-train did not write ({reason}); refusing to replace it (--force replaces it)", .path.display())]
     ForeignModel { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
-/// `path` made absolute with links resolved, also where its last components do not exist yet.
-pub fn canonical(path: &Path) -> PathBuf {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return p;
+/// A model directory among the outputs of `paths`, replaced as a whole by the export: named,
+/// not around the current directory, clear of the inputs and other outputs, and holding what
+/// [`check_model_destination`] allows.
+pub fn model_dir(paths: &mut Outputs, path: &Path, what: &str) -> Result<(), ModelDirError> {
+    let (what_s, shown) = (what.to_string(), path.to_path_buf());
+    // `.`, `..` and `/` name no directory that could be moved into place beside its parent.
+    if path.file_name().is_none() {
+        return Err(ModelDirError::NotAName { what: what_s, path: shown });
     }
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => canonical(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }).join(name),
-        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    if std::env::current_dir().is_ok_and(|cwd| canonical(&cwd).starts_with(canonical(path))) {
+        return Err(ModelDirError::CurrentDirectory { what: what_s, path: shown });
     }
-}
-
-struct Entry {
-    /// Canonical.
-    path: PathBuf,
-    /// As the user gave it.
-    shown: PathBuf,
-    what: String,
-    /// An output of this kind may replace this input (a resumed checkpoint that training keeps
-    /// writing).
-    continued_by: Option<Kind>,
-    /// Output files may be written into this input folder (new ones, or over earlier outputs of
-    /// their kind).
-    open: bool,
-}
-
-/// The inputs and outputs of one command, checked as the outputs are added.
-pub struct Outputs {
-    force: bool,
-    inputs: Vec<Entry>,
-    outputs: Vec<Entry>,
-}
-
-impl Outputs {
-    /// `force`: existing files of another kind and model directories ovseg-train did not write may
-    /// be replaced (inputs never are).
-    pub fn new(force: bool) -> Self {
-        Outputs { force, inputs: Vec::new(), outputs: Vec::new() }
-    }
-
-    /// A file or folder the command reads.
-    pub fn input(&mut self, path: &Path, what: impl Into<String>) -> &mut Self {
-        self.inputs.push(Entry { path: canonical(path), shown: path.to_path_buf(), what: what.into(), continued_by: None, open: false });
-        self
-    }
-
-    /// An input that the output of `kind` at the same path continues (it has been read by then).
-    pub fn continued_input(&mut self, path: &Path, what: impl Into<String>, kind: Kind) -> &mut Self {
-        self.inputs.push(Entry { path: canonical(path), shown: path.to_path_buf(), what: what.into(), continued_by: Some(kind), open: false });
-        self
-    }
-
-    /// An input folder that output files may be written into (a model directory that receives
-    /// its evaluation report): as new files or over earlier outputs of their kind, never over
-    /// its other files, not even with `force`.
-    pub fn open_input(&mut self, path: &Path, what: impl Into<String>) -> &mut Self {
-        self.inputs.push(Entry { path: canonical(path), shown: path.to_path_buf(), what: what.into(), continued_by: None, open: true });
-        self
-    }
-
-    /// An output file of `kind`.
-    pub fn file(&mut self, path: &Path, what: &str, kind: Kind) -> Result<(), OutputError> {
-        let c = canonical(path);
-        let (what_s, shown) = (what.to_string(), path.to_path_buf());
-        if c.is_dir() {
-            return Err(OutputError::IsDirectory { what: what_s, path: shown });
-        }
-        self.against_inputs(&c, what, path, Some(kind))?;
-        self.against_outputs(&c, what, path)?;
-        // symlink_metadata: a dangling link is still something that would be replaced.
-        if std::fs::symlink_metadata(path).is_ok() && !self.force && !kind.recognises(path) {
-            return Err(OutputError::NotOurs { what: what_s, path: shown, kind: kind.describe() });
-        }
-        self.outputs.push(Entry { path: c, shown, what: what_s, continued_by: None, open: false });
-        Ok(())
-    }
-
-    /// A model directory, replaced as a whole by the export.
-    pub fn model_dir(&mut self, path: &Path, what: &str) -> Result<(), OutputError> {
-        let (what_s, shown) = (what.to_string(), path.to_path_buf());
-        // `.`, `..` and `/` name no directory that could be moved into place beside its parent.
-        if path.file_name().is_none() {
-            return Err(OutputError::NotAName { what: what_s, path: shown });
-        }
-        let c = canonical(path);
-        if std::env::current_dir().is_ok_and(|cwd| canonical(&cwd).starts_with(&c)) {
-            return Err(OutputError::CurrentDirectory { what: what_s, path: shown });
-        }
-        self.against_inputs(&c, what, path, None)?;
-        self.against_outputs(&c, what, path)?;
-        check_model_destination(path, self.force)?;
-        self.outputs.push(Entry { path: c, shown, what: what_s, continued_by: None, open: false });
-        Ok(())
-    }
-
-    fn against_inputs(&self, c: &Path, what: &str, path: &Path, kind: Option<Kind>) -> Result<(), OutputError> {
-        for input in &self.inputs {
-            let (what, path, input_name, input_path) = (what.to_string(), path.to_path_buf(), input.what.clone(), input.shown.clone());
-            if c == input.path {
-                if kind.is_some() && kind == input.continued_by {
-                    continue;
-                }
-                return Err(OutputError::IsInput { what, path, input: input_name, input_path });
-            }
-            if c.starts_with(&input.path) {
-                match kind {
-                    Some(kind) if input.open => {
-                        if std::fs::symlink_metadata(&path).is_ok() && !kind.recognises(&path) {
-                            return Err(OutputError::FileOfInput { what, path, input: input_name, input_path, kind: kind.describe() });
-                        }
-                        continue;
-                    }
-                    _ => return Err(OutputError::InsideInput { what, path, input: input_name, input_path }),
-                }
-            }
-            if input.path.starts_with(c) {
-                return Err(OutputError::ContainsInput { what, path, input: input_name, input_path });
-            }
-        }
-        Ok(())
-    }
-
-    fn against_outputs(&self, c: &Path, what: &str, path: &Path) -> Result<(), OutputError> {
-        for other in &self.outputs {
-            let (what, path) = (what.to_string(), path.to_path_buf());
-            if c == other.path {
-                return Err(OutputError::SameAsOutput { what, path, other: format!("{} ({})", other.what, other.shown.display()) });
-            }
-            if c.starts_with(&other.path) || other.path.starts_with(c) {
-                return Err(OutputError::InsideOutput { what, path, other: other.what.clone(), other_path: other.shown.clone() });
-            }
-        }
-        Ok(())
-    }
+    paths.folder(path, what)?;
+    check_model_destination(path, paths.force())
 }
 
 /// What may be at a model directory's path: nothing, an empty directory, or a model directory
 /// that ovseg-train wrote (any model directory with `force`).
-pub fn check_model_destination(out: &Path, force: bool) -> Result<(), OutputError> {
+pub fn check_model_destination(out: &Path, force: bool) -> Result<(), ModelDirError> {
     if std::fs::symlink_metadata(out).is_err() {
         return Ok(());
     }
     if !out.is_dir() {
-        return Err(OutputError::NotAModelDirectory { path: out.to_path_buf() });
+        return Err(ModelDirError::NotAModelDirectory { path: out.to_path_buf() });
     }
     if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none()) {
         return Ok(());
     }
     if !out.join(engine::manifest::MANIFEST_FILE).is_file() {
-        return Err(OutputError::NotAModelDirectory { path: out.to_path_buf() });
+        return Err(ModelDirError::NotAModelDirectory { path: out.to_path_buf() });
     }
     let reason = match engine::Manifest::read(out) {
         Ok(m) if m.description.contains(TRAINED_BY) => return Ok(()),
         Ok(m) => format!("its manifest names it {:?}", m.name),
         Err(e) => format!("its manifest does not read: {e}"),
     };
-    if force { Ok(()) } else { Err(OutputError::ForeignModel { path: out.to_path_buf(), reason }) }
+    if force { Ok(()) } else { Err(ModelDirError::ForeignModel { path: out.to_path_buf(), reason }) }
 }
 
 /// The first bytes of a file, up to a size no report of ours reaches.
@@ -271,15 +144,6 @@ mod tests {
     }
 
     #[test]
-    fn canonical_resolves_paths_that_do_not_exist_yet() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::create_dir(dir.path().join("a")).unwrap();
-        assert_eq!(canonical(&dir.path().join("a/../b/c.json")), real.join("b/c.json"));
-        assert_eq!(canonical(&dir.path().join("a/./")), real.join("a"));
-    }
-
-    #[test]
     fn model_directories_are_replaced_only_when_ovseg_train_wrote_them() {
         let dir = tempfile::tempdir().unwrap();
         let (base, ours, foreign, photos) = (dir.path().join("base"), dir.path().join("ours"), dir.path().join("foreign"), dir.path().join("photos"));
@@ -291,7 +155,7 @@ mod tests {
         let check = |out: &Path, force: bool| {
             let mut paths = Outputs::new(force);
             paths.input(&base, BASE_MODEL);
-            paths.model_dir(out, "--out").map_err(|e| e.to_string())
+            model_dir(&mut paths, out, "--out").map_err(|e| e.to_string())
         };
         check(&ours, false).unwrap();
         check(&dir.path().join("new"), false).unwrap();
@@ -328,7 +192,7 @@ mod tests {
             let mut paths = Outputs::new(force);
             paths.input(&p("set"), "a training data set").input(&p("train.yaml"), "the configuration file");
             paths.continued_input(&p("m.checkpoint.safetensors"), "the checkpoint being resumed", Kind::Checkpoint);
-            paths.model_dir(&p("m"), "--out").unwrap();
+            model_dir(&mut paths, &p("m"), "--out").unwrap();
             paths
         };
         let err = |path: PathBuf, kind: Kind, force: bool| paths(force).file(&path, "--json", kind).unwrap_err().to_string();

@@ -26,7 +26,7 @@ use crate::data::{Annotation, Augment, IGNORE, Split, cell_depth_targets, cell_t
 use crate::eval::{EvalReport, evaluate};
 use crate::checkpoint::{Checkpoint, CheckpointMeta, DepthScore, HistoryPoint, TrainingState, load_checkpoint, save_checkpoint};
 use crate::export::{BaseModel, export_model};
-use crate::outputs::{BASE_MODEL, Kind, Outputs, canonical};
+use crate::outputs::{BASE_MODEL, Kind, Outputs, model_dir};
 use crate::features::{FeatureExtractor, ImageFeatures};
 use engine::burn::{Blocks, DataFree};
 use crate::model::{Batch, DepthHead, Head, Labels, Levels, LossWeights, interpolation_matrix, tensor2, tensor3, values};
@@ -162,7 +162,7 @@ fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Resu
 }
 
 /// Checks every path the run writes against what it reads, before any work (see
-/// [`crate::outputs`]): the model directory, the running checkpoint beside it, the fixture and
+/// [`engine::outputs`]): the model directory, the running checkpoint beside it, the fixture and
 /// the caller's report.
 pub fn check_paths(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<()> {
     let mut paths = Outputs::new(options.force);
@@ -180,13 +180,13 @@ pub fn check_paths(config: &TrainConfig, out: &Path, options: &TrainOptions) -> 
         // Resuming `<out>.checkpoint.safetensors` and writing it on is the normal way to go on.
         paths.continued_input(path, "the checkpoint being resumed", Kind::Checkpoint);
     }
-    paths.model_dir(out, "--out")?;
+    model_dir(&mut paths, out, "--out")?;
     paths.file(&checkpoint_path(out), "the running checkpoint", Kind::Checkpoint)?;
     if let Some(path) = &options.write_fixture {
         paths.file(path, "--write-fixture", Kind::Fixture)?;
     }
     // The default report lies in the freshly exported model directory.
-    if let Some(path) = options.report_json.as_ref().filter(|p| canonical(p) != canonical(out).join("train_report.json")) {
+    if let Some(path) = options.report_json.as_ref().filter(|p| !engine::outputs::same_destination(p, &out.join("train_report.json"))) {
         paths.file(path, "--json", Kind::TrainReport)?;
     }
     Ok(())
@@ -199,7 +199,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     let resume = options.resume.as_deref().map(|path| resume_point(path, config)).transpose()?;
-    let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.threads };
+    let threads = engine::runtime::resolve_threads(config.threads);
     let (train_split, val_split) = config.splits()?;
     let seen = SeenLabels::new(&train_split, &config.holdout_labels)?;
     check_labelled(&train_split, &seen, config)?;
