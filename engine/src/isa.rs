@@ -47,6 +47,7 @@ impl Isa {
 
     /// Every instruction set this CPU can run, narrowest first (tests compare them all).
     pub(crate) fn available() -> Vec<Isa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
