@@ -35,7 +35,7 @@ pub fn fit_ground_to_depth(rays: &PixelRays, metres: &[f32], on_ground: &[bool],
     let measured: Vec<usize> = (0..metres.len()).filter(|&i| on_ground[i] && metres[i].is_finite() && metres[i] > 0.0).collect();
     let points: Vec<Point3<f64>> = measured
         .iter()
-        .step_by((measured.len() / MAX_FIT_POINTS).max(1))
+        .step_by(measured.len().div_ceil(MAX_FIT_POINTS).max(1))
         .filter_map(|&i| rays.at(i % w, i / w).map(|ray| Point3::from(ray * metres[i] as f64)))
         .collect();
     if points.len() < MIN_FIT_POINTS {

@@ -81,6 +81,14 @@ pub fn resolve_threads(requested: usize) -> usize {
     requested
 }
 
+/// Sizes the process-wide rayon pool that the pixel loops run on; only the first call counts
+/// (later ones, or a pool already started by a parallel loop, are logged and ignored).
+pub fn init_thread_pool(threads: usize) {
+    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        tracing::debug!("rayon pool already set: {e}");
+    }
+}
+
 /// Opens an ONNX file on the CPU with `threads` intra-op threads (0 = every core).
 pub fn open_session(path: &Path, threads: usize) -> Result<Session> {
     let mut builder = cpu_builder(path, threads)?;

@@ -127,9 +127,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(argv);
     init_logging(cli.common.verbose, &ros_args, matches!(cli.command, Command::Node));
     let threads = engine::runtime::resolve_threads(cli.common.threads.unwrap_or(0));
-    // One pool for our pixel loops; ONNX Runtime gets the same count for its own.
-    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
-        tracing::debug!("rayon pool already set: {e}");
+    // One pool for our pixel loops; ONNX Runtime gets the same count for its own. The node
+    // sizes it once its `threads` parameter is known.
+    if !matches!(cli.command, Command::Node) {
+        engine::runtime::init_thread_pool(threads);
     }
     let outcome: Result<ExitCode> = match cli.command {
         Command::Segment(args) => segment::run(&cli.common, threads, args),

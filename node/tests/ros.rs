@@ -687,7 +687,7 @@ fn bad_frames_are_counted_logged_once_and_skipped() {
     let domain = domain_id();
     let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
     // With simulated time (a rosgraph_msgs/Clock writer, as simulators and bag players have).
-    let params = ["-p", "diagnostics_period:=0.2", "-p", "image_qos:=reliable", "-p", "use_sim_time:=true"];
+    let params = ["-p", "diagnostics_period:=0.2", "-p", "image_qos:=reliable", "-p", "use_sim_time:=true", "-p", "threads:=1"];
     let mut node = NodeProcess::start(domain, &params, tmp.path());
     let png = pngs[0].display().to_string();
     // The good frames go as YUYV, which the node converts (BT.601).
@@ -705,6 +705,7 @@ fn bad_frames_are_counted_logged_once_and_skipped() {
     let stamp = result["diagnostics_stamp"][0].as_i64().unwrap();
     assert!((5000..5300).contains(&stamp), "/diagnostics is stamped with /clock time: {}", result["diagnostics_stamp"]);
     assert_eq!(diagnostics["backend"], "cpu");
+    assert_eq!(diagnostics["threads"], "1", "the `threads` parameter sizes the pixel loops' pool: {diagnostics:#}");
     assert!(diagnostics["latency_ms.total.p50"].as_str().is_some(), "{diagnostics:#}");
     node.assert_running();
     let log = node.log();

@@ -150,9 +150,12 @@ impl DisparityMatcher for StereoMatcher {
 }
 
 /// A matcher for `backend`: `cpu`; `cuda` (an error saying why when no device answers); `auto`
-/// (and `tensorrt`, whose image encoder is unrelated) CUDA where a device answers, else the CPU
-/// with the reason logged.
+/// (and `tensorrt` and `burn`, which name the image encoder's backend) CUDA where a device
+/// answers, else the CPU with the reason logged.
 pub fn matcher_for(backend: &str, params: &StereoParams) -> crate::Result<Box<dyn DisparityMatcher>> {
+    if !matches!(backend, "auto" | "cpu" | "cuda" | "tensorrt" | "burn") {
+        return Err(StereoError::param("backend", format!("{backend:?}"), "stereo runs on auto, cpu or cuda").into());
+    }
     #[cfg(feature = "cuda")]
     if backend != "cpu" {
         match crate::cuda::CudaStereoMatcher::new(params.clone()) {
@@ -160,9 +163,6 @@ pub fn matcher_for(backend: &str, params: &StereoParams) -> crate::Result<Box<dy
             Err(e) if backend == "cuda" => return Err(e),
             Err(e) => tracing::info!("stereo on the CPU: {e}"),
         }
-    }
-    if !matches!(backend, "auto" | "cpu" | "cuda" | "tensorrt") {
-        return Err(StereoError::param("backend", format!("{backend:?}"), "stereo runs on auto, cpu or cuda").into());
     }
     #[cfg(not(feature = "cuda"))]
     if backend == "cuda" {

@@ -188,6 +188,10 @@ fn matcher_for_picks_the_cpu_where_no_gpu_answers_and_says_why_cuda_cannot() {
     assert_eq!(super::matcher_for("cpu", &params).unwrap().device(), format!("cpu ({})", Isa::detect().name()));
     let e = super::matcher_for("bogus", &params).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("\"bogus\"") && e.contains("auto, cpu or cuda"), "{e}");
+    // The image encoder's backends pick the matcher as `auto` does.
+    for backend in ["tensorrt", "burn"] {
+        assert!(super::matcher_for(backend, &params).is_ok(), "{backend}");
+    }
     #[cfg(feature = "cuda")]
     if !crate::cuda::driver_present() {
         assert!(super::matcher_for("auto", &params).unwrap().is_cpu());

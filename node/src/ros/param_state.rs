@@ -139,7 +139,8 @@ impl ParamState {
             );
         }
         let settings = Settings::from_values(&values);
-        let threads = if settings.threads > 0 { settings.threads } else { threads };
+        let threads = if settings.threads > 0 { engine::runtime::resolve_threads(settings.threads) } else { threads };
+        engine::runtime::init_thread_pool(threads);
         let (pipeline, bank, labels) = load_model(&model, &settings, threads)?;
         let base_options = pipeline.options().clone();
         Ok((ParamState { values, bank, base_options, threads, updates }, Initial { pipeline, labels }))

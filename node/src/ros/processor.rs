@@ -606,6 +606,7 @@ impl Processor {
             kv("backend", self.pipeline.backend_name().into()),
             kv("scorer", self.pipeline.scorer_name().into()),
             kv("frame_memory", self.pipeline.frame_memory().into()),
+            kv("threads", rayon::current_num_threads().to_string()),
             kv("labels", self.labels.len().to_string()),
             kv("frames_processed", self.frames.to_string()),
             kv("frames_dropped", dropped.to_string()),
