@@ -67,6 +67,17 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The most threads a `threads` setting may ask for (the node's parameter range too).
+pub const MAX_THREADS: usize = 256;
+
+/// A command line's thread count: 0 (every core) to [`MAX_THREADS`].
+pub fn parse_threads(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(n),
+        _ => Err(format!("{text:?} is not a thread count: 0 (every core) to {MAX_THREADS}")),
+    }
+}
+
 /// The thread count to use for `requested`: 0 means every core. More threads than cores only
 /// contend (measured 20-1000x slower), so that is warned about, once per process.
 pub fn resolve_threads(requested: usize) -> usize {

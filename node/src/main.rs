@@ -38,7 +38,7 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "OVSEG_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     /// CPU threads for inference and pixel loops (default and 0: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = engine::runtime::parse_threads)]
     pub threads: Option<usize>,
     /// Where the cost map, fusion and post-processing run: auto (CUDA when a device answers,
     /// else CPU), cpu, or cuda; tensorrt also runs the image encoder on TensorRT (falling back

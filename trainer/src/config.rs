@@ -145,6 +145,16 @@ impl TrainConfig {
                 bail!("{name} {rate} must be a positive number");
             }
         }
+        // Adam moves each weight by about the rate per step: past 1, tuned backbone blocks blow
+        // up while the loss stays finite (ReLU6 caps them), so unlike the head's rate (whose
+        // divergence shows in the loss and stops the run) nothing would notice, and the
+        // exported model would score nothing.
+        if self.tune_learning_rate > 1.0 {
+            bail!("tune_learning_rate {} must be at most 1 (Adam moves each weight by about the rate per step)", self.tune_learning_rate);
+        }
+        if self.threads > engine::runtime::MAX_THREADS {
+            bail!("threads is {}; it must be at most {} (0 = every core)", self.threads, engine::runtime::MAX_THREADS);
+        }
         let blocks = engine::zoo::effnet::LITE0_BLOCKS.len();
         if self.tune_blocks >= blocks {
             bail!("tune_blocks {} must be below {blocks} (the network has {blocks} blocks; the first stays frozen)", self.tune_blocks);
@@ -186,10 +196,7 @@ impl TrainConfig {
             let base = self.seed << 20;
             return Ok((Split::synthetic(base, self.synthetic_train, size), Split::synthetic(base + (1 << 19), self.synthetic_val, size)));
         }
-        let key = |spec: &PathBuf| {
-            let (root, split) = crate::layouts::split_spec(spec);
-            (engine::outputs::canonical(&root), split)
-        };
+        let key = |spec: &PathBuf| crate::layouts::canonical_spec(spec);
         if let Some(spec) = self.val_data.iter().find(|v| self.data.iter().any(|d| key(d) == key(v))) {
             bail!("val_data: {} is also a training data set; validation must be on images training does not see", spec.display());
         }
@@ -248,6 +255,9 @@ mod tests {
             (TrainConfig { copies: 1000, ..TrainConfig::default() }, "copies is 1000"),
             (TrainConfig { synthetic_train: 1 << 40, ..TrainConfig::default() }, "synthetic_train is"),
             (TrainConfig { zs3_generated: 1 << 20, holdout_labels: vec!["sky".into()], ..TrainConfig::default() }, "zs3_generated is 1048576"),
+            (TrainConfig { threads: 100_000, ..TrainConfig::default() }, "threads is 100000; it must be at most 256"),
+            // A tuned backbone diverges without the loss noticing; the export would score nothing.
+            (TrainConfig { tune_blocks: 1, tune_learning_rate: 1e30, ..TrainConfig::default() }, "tune_learning_rate 1000000000000000000000000000000 must be at most 1"),
         ];
         for (config, needle) in cases {
             let err = config.check().unwrap_err().to_string();

@@ -266,13 +266,13 @@ impl Split {
         }
     }
 
-    /// The split without its samples that have no annotated pixel (nothing to score them on),
-    /// and the names of those dropped.
+    /// The split without its samples that have no annotated pixel (nothing to score them on:
+    /// image-tag samples included), and the names of those dropped.
     pub fn without_unannotated(mut self) -> Result<(Split, Vec<String>), DataError> {
         let mut dropped = Vec::new();
         let mut kept = Vec::with_capacity(self.sources.len());
         for i in 0..self.sources.len() {
-            if self.annotated(i, &|_| true)? {
+            if !matches!(self.sources[i], Source::Tagged { .. }) && self.annotated(i, &|_| true)? {
                 kept.push(self.sources[i].clone());
             } else {
                 dropped.push(self.sources[i].describe());
@@ -337,7 +337,16 @@ fn read_label_lines(path: &Path) -> Result<Vec<String>, DataError> {
             ),
         ));
     }
-    Ok(lines[..used].iter().map(|l| l.to_string()).collect())
+    let names = &lines[..used];
+    for (n, name) in names.iter().enumerate() {
+        if let Some(first) = names[..n].iter().position(|l| l == name) {
+            return Err(file_error(
+                path,
+                format!("line {} repeats {name:?} from line {}; each mask value needs its own label (merge the two values in the masks instead)", n + 1, first + 1),
+            ));
+        }
+    }
+    Ok(names.iter().map(|l| l.to_string()).collect())
 }
 
 /// Refuses a data set named twice (the same folder and split): its images would be counted
@@ -646,6 +655,10 @@ mod tests {
         folder_set(&set, "sky\n\nweed\n", &[[0, 0, 2, 2, 0, 0, 2, 2]]);
         let err = Split::folders(std::slice::from_ref(&set)).unwrap_err().to_string();
         assert!(err.contains("labels.txt") && err.contains("line 2 is blank") && err.contains("mask value 1"), "{err}");
+        // A repeated label would silently train two mask values as one.
+        std::fs::write(set.join("labels.txt"), "sky\nweed\nsky\n").unwrap();
+        let err = Split::folders(std::slice::from_ref(&set)).unwrap_err().to_string();
+        assert!(err.contains("line 3 repeats \"sky\" from line 1"), "{err}");
         // A byte-order mark is not part of the first label; blank lines at the end are fine.
         std::fs::write(set.join("labels.txt"), "\u{FEFF}sky\r\nground\r\nweed\r\n\r\n  \n").unwrap();
         let split = Split::folders(std::slice::from_ref(&set)).unwrap();
@@ -663,6 +676,9 @@ mod tests {
         let split = Split::folders(std::slice::from_ref(&set)).unwrap();
         assert_eq!(split.labels, ["sky", "weed"]);
         assert!(matches!(&split.sources[0], Source::Tagged { tags, .. } if tags == &[1]), "{:?}", split.sources);
+        // A tagged image has no pixel to score: a split to evaluate on leaves it out.
+        let (kept, dropped) = split.without_unannotated().unwrap();
+        assert!(kept.is_empty() && dropped.len() == 1, "{dropped:?}");
     }
 
     #[test]

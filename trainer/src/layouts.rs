@@ -40,12 +40,23 @@ const VOC: [&str; 21] = [
     "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor",
 ];
 
-/// A data path's folder and the split named after `#`, if any.
+/// A data path's folder and the split named after `#`, if any. A `#` inside a folder name
+/// (the whole path exists, or a `/` follows it) is part of the path.
 pub fn split_spec(spec: &Path) -> (PathBuf, Option<String>) {
     let text = spec.to_string_lossy();
     match text.rsplit_once('#') {
-        Some((root, split)) => (PathBuf::from(root), Some(split.to_string())),
-        None => (spec.to_path_buf(), None),
+        Some((root, split)) if !split.contains(std::path::is_separator) && !spec.exists() => (PathBuf::from(root), Some(split.to_string())),
+        _ => (spec.to_path_buf(), None),
+    }
+}
+
+/// `spec` with its folder made canonical (`./a`, `a` and `/abs/a` alike), the split kept.
+pub fn canonical_spec(spec: &Path) -> PathBuf {
+    let (root, split) = split_spec(spec);
+    let root = engine::outputs::canonical(&root);
+    match split {
+        Some(split) => PathBuf::from(format!("{}#{split}", root.display())),
+        None => root,
     }
 }
 
@@ -178,5 +189,15 @@ mod tests {
         assert_eq!(CITYSCAPES[7], Some("road"));
         assert_eq!(CITYSCAPES[26], Some("car"));
         assert_eq!(CITYSCAPES[33], Some("bicycle"));
+    }
+
+    #[test]
+    fn a_hash_in_a_folder_name_is_part_of_the_path() {
+        assert_eq!(split_spec(Path::new("sets/ade#validation")), (PathBuf::from("sets/ade"), Some("validation".into())));
+        assert_eq!(split_spec(Path::new("runs#1/plain")), (PathBuf::from("runs#1/plain"), None));
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("field#2");
+        std::fs::create_dir(&existing).unwrap();
+        assert_eq!(split_spec(&existing), (existing.clone(), None));
     }
 }

@@ -121,7 +121,7 @@ struct TrainArgs {
     #[arg(long)]
     synthetic_val: Option<usize>,
     /// ONNX Runtime threads for the backbone features and evaluation [default: all cores].
-    #[arg(long)]
+    #[arg(long, value_parser = engine::runtime::parse_threads)]
     threads: Option<usize>,
     /// Write the report here instead of <out>/train_report.json (outside --out and the data
     /// sets; an existing file is replaced only if it is a training report).
@@ -131,7 +131,7 @@ struct TrainArgs {
     /// the configuration must match except for --steps and --threads.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// No progress bars.
+    /// No progress bars (on a terminal) or progress lines (elsewhere).
     #[arg(long)]
     quiet: bool,
     /// Also write the prepared training pool (features, targets, labels) here, for `bench`
@@ -160,7 +160,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 192)]
     height: u32,
     /// ONNX Runtime threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = engine::runtime::parse_threads)]
     threads: usize,
     /// Labels the model was not trained on (repeat; each a label of the data): the report adds
     /// seen, unseen and harmonic mIoU.
@@ -198,12 +198,12 @@ fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
     let result = match cli.command {
         Command::Train(args) => run_train(*args),
-        Command::Eval(args) => run_eval(args),
-        Command::Export(args) => run_export(args),
-        Command::Bench(args) => run_bench(args),
+        Command::Eval(args) => run_eval(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => run_export(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => run_bench(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -211,7 +211,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_train(args: TrainArgs) -> Result<()> {
+/// Exit status of a run that Ctrl-C cut short (128 + SIGINT, as shells report it), so that
+/// `ovseg-train train ... && deploy` does not deploy it; its model is exported all the same.
+const INTERRUPTED: u8 = 130;
+
+fn run_train(args: TrainArgs) -> Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => TrainConfig::read(path)?,
         None => TrainConfig::default(),
@@ -229,9 +233,10 @@ fn run_train(args: TrainArgs) -> Result<()> {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { config.$field = v; })* };
     }
     override_with!(steps, seed, batch, hidden, learning_rate, synthetic_train, synthetic_val, threads, zs3_generated, tune_blocks, tune_learning_rate, depth_weight);
-    let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let options = TrainOptions {
-        progress,
+        progress: !args.quiet && terminal,
+        progress_lines: !args.quiet && !terminal,
         resume: args.resume,
         device: args.device,
         write_fixture: args.write_fixture,
@@ -249,13 +254,21 @@ fn run_train(args: TrainArgs) -> Result<()> {
     trainer::plot::write_curves(&args.out.join("curves.png"), &report.history)?;
     println!("{json}");
     eprintln!(
-        "held-out mIoU: untrained {:.1}% -> trained {:.1}%; model in {}{}",
+        "held-out mIoU: untrained {:.1}% -> trained {:.1}%; model in {}",
         100.0 * report.untrained.miou,
         100.0 * report.trained.miou,
         args.out.display(),
-        if report.interrupted { format!(" (interrupted after step {})", report.steps_done) } else { String::new() }
     );
-    Ok(())
+    if !report.interrupted {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "interrupted after step {} of {}: to go on, run the same command with --resume {}",
+        report.steps_done,
+        config.steps,
+        trainer::train::checkpoint_path(&args.out).display()
+    );
+    Ok(ExitCode::from(INTERRUPTED))
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
@@ -294,7 +307,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     } else {
         let (split, dropped) = Split::folders(&args.data)?.without_unannotated()?;
         if split.is_empty() {
-            bail!("no image of the data has an annotated pixel (every mask is 255 everywhere); there is nothing to evaluate");
+            bail!("no image of the data has an annotated pixel (every mask is 255 everywhere, or the set has image tags only); there is nothing to evaluate");
         }
         if !dropped.is_empty() {
             tracing::warn!("{} images have no annotated pixel and are left out: {}", dropped.len(), trainer::data::some_names(&dropped));

@@ -110,6 +110,8 @@ impl DepthReport {
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
     pub progress: bool,
+    /// A plain line per validation on stderr, where there are no bars (a log file, a pipe).
+    pub progress_lines: bool,
     /// Continue from this checkpoint (same configuration except `steps` and `threads`).
     pub resume: Option<PathBuf>,
     pub device: TrainDevice,
@@ -193,17 +195,18 @@ pub fn check_paths(config: &TrainConfig, out: &Path, options: &TrainOptions) -> 
 }
 
 fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &TrainOptions, device: B::Device, device_name: &str) -> Result<TrainReport> {
-    // The checkpoint goes next to the output directory, from the first evaluation on: its
-    // folder must exist before training starts, not when the first save fails.
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
     let resume = options.resume.as_deref().map(|path| resume_point(path, config)).transpose()?;
     let threads = engine::runtime::resolve_threads(config.threads);
     let (train_split, val_split) = config.splits()?;
     let seen = SeenLabels::new(&train_split, &config.holdout_labels)?;
     check_labelled(&train_split, &seen, config)?;
     let val_split = annotated_validation(val_split)?;
+    // The checkpoint goes next to the output directory, from the first evaluation on: its
+    // folder must exist before training starts, not when the first save fails (and only once
+    // the data passed its checks, so that a refused run leaves no folders behind).
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     let pool_len = train_split.len() * config.copies;
     let batch = effective_batch(config.batch, pool_len);
     if batch < config.batch {
@@ -440,6 +443,9 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
             let v = validate(&head, tail.as_ref(), depth_head.as_ref(), &data_free, &val_pool, &labels, &interp, &loss_weights, config.batch, &device)?;
             history.push(v.point(step, running));
             tracing::info!(step, train_loss = smoothed, val_loss = v.loss, val_cell_accuracy = v.cell_accuracy, val_cell_miou = v.cell_miou, val_depth = ?v.depth, "validation");
+            if options.progress_lines {
+                eprintln!("step {step}/{}: train loss {smoothed:.4}, validation loss {:.4}, cell mIoU {:.1}%", config.steps, v.loss, 100.0 * v.cell_miou);
+            }
             save_checkpoint(&checkpoint_path, &snapshot(&head, &optimizer, tail.as_ref(), &tail_optimizer, depth_head.as_ref(), &depth_optimizer, step, &history, running)?)?;
             saved_at = Some(step);
         }
@@ -623,7 +629,11 @@ fn config_difference(saved: &TrainConfig, now: &TrainConfig) -> Result<Option<(S
             _ => Some((prefix.trim_end_matches('.').to_string(), a.to_string(), b.to_string())),
         }
     }
-    let comparable = |c: &TrainConfig| serde_json::to_value(TrainConfig { steps: 0, threads: 0, ..c.clone() });
+    // Data folders as places, so that `./set`, `set` and its absolute path all match.
+    let places = |specs: &[PathBuf]| specs.iter().map(|s| crate::layouts::canonical_spec(s)).collect::<Vec<_>>();
+    let comparable = |c: &TrainConfig| {
+        serde_json::to_value(TrainConfig { steps: 0, threads: 0, data: places(&c.data), val_data: places(&c.val_data), ..c.clone() })
+    };
     Ok(first("", &comparable(saved)?, &comparable(now)?))
 }
 

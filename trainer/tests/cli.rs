@@ -62,12 +62,13 @@ fn ctrl_c_stops_after_the_step_saves_a_checkpoint_and_exports() {
     let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(sent, 0, "kill(SIGINT) failed");
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(130), "an interrupted run says so in its exit status: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["interrupted"], true);
     let steps = report["steps_done"].as_u64().unwrap();
     assert!((3..1_000_000).contains(&steps), "{steps}");
-    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("interrupted after step {steps}")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("interrupted after step {steps}")) && stderr.contains("--resume") && stderr.contains("model.checkpoint.safetensors"), "{stderr}");
     let saved = trainer::checkpoint::load_checkpoint(&checkpoint).unwrap();
     assert_eq!(saved.meta.step as u64, steps, "the checkpoint holds the last step done");
     assert!(saved.state.is_some(), "and can be resumed");

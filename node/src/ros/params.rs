@@ -105,7 +105,7 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("model_dir", "Model directory; empty = the built-in default model in the user cache.")
     },
     ParamSpec {
-        range: Range::Int(0, 256),
+        range: Range::Int(0, engine::runtime::MAX_THREADS as i64),
         read_only: true,
         ..spec("threads", "CPU threads for inference and pixel loops; 0 = all cores.")
     },
