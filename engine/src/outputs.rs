@@ -62,6 +62,24 @@ pub fn canonical(path: &Path) -> PathBuf {
     }
 }
 
+/// The first bytes of a file, up to 64 MiB (more than any report a command writes), so that
+/// recognising a file never reads a huge one whole; `None` where it cannot be read.
+pub fn read_small(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    const LIMIT: u64 = 64 << 20;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).ok()?.take(LIMIT).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// A file's JSON object, if it holds one (read as [`read_small`] does).
+pub fn json_object(path: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_slice(&read_small(path)?).ok()? {
+        serde_json::Value::Object(object) => Some(object),
+        _ => None,
+    }
+}
+
 /// Where a path leads: its canonical path and, for an existing file, its device and inode, so
 /// that `a/../b`, symlinks and hard links name the same file however they are spelt.
 #[derive(Debug)]

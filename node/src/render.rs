@@ -136,11 +136,9 @@ pub type Outputs<'a> = engine::outputs::Outputs<Output<'a>>;
 pub fn written_by_ovseg(path: &Path, kind: Output<'_>) -> bool {
     match kind {
         Output::Png => png_text(path, "Software").first().is_some_and(|s| s.starts_with(SOFTWARE_PREFIX)),
-        Output::Report(kind) => {
-            let Ok(text) = std::fs::read_to_string(path) else { return false };
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
-            value["software"].as_str().is_some_and(|s| s.starts_with(SOFTWARE_PREFIX)) && value["report"] == kind
-        }
+        Output::Report(kind) => engine::outputs::json_object(path).is_some_and(|o| {
+            o.get("software").and_then(|s| s.as_str()).is_some_and(|s| s.starts_with(SOFTWARE_PREFIX)) && o.get("report").is_some_and(|r| r == kind)
+        }),
         Output::Pfm { companion } => {
             let Ok(bytes) = std::fs::read(path) else { return false };
             let record = pfm_record(path, &bytes);

@@ -352,13 +352,7 @@ fn read_label_lines(path: &Path) -> Result<Vec<String>, DataError> {
 /// Refuses a data set named twice (the same folder and split): its images would be counted
 /// twice and land in both training and validation.
 fn check_distinct(specs: &[PathBuf]) -> Result<(), DataError> {
-    let keys: Vec<(PathBuf, Option<String>)> = specs
-        .iter()
-        .map(|spec| {
-            let (root, split) = crate::layouts::split_spec(spec);
-            (engine::outputs::canonical(&root), split)
-        })
-        .collect();
+    let keys: Vec<PathBuf> = specs.iter().map(|spec| crate::layouts::canonical_spec(spec)).collect();
     for (i, key) in keys.iter().enumerate() {
         if let Some(j) = keys[..i].iter().position(|k| k == key) {
             return Err(file_error(&specs[i], format!("the same data set is given twice (also as {}); name each once", specs[j].display())));

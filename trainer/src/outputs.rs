@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use engine::outputs::{OutputError, OutputKind, canonical};
+use engine::outputs::{OutputError, OutputKind, canonical, json_object, read_small};
 
 /// Every model directory ovseg-train exports says this in its manifest's description.
 pub const TRAINED_BY: &str = "trained by ovseg-train";
@@ -103,18 +103,8 @@ pub fn check_model_destination(out: &Path, force: bool) -> Result<(), ModelDirEr
     if force { Ok(()) } else { Err(ModelDirError::ForeignModel { path: out.to_path_buf(), reason }) }
 }
 
-/// The first bytes of a file, up to a size no report of ours reaches.
-fn read_small(path: &Path) -> Option<Vec<u8>> {
-    const LIMIT: u64 = 64 << 20;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path).ok()?.take(LIMIT).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
-}
-
 fn json_object_with(path: &Path, keys: &[&str]) -> bool {
-    read_small(path)
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.as_object().is_some_and(|o| keys.iter().all(|k| o.contains_key(*k))))
+    json_object(path).is_some_and(|o| keys.iter().all(|k| o.contains_key(*k)))
 }
 
 /// The `__metadata__` of a safetensors file, from its header alone (the tensors may be large).
