@@ -36,9 +36,10 @@ pub struct StereoArgs {
     /// Shrink P2 at intensity edges: P2' = max(P1, P2*g/(g + |dI|)). Off when not given.
     #[arg(long)]
     pub p2_gradient: Option<u16>,
-    /// Aggregation paths: 4 or 8.
-    #[arg(long, default_value_t = 8, value_parser = parse_paths)]
-    pub paths: u8,
+    /// Aggregation paths: 8, 4, or 5 (none from below: one pass down the image, a few rows of
+    /// memory instead of 3 bytes per pixel and disparity).
+    #[arg(long, default_value = "8", value_parser = parse_paths)]
+    pub paths: Paths,
     /// Uniqueness margin in percent (0 = off).
     #[arg(long, default_value_t = StereoParams::default().uniqueness)]
     pub uniqueness: u8,
@@ -133,7 +134,7 @@ impl StereoArgs {
             p1: self.p1,
             p2: self.p2,
             p2_gradient: self.p2_gradient,
-            paths: if self.paths == 4 { Paths::Four } else { Paths::Eight },
+            paths: self.paths,
             uniqueness: self.uniqueness,
             lr_max_diff: (!self.no_lr_check).then_some(self.lr_max_diff),
             ..StereoParams::default()
@@ -265,12 +266,8 @@ pub fn run(backend: &str, threads: usize, args: StereoArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_paths(s: &str) -> Result<u8, String> {
-    match s {
-        "4" => Ok(4),
-        "8" => Ok(8),
-        _ => Err(format!("{s:?}: must be 4 or 8")),
-    }
+fn parse_paths(s: &str) -> Result<Paths, String> {
+    s.parse().ok().and_then(Paths::from_count).ok_or_else(|| format!("{s:?}: must be 3, 4, 5 or 8"))
 }
 
 /// The image as 8-bit gray; its size is checked from the header before the pixels are decoded.

@@ -277,7 +277,7 @@ fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
     let args = [
         "-p", "labels:=[motorcycle, wall, floor]", "-p", "depth_mode:=stereo", "-p", "stereo_max_disp:=48",
         "-p", "stereo_label_penalties:=false", "-p", "depth_filter_radius:=0", "-p", "depth_fill_radius:=0",
-        "-p", "depth_invalid_labels:=[]",
+        "-p", "depth_invalid_labels:=[]", "-p", "stereo_paths:=5",
     ];
     let mut node = NodeProcess::start(domain, &args, tmp.path());
     let out = tmp.path().join("received");
@@ -295,15 +295,15 @@ fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
         .unwrap_or_else(|| panic!("no depth received: {result}"));
     let got: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
 
-    // The same pair and calibration (the peer's camera_info: f = width, centred principal
-    // point) through `ovseg stereo --calib`.
+    // The same pair, calibration (the peer's camera_info: f = width, centred principal point)
+    // and paths through `ovseg stereo --calib`.
     let (ly, ry) = (tmp.path().join("left.yaml"), tmp.path().join("right.yaml"));
     let (f, cx) = (w as f64, (w as f64 - 1.0) / 2.0);
     pair_yaml(&ly, (w as u32, h as u32), f, cx, 0.0);
     pair_yaml(&ry, (w as u32, h as u32), f, cx, baseline);
     let cli_out = tmp.path().join("cli");
     let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
-        .args(["stereo", &l, &r, "--max-disp", "48", "--out", cli_out.to_str().unwrap(), "--calib", ly.to_str().unwrap(), ry.to_str().unwrap()])
+        .args(["stereo", &l, &r, "--max-disp", "48", "--paths", "5", "--out", cli_out.to_str().unwrap(), "--calib", ly.to_str().unwrap(), ry.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

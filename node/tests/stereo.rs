@@ -77,6 +77,10 @@ fn bad_arguments_are_named() {
     let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/images/chelsea.jpg");
     assert!(run(&[l, other.to_str().unwrap(), "--max-disp", "48", "--out", o]).contains("differs from the left image's 370x250"));
     assert!(run(&[l, "/nonexistent.png", "--max-disp", "48", "--out", o]).contains("/nonexistent.png"));
+    // Refused by the argument parser (exit 2), with the values it takes.
+    let res = stereo(&[l, r, "--max-disp", "48", "--paths", "6", "--out", o]);
+    let e = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.code() == Some(2) && e.contains("--paths") && e.contains("\"6\": must be 3, 4, 5 or 8"), "{e}");
     assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing written on errors");
 }
 

@@ -58,18 +58,18 @@ def score(disp, gt):
     }
 
 
-def run_ours(exe, left, right, max_disp, repeat, threads, extra):
+def run_ours(exe, left, right, max_disp, repeat, warmup, threads, extra):
     with tempfile.TemporaryDirectory() as out:
-        # One more run than timed: the first (dropped) also allocates the buffers.
+        # More runs than timed: the first (dropped) allocate the buffers and start the threads.
         cmd = [exe, "--threads", str(threads), "stereo", str(left), str(right), "--max-disp", str(max_disp),
-               "--out", out, "--repeat", str(repeat + 1), *extra]
+               "--out", out, "--repeat", str(repeat + warmup), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         disp = read_pfm(report["pfm"])
     stages = {k: v for k, v in report["ms"].items() if v is not None}
-    return disp, report["total_ms_runs"][1:], stages
+    return disp, report["total_ms_runs"][warmup:], stages
 
 
 def opencv_matcher(mode, max_disp, block):
@@ -80,9 +80,10 @@ def opencv_matcher(mode, max_disp, block):
         preFilterCap=63, mode=mode)
 
 
-def run_opencv(left, right, mode, max_disp, block, repeat):
+def run_opencv(left, right, mode, max_disp, block, repeat, warmup):
     m = opencv_matcher(mode, max_disp, block)
-    m.compute(left, right)  # untimed, as for ours: the first run also allocates the buffers
+    for _ in range(warmup):  # untimed, as for ours
+        m.compute(left, right)
     times, raw = [], None
     for _ in range(repeat):
         t = time.perf_counter()
@@ -102,7 +103,7 @@ def scores(disp, gt, max_disp):
 
 def compare(exe, left_path, right_path, gt, max_disp, args):
     """Rounds take turns between the matchers, so that a change in the machine's speed hits all
-    of them alike; each round runs every matcher once untimed, then --repeat times. A
+    of them alike; each round runs every matcher --warmup times untimed, then --repeat times. A
     matcher's ms is the median over all its timed runs; a ratio is the median over the rounds
     of the two round medians' ratio."""
     left = cv2.imread(str(left_path), cv2.IMREAD_GRAYSCALE)
@@ -110,13 +111,13 @@ def compare(exe, left_path, right_path, gt, max_disp, args):
     result = {"size": f"{left.shape[1]}x{left.shape[0]}", "max_disp": max_disp, "rounds": args.rounds}
     times, disps, stages = {}, {}, {}
     for _ in range(args.rounds):
-        for paths in (8, 4):
+        for paths in args.paths:
             name = f"ovseg_{paths}paths"
-            disps[name], t, stages[name] = run_ours(exe, left_path, right_path, max_disp, args.repeat, args.threads, ["--paths", str(paths)])
+            disps[name], t, stages[name] = run_ours(exe, left_path, right_path, max_disp, args.repeat, args.warmup, args.threads, ["--paths", str(paths)])
             times.setdefault(name, []).append(t)
         for mode in args.opencv_modes:
             name = f"opencv_{mode}"
-            disps[name], t = run_opencv(left, right, MODES[mode], max_disp, args.block, args.repeat)
+            disps[name], t = run_opencv(left, right, MODES[mode], max_disp, args.block, args.repeat, args.warmup)
             times.setdefault(name, []).append(t)
     for name, rounds in times.items():
         runs = [r for rnd in rounds for r in rnd]
@@ -125,7 +126,7 @@ def compare(exe, left_path, right_path, gt, max_disp, args):
         if name in stages:
             result[name]["stages_ms_last"] = {k: round(v, 1) for k, v in stages[name].items()}
     for mode in args.opencv_modes:
-        for paths in (8, 4):
+        for paths in args.paths:
             per_round = [statistics.median(o) / statistics.median(w)
                          for o, w in zip(times[f"opencv_{mode}"], times[f"ovseg_{paths}paths"])]
             result[f"ratio_opencv_{mode}_over_ovseg_{paths}paths"] = round(statistics.median(per_round), 2)
@@ -138,8 +139,11 @@ def main():
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "stereo"))
     ap.add_argument("--max-disp", type=int, default=48)
     ap.add_argument("--repeat", type=int, default=5, help="runs of each matcher per round")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed runs of each matcher per round first (ours starts a process per round)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds taking turns between the matchers")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--paths", nargs="+", type=int, default=[8, 5, 4, 3], choices=[3, 4, 5, 8], help="our path counts to run")
     ap.add_argument("--block", type=int, default=5, help="OpenCV blockSize (P1/P2 follow it)")
     ap.add_argument("--opencv-modes", nargs="+", default=["HH", "SGBM_3WAY"], choices=sorted(MODES))
     ap.add_argument("--no-bench", action="store_true", help="skip the 640x480, 128-disparity case")
@@ -148,7 +152,7 @@ def main():
     data = Path(args.data)
     left, right = data / "motorcycle_left.png", data / "motorcycle_right.png"
     gt = read_pfm(data / "motorcycle_disp.pfm")
-    out = {"opencv": cv2.__version__, "threads": args.threads, "repeat": args.repeat, "opencv_block": args.block,
+    out = {"opencv": cv2.__version__, "threads": args.threads, "repeat": args.repeat, "warmup": args.warmup, "opencv_block": args.block,
            "motorcycle": compare(args.ovseg, left, right, gt, args.max_disp, args)}
     if not args.no_bench:
         with tempfile.TemporaryDirectory() as tmp:

@@ -90,6 +90,8 @@ fn cuda_stereo_matches_the_cpu_bit_for_bit() {
         ("4 paths, no left-right check", StereoParams { max_disp: 64, paths: Paths::Four, lr_max_diff: None, ..StereoParams::default() }, false),
         ("8 paths, labels, gradient P2", StereoParams { max_disp: 40, p2_gradient: Some(20), ..StereoParams::default() }, true),
         ("no uniqueness, 128 levels", StereoParams { max_disp: 128, uniqueness: 0, ..StereoParams::default() }, false),
+        ("5 paths (none from below), labels", StereoParams { max_disp: 48, paths: Paths::Five, ..StereoParams::default() }, true),
+        ("3 paths", StereoParams { max_disp: 64, paths: Paths::Three, ..StereoParams::default() }, false),
     ];
     if !device_here("stereo parity") {
         return;

@@ -66,7 +66,9 @@ pub struct CudaStereoMatcher {
 /// sweeps with their diagonals.
 fn directions(paths: Paths) -> &'static [(i32, i32)] {
     match paths {
+        Paths::Three => &[(1, 0), (-1, 0), (0, 1)],
         Paths::Four => &[(1, 0), (-1, 0), (0, 1), (0, -1)],
+        Paths::Five => &[(1, 0), (-1, 0), (0, 1), (1, 1), (-1, 1)],
         Paths::Eight => &[(1, 0), (-1, 0), (0, 1), (1, 1), (-1, 1), (0, -1), (1, -1), (-1, -1)],
     }
 }

@@ -167,11 +167,12 @@ impl<'g, 'a> PathRows<'g, 'a> {
         PathRows { grid, dxs, down, done: 0, prev: vec![GUARD; slots], cur: vec![GUARD; slots], prev_min: vec![0; n], cur_min: vec![0; n] }
     }
 
-    /// Adds this sweep's paths at image row `y` (costs `cost`) to its S row `sum`.
-    pub fn advance(&mut self, isa: Isa, y: usize, cost: &[u8], sum: &mut [u16]) {
+    /// Adds this sweep's paths at image row `y` (costs `cost`) to its S row `sum`, the
+    /// pixels in parallel chunks where `split`.
+    pub fn advance(&mut self, isa: Isa, y: usize, cost: &[u8], sum: &mut [u16], split: bool) {
         let (w, nd, np) = (self.grid.width, self.grid.disps, self.dxs.len());
         let slot = nd + 2;
-        let chunk = (w / (2 * rayon::current_num_threads())).max(16);
+        let chunk = if split { (w / (2 * rayon::current_num_threads())).max(16) } else { w };
         let row = SweepRow {
             y,
             qy: if self.down { y.wrapping_sub(1) } else { y + 1 },

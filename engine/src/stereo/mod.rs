@@ -8,15 +8,17 @@
 //! stage (all integer up to the subpixel step, hence exactly):
 //! 1. `census.rs`: 9x7 census codes (u64) of both images;
 //! 2. `cost.rs`: Hamming cost volume C, u8, W x H x D;
-//! 3. `aggregate.rs`: path costs over 4 or 8 directions summed into S, u16, W x H x D;
+//! 3. `aggregate.rs`: path costs over 3, 4, 5 or 8 directions summed into S, u16, W x H x D;
 //! 4. `select.rs`: winner-take-all, uniqueness, parabola subpixel, left-right check.
 //!
 //! Memory: 3 bytes per pixel and disparity level (C and S) plus 16 bytes per pixel, e.g.
-//! 118 MB at 640x480 with D = 128, kept by a [`StereoMatcher`] from frame to frame. Stage 1
-//! runs rows in parallel (rayon); stages 2-4 run interleaved row by row (see `schedule.rs`):
-//! the top-down and bottom-up sweeps side by side, each with the pixels of a row in parallel
-//! (a row needs the one before), the next rows' costs and horizontal paths and the last
-//! row's selection alongside. Hot loops are compiled twice, portable and AVX2 (`crate::isa`,
+//! 118 MB at 640x480 with D = 128, kept by a [`StereoMatcher`] from frame to frame; with 3 or
+//! 5 paths (none from below) C and S shrink to a few rows each (2.4 MB there with 2 threads).
+//! Stage 1 runs rows in parallel (rayon); stages 2-4 run interleaved row by row (see
+//! `schedule.rs`): the top-down and bottom-up sweeps side by side, each with the pixels of a
+//! row in parallel (a row needs the one before), the next rows' costs and horizontal paths and
+//! the last row's selection alongside; or with 3 or 5 paths one top-down sweep with the rows
+//! ahead of it prepared and those behind it selected. Hot loops are compiled twice, portable and AVX2 (`crate::isa`,
 //! picked at run time; identical results). A test holds the result to a textbook
 //! implementation (one whole path after another) bit for bit, at several thread counts.
 //!
@@ -30,6 +32,7 @@ mod cost;
 mod params;
 mod schedule;
 mod select;
+mod single_pass;
 #[cfg(test)]
 mod tests;
 
@@ -212,8 +215,9 @@ impl StereoMatcher {
         for c in &mut self.census {
             c.resize(n, 0);
         }
-        self.cost.resize(n * nd, 0);
-        self.sum.resize(n * nd, 0);
+        let rows = schedule::buffer_rows(params.paths, left.height);
+        self.cost.resize(rows * w * nd, 0);
+        self.sum.resize(rows * w * nd, 0);
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
         let mut timings = StereoTimings::default();
         let t0 = Instant::now();

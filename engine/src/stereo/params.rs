@@ -32,18 +32,37 @@ pub const MAX_DISPARITIES: usize = 1024;
 /// Scanline directions aggregated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Paths {
+    /// Left-right, right-left, top-down: one pass down the image, as with `Five`.
+    Three,
     /// Left-right, right-left, top-down, bottom-up.
     Four,
-    /// The four above plus the four diagonals (Hirschmüller's recommendation).
+    /// Left-right, right-left, top-down and the two diagonals from above: every path comes
+    /// from the left, the right or above, so one pass down the image aggregates and selects
+    /// each row while it is in cache, and the cost volume is never held whole (a few rows
+    /// instead of 3 bytes per pixel and level). StereoSGBM's default mode uses these five.
+    Five,
+    /// Four and Five together: all eight directions (Hirschmüller's recommendation).
     Eight,
 }
 
 impl Paths {
     pub fn count(self) -> usize {
         match self {
+            Paths::Three => 3,
             Paths::Four => 4,
+            Paths::Five => 5,
             Paths::Eight => 8,
         }
+    }
+
+    /// The directions for a count of 4, 5 or 8.
+    pub fn from_count(count: usize) -> Option<Paths> {
+        [Paths::Three, Paths::Four, Paths::Five, Paths::Eight].into_iter().find(|p| p.count() == count)
+    }
+
+    /// Whether every path comes from above or along the row (one pass down the image).
+    pub fn single_pass(self) -> bool {
+        matches!(self, Paths::Three | Paths::Five)
     }
 }
 

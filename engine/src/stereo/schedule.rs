@@ -13,12 +13,16 @@
 //! So S (78 MB at 640x480 with D = 128) goes to memory once and comes back once; with the
 //! stages one after another it went there and back three times and was read a fourth time
 //! for selection.
+//!
+//! With 3 or 5 paths (none from below) there is no second round and no volume: one top-down
+//! sweep with the rows ahead of it prepared and those behind it selected (`single_pass.rs`).
 use rayon::prelude::*;
 
 use super::aggregate::{GUARD, Grid, PathRows, Penalties, horizontal_row};
 use super::cost;
 use super::params::Paths;
 use super::select::{self, RightBest, Select};
+use super::single_pass;
 use crate::isa::Isa;
 
 /// Census codes of both images, one per pixel, and the code length.
@@ -36,12 +40,15 @@ pub(crate) fn match_rows(isa: Isa, census: Census<'_>, width: usize, disps: usiz
     let grid = Grid { width, disps, pen };
     // Predecessor x offsets of the sweeps: vertical, then the diagonals.
     let dxs: &[isize] = match paths {
-        Paths::Four => &[0],
-        Paths::Eight => &[0, 1, -1],
+        Paths::Three | Paths::Four => &[0],
+        Paths::Five | Paths::Eight => &[0, 1, -1],
     };
+    let prep = Prep { isa, grid: &grid, census };
+    if paths.single_pass() {
+        return single_pass::run(isa, &prep, &mut PathRows::new(&grid, dxs, true), &sel, cost, sum, out);
+    }
     let row_len = width * disps;
     let half = sum.len() / row_len / 2;
-    let prep = Prep { isa, grid: &grid, census };
     let (mut down, mut up) = (Sweep::new(&grid, dxs, true), Sweep::new(&grid, dxs, false));
     let (cost_top, cost_bottom) = cost.split_at_mut(half * row_len);
     let (sum_top, sum_bottom) = sum.split_at_mut(half * row_len);
@@ -53,15 +60,21 @@ pub(crate) fn match_rows(isa: Isa, census: Census<'_>, width: usize, disps: usiz
     );
 }
 
+/// Rows of C and of S that `match_rows` needs for `paths` on an image `height` rows high:
+/// all of them, or for a single pass a ring of a few (see `single_pass.rs`).
+pub(crate) fn buffer_rows(paths: Paths, height: usize) -> usize {
+    if paths.single_pass() { single_pass::ring_rows() } else { height }
+}
+
 /// A row to prepare: image row index, its costs and its S (both still to be written).
 type NewRow<'r> = (usize, (&'r mut [u8], &'r mut [u16]));
 /// A prepared row: image row index, its costs, its S.
 type ReadyRow<'r> = (usize, &'r [u8], &'r mut [u16]);
 
 /// What a row needs before the sweeps reach it: its costs and its horizontal paths.
-struct Prep<'g, 'a> {
+pub(super) struct Prep<'g, 'a> {
     isa: Isa,
-    grid: &'g Grid<'a>,
+    pub grid: &'g Grid<'a>,
     census: Census<'a>,
 }
 
@@ -81,7 +94,7 @@ impl Prep<'_, '_> {
 
     /// Costs of row `y` into `cost`, then its left-right (stored) and right-left (added) paths
     /// into `sum`.
-    fn row(&self, y: usize, cost: &mut [u8], sum: &mut [u16], scratch: &mut RowScratch) {
+    pub fn row(&self, y: usize, cost: &mut [u8], sum: &mut [u16], scratch: &mut RowScratch) {
         let (w, nd) = (self.grid.width, self.grid.disps);
         let Census { left, right, bits } = self.census;
         let RowScratch { reversed, paths } = scratch;
@@ -101,7 +114,7 @@ impl Prep<'_, '_> {
 
 /// Buffers for preparing a row, kept from row to row.
 #[derive(Default)]
-struct RowScratch {
+pub(super) struct RowScratch {
     reversed: Vec<u64>,
     paths: Vec<u16>,
 }
@@ -139,7 +152,7 @@ impl<'g, 'a> Sweep<'g, 'a> {
         while !ready.is_empty() {
             let next: Vec<_> = rows.by_ref().take(block).collect();
             let paths = &mut self.paths;
-            let sweep = move || ready.into_iter().for_each(|(y, c, s)| paths.advance(isa, y, c, s));
+            let sweep = move || ready.into_iter().for_each(|(y, c, s)| paths.advance(isa, y, c, s, true));
             ready = rayon::join(|| prep.rows(next, scratch), sweep).0;
         }
     }
@@ -154,9 +167,9 @@ impl<'g, 'a> Sweep<'g, 'a> {
             match pending.take() {
                 Some((ps, po)) => {
                     let right = &mut self.right;
-                    rayon::join(|| select::select_row(isa, sel, ps, po, right), || self.paths.advance(isa, y, c, s));
+                    rayon::join(|| select::select_row(isa, sel, ps, po, right), || self.paths.advance(isa, y, c, s, true));
                 }
-                None => self.paths.advance(isa, y, c, s),
+                None => self.paths.advance(isa, y, c, s, true),
             }
             let s: &[u16] = s;
             pending = Some((s, o));

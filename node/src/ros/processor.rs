@@ -471,13 +471,13 @@ impl Processor {
                 return None;
             }
         };
-        let max_disp = self.settings.stereo_max_disp;
-        if self.stereo.as_ref().is_none_or(|m| m.params().max_disp != max_disp) {
+        let (max_disp, paths) = (self.settings.stereo_max_disp, self.settings.stereo_paths);
+        if self.stereo.as_ref().is_none_or(|m| (m.params().max_disp, m.params().paths) != (max_disp, paths)) {
             let backend = if self.stereo_fallback.is_some() { "cpu" } else { self.settings.backend.as_str() };
-            match engine::stereo::matcher_for(backend, &StereoParams { max_disp, ..StereoParams::default() }) {
+            match engine::stereo::matcher_for(backend, &StereoParams { max_disp, paths, ..StereoParams::default() }) {
                 Ok(m) => self.stereo = Some(m),
                 Err(e) => {
-                    self.note(&skip("stereo", format!("stereo matcher (backend {backend}, stereo_max_disp {max_disp}): {e}")));
+                    self.note(&skip("stereo", format!("stereo matcher (backend {backend}, stereo_max_disp {max_disp}, stereo_paths {}): {e}", paths.count())));
                     return None;
                 }
             }
