@@ -13,7 +13,7 @@
 //!
 //! Memory: 3 bytes per pixel and disparity level (C and S) plus 16 bytes per pixel, e.g.
 //! 118 MB at 640x480 with D = 128, kept by a [`StereoMatcher`] from frame to frame; with 3 or
-//! 5 paths (none from below) C and S shrink to a few rows each (2.4 MB there with 2 threads).
+//! 5 paths (none from below) C and S shrink to a few rows each (2 MB there with 2 threads).
 //! Stage 1 runs rows in parallel (rayon); stages 2-4 run interleaved row by row (see
 //! `schedule.rs`): the top-down and bottom-up sweeps side by side, each with the pixels of a
 //! row in parallel (a row needs the one before), the next rows' costs and horizontal paths and

@@ -27,7 +27,7 @@ fn threads() -> usize {
 }
 
 /// Rows in the ring: enough that the other threads can run ahead of the sweep, few enough to
-/// stay in cache (2 threads, 640x480, 128 levels: 2.4 MB).
+/// stay in cache (2 threads, 640x480, 128 levels: 2 MB).
 pub(super) fn ring_rows() -> usize {
     4 * threads()
 }
