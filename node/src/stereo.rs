@@ -36,8 +36,8 @@ pub struct StereoArgs {
     /// Shrink P2 at intensity edges: P2' = max(P1, P2*g/(g + |dI|)). Off when not given.
     #[arg(long)]
     pub p2_gradient: Option<u16>,
-    /// Aggregation paths: 8, 4, or 5 (none from below: one pass down the image, a few rows of
-    /// memory instead of 3 bytes per pixel and disparity).
+    /// Aggregation paths: 8, 4, or 5 or 3 (none from below: one pass down the image, a few rows
+    /// of memory instead of 3 bytes per pixel and disparity, the least work per pixel).
     #[arg(long, default_value = "8", value_parser = parse_paths)]
     pub paths: Paths,
     /// Uniqueness margin in percent (0 = off).

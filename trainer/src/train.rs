@@ -15,7 +15,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -241,7 +241,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let size = (config.image_size[0], config.image_size[1]);
     // Augmentation draws from its own generator so the pool is the same on resume.
     let mut augment_rng = StdRng::seed_from_u64(config.seed);
-    let bar = progress_bar(options.progress, (train_split.len() * config.copies + val_split.len()) as u64, "features");
+    let bar = progress_bar(options.progress, (train_split.len() * config.copies + val_split.len()) as u64, "features", 1);
     let mut prepare = |split: &Split, i: usize, augment: &Augment, rng: &mut StdRng| -> Result<Prepared> {
         let mut sample = augment.apply(&split.load(i)?, size, rng);
         seen.hide_unseen(&mut sample);
@@ -377,7 +377,7 @@ fn train_on<B: AutodiffBackend>(config: &TrainConfig, out: &Path, options: &Trai
     let mut steps_done = first_step - 1;
     let mut saved_at = (first_step > 1).then_some(steps_done);
     let train_started = Instant::now();
-    let bar = progress_bar(options.progress, config.steps as u64, "training");
+    let bar = progress_bar(options.progress, config.steps as u64, "training", batch);
     bar.set_position(steps_done as u64);
     for step in first_step..=config.steps {
         if interrupted.load(Ordering::Relaxed) {
@@ -702,13 +702,17 @@ pub fn default_scales(manifest: &engine::Manifest) -> [f32; 2] {
     [s * levels[0].fusion_weight, s * levels[levels.len() - 1].fusion_weight]
 }
 
-fn progress_bar(show: bool, len: u64, what: &'static str) -> ProgressBar {
+/// A bar over `len` steps of `images` images each, showing images per second.
+fn progress_bar(show: bool, len: u64, what: &'static str, images: usize) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len).with_prefix(what);
-    if let Ok(style) = ProgressStyle::with_template("{prefix:>9} {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}") {
-        bar.set_style(style);
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>9} {bar:30} {pos}/{len} {images_per_sec} ETA {eta} {msg}") {
+        let rate = move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.1} img/s", state.per_sec() * images as f64);
+        };
+        bar.set_style(style.with_key("images_per_sec", rate));
     }
     bar
 }
