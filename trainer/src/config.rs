@@ -108,7 +108,16 @@ impl TrainConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let text = engine::labels::strip_bom(&text);
-        serde_yaml_ng::from_str(text).with_context(|| format!("{}: invalid training configuration", path.display()))
+        let mut config: TrainConfig = serde_yaml_ng::from_str(text).with_context(|| format!("{}: invalid training configuration", path.display()))?;
+        // Folders the file names are relative to the file, which is often kept beside its data
+        // and run from elsewhere (the flags' folders stay relative to the working directory).
+        let base = path.parent().unwrap_or(Path::new(""));
+        for folder in config.data.iter_mut().chain(&mut config.val_data) {
+            if folder.is_relative() {
+                *folder = base.join(&*folder);
+            }
+        }
+        Ok(config)
     }
 
     /// Names the first field whose value cannot work.
@@ -281,5 +290,15 @@ mod tests {
         std::fs::write(&path, "\u{FEFF}steps: 7\naugment:\n  scale_min: 0.8\n  scale_max: 1.2\n").unwrap();
         let config = TrainConfig::read(&path).unwrap();
         assert_eq!((config.steps, config.augment.scale_min, config.augment.flip, config.augment.color), (7, 0.8, true, 0.2));
+    }
+
+    #[test]
+    fn data_folders_in_a_file_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "data: [field, /abs/set]\nval_data: [\"held out#validation\"]\n").unwrap();
+        let config = TrainConfig::read(&path).unwrap();
+        assert_eq!(config.data, [dir.path().join("field"), PathBuf::from("/abs/set")]);
+        assert_eq!(config.val_data, [dir.path().join("held out#validation")]);
     }
 }

@@ -172,7 +172,7 @@ impl Split {
             }
             let found: Vec<PathBuf> = list(&dir.join("images"))?
                 .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().to_str().unwrap_or(""))))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().to_str().unwrap_or(""))))
                 .collect();
             if found.is_empty() {
                 return Err(DataError::Empty(dir.clone()));

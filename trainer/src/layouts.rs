@@ -63,6 +63,10 @@ pub fn canonical_spec(spec: &Path) -> PathBuf {
 /// Recognises a public layout at `spec` (`path` or `path#split`); `None` = not one of them.
 pub fn detect(spec: &Path) -> Result<Option<PublicSet>, DataError> {
     let (root, split) = split_spec(spec);
+    if !root.is_dir() {
+        let reason = if root.exists() { "is not a folder (a data set is a folder)" } else { "no such folder" };
+        return Err(DataError::File { path: root, reason: reason.into() });
+    }
     if root.join("objectInfo150.csv").is_file() {
         return ade20k(&root, split.as_deref().unwrap_or("training")).map(Some);
     }

@@ -176,6 +176,10 @@ fn impossible_sizes_and_data_are_refused_before_any_work() {
     refused(&ovseg_train(&["train", "--out", out_s, "--data", good_s, "--val-data", blank_s]), &["no validation image has an annotated pixel"]);
     refused(&ovseg_train(&["train", "--out", out_s, "--data", good_s, "--data", &format!("{good_s}/")]), &["given twice"]);
     refused(&ovseg_train(&["train", "--out", out_s, "--data", good_s, "--val-data", good_s]), &["is also a training data set"]);
+    let missing = dir.path().join("no-such-set");
+    refused(&ovseg_train(&["train", "--out", out_s, "--data", missing.to_str().unwrap()]), &["no-such-set: no such folder"]);
+    let file = good.join("labels.txt");
+    refused(&ovseg_train(&["train", "--out", out_s, "--data", file.to_str().unwrap()]), &["labels.txt: is not a folder"]);
     let config = dir.path().join("aug.yaml");
     std::fs::write(&config, "augment: {scale_min: 0.9, scale_max: 1.1}\nhidden: 0\n").unwrap();
     refused(&ovseg_train(&["train", "--out", out_s, "--config", config.to_str().unwrap()]), &["hidden is 0"]);
