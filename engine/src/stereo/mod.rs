@@ -18,8 +18,9 @@
 //! `schedule.rs`): the top-down and bottom-up sweeps side by side, each with the pixels of a
 //! row in parallel (a row needs the one before), the next rows' costs and horizontal paths and
 //! the last row's selection alongside; or with 3 or 5 paths one top-down sweep with the rows
-//! ahead of it prepared and those behind it selected. Hot loops are compiled twice, portable and AVX2 (`crate::isa`,
-//! picked at run time; identical results). A test holds the result to a textbook
+//! ahead of it prepared and those behind it selected (`single_pass.rs`). Hot loops are
+//! compiled portable, for AVX2 and where it pays for AVX-512 (`crate::isa`, picked at run
+//! time; identical results). A test holds the result to a textbook
 //! implementation (one whole path after another) bit for bit, at several thread counts.
 //!
 //! Semantic conditioning: [`StereoMatcher::compute`] takes an optional label per left pixel;

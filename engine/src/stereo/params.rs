@@ -41,7 +41,8 @@ pub enum Paths {
     /// each row while it is in cache, and the cost volume is never held whole (a few rows
     /// instead of 3 bytes per pixel and level). StereoSGBM's default mode uses these five.
     Five,
-    /// Four and Five together: all eight directions (Hirschmüller's recommendation).
+    /// All eight directions: Five plus bottom-up and the two diagonals from below
+    /// (Hirschmüller's recommendation).
     Eight,
 }
 
@@ -55,7 +56,7 @@ impl Paths {
         }
     }
 
-    /// The directions for a count of 4, 5 or 8.
+    /// The directions for a count of 3, 4, 5 or 8.
     pub fn from_count(count: usize) -> Option<Paths> {
         [Paths::Three, Paths::Four, Paths::Five, Paths::Eight].into_iter().find(|p| p.count() == count)
     }

@@ -156,6 +156,7 @@ pub(super) fn run(isa: Isa, prep: &Prep<'_, '_>, paths: &mut PathRows<'_, '_>, s
                     backoff.snooze();
                 }
             }
+            backoff.reset();
         }
         while ring.next_select.load(Ordering::Acquire) < height {
             if !ring.try_select(isa, sel, &mut scratch) {
