@@ -336,3 +336,28 @@ fn a_single_pass_keeps_a_few_rows_instead_of_the_volume() {
         assert_eq!((m.cost.len(), m.sum.len()), (rows * w * 32, rows * w * 32), "{paths:?}");
     }
 }
+
+#[test]
+fn a_panic_inside_the_single_pass_reaches_the_caller() {
+    // Census codes one short: preparing the last row indexes past them and panics in
+    // whichever thread took it. The other threads must stop rather than wait for that row
+    // for ever, and the panic must come out of the call.
+    let (w, h, nd) = (64, 40, 16);
+    let (l, _, _) = occlusion_scene(w, h);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let p = StereoParams { paths: Paths::Five, ..params(nd) };
+        let codes = vec![0u64; w * h - 1];
+        let census = schedule::Census { left: &codes, right: &codes, bits: 62 };
+        let pen = aggregate::Penalties::new(&p, &l, None);
+        let sel = select::Select { disps: nd, uniqueness: p.uniqueness, lr_max_diff: p.lr_max_diff };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let rows = schedule::buffer_rows(Paths::Five, h);
+        let (mut cost, mut sum, mut out) = (vec![0u8; rows * w * nd], vec![0u16; rows * w * nd], vec![0f32; w * h]);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| schedule::match_rows(Isa::detect(), census, w, nd, pen, Paths::Five, sel, &mut cost, &mut sum, &mut out))
+        }));
+        let _ = tx.send(ran.is_err());
+    });
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(60)), Ok(true), "the pass should end with the panic");
+}
