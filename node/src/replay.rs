@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::CommonArgs;
 use crate::ros::args::RosArgs;
-use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType};
+use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType, TfMessage};
 use crate::ros::outputs::{OutMsg, Topic};
 use crate::ros::param_state::ParamState;
 use crate::ros::processor::{FrameOutcome, Processor, closest_in_time};
@@ -33,10 +33,10 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "/camera_info")]
     pub camera_info_topic: String,
     /// Depth topic (used when the depth_mode parameter is rgbd): registered depth, or the depth
-    /// camera's own image when depth_registration is extrinsics.
+    /// camera's own image when depth_registration is extrinsics or tf.
     #[arg(long, default_value = "/depth_registered")]
     pub depth_topic: String,
-    /// camera_info of the depth camera (used when depth_registration is extrinsics).
+    /// camera_info of the depth camera (used when depth_registration is extrinsics or tf).
     #[arg(long, default_value = "/depth/camera_info")]
     pub depth_camera_info_topic: String,
     /// Right image of a rectified stereo pair (used when depth_mode is stereo).
@@ -45,6 +45,13 @@ pub struct ReplayArgs {
     /// camera_info of the right camera (its P carries the baseline).
     #[arg(long, default_value = "/right/camera_info")]
     pub right_camera_info_topic: String,
+    /// Static transforms (tf2_msgs/TFMessage; for depth_registration tf and ground_frame): all
+    /// are taken before the first frame, as a latched topic would deliver them.
+    #[arg(long, default_value = "/tf_static")]
+    pub tf_static_topic: String,
+    /// Moving transforms, taken in bag order (each frame sees the latest before it).
+    #[arg(long, default_value = "/tf")]
+    pub tf_topic: String,
     /// Namespace the output topics are written under (`<ns>/mask`, ...).
     #[arg(long, default_value = "/")]
     pub output_namespace: String,
@@ -109,6 +116,12 @@ fn check_out(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
+fn warn_refused(errors: &[String]) {
+    for error in errors {
+        tracing::warn!("{error}; transform ignored");
+    }
+}
+
 fn out_topic(namespace: &str, name: &str) -> String {
     format!("{}/{name}", namespace.trim_end_matches('/'))
 }
@@ -120,6 +133,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     // Depth and right images first, so each image finds its partner whatever the order in the
     // bag; a file that is no bag is refused before the model loads.
     let mut depth_images: Vec<Image> = Vec::new();
+    let mut static_transforms: Vec<TfMessage> = Vec::new();
     let mut right_images: Vec<Image> = Vec::new();
     let mut images = 0usize;
     for message in mcap::MessageStream::new(&bytes).with_context(reading)? {
@@ -130,6 +144,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         } else if message.channel.topic == args.right_topic {
             let right: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.right_topic))?;
             right_images.push(right);
+        } else if message.channel.topic == args.tf_static_topic {
+            static_transforms.push(msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.tf_static_topic))?);
         } else if message.channel.topic == args.image_topic {
             images += 1;
         }
@@ -147,6 +163,9 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     let (state, initial) = ParamState::start(common, overrides, threads, updates)?;
     let settings = state.settings();
     let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
+    for message in &static_transforms {
+        warn_refused(&processor.tf.lock().take(message, true));
+    }
 
     // Temp file + rename: a failed replay never leaves a truncated bag at --out, nor the
     // temporary file.
@@ -171,7 +190,12 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         {
             rec.write_raw(topic, &schema.name, &schema.data, message.log_time, &message.data)?;
         }
-        if topic == args.camera_info_topic || topic == args.right_camera_info_topic || topic == args.depth_camera_info_topic {
+        if topic == args.tf_topic {
+            match msgs::from_cdr::<TfMessage>(&message.data) {
+                Ok(transforms) => warn_refused(&processor.tf.lock().take(&transforms, false)),
+                Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
+            }
+        } else if topic == args.camera_info_topic || topic == args.right_camera_info_topic || topic == args.depth_camera_info_topic {
             match msgs::from_cdr::<CameraInfo>(&message.data) {
                 Ok(info) if topic == args.camera_info_topic => processor.set_camera_info(info),
                 Ok(info) if topic == args.depth_camera_info_topic => processor.set_depth_camera_info(info),
@@ -226,6 +250,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         "frames": images,
         "frames_processed": processed,
         "frames_rejected": processor.rejects.by_kind(),
+        "transforms_rejected": processor.tf.lock().rejected().map_or(0, |(n, _)| n),
         "outputs": outputs,
         "ms_per_frame": if processed > 0 { elapsed * 1000.0 / processed as f64 } else { 0.0 },
     });

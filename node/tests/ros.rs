@@ -340,19 +340,34 @@ fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
         ),
     };
     let [roll_p, pitch_p, yaw_p] = pose.rpy();
-    // With camera_pose set, camera_height is ignored (5 m would give other depths).
-    let mountings = [
-        [format!("camera_height:={height}"), format!("camera_pitch:={pitch}")],
-        [format!("camera_pose:=[0.2, 0.0, {height:?}, {roll_p:?}, {pitch_p:?}, {yaw_p:?}]"), "camera_height:=5.0".to_string()],
+    // The same pose from /tf_static, in two steps: base_footprint -> base_link (turned and
+    // raised; the ground stays z = 0) -> camera, the peer's frame_id.
+    let base_link = nalgebra::Isometry3::from_parts(nalgebra::Translation3::new(0.05, -0.1, 0.3), nalgebra::UnitQuaternion::from_euler_angles(0.0, 0.0, 0.2));
+    let tf_arg = |parent: &str, child: &str, iso: &nalgebra::Isometry3<f64>| {
+        let (t, q) = (iso.translation.vector, iso.rotation.coords);
+        [parent.to_string(), child.to_string()].into_iter().chain([t.x, t.y, t.z, q.x, q.y, q.z, q.w].map(|v| format!("{v:?}"))).collect::<Vec<_>>()
+    };
+    let tf_static: Vec<String> = [tf_arg("base_footprint", "base_link", &base_link), tf_arg("base_link", "camera", &(base_link.inverse() * pose.isometry))]
+        .into_iter()
+        .flat_map(|t| std::iter::once("--tf-static".to_string()).chain(t))
+        .collect();
+    // With camera_pose or ground_frame set, camera_height is ignored (5 m would give other depths).
+    let mountings: [(Vec<String>, Vec<String>); 3] = [
+        (vec![format!("camera_height:={height}"), format!("camera_pitch:={pitch}")], vec![]),
+        (vec![format!("camera_pose:=[0.2, 0.0, {height:?}, {roll_p:?}, {pitch_p:?}, {yaw_p:?}]"), "camera_height:=5.0".into()], vec![]),
+        // A transform that is no rotation (refused, logged) beside the good ones.
+        (vec!["ground_frame:=/base_footprint".into(), "camera_height:=5.0".into()], [tf_static, "--tf-static base_link lidar 0 0 0 0 0 0 0".split(' ').map(String::from).collect()].concat()),
     ];
-    for (round, mounting) in mountings.iter().enumerate() {
+    for (round, (params, peer_extra)) in mountings.iter().enumerate() {
         let domain = domain_id();
-        let args = ["-p", &label_list, "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]", "-p", "depth_invalid_labels:=[sky]"];
-        let mut node = NodeProcess::start(domain, &[&args[..], &["-p", &mounting[0], "-p", &mounting[1]]].concat(), tmp.path());
+        let mut args: Vec<&str> = vec!["-p", &label_list, "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]", "-p", "depth_invalid_labels:=[sky]"];
+        args.extend(params.iter().flat_map(|p| ["-p", p.as_str()]));
+        let mut node = NodeProcess::start(domain, &args, tmp.path());
         let out = tmp.path().join(format!("received{round}"));
         let png = pngs[0].display().to_string();
-        let peer_args = ["pubsub", "--images", &png, "--camera-info", "--repeat", "2", "--rate-hz", "4", "--expect", "1", "--timeout", "90"];
-        let result = ok(peer(domain, &[&peer_args[..], &["--collect", "mask", "depth", "--out", out.to_str().unwrap()]].concat()));
+        let peer_args = ["pubsub", "--images", &png, "--camera-info", "--repeat", "3", "--rate-hz", "4", "--expect", "1", "--timeout", "90"];
+        let collect = ["--collect", "mask", "depth", "--out", out.to_str().unwrap()];
+        let result = ok(peer(domain, &[&peer_args[..], &collect, &peer_extra.iter().map(String::as_str).collect::<Vec<_>>()].concat()));
         node.assert_running();
 
         let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
@@ -459,58 +474,68 @@ fn peer_camera(w: u32, h: u32, d: &[f64]) -> calibration::Camera {
 #[test]
 fn raw_depth_camera_images_are_registered_to_the_distorted_colour_camera() {
     let tmp = tempfile::tempdir().unwrap();
-    let domain = domain_id();
     let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
     let extrinsics = "translation: [0.04, -0.005, 0.01]\nrotation_rpy: [0.01, -0.02, 0.015]\n";
     let extrinsics_file = tmp.path().join("depth_to_color.yaml");
     std::fs::write(&extrinsics_file, extrinsics).unwrap();
     let file_arg = format!("depth_extrinsics_file:={}", extrinsics_file.display());
-    let args = [
-        "-p", "labels:=[person, cup, table, wall]", "-p", "depth_mode:=rgbd", "-p", "depth_registration:=extrinsics", "-p", &file_arg,
-        "-p", "image_rectified:=false", "-p", "depth_filter_radius:=0", "-p", "depth_fill_radius:=0", "-p", "depth_invalid_labels:=[]",
+    // The same transform from /tf_static, between the two cameras' frames (the colour camera is
+    // the peer's `camera`), as a quaternion; the node then uses exactly this one.
+    let from_file = calibration::Extrinsics::from_yaml(extrinsics).unwrap().isometry;
+    let (t, q) = (from_file.translation.vector, from_file.rotation.coords);
+    let from_tf = calibration::Extrinsics::from_xyz_quaternion([t.x, t.y, t.z], [q.x, q.y, q.z, q.w]).unwrap();
+    let tf_static: Vec<String> =
+        ["--tf-static", "camera", "camera_depth"].into_iter().map(String::from).chain([t.x, t.y, t.z, q.x, q.y, q.z, q.w].map(|v| format!("{v:?}"))).collect();
+    let rounds: [(&[&str], Vec<&str>, calibration::Extrinsics); 2] = [
+        (&["depth_registration:=extrinsics", &file_arg], vec![], calibration::Extrinsics::from_yaml(extrinsics).unwrap()),
+        (&["depth_registration:=tf"], [&["--depth-frame-id", "camera_depth"][..], &tf_static.iter().map(String::as_str).collect::<Vec<_>>()].concat(), from_tf),
     ];
-    let mut node = NodeProcess::start(domain, &args, tmp.path());
-    let out = tmp.path().join("received");
-    let png = pngs[0].display().to_string();
-    let (dw, dh) = (SIZE.0 / 2 + 7, SIZE.1 / 2 + 3);
-    let depth_size = format!("{dw}x{dh}");
-    let d = [-0.12, 0.03, 1e-3, -5e-4, 0.0];
-    // `=` form: a leading minus would read as an option.
-    let distortion = format!("--distortion={}", d.map(|v| v.to_string()).join(","));
-    let peer_args = [
-        "pubsub", "--images", &png, "--camera-info", &distortion, "--depth-camera", &depth_size, "--repeat", "3", "--rate-hz", "4",
-        "--expect", "1", "--timeout", "90", "--collect", "mask", "depth", "--out", out.to_str().unwrap(),
-    ];
-    let result = ok(peer(domain, &peer_args));
-    node.assert_running();
-    let sec = published_stems(&result)
-        .into_keys()
-        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
-        .unwrap_or_else(|| panic!("no depth received: {result}\n{}", node.log()));
-    let got: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    for (round, (params, peer_extra, transform)) in rounds.into_iter().enumerate() {
+        let domain = domain_id();
+        let mut args = vec![
+            "-p", "labels:=[person, cup, table, wall]", "-p", "depth_mode:=rgbd", "-p", "image_rectified:=false", "-p", "depth_filter_radius:=0",
+            "-p", "depth_fill_radius:=0", "-p", "depth_invalid_labels:=[]",
+        ];
+        args.extend(params.iter().flat_map(|p| ["-p", *p]));
+        let mut node = NodeProcess::start(domain, &args, tmp.path());
+        let out = tmp.path().join(format!("received{round}"));
+        let png = pngs[0].display().to_string();
+        let (dw, dh) = (SIZE.0 / 2 + 7, SIZE.1 / 2 + 3);
+        let depth_size = format!("{dw}x{dh}");
+        let d = [-0.12, 0.03, 1e-3, -5e-4, 0.0];
+        // `=` form: a leading minus would read as an option.
+        let distortion = format!("--distortion={}", d.map(|v| v.to_string()).join(","));
+        let peer_args = [
+            "pubsub", "--images", &png, "--camera-info", &distortion, "--depth-camera", &depth_size, "--repeat", "3", "--rate-hz", "4",
+            "--expect", "1", "--timeout", "90", "--collect", "mask", "depth", "--out", out.to_str().unwrap(),
+        ];
+        let result = ok(peer(domain, &[&peer_args[..], &peer_extra].concat()));
+        node.assert_running();
+        let sec = published_stems(&result)
+            .into_keys()
+            .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
+            .unwrap_or_else(|| panic!("no depth received: {result}\n{}", node.log()));
+        let got: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
 
-    // The same registration through the calibration crate, whose geometry its own tests check
-    // against ray-cast scenes.
-    let (w, h) = SIZE;
-    let registration = calibration::DepthRegistration::new(
-        &peer_camera(dw, dh, &d),
-        &peer_camera(w, h, &d),
-        calibration::Extrinsics::from_yaml(extrinsics).unwrap(),
-    );
-    let want = registration.register(&synthetic_depth_m(dw as usize, dh as usize)).unwrap();
-    assert_eq!(got.len(), want.len());
-    let mut valid = 0;
-    for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
-        if e.is_nan() || mask[i] == 255 {
-            assert!(g.is_nan(), "pixel {i}: nothing registered there (or unknown), but depth {g}");
-        } else {
-            assert_eq!(g, e, "pixel {i}");
-            valid += 1;
+        // The same registration through the calibration crate, whose geometry its own tests
+        // check against ray-cast scenes.
+        let (w, h) = SIZE;
+        let registration = calibration::DepthRegistration::new(&peer_camera(dw, dh, &d), &peer_camera(w, h, &d), transform);
+        let want = registration.register(&synthetic_depth_m(dw as usize, dh as usize)).unwrap();
+        assert_eq!(got.len(), want.len());
+        let mut valid = 0;
+        for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+            if e.is_nan() || mask[i] == 255 {
+                assert!(g.is_nan(), "round {round}, pixel {i}: nothing registered there (or unknown), but depth {g}");
+            } else {
+                assert_eq!(g, e, "round {round}, pixel {i}");
+                valid += 1;
+            }
         }
+        // Upsampled about 2x with every 17th depth column missing: most pixels still get depth.
+        assert!(valid > want.len() * 3 / 5, "round {round}: {valid} of {} pixels have depth", want.len());
     }
-    // Upsampled about 2x with every 17th depth column missing: most pixels still get depth.
-    assert!(valid > want.len() * 3 / 5, "{valid} of {} pixels have depth", want.len());
 }
 
 #[test]
@@ -769,6 +794,63 @@ fn replay_writes_a_bag_python_decodes_and_reads_a_bag_python_wrote() {
     let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["replay", bag.to_str().unwrap(), "--out", out_bag.to_str().unwrap()]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--force"));
     assert!(std::fs::read(&out_bag).unwrap() == before);
+}
+
+/// The data of every message on `topic` in an mcap, in order.
+fn bag_messages(bag: &Path, topic: &str) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(bag).unwrap();
+    mcap::MessageStream::new(&bytes).unwrap().map(Result::unwrap).filter(|m| m.channel.topic == topic).map(|m| m.data.to_vec()).collect()
+}
+
+#[test]
+fn replay_takes_the_camera_pose_from_the_bags_tf_static() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    // A camera 0.9 m up, pitched 0.5 rad down, its optical frame `camera` (the bag's frame_id).
+    let pose = nalgebra::Isometry3::from_parts(
+        nalgebra::Translation3::new(0.1, 0.0, 0.9),
+        nalgebra::UnitQuaternion::from_axis_angle(&nalgebra::Vector3::y_axis(), 0.5)
+            * nalgebra::UnitQuaternion::from_euler_angles(-std::f64::consts::FRAC_PI_2, 0.0, -std::f64::consts::FRAC_PI_2),
+    );
+    let (t, q) = (pose.translation.vector, pose.rotation.coords);
+    let numbers = [t.x, t.y, t.z, q.x, q.y, q.z, q.w].map(|v| format!("{v:?}"));
+    let bag = tmp.path().join("in.mcap");
+    let mut args = vec!["mcap-make", "--out", bag.to_str().unwrap(), "--camera-info", "--images", pngs[0].to_str().unwrap(), pngs[0].to_str().unwrap()];
+    args.extend(["--tf-static", "base_footprint", "camera"]);
+    args.extend(numbers.iter().map(String::as_str));
+    ok(peer(0, &args));
+    // The same pose as a file, which the node reads into the very same transform.
+    let pose_file = tmp.path().join("pose.yaml");
+    std::fs::write(&pose_file, format!("translation: [{}, {}, {}]\nrotation_quaternion: [{}, {}, {}, {}]\n", numbers[0], numbers[1], numbers[2], numbers[3], numbers[4], numbers[5], numbers[6])).unwrap();
+
+    let replay = |name: &str, mounting: &str| {
+        let out = tmp.path().join(format!("{name}.mcap"));
+        let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
+            .args(["replay", bag.to_str().unwrap(), "--out", out.to_str().unwrap(), "--outputs-only", "--ros-args"])
+            .args(["-p", "labels:=[person, sky, cup, table, wall]", "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]", "-p", mounting])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "replay with {mounting} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        (out, serde_json::from_slice::<Value>(&o.stdout).unwrap(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (from_tf, report, _) = replay("tf", "ground_frame:=base_footprint");
+    assert_eq!(report["frames_processed"], 2, "{report:#}");
+    let (from_file, _, _) = replay("file", &format!("camera_pose_file:={}", pose_file.display()));
+    let (depth_tf, depth_file) = (bag_messages(&from_tf, "/depth"), bag_messages(&from_file, "/depth"));
+    assert_eq!(depth_tf.len(), 2, "the first frame, too, has the transform written after it");
+    assert!(depth_tf == depth_file, "depth from /tf_static differs from depth from the same pose in a file");
+    // Not a vacuous match: the image data (the message's tail) has ground depth.
+    let pixels = (SIZE.0 * SIZE.1) as usize;
+    let tail = &depth_tf[0][depth_tf[0].len() - 4 * pixels..];
+    let with_depth = tail.chunks(4).filter(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
+    assert!(with_depth > 500, "{with_depth} pixels with depth");
+
+    // A frame tf does not know: each frame is counted, named, and skipped for depth only.
+    let (unknown, report, log) = replay("unknown", "ground_frame:=odom");
+    assert_eq!(report["frames_rejected"]["ground_depth"], 2, "{report:#}");
+    assert!(log.contains("'odom' is not in the transform tree (known: base_footprint, camera)"), "{log}");
+    assert_eq!(bag_messages(&unknown, "/mask").len(), 2);
+    assert_eq!(bag_messages(&unknown, "/depth").len(), 0);
 }
 
 #[test]

@@ -60,6 +60,7 @@ from cyclonedds.core import Policy, Qos  # noqa: E402
 from cyclonedds.domain import Domain, DomainParticipant  # noqa: E402
 from cyclonedds.idl import IdlStruct  # noqa: E402
 from cyclonedds.idl.annotations import final  # noqa: E402
+from cyclonedds.pub import DataWriter  # noqa: E402
 from cyclonedds.sub import DataReader  # noqa: E402
 from cyclonedds.topic import Topic  # noqa: E402
 from cyclonedds.util import duration  # noqa: E402
@@ -480,6 +481,69 @@ def label_info_json(sample):
     }
 
 
+# tf2_msgs/msg/TFMessage and its parts (tf2_msgs is not on PyPI either).
+@dataclass
+@final
+class TfVector3(IdlStruct, typename="geometry_msgs::msg::dds_::Vector3_"):
+    x: idl_types.float64
+    y: idl_types.float64
+    z: idl_types.float64
+
+
+@dataclass
+@final
+class TfQuaternion(IdlStruct, typename="geometry_msgs::msg::dds_::Quaternion_"):
+    x: idl_types.float64
+    y: idl_types.float64
+    z: idl_types.float64
+    w: idl_types.float64
+
+
+@dataclass
+@final
+class TfTransform(IdlStruct, typename="geometry_msgs::msg::dds_::Transform_"):
+    translation: TfVector3
+    rotation: TfQuaternion
+
+
+@dataclass
+@final
+class TfTransformStamped(IdlStruct, typename="geometry_msgs::msg::dds_::TransformStamped_"):
+    header: Header
+    child_frame_id: str
+    transform: TfTransform
+
+
+@dataclass
+@final
+class TfMessage(IdlStruct, typename="tf2_msgs::msg::dds_::TFMessage_"):
+    transforms: idl_types.sequence[TfTransformStamped]
+
+
+def tf_static_writer(transforms):
+    """Publishes --tf-static transforms (PARENT CHILD X Y Z QX QY QZ QW each) once on
+    rt/tf_static, reliable and transient local as tf2's static broadcaster does, so a
+    node that matches later still gets them; keep the writer alive meanwhile."""
+    domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
+    domain = Domain(domain_id, cyclone_config())
+    participant = DomainParticipant(domain_id)
+    topic = Topic(participant, "rt/tf_static", TfMessage)
+    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)),
+              Policy.Durability.TransientLocal, Policy.History.KeepLast(1))
+    writer = DataWriter(participant, topic, qos=qos)
+    writer.keepalive = (domain, participant, topic)
+    message = TfMessage(transforms=[
+        TfTransformStamped(
+            header=Header(stamp=Time(sec=0, nanosec=0), frame_id=parent),
+            child_frame_id=child,
+            transform=TfTransform(
+                translation=TfVector3(*map(float, (x, y, z))),
+                rotation=TfQuaternion(*map(float, (qx, qy, qz, qw)))))
+        for parent, child, x, y, z, qx, qy, qz, qw in transforms])
+    writer.write(message)
+    return writer
+
+
 # ---------------------------------------------------------------------------
 # pubsub
 # ---------------------------------------------------------------------------
@@ -535,6 +599,7 @@ def cmd_pubsub(a):
         pubs["right/image"] = node.create_publisher(Image, "right/image", input_qos())
     if a.sim_clock is not None:
         pubs["/clock"] = node.create_publisher(Clock, "/clock", 10)
+    tf_writer = None
 
     def tick_clock():
         """Publishes simulated time: --sim-clock seconds plus the time since start."""
@@ -611,6 +676,9 @@ def cmd_pubsub(a):
         if label_reader is not None and \
                 label_reader.get_subscription_matched_status().current_count == 0:
             missing.append("publisher on label_info")
+        if tf_writer is not None and (topics is None or "/tf_static" in topics) and \
+                tf_writer.get_publication_matched_status().current_count == 0:
+            missing.append("subscriber on /tf_static")
         return missing
 
     def done():
@@ -624,6 +692,12 @@ def cmd_pubsub(a):
     try:
         log("waiting for endpoints to match")
         wait_until(executor, lambda: not unmatched(["image"]), deadline, "matching endpoints")
+        if a.tf_static:
+            # A second participant (Cyclone DDS) in this process, made only once the node
+            # has matched the first: made before, the node at times received none of the
+            # frames (3 runs in 16), made here in none of 28.
+            tf_writer = tf_static_writer(a.tf_static)
+            wait_until(executor, lambda: not unmatched(["/tf_static"]), deadline, "the node's /tf_static reader")
         # camera_info / depth_registered subscribers are optional (a node may
         # not use them): a short grace, then go on and report them.
         grace = min(deadline, time.monotonic() + INPUT_MATCH_GRACE_S)
@@ -666,9 +740,10 @@ def cmd_pubsub(a):
                 pubs["depth_registered"].publish(fill(Image(), frame.depth(header)))
             if a.depth_camera:
                 dw, dh = a.depth_camera
-                info = camera_info_fields(header, dh, dw, a.distortion)
+                depth_header = header_fields(sec, nanosec, a.depth_frame_id or a.frame_id)
+                info = camera_info_fields(depth_header, dh, dw, a.distortion)
                 pubs["depth/camera_info"].publish(fill(CameraInfo(), info))
-                pubs["depth/image"].publish(fill(Image(), depth_fields(header, dh, dw)))
+                pubs["depth/image"].publish(fill(Image(), depth_fields(depth_header, dh, dw)))
             if rights:
                 right = rights[index % len(rights)]
                 pubs["right/camera_info"].publish(fill(CameraInfo(), right.camera_info(header, a.baseline)))
@@ -1008,6 +1083,24 @@ CAMERA_INFO_MSGDEF = (
     "uint32 height\nuint32 width\nbool do_rectify\n")
 
 
+TF_MSGDEF = (
+    "geometry_msgs/TransformStamped[] transforms\n" + _SEP
+    + "MSG: geometry_msgs/TransformStamped\nstd_msgs/Header header\nstring child_frame_id\n"
+    "Transform transform\n" + _SEP + _HEADER + _SEP + _TIME + _SEP
+    + "MSG: geometry_msgs/Transform\nVector3 translation\nQuaternion rotation\n" + _SEP
+    + "MSG: geometry_msgs/Vector3\nfloat64 x\nfloat64 y\nfloat64 z\n" + _SEP
+    + "MSG: geometry_msgs/Quaternion\nfloat64 x\nfloat64 y\nfloat64 z\nfloat64 w\n")
+
+
+def tf_fields(transforms):
+    """A TFMessage of --tf-static entries (PARENT CHILD X Y Z QX QY QZ QW)."""
+    return {"transforms": [
+        {"header": header_fields(0, 0, parent), "child_frame_id": child,
+         "transform": {"translation": dict(zip("xyz", map(float, (x, y, z)))),
+                       "rotation": dict(zip("xyzw", map(float, (qx, qy, qz, qw))))}}
+        for parent, child, x, y, z, qx, qy, qz, qw in transforms]}
+
+
 def cmd_mcap_make(a):
 
     frames = [InputFrame(p, a.resize, a.encoding) for p in a.images]
@@ -1040,6 +1133,11 @@ def cmd_mcap_make(a):
                 write("/right/image", image_schema, right.image(header), t_ns)
             write("/image", image_schema, frame.image(header), t_ns)
             stamps.append({"index": i, "sec": sec, "nanosec": nanosec, "image": frame.path})
+        if a.tf_static:
+            # Last in the bag: a reader must take static transforms before the first frame.
+            tf_schema = writer.register_msgdef("tf2_msgs/msg/TFMessage", TF_MSGDEF)
+            sec, nanosec = input_stamp(len(frames))
+            write("/tf_static", tf_schema, tf_fields(a.tf_static), sec * 1_000_000_000 + nanosec)
         writer.finish()
     return {"file": str(out), "bytes": out.stat().st_size, "counts": counts,
             "published": stamps, "encoding": frames[0].encoding,
@@ -1134,6 +1232,10 @@ def build_parser():
     s.add_argument("--depth-camera", type=parse_size, metavar="WxH",
                    help="also publish synthetic 16UC1 depth/image of this size and its "
                         "depth/camera_info (f = width, centred), for depth registration")
+    s.add_argument("--depth-frame-id", help="frame_id of the --depth-camera messages (default: --frame-id)")
+    s.add_argument("--tf-static", nargs=9, action="append", default=[],
+                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                   help="a transform to publish on /tf_static (repeat for more)")
     s.add_argument("--depth-plane", type=parse_floats(2), metavar="HEIGHT,PITCH",
                    help="publish depth_registered as 32FC1 flat ground seen from HEIGHT m, "
                         "pitched down PITCH rad, with holes on every 17th column")
@@ -1201,6 +1303,9 @@ def build_parser():
                    help="right images of rectified pairs (/right/image, /right/camera_info)")
     s.add_argument("--baseline", type=float, default=0.1, help="stereo baseline (m) in /right/camera_info")
     s.add_argument("--camera-info", action="store_true")
+    s.add_argument("--tf-static", nargs=9, action="append", default=[],
+                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                   help="a transform to write on /tf_static, after the frames (repeat for more)")
     return p
 
 

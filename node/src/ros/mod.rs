@@ -11,6 +11,7 @@ pub mod params;
 pub mod processor;
 pub mod rosout;
 pub mod stats;
+pub mod tf;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -28,7 +29,7 @@ use rustdds::mio1::{Events, Interest, Poll, Token};
 
 use crate::CommonArgs;
 use args::RosArgs;
-use msgs::{CameraInfo, Clock, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, Time};
+use msgs::{CameraInfo, Clock, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, TfMessage, Time};
 use outputs::{OutMsg, Topic};
 use param_state::ParamState;
 use processor::{FrameOutcome, Processor, Update};
@@ -120,6 +121,12 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
         false => None,
     };
     let sim_time = settings.use_sim_time.then(|| Arc::new(AtomicI64::new(0)));
+    // As tf2 listens: /tf_static latched (each broadcaster's last message reaches a node that
+    // starts later), /tf reliable and volatile.
+    let tf_static_qos = QosProfile::publisher_default().durability(Durability::TransientLocal).history(History::KeepLast { depth: 100 });
+    let tf_qos = QosProfile::publisher_default().history(History::KeepLast { depth: 100 });
+    let mut tf_static_sub: Subscription<TfMessage> = subscribe::<TfMessage>(&mut node, resolve("/tf_static")?, &tf_static_qos)?;
+    let mut tf_sub: Subscription<TfMessage> = subscribe::<TfMessage>(&mut node, resolve("/tf")?, &tf_qos)?;
 
     let mut outputs = BTreeMap::new();
     for topic in Topic::ALL {
@@ -155,8 +162,9 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
 
     let (frame_tx, frame_rx) = latest::<Incoming>();
     let (side_tx, side_rx) = crossbeam_channel::bounded::<Side>(64);
+    let processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
+    let tf = processor.tf.clone();
     let worker = {
-        let processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
         let publishers = Publishers { node: node.clone(), outputs, label_info, diagnostics, name: fqn.clone(), sim_time: sim_time.clone() };
         std::thread::Builder::new()
             .name("processing".into())
@@ -175,7 +183,10 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     if let Some(sub) = &mut clock_sub {
         poll.registry().register(sub, Token(7), Interest::READABLE)?;
     }
-    let mut events = Events::with_capacity(8);
+    poll.registry().register(&mut tf_static_sub, Token(8), Interest::READABLE)?;
+    poll.registry().register(&mut tf_sub, Token(9), Interest::READABLE)?;
+    let mut tf_warned = String::new();
+    let mut events = Events::with_capacity(10);
     let mut side_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
         if let Err(e) = poll.poll(&mut events, Some(POLL)) {
@@ -187,6 +198,18 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
         if let (Some(sub), Some(now)) = (&clock_sub, &sim_time) {
             while let Some(clock) = take(sub, "/clock") {
                 now.store(clock.clock.as_nanos(), Ordering::Relaxed);
+            }
+        }
+        for (sub, is_static) in [(&tf_static_sub, true), (&tf_sub, false)] {
+            while let Some(message) = take(sub, if is_static { "/tf_static" } else { "/tf" }) {
+                // A bad transform is logged when it differs from the last one logged (a
+                // broadcaster repeats it at its rate); /diagnostics counts every one.
+                for error in tf.lock().take(&message, is_static) {
+                    if error != tf_warned {
+                        tracing::warn!("{error}; transform ignored (counted in /diagnostics as tf_rejected)");
+                        tf_warned = error;
+                    }
+                }
             }
         }
         // camera_info and depth first: a frame should find what was sent along with it.

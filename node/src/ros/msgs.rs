@@ -218,6 +218,49 @@ ros_type!(DiagnosticArray, "diagnostic_msgs", "DiagnosticArray", concat!(
     dependency!("diagnostic_msgs/KeyValue", "string key\nstring value\n")
 ));
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vector3 {
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quaternion {
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+    pub w: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transform {
+    pub translation: Vector3,
+    pub rotation: Quaternion,
+}
+
+/// geometry_msgs/TransformStamped: the pose of `child_frame_id` in `header.frame_id`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransformStamped {
+    pub header: Header,
+    pub child_frame_id: String,
+    pub transform: Transform,
+}
+
+/// tf2_msgs/TFMessage: what `/tf` and `/tf_static` carry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TfMessage {
+    pub transforms: Vec<TransformStamped>,
+}
+ros_type!(TfMessage, "tf2_msgs", "TFMessage", concat!(
+    "geometry_msgs/TransformStamped[] transforms\n",
+    dependency!("geometry_msgs/TransformStamped", "std_msgs/Header header\nstring child_frame_id\nTransform transform\n"),
+    header_deps!(),
+    dependency!("geometry_msgs/Transform", "Vector3 translation\nQuaternion rotation\n"),
+    dependency!("geometry_msgs/Vector3", "float64 x\nfloat64 y\nfloat64 z\n"),
+    dependency!("geometry_msgs/Quaternion", "float64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1\n")
+));
+
 /// CDR encapsulation header for little-endian plain CDR, as stored in front of every sample.
 const CDR_LE_HEADER: [u8; 4] = [0x00, 0x01, 0x00, 0x00];
 

@@ -47,7 +47,7 @@ pub const PUBLISH_TOGGLES: [&str; 7] = [
 pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground", "stereo", "model"];
 pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
-pub const DEPTH_REGISTRATIONS: &[&str] = &["none", "extrinsics"];
+pub const DEPTH_REGISTRATIONS: &[&str] = &["none", "extrinsics", "tf"];
 
 /// Every parameter the node declares, in the order `--help` and `ros2 param list` show them.
 pub static SPECS: &[ParamSpec] = &[
@@ -125,7 +125,8 @@ pub static SPECS: &[ParamSpec] = &[
     ParamSpec {
         choices: DEPTH_REGISTRATIONS,
         constraints: "none: `depth_registered` is already aligned with `image`; extrinsics: `depth/image` with `depth/camera_info` \
-                      is redrawn in the colour camera with `depth_extrinsics` (or `depth_extrinsics_file`)",
+                      is redrawn in the colour camera with `depth_extrinsics` (or `depth_extrinsics_file`); tf: the same with the \
+                      transform between the two camera_info frames from /tf_static and /tf",
         ..spec("depth_registration", "depth_mode rgbd: whether the node registers the depth camera's image to `image` itself.")
     },
     ParamSpec {
@@ -171,6 +172,11 @@ pub static SPECS: &[ParamSpec] = &[
     ParamSpec {
         constraints: "empty, or a YAML file (translation + rotation_rpy | rotation_quaternion, or a 4x4 matrix); overrides `camera_pose`",
         ..spec("camera_pose_file", "depth_mode ground: file with the camera's pose over the ground.")
+    },
+    ParamSpec {
+        constraints: "empty, or a frame in /tf_static or /tf whose z = 0 plane is the ground (e.g. base_footprint); the camera's \
+                      frame is camera_info's frame_id; overrides camera_pose and camera_height/pitch/roll",
+        ..spec("ground_frame", "depth_mode ground: take the camera's pose over the ground from tf, in this frame.")
     },
     ParamSpec {
         range: Range::Float(0.01, 100.0),
@@ -270,6 +276,7 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("stereo_paths", Integer(8));
     put("camera_pose", DoubleArray(vec![]));
     put("camera_pose_file", String("".into()));
+    put("ground_frame", String("".into()));
     put("camera_height", Double(1.0));
     put("camera_pitch", Double(0.0));
     put("camera_roll", Double(0.0));
@@ -318,6 +325,9 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
         ("labels", ParameterValue::StringArray(labels)) => check_labels(labels),
         ("stereo_max_disp", ParameterValue::Integer(n)) if n % 8 != 0 => Err(format!("'stereo_max_disp' must be a multiple of 8, got {n}")),
         ("stereo_paths", ParameterValue::Integer(n)) if stereo_paths(*n).is_none() => Err(format!("'stereo_paths' must be 3, 4, 5 or 8, got {n}")),
+        ("ground_frame", ParameterValue::String(frame)) if frame.trim().contains(char::is_whitespace) => {
+            Err(format!("'ground_frame' is a tf frame name, which has no blanks; got '{frame}'"))
+        }
         ("depth_extrinsics", ParameterValue::DoubleArray(v)) => xyz_rpy(name, v).map(|_| ()),
         ("camera_pose", ParameterValue::DoubleArray(v)) if !v.is_empty() => xyz_rpy(name, v).map(|_| ()),
         ("tensorrt_int8_calibration_table", ParameterValue::String(path)) if !path.is_empty() && !std::path::Path::new(path).is_file() => {
@@ -486,16 +496,18 @@ pub struct OutputSettings {
     /// Whether `image` is rectified (rays from P) or raw (K and distortion).
     pub image_rectified: bool,
     /// depth_mode rgbd: register `depth/image` with this transform (depth_registration
-    /// extrinsics) instead of reading `depth_registered`.
-    pub depth_registration: Option<PoseParam>,
+    /// extrinsics or tf) instead of reading `depth_registered`.
+    pub depth_registration: Option<PoseSource>,
     /// Lower-cased, trimmed label texts that are flat ground (depth_mode ground, ground_fit).
     pub ground_labels: Vec<String>,
     /// depth_mode rgbd, stereo or model: RANSAC inlier distance (m) of the ground fit, if on.
     pub ground_fit: Option<f64>,
     /// Camera height (m), pitch and roll (rad) over the ground (depth_mode ground)...
     pub camera_mounting: [f64; 3],
-    /// ...unless the camera's pose over the ground is given.
+    /// ...unless the camera's pose over the ground is given...
     pub camera_pose: Option<PoseParam>,
+    /// ...or to be looked up in tf, in this frame (leading slash and blanks trimmed).
+    pub ground_frame: Option<String>,
     /// The `backend` parameter: where stereo matching runs (auto/cuda: CUDA where a device
     /// answers).
     pub backend: String,
@@ -531,6 +543,14 @@ impl PoseParam {
             calibration::Extrinsics::from_yaml_file(std::path::Path::new(&self.file)).map_err(|e| format!("'{}_file': {e}", self.name))
         }
     }
+}
+
+/// Where a transform between two sensors comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoseSource {
+    Given(PoseParam),
+    /// From /tf_static and /tf, between the frames the messages name.
+    Tf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -600,13 +620,21 @@ impl Settings {
                     ..Default::default()
                 },
                 image_rectified: boolean("image_rectified"),
-                depth_registration: (string("depth_registration") == "extrinsics")
-                    .then(|| PoseParam { name: "depth_extrinsics", xyz_rpy: doubles("depth_extrinsics"), file: string("depth_extrinsics_file") }),
+                depth_registration: match string("depth_registration").as_str() {
+                    "extrinsics" => Some(PoseSource::Given(PoseParam {
+                        name: "depth_extrinsics",
+                        xyz_rpy: doubles("depth_extrinsics"),
+                        file: string("depth_extrinsics_file"),
+                    })),
+                    "tf" => Some(PoseSource::Tf),
+                    _ => None,
+                },
                 ground_labels: strings("ground_labels").iter().map(|l| l.trim().to_lowercase()).collect(),
                 ground_fit: boolean("ground_fit").then(|| double("ground_fit_tolerance")),
                 camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
                 camera_pose: (!doubles("camera_pose").is_empty() || !string("camera_pose_file").is_empty())
                     .then(|| PoseParam { name: "camera_pose", xyz_rpy: doubles("camera_pose"), file: string("camera_pose_file") }),
+                ground_frame: Some(string("ground_frame").trim().trim_start_matches('/').to_string()).filter(|f| !f.is_empty()),
                 backend: string("backend"),
                 stereo_max_disp: int("stereo_max_disp").max(8) as usize,
                 stereo_label_penalties: boolean("stereo_label_penalties"),
@@ -743,6 +771,22 @@ mod tests {
         assert_eq!(s.output.depth_mode, DepthMode::Ground);
         assert_eq!(s.output.ground_labels, ["crop row"]);
         assert_eq!(s.output.camera_mounting, [1.0, 0.3, 0.0]);
+        assert_eq!(s.output.ground_frame, None);
+        values.insert("ground_frame".into(), String(" /base_footprint".into()));
+        values.insert("depth_registration".into(), String("tf".into()));
+        let s = Settings::from_values(&values);
+        assert_eq!(s.output.ground_frame.as_deref(), Some("base_footprint"));
+        assert_eq!(s.output.depth_registration, Some(PoseSource::Tf));
+    }
+
+    #[test]
+    fn tf_frames_and_sources_are_checked() {
+        check("depth_registration", &String("tf".into()), &String("none".into())).unwrap();
+        check("ground_frame", &String("base_footprint".into()), &String("".into())).unwrap();
+        let e = check("ground_frame", &String("base footprint".into()), &String("".into())).unwrap_err();
+        assert!(e.contains("'ground_frame'") && e.contains("'base footprint'"), "{e}");
+        let e = check("depth_registration", &String("tf2".into()), &String("none".into())).unwrap_err();
+        assert!(e.contains("none, extrinsics, tf"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use engine::{Frame, LabelMap, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 use super::decode::{self, RejectCounter, Rejected};
 use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
 use super::outputs::{self, OutMsg, Topic};
-use super::params::{DepthMode, OutputSettings, PoseParam};
+use super::params::{DepthMode, OutputSettings, PoseParam, PoseSource};
+use super::tf::SharedTree;
 use super::stats::Latencies;
 
 /// A change made through parameters, applied between frames so a frame never mixes states.
@@ -70,7 +71,8 @@ struct RegistrationCache {
     color: CameraInfo,
     depth: CameraInfo,
     rectified: bool,
-    source: PoseParam,
+    source: PoseSource,
+    extrinsics: calibration::Extrinsics,
     registration: DepthRegistration,
 }
 
@@ -106,6 +108,8 @@ pub struct Processor {
     stereo: Option<Box<dyn DisparityMatcher>>,
     /// Set when GPU matching failed; the CPU matches from then on.
     stereo_fallback: Option<String>,
+    /// Transforms from /tf_static and /tf (depth_registration tf, ground_frame).
+    pub tf: SharedTree,
     pub rejects: RejectCounter,
     pub latency: Latencies,
     /// Set when labels or the threshold change, so the owner republishes `label_info`.
@@ -136,6 +140,7 @@ impl Processor {
             right_camera_info: None,
             stereo: None,
             stereo_fallback: None,
+            tf: SharedTree::default(),
             rejects: RejectCounter::default(),
             latency: Latencies::default(),
             label_info_due: true,
@@ -353,7 +358,7 @@ impl Processor {
     }
 
     /// The depth image nearest in time, in metres and aligned with `frame`: `depth_registered`
-    /// as it is, or `depth/image` registered here (depth_registration extrinsics). Ok(None) when
+    /// as it is, or `depth/image` registered here (depth_registration extrinsics or tf). Ok(None) when
     /// none can be had for this frame (noted); Err for a malformed depth message.
     fn measured_depth(&mut self, stamp: Time, frame: &Frame) -> Result<Option<Vec<f32>>, Rejected> {
         let tolerance = self.settings.depth_sync_tolerance;
@@ -381,11 +386,11 @@ impl Processor {
     }
 
     /// `metres` from the depth camera redrawn as the colour camera's z-depth.
-    fn register(&mut self, metres: &[f32], size: (usize, usize), source: &PoseParam) -> Result<Vec<f32>, Rejected> {
+    fn register(&mut self, metres: &[f32], size: (usize, usize), source: &PoseSource) -> Result<Vec<f32>, Rejected> {
         let _s = tracing::debug_span!("register_depth").entered();
         let reject = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
         let (Some(color), Some(depth)) = (&self.camera_info, &self.depth_camera_info) else {
-            return Err(reject("no_camera_info", "depth_registration extrinsics needs camera_info and depth/camera_info".into()));
+            return Err(reject("no_camera_info", "depth_registration needs camera_info and depth/camera_info".into()));
         };
         // Sizes first: the registration's tables are as large as the camera_info says.
         if (depth.width as usize, depth.height as usize) != size {
@@ -393,18 +398,25 @@ impl Processor {
         }
 
         let rectified = self.settings.image_rectified;
+        let cached = self.registration.take();
+        // A given transform is read when its parameters change; tf's is looked up every frame.
+        let extrinsics = match (source, &cached) {
+            (PoseSource::Given(_), Some(c)) if c.source == *source => c.extrinsics,
+            (PoseSource::Given(pose), _) => pose.load().map_err(|e| reject("depth_extrinsics", e))?,
+            (PoseSource::Tf, _) => tf_pose(&self.tf, ("camera_info", &color.header.frame_id), ("depth/camera_info", &depth.header.frame_id))
+                .map_err(|e| reject("tf", format!("depth_registration tf: {e}")))?,
+        };
         let current = |c: &RegistrationCache| {
-            c.rectified == rectified && c.source == *source && outputs::same_calibration(&c.color, color) && outputs::same_calibration(&c.depth, depth)
+            c.rectified == rectified && c.extrinsics == extrinsics && outputs::same_calibration(&c.color, color) && outputs::same_calibration(&c.depth, depth)
         };
         // A stale cache is dropped; a new one replaces it once every part of it loads.
-        let cache = match self.registration.take() {
-            Some(cache) if current(&cache) => cache,
+        let cache = match cached {
+            Some(cache) if current(&cache) => RegistrationCache { source: source.clone(), ..cache },
             _ => {
-                let extrinsics = source.load().map_err(|e| reject("depth_extrinsics", e))?;
                 let color_camera = outputs::image_camera(color, rectified).map_err(|e| reject("camera_info", format!("camera_info: {e}")))?;
                 let depth_camera = outputs::image_camera(depth, rectified).map_err(|e| reject("depth_camera_info", format!("depth/camera_info: {e}")))?;
                 let registration = DepthRegistration::new(&depth_camera, &color_camera, extrinsics);
-                RegistrationCache { color: color.clone(), depth: depth.clone(), rectified, source: source.clone(), registration }
+                RegistrationCache { color: color.clone(), depth: depth.clone(), rectified, source: source.clone(), extrinsics, registration }
             }
         };
         let registration = &self.registration.insert(cache).registration;
@@ -511,8 +523,14 @@ impl Processor {
         let _s = tracing::debug_span!("ground_depth").entered();
         let rays = self.image_rays("depth and points")?;
         let (pose, mounting) = (&self.settings.camera_pose, self.settings.camera_mounting);
-        let plane = match &self.ground_plane {
-            Some((p, m, plane)) if p == pose && *m == mounting => Ok(*plane),
+        let plane = match (&self.settings.ground_frame, &self.ground_plane) {
+            // Looked up every frame: the camera may move on the robot (a pan-tilt head).
+            (Some(ground), _) => {
+                let camera = self.camera_info.as_ref().map_or("", |c| c.header.frame_id.as_str());
+                tf_pose(&self.tf, ("ground_frame", ground), ("camera_info", camera))
+                    .and_then(|p| calibration::GroundPlane::from_camera_pose(&p).map_err(|e| format!("the camera's pose in ground_frame '{ground}' from tf: {e}")))
+            }
+            (None, Some((p, m, plane))) if p == pose && *m == mounting => Ok(*plane),
             _ => {
                 let plane = match pose {
                     Some(pose) => pose.load().and_then(|p| calibration::GroundPlane::from_camera_pose(&p).map_err(|e| format!("'camera_pose': {e}"))),
@@ -634,6 +652,14 @@ impl Processor {
         if let Some(reason) = &self.stereo_fallback {
             values.push(kv("stereo_fallback", reason.clone()));
         }
+        {
+            let tf = self.tf.lock();
+            values.push(kv("tf_frames", tf.len().to_string()));
+            if let Some((n, why)) = tf.rejected() {
+                values.push(kv("tf_rejected", n.to_string()));
+                values.push(kv("tf_last_rejected", why.into()));
+            }
+        }
         if let Some(GroundFit { fit, filled }) = &self.ground {
             let [height, pitch, roll] = fit.plane.mounting();
             values.push(kv("ground_fit.camera_height", format!("{height:.3}")));
@@ -659,6 +685,18 @@ impl Processor {
         };
         DiagnosticStatus { level, name: name.into(), message, hardware_id: "ovseg".into(), values }
     }
+}
+
+/// The pose of `source`'s frame in `target`'s from tf; each side is (where the frame name came
+/// from, the name), so that errors say which message or parameter to fix.
+fn tf_pose(tf: &SharedTree, target: (&str, &str), source: (&str, &str)) -> Result<calibration::Extrinsics, String> {
+    if let Some((what, _)) = [target, source].into_iter().find(|(_, frame)| frame.trim().is_empty()) {
+        return Err(format!("{what} names no frame (empty frame_id), so tf cannot place it"));
+    }
+    let ((target_what, target_frame), (source_what, source_frame)) = (target, source);
+    tf.lock()
+        .lookup(target_frame, source_frame)
+        .map_err(|e| format!("no transform from {source_what} frame '{source_frame}' to {target_what} frame '{target_frame}': {e}"))
 }
 
 /// 8-bit gray of a frame: mono8 as it is, colour as BT.601 luma (integer, rounded).
