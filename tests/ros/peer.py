@@ -457,18 +457,23 @@ class LabelInfo(IdlStruct, typename="vision_msgs::msg::dds_::LabelInfo_"):
     threshold: idl_types.float32
 
 
-def label_info_reader():
-    """A DataReader for rt/label_info, reliable, transient local, keep last 1."""
+def latched_endpoint(kind, topic_name, data_type):
+    """A Cyclone DDS DataReader or DataWriter (`kind`) on a ROS topic, reliable, transient
+    local, keep last 1: a latched topic such as label_info or /tf_static."""
     domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
     domain = Domain(domain_id, cyclone_config())
     participant = DomainParticipant(domain_id)
-    topic = Topic(participant, "rt/label_info", LabelInfo)
+    topic = Topic(participant, topic_name, data_type)
     qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)),
               Policy.Durability.TransientLocal, Policy.History.KeepLast(1))
-    reader = DataReader(participant, topic, qos=qos)
-    # The reader does not own the domain and participant: keep them alive.
-    reader.keepalive = (domain, participant, topic)
-    return reader
+    endpoint = kind(participant, topic, qos=qos)
+    # The endpoint does not own the domain and participant: keep them alive.
+    endpoint.keepalive = (domain, participant, topic)
+    return endpoint
+
+
+def label_info_reader():
+    return latched_endpoint(DataReader, "rt/label_info", LabelInfo)
 
 
 def label_info_json(sample):
@@ -524,14 +529,7 @@ def tf_static_writer(transforms):
     """Publishes --tf-static transforms (PARENT CHILD X Y Z QX QY QZ QW each) once on
     rt/tf_static, reliable and transient local as tf2's static broadcaster does, so a
     node that matches later still gets them; keep the writer alive meanwhile."""
-    domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
-    domain = Domain(domain_id, cyclone_config())
-    participant = DomainParticipant(domain_id)
-    topic = Topic(participant, "rt/tf_static", TfMessage)
-    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)),
-              Policy.Durability.TransientLocal, Policy.History.KeepLast(1))
-    writer = DataWriter(participant, topic, qos=qos)
-    writer.keepalive = (domain, participant, topic)
+    writer = latched_endpoint(DataWriter, "rt/tf_static", TfMessage)
     message = TfMessage(transforms=[
         TfTransformStamped(
             header=Header(stamp=Time(sec=0, nanosec=0), frame_id=parent),
