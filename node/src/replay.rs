@@ -16,6 +16,7 @@ use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType,
 use crate::ros::outputs::{OutMsg, Topic};
 use crate::ros::param_state::ParamState;
 use crate::ros::processor::{FrameOutcome, Processor, closest_in_time};
+use crate::ros::tf::TransformTree;
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
@@ -116,12 +117,6 @@ fn check_out(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-fn warn_refused(errors: &[String]) {
-    for error in errors {
-        tracing::warn!("{error}; transform ignored");
-    }
-}
-
 fn out_topic(namespace: &str, name: &str) -> String {
     format!("{}/{name}", namespace.trim_end_matches('/'))
 }
@@ -145,7 +140,10 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
             let right: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.right_topic))?;
             right_images.push(right);
         } else if message.channel.topic == args.tf_static_topic {
-            static_transforms.push(msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.tf_static_topic))?);
+            match msgs::from_cdr::<TfMessage>(&message.data) {
+                Ok(transforms) => static_transforms.push(transforms),
+                Err(e) => tracing::warn!("{}: unreadable message skipped: {e}", args.tf_static_topic),
+            }
         } else if message.channel.topic == args.image_topic {
             images += 1;
         }
@@ -164,7 +162,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     let settings = state.settings();
     let mut processor = Processor::new(initial.pipeline, initial.labels, settings.output.clone());
     for message in &static_transforms {
-        warn_refused(&processor.tf.lock().take(message, true));
+        TransformTree::take_and_log(&processor.tf, message, true);
     }
 
     // Temp file + rename: a failed replay never leaves a truncated bag at --out, nor the
@@ -192,7 +190,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         }
         if topic == args.tf_topic {
             match msgs::from_cdr::<TfMessage>(&message.data) {
-                Ok(transforms) => warn_refused(&processor.tf.lock().take(&transforms, false)),
+                Ok(transforms) => TransformTree::take_and_log(&processor.tf, &transforms, false),
                 Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
             }
         } else if topic == args.camera_info_topic || topic == args.right_camera_info_topic || topic == args.depth_camera_info_topic {

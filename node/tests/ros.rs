@@ -369,6 +369,10 @@ fn ground_mode_depth_over_dds_is_the_ray_plane_intersection_on_ground_labels() {
         let collect = ["--collect", "mask", "depth", "--out", out.to_str().unwrap()];
         let result = ok(peer(domain, &[&peer_args[..], &collect, &peer_extra.iter().map(String::as_str).collect::<Vec<_>>()].concat()));
         node.assert_running();
+        if !peer_extra.is_empty() {
+            let log = node.log();
+            assert!(log.contains("/tf_static: transform 'base_link' -> 'lidar'") && log.contains("rotation_quaternion"), "{log}");
+        }
 
         let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
         let sec = published_stems(&result)
@@ -839,6 +843,13 @@ fn replay_takes_the_camera_pose_from_the_bags_tf_static() {
     let (depth_tf, depth_file) = (bag_messages(&from_tf, "/depth"), bag_messages(&from_file, "/depth"));
     assert_eq!(depth_tf.len(), 2, "the first frame, too, has the transform written after it");
     assert!(depth_tf == depth_file, "depth from /tf_static differs from depth from the same pose in a file");
+    // The same pose on /tf, stamped with each frame and written before it.
+    let mut args = vec!["mcap-make", "--out", bag.to_str().unwrap(), "--camera-info", "--images", pngs[0].to_str().unwrap(), pngs[0].to_str().unwrap()];
+    args.extend(["--tf", "base_footprint", "camera"]);
+    args.extend(numbers.iter().map(String::as_str));
+    ok(peer(0, &args));
+    let (from_dynamic_tf, _, _) = replay("dynamic", "ground_frame:=base_footprint");
+    assert!(bag_messages(&from_dynamic_tf, "/depth") == depth_file, "depth from /tf differs from depth from the same pose in a file");
     // Not a vacuous match: the image data (the message's tail) has ground depth.
     let pixels = (SIZE.0 * SIZE.1) as usize;
     let tail = &depth_tf[0][depth_tf[0].len() - 4 * pixels..];

@@ -1111,6 +1111,8 @@ def cmd_mcap_make(a):
         writer = Writer(f)
         image_schema = writer.register_msgdef("sensor_msgs/msg/Image", IMAGE_MSGDEF)
         info_schema = writer.register_msgdef("sensor_msgs/msg/CameraInfo", CAMERA_INFO_MSGDEF)
+        if a.tf or a.tf_static:
+            tf_schema = writer.register_msgdef("tf2_msgs/msg/TFMessage", TF_MSGDEF)
 
         def write(topic, schema, fields, log_time):
             writer.write_message(topic, schema, fields, log_time=log_time,
@@ -1125,6 +1127,11 @@ def cmd_mcap_make(a):
                 write("/camera_info", info_schema, frame.camera_info(header), t_ns)
             if a.depth_mm:
                 write("/depth_registered", image_schema, frame.depth(header), t_ns)
+            if a.tf:
+                message = tf_fields(a.tf)
+                for t in message["transforms"]:
+                    t["header"]["stamp"] = header["stamp"]
+                write("/tf", tf_schema, message, t_ns)
             if rights:
                 right = rights[i % len(rights)]
                 write("/right/camera_info", info_schema, right.camera_info(header, a.baseline), t_ns)
@@ -1133,7 +1140,6 @@ def cmd_mcap_make(a):
             stamps.append({"index": i, "sec": sec, "nanosec": nanosec, "image": frame.path})
         if a.tf_static:
             # Last in the bag: a reader must take static transforms before the first frame.
-            tf_schema = writer.register_msgdef("tf2_msgs/msg/TFMessage", TF_MSGDEF)
             sec, nanosec = input_stamp(len(frames))
             write("/tf_static", tf_schema, tf_fields(a.tf_static), sec * 1_000_000_000 + nanosec)
         writer.finish()
@@ -1304,6 +1310,9 @@ def build_parser():
     s.add_argument("--tf-static", nargs=9, action="append", default=[],
                    metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="a transform to write on /tf_static, after the frames (repeat for more)")
+    s.add_argument("--tf", nargs=9, action="append", default=[],
+                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                   help="a transform to write on /tf with each frame's stamp, before it (repeat for more)")
     return p
 
 

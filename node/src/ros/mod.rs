@@ -185,7 +185,6 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     }
     poll.registry().register(&mut tf_static_sub, Token(8), Interest::READABLE)?;
     poll.registry().register(&mut tf_sub, Token(9), Interest::READABLE)?;
-    let mut tf_warned = String::new();
     let mut events = Events::with_capacity(10);
     let mut side_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
@@ -202,14 +201,7 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
         }
         for (sub, is_static) in [(&tf_static_sub, true), (&tf_sub, false)] {
             while let Some(message) = take(sub, if is_static { "/tf_static" } else { "/tf" }) {
-                // A bad transform is logged when it differs from the last one logged (a
-                // broadcaster repeats it at its rate); /diagnostics counts every one.
-                for error in tf.lock().take(&message, is_static) {
-                    if error != tf_warned {
-                        tracing::warn!("{error}; transform ignored (counted in /diagnostics as tf_rejected)");
-                        tf_warned = error;
-                    }
-                }
+                tf::TransformTree::take_and_log(&tf, &message, is_static);
             }
         }
         // camera_info and depth first: a frame should find what was sent along with it.

@@ -328,6 +328,9 @@ pub fn check(name: &str, value: &ParameterValue, current: &ParameterValue) -> Re
         ("ground_frame", ParameterValue::String(frame)) if frame.trim().contains(char::is_whitespace) => {
             Err(format!("'ground_frame' is a tf frame name, which has no blanks; got '{frame}'"))
         }
+        ("ground_frame", ParameterValue::String(frame)) if !frame.trim().is_empty() && super::tf::frame_name(frame).is_empty() => {
+            Err(format!("'ground_frame' names no frame: '{frame}' (\"\" turns it off)"))
+        }
         ("depth_extrinsics", ParameterValue::DoubleArray(v)) => xyz_rpy(name, v).map(|_| ()),
         ("camera_pose", ParameterValue::DoubleArray(v)) if !v.is_empty() => xyz_rpy(name, v).map(|_| ()),
         ("tensorrt_int8_calibration_table", ParameterValue::String(path)) if !path.is_empty() && !std::path::Path::new(path).is_file() => {
@@ -634,7 +637,7 @@ impl Settings {
                 camera_mounting: [double("camera_height"), double("camera_pitch"), double("camera_roll")],
                 camera_pose: (!doubles("camera_pose").is_empty() || !string("camera_pose_file").is_empty())
                     .then(|| PoseParam { name: "camera_pose", xyz_rpy: doubles("camera_pose"), file: string("camera_pose_file") }),
-                ground_frame: Some(string("ground_frame").trim().trim_start_matches('/').to_string()).filter(|f| !f.is_empty()),
+                ground_frame: Some(super::tf::frame_name(&string("ground_frame")).to_string()).filter(|f| !f.is_empty()),
                 backend: string("backend"),
                 stereo_max_disp: int("stereo_max_disp").max(8) as usize,
                 stereo_label_penalties: boolean("stereo_label_penalties"),
@@ -785,6 +788,8 @@ mod tests {
         check("ground_frame", &String("base_footprint".into()), &String("".into())).unwrap();
         let e = check("ground_frame", &String("base footprint".into()), &String("".into())).unwrap_err();
         assert!(e.contains("'ground_frame'") && e.contains("'base footprint'"), "{e}");
+        let e = check("ground_frame", &String(" / ".into()), &String("".into())).unwrap_err();
+        assert!(e.contains("'ground_frame' names no frame"), "{e}");
         let e = check("depth_registration", &String("tf2".into()), &String("none".into())).unwrap_err();
         assert!(e.contains("none, extrinsics, tf"), "{e}");
     }

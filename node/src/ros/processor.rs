@@ -13,7 +13,7 @@ use super::decode::{self, RejectCounter, Rejected};
 use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
 use super::outputs::{self, OutMsg, Topic};
 use super::params::{DepthMode, OutputSettings, PoseParam, PoseSource};
-use super::tf::SharedTree;
+use super::tf::{self, SharedTree};
 use super::stats::Latencies;
 
 /// A change made through parameters, applied between frames so a frame never mixes states.
@@ -403,6 +403,11 @@ impl Processor {
         let extrinsics = match (source, &cached) {
             (PoseSource::Given(_), Some(c)) if c.source == *source => c.extrinsics,
             (PoseSource::Given(pose), _) => pose.load().map_err(|e| reject("depth_extrinsics", e))?,
+            // One frame for two cameras is a driver's misconfiguration, not an identity transform.
+            (PoseSource::Tf, _) if tf::frame_name(&color.header.frame_id) == tf::frame_name(&depth.header.frame_id) => {
+                let frame = &color.header.frame_id;
+                return Err(reject("tf", format!("depth_registration tf: camera_info and depth/camera_info both name frame '{frame}'; the depth camera needs its own frame in tf")));
+            }
             (PoseSource::Tf, _) => tf_pose(&self.tf, ("camera_info", &color.header.frame_id), ("depth/camera_info", &depth.header.frame_id))
                 .map_err(|e| reject("tf", format!("depth_registration tf: {e}")))?,
         };
@@ -690,7 +695,7 @@ impl Processor {
 /// The pose of `source`'s frame in `target`'s from tf; each side is (where the frame name came
 /// from, the name), so that errors say which message or parameter to fix.
 fn tf_pose(tf: &SharedTree, target: (&str, &str), source: (&str, &str)) -> Result<calibration::Extrinsics, String> {
-    if let Some((what, _)) = [target, source].into_iter().find(|(_, frame)| frame.trim().is_empty()) {
+    if let Some((what, _)) = [target, source].into_iter().find(|(_, frame)| tf::frame_name(frame).is_empty()) {
         return Err(format!("{what} names no frame (empty frame_id), so tf cannot place it"));
     }
     let ((target_what, target_frame), (source_what, source_frame)) = (target, source);

@@ -34,16 +34,26 @@ pub struct TransformTree {
     /// Transforms refused so far, and why the latest was.
     rejected: u64,
     last_rejected: Option<String>,
+    /// Refusals already logged.
+    logged: HashSet<String>,
 }
 
+/// How much older than the held one a `/tf` transform must be to count as time having jumped
+/// back (a simulation restarted, a bag looped) rather than a late message.
+const TIME_JUMP_NS: i64 = 5_000_000_000;
+
+/// Distinct refusal messages remembered so that each is logged once.
+const REFUSALS_REMEMBERED: usize = 256;
+
 /// tf2 ignores a leading slash in frame names.
-fn frame_name(name: &str) -> &str {
+pub fn frame_name(name: &str) -> &str {
     name.trim().trim_start_matches('/')
 }
 
 impl TransformTree {
     /// Takes one transform; a `/tf` transform older than the one held for its frame is ignored
-    /// (messages can arrive out of order). Refuses, naming the field and value, what is not a
+    /// (messages can arrive out of order), unless it is so much older that time has jumped
+    /// back, which a restarted simulation or a looped bag does. Refuses, naming the field and value, what is not a
     /// rigid transform between two named frames, or would close a loop.
     pub fn insert(&mut self, t: &TransformStamped, is_static: bool) -> Result<(), String> {
         let (parent, child) = (frame_name(&t.header.frame_id), frame_name(&t.child_frame_id));
@@ -62,6 +72,7 @@ impl TransformTree {
             && !old.is_static
             && old.parent == parent
             && old.stamp > t.header.stamp
+            && old.stamp.as_nanos() - t.header.stamp.as_nanos() < TIME_JUMP_NS
         {
             return Ok(());
         }
@@ -81,6 +92,19 @@ impl TransformTree {
             self.last_rejected = Some(last.clone());
         }
         errors
+    }
+
+    /// Takes a message and logs each refusal the first time it comes up (a broadcaster repeats
+    /// its transforms at its rate); /diagnostics counts every one.
+    pub fn take_and_log(shared: &SharedTree, message: &TfMessage, is_static: bool) {
+        let errors = shared.lock().take(message, is_static);
+        for error in errors {
+            let mut tree = shared.lock();
+            if tree.logged.len() < REFUSALS_REMEMBERED && tree.logged.insert(error.clone()) {
+                drop(tree);
+                tracing::warn!("{error}; transform ignored (counted in /diagnostics as tf_rejected)");
+            }
+        }
     }
 
     /// How many transforms were refused, and why the latest was.
@@ -262,5 +286,8 @@ mod tests {
         assert_eq!(x(&tree), 2.0);
         tree.insert(&transform("odom", "base_footprint", [3.0, 0.0, 0.0], [0.0; 3], 11), false).unwrap();
         assert_eq!(x(&tree), 3.0);
+        // Far older: time jumped back (a restarted simulation), so it is taken.
+        tree.insert(&transform("odom", "base_footprint", [4.0, 0.0, 0.0], [0.0; 3], 1), false).unwrap();
+        assert_eq!(x(&tree), 4.0);
     }
 }
