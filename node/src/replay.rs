@@ -12,10 +12,10 @@ use serde_json::json;
 
 use crate::CommonArgs;
 use crate::ros::args::RosArgs;
-use crate::ros::msgs::{self, CameraInfo, Image, LabelInfo, PointCloud2, RosType, TfMessage};
+use crate::ros::msgs::{self, CameraInfo, CompressedImage, Image, LabelInfo, PointCloud2, RosType, TfMessage};
 use crate::ros::outputs::{OutMsg, Topic};
 use crate::ros::param_state::ParamState;
-use crate::ros::processor::{FrameOutcome, Processor, closest_in_time};
+use crate::ros::processor::{FrameOutcome, InputImage, Processor, closest_in_time};
 use crate::ros::tf::TransformTree;
 
 #[derive(Args, Debug)]
@@ -28,7 +28,8 @@ pub struct ReplayArgs {
     /// Overwrite --out if it exists (a file; never the input bag).
     #[arg(long)]
     pub force: bool,
-    /// Colour image topic in the bag (sensor_msgs/Image).
+    /// Colour image topic in the bag: sensor_msgs/Image, or sensor_msgs/CompressedImage (JPEG or
+    /// PNG, as image_transport's compressed transport records it, e.g. `/camera/image_raw/compressed`).
     #[arg(long, default_value = "/image")]
     pub image_topic: String,
     #[arg(long, default_value = "/camera_info")]
@@ -201,24 +202,31 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
                 Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
             }
         } else if topic == args.image_topic {
-            let image: Image = match msgs::from_cdr(&message.data) {
+            // Raw or compressed (image_transport's `compressed`), as the channel's schema says.
+            let compressed = message.channel.schema.as_ref().is_some_and(|s| s.name == CompressedImage::schema_name());
+            let image = match compressed {
+                true => msgs::from_cdr::<CompressedImage>(&message.data).map(InputImage::Compressed),
+                false => msgs::from_cdr::<Image>(&message.data).map(InputImage::Raw),
+            };
+            let image = match image {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!("{topic}: unreadable message skipped: {e}");
                     continue;
                 }
             };
-            if let Some(depth) = closest_in_time(&depth_images, image.header.stamp) {
+            let stamp = image.stamp();
+            if let Some(depth) = closest_in_time(&depth_images, stamp) {
                 processor.depth.push(depth.clone());
             }
-            if let Some(right) = closest_in_time(&right_images, image.header.stamp) {
+            if let Some(right) = closest_in_time(&right_images, stamp) {
                 processor.right.push(right.clone());
             }
-            if let Some(info) = processor.take_label_info(image.header.stamp) {
+            if let Some(info) = processor.take_label_info(stamp) {
                 rec.write::<LabelInfo>(&out_topic(&args.output_namespace, "label_info"), &info, message.log_time)?;
             }
             let wanted = processor.wanted_topics(|_| true);
-            if let FrameOutcome::Published(outputs) = processor.process(image, Instant::now(), wanted) {
+            if let FrameOutcome::Published(outputs) = processor.process_input(image, Instant::now(), wanted) {
                 for out in outputs {
                     let name = out_topic(&args.output_namespace, out.topic().name());
                     match out {

@@ -268,6 +268,38 @@ fn masks_depth_and_label_info_over_dds_match_segment_bit_for_bit() {
 }
 
 #[test]
+fn compressed_frames_over_dds_give_the_masks_segment_gives_for_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["astronaut.jpg", "coffee.jpg"], SIZE);
+    // A JPEG (lossy: the node and `ovseg segment` decode the very same bytes) beside a PNG.
+    let jpeg = tmp.path().join("astronaut_small.jpg");
+    image::open(&pngs[0]).unwrap().save(&jpeg).unwrap();
+    let files = [jpeg, pngs[1].clone()];
+    let labels = "person,sky,cup,table,wall";
+    let label_list = format!("labels:={:?}", labels.split(',').collect::<Vec<_>>());
+    let mut node = NodeProcess::start(domain, &["-p", &label_list, "-p", "image_transport:=compressed"], tmp.path());
+    let out = tmp.path().join("received");
+    let mut args = vec!["pubsub".to_string(), "--compressed".into(), "--images".into()];
+    args.extend(files.iter().map(|p| p.display().to_string()));
+    args.extend(["--repeat", "6", "--rate-hz", "4", "--expect", "2", "--timeout", "90", "--collect", "mask", "--out"].map(String::from));
+    args.push(out.display().to_string());
+    let result = ok(peer(domain, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    node.assert_running();
+
+    let expected = segment_masks(&files, labels, &tmp.path().join("segment"));
+    let mut compared = BTreeMap::new();
+    for (sec, stem) in published_stems(&result).iter().filter(|(sec, _)| out.join(format!("mask_{sec}_0.bin")).exists()) {
+        let meta = read_json(&out.join(format!("mask_{sec}_0.json")));
+        assert_eq!((meta["width"].as_u64(), meta["height"].as_u64(), meta["frame_id"].as_str()), (Some(SIZE.0 as u64), Some(SIZE.1 as u64), Some("camera")));
+        let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+        assert!(mask == expected[stem], "mask of {stem} (stamp {sec}) differs from `ovseg segment` on the same file");
+        *compared.entry(stem.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(compared.len(), 2, "both files, JPEG and PNG, compared: {compared:?}");
+}
+
+#[test]
 fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
     let tmp = tempfile::tempdir().unwrap();
     let domain = domain_id();
@@ -850,6 +882,22 @@ fn replay_takes_the_camera_pose_from_the_bags_tf_static() {
     ok(peer(0, &args));
     let (from_dynamic_tf, _, _) = replay("dynamic", "ground_frame:=base_footprint");
     assert!(bag_messages(&from_dynamic_tf, "/depth") == depth_file, "depth from /tf differs from depth from the same pose in a file");
+
+    // The frames recorded compressed (the PNG file's bytes) give the same outputs as raw.
+    let compressed_bag = tmp.path().join("compressed.mcap");
+    ok(peer(0, &["mcap-make", "--out", compressed_bag.to_str().unwrap(), "--camera-info", "--compressed", "--images", pngs[0].to_str().unwrap()]));
+    let compressed_out = tmp.path().join("compressed-out.mcap");
+    let o = Command::new(env!("CARGO_BIN_EXE_ovseg"))
+        .args(["replay", compressed_bag.to_str().unwrap(), "--image-topic", "/image/compressed", "--out", compressed_out.to_str().unwrap(), "--outputs-only"])
+        .args(["--ros-args", "-p", "labels:=[person, sky, cup, table, wall]", "-p", "depth_mode:=ground", "-p", "ground_labels:=[table, wall]"])
+        .args(["-p", &format!("camera_pose_file:={}", pose_file.display())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "compressed replay failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    for topic in ["/mask", "/depth", "/overlay"] {
+        let (compressed, raw) = (bag_messages(&compressed_out, topic), bag_messages(&from_file, topic));
+        assert!(compressed.len() == 1 && compressed[0] == raw[0], "{topic} from the compressed frame differs from the raw one");
+    }
     // Not a vacuous match: the image data (the message's tail) has ground depth.
     let pixels = (SIZE.0 * SIZE.1) as usize;
     let tail = &depth_tf[0][depth_tf[0].len() - 4 * pixels..];

@@ -77,7 +77,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: E40
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 
 _T0 = time.monotonic()
 _EMIT_LOCK = threading.Lock()
@@ -306,6 +306,13 @@ class InputFrame:
 
     def image(self, header):
         return image_fields(header, self.height, self.width, self.encoding, self.step, self.data)
+
+    def compressed(self, header):
+        """The file itself as image_transport's compressed transport sends a frame (the file
+        must be a JPEG or PNG of the frame's size: no --resize)."""
+        data = Path(self.path).read_bytes()
+        kind = "png" if data.startswith(b"\x89PNG") else "jpeg"
+        return {"header": header, "format": f"rgb8; {kind} compressed rgb8", "data": data}
 
     def depth(self, header):
         return depth_fields(header, self.height, self.width)
@@ -583,7 +590,10 @@ def cmd_pubsub(a):
     node, executor = make_node("ovseg_test_peer")
     deadline = time.monotonic() + a.timeout
 
-    pubs = {"image": node.create_publisher(Image, "image", input_qos())}
+    if a.compressed:
+        pubs = {"image": node.create_publisher(CompressedImage, "image/compressed", input_qos())}
+    else:
+        pubs = {"image": node.create_publisher(Image, "image", input_qos())}
     if a.camera_info:
         pubs["camera_info"] = node.create_publisher(CameraInfo, "camera_info", input_qos())
     if a.depth_mm or a.depth_plane:
@@ -746,7 +756,10 @@ def cmd_pubsub(a):
                 right = rights[index % len(rights)]
                 pubs["right/camera_info"].publish(fill(CameraInfo(), right.camera_info(header, a.baseline)))
                 pubs["right/image"].publish(fill(Image(), right.image(header)))
-            pubs["image"].publish(fill(Image(), frame.image(header)))
+            if a.compressed:
+                pubs["image"].publish(fill(CompressedImage(), frame.compressed(header)))
+            else:
+                pubs["image"].publish(fill(Image(), frame.image(header)))
             published.append({"index": index, "sec": sec, "nanosec": nanosec,
                               "image": frame.path})
             next_at += period
@@ -1081,6 +1094,7 @@ CAMERA_INFO_MSGDEF = (
     "uint32 height\nuint32 width\nbool do_rectify\n")
 
 
+COMPRESSED_MSGDEF = ("std_msgs/Header header\nstring format\nuint8[] data\n" + _SEP + _HEADER + _SEP + _TIME)
 TF_MSGDEF = (
     "geometry_msgs/TransformStamped[] transforms\n" + _SEP
     + "MSG: geometry_msgs/TransformStamped\nstd_msgs/Header header\nstring child_frame_id\n"
@@ -1111,6 +1125,8 @@ def cmd_mcap_make(a):
         writer = Writer(f)
         image_schema = writer.register_msgdef("sensor_msgs/msg/Image", IMAGE_MSGDEF)
         info_schema = writer.register_msgdef("sensor_msgs/msg/CameraInfo", CAMERA_INFO_MSGDEF)
+        if a.compressed:
+            compressed_schema = writer.register_msgdef("sensor_msgs/msg/CompressedImage", COMPRESSED_MSGDEF)
         if a.tf or a.tf_static:
             tf_schema = writer.register_msgdef("tf2_msgs/msg/TFMessage", TF_MSGDEF)
 
@@ -1136,7 +1152,10 @@ def cmd_mcap_make(a):
                 right = rights[i % len(rights)]
                 write("/right/camera_info", info_schema, right.camera_info(header, a.baseline), t_ns)
                 write("/right/image", image_schema, right.image(header), t_ns)
-            write("/image", image_schema, frame.image(header), t_ns)
+            if a.compressed:
+                write("/image/compressed", compressed_schema, frame.compressed(header), t_ns)
+            else:
+                write("/image", image_schema, frame.image(header), t_ns)
             stamps.append({"index": i, "sec": sec, "nanosec": nanosec, "image": frame.path})
         if a.tf_static:
             # Last in the bag: a reader must take static transforms before the first frame.
@@ -1237,6 +1256,9 @@ def build_parser():
                    help="also publish synthetic 16UC1 depth/image of this size and its "
                         "depth/camera_info (f = width, centred), for depth registration")
     s.add_argument("--depth-frame-id", help="frame_id of the --depth-camera messages (default: --frame-id)")
+    s.add_argument("--compressed", action="store_true",
+                   help="publish each --images file as it is (JPEG or PNG) as sensor_msgs/CompressedImage "
+                        "on image/compressed instead of a raw image on image")
     s.add_argument("--tf-static", nargs=9, action="append", default=[],
                    metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="a transform to publish on /tf_static (repeat for more)")
@@ -1310,6 +1332,8 @@ def build_parser():
     s.add_argument("--tf-static", nargs=9, action="append", default=[],
                    metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="a transform to write on /tf_static, after the frames (repeat for more)")
+    s.add_argument("--compressed", action="store_true",
+                   help="write each --images file as it is as sensor_msgs/CompressedImage on /image/compressed")
     s.add_argument("--tf", nargs=9, action="append", default=[],
                    metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="a transform to write on /tf with each frame's stamp, before it (repeat for more)")

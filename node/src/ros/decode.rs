@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use engine::{Frame, PixelFormat};
 
-use super::msgs::{CameraInfo, Image};
+use super::msgs::{CameraInfo, CompressedImage, Image};
 
 /// Why a message was skipped. `kind` groups rejections for counting and log-once.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,30 @@ pub fn frame(msg: &mut Image, topic: &str) -> Result<Frame, Rejected> {
         reject(kind, format!("{topic}: {e}"))
     })?;
     Ok(frame)
+}
+
+/// Largest compressed frame side accepted, checked from the file's header before decoding, so a
+/// corrupt or hostile header cannot make the node allocate gigabytes.
+const MAX_COMPRESSED_SIDE: u32 = 16384;
+
+/// A compressed frame (JPEG or PNG, as image_transport's `compressed` transport sends it) from
+/// `topic` as an rgb8 image, or mono8 where the file is gray, with the message's header.
+pub fn decompress(msg: CompressedImage, topic: &str) -> Result<Image, Rejected> {
+    let fail = |e: &dyn std::fmt::Display| reject("compressed", format!("{topic}: `format` '{}', {} bytes of `data`: {e}", msg.format, msg.data.len()));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&msg.data)).with_guessed_format().map_err(|e| fail(&e))?;
+    if reader.format().is_none() {
+        return Err(fail(&"neither JPEG nor PNG"));
+    }
+    let mut limits = image::Limits::default();
+    (limits.max_image_width, limits.max_image_height) = (Some(MAX_COMPRESSED_SIDE), Some(MAX_COMPRESSED_SIDE));
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| fail(&e))?;
+    let (width, height) = (decoded.width(), decoded.height());
+    let (encoding, channels, data) = match decoded.color().channel_count() {
+        1 | 2 => ("mono8", 1, decoded.into_luma8().into_raw()),
+        _ => ("rgb8", 3, decoded.into_rgb8().into_raw()),
+    };
+    Ok(Image { header: msg.header, height, width, encoding: encoding.into(), is_bigendian: 0, step: width * channels, data })
 }
 
 /// Whether `info` (as published, see [`super::outputs::as_published`]) describes a
@@ -156,6 +180,36 @@ impl RejectCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compressed(img: image::DynamicImage, format: image::ImageFormat) -> CompressedImage {
+        let mut data = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut data, format).unwrap();
+        let header = super::super::msgs::Header { frame_id: "cam".into(), ..Default::default() };
+        CompressedImage { header, format: "rgb8; png compressed rgb8".into(), data: data.into_inner() }
+    }
+
+    #[test]
+    fn compressed_frames_decode_to_rgb8_or_mono8_and_bad_ones_are_named() {
+        let rgb = image::RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let back = decompress(compressed(rgb.clone().into(), image::ImageFormat::Png), "image/compressed").unwrap();
+        assert_eq!((back.width, back.height, back.encoding.as_str(), back.step), (5, 3, "rgb8", 15));
+        assert_eq!(back.data, rgb.into_raw(), "PNG is lossless");
+        assert_eq!(back.header.frame_id, "cam");
+        let gray = image::GrayImage::from_fn(16, 8, |x, _| image::Luma([x as u8 * 16]));
+        let back = decompress(compressed(gray.into(), image::ImageFormat::Jpeg), "image/compressed").unwrap();
+        assert_eq!((back.encoding.as_str(), back.step, back.data.len()), ("mono8", 16, 128));
+
+        let mut bad = compressed(image::GrayImage::new(4, 4).into(), image::ImageFormat::Png);
+        bad.data.truncate(20);
+        let e = decompress(bad, "image/compressed").unwrap_err();
+        assert!(e.kind == "compressed" && e.message.contains("image/compressed: `format` 'rgb8; png compressed rgb8', 20 bytes"), "{e:?}");
+        let e = decompress(CompressedImage { format: "jpeg".into(), data: b"not an image".to_vec(), ..Default::default() }, "image/compressed").unwrap_err();
+        assert!(e.message.contains("neither JPEG nor PNG"), "{e:?}");
+        // Refused from its header, before the pixels are decoded.
+        let wide = compressed(image::GrayImage::new(MAX_COMPRESSED_SIDE + 1, 1).into(), image::ImageFormat::Png);
+        let e = decompress(wide, "image/compressed").unwrap_err();
+        assert!(e.message.contains("limit"), "{e:?}");
+    }
 
     fn image(w: u32, h: u32, encoding: &str, step: u32, len: usize) -> Image {
         Image { height: h, width: w, encoding: encoding.into(), step, data: vec![7; len], ..Default::default() }

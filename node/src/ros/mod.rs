@@ -29,10 +29,10 @@ use rustdds::mio1::{Events, Interest, Poll, Token};
 
 use crate::CommonArgs;
 use args::RosArgs;
-use msgs::{CameraInfo, Clock, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, TfMessage, Time};
+use msgs::{CameraInfo, Clock, CompressedImage, DiagnosticArray, Header, Image, LabelInfo, PointCloud2, RosType, TfMessage, Time};
 use outputs::{OutMsg, Topic};
 use param_state::ParamState;
-use processor::{FrameOutcome, Processor, Update};
+use processor::{FrameOutcome, InputImage, Processor, Update};
 
 pub const DEFAULT_NODE_NAME: &str = "segmenter";
 
@@ -53,7 +53,7 @@ enum Side {
 }
 
 struct Incoming {
-    image: Image,
+    image: InputImage,
     received: Instant,
 }
 
@@ -105,7 +105,16 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let latched_qos = QosProfile::publisher_default().durability(Durability::TransientLocal).history(History::KeepLast { depth: 1 });
     let diagnostics_qos = QosProfile::publisher_default().history(History::KeepLast { depth: 10 });
 
-    let mut image_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("image")?, &input_qos)?;
+    // image_transport's naming: the compressed stream of `image` is `image`/compressed, remaps
+    // applied to the base name.
+    let (mut image_sub, mut compressed_sub) = match settings.compressed_images {
+        false => (Some(subscribe::<Image>(&mut node, resolve("image")?, &input_qos)?), None),
+        true => {
+            let base = resolve("image")?;
+            let name = Name::parse(&format!("{base}/compressed")).map_err(|e| anyhow!("topic {base}/compressed: {e:?}"))?;
+            (None, Some(subscribe::<CompressedImage>(&mut node, name, &input_qos)?))
+        }
+    };
     let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
     let mut depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth_registered")?, &input_qos)?;
     let mut raw_depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth/image")?, &input_qos)?;
@@ -173,7 +182,12 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     eprintln!("{fqn} running on ROS domain {} (loopback only: {}); Ctrl-C to stop", env.domain_id, env.localhost_only);
 
     let mut poll = Poll::new()?;
-    poll.registry().register(&mut image_sub, Token(0), Interest::READABLE)?;
+    if let Some(sub) = &mut image_sub {
+        poll.registry().register(sub, Token(0), Interest::READABLE)?;
+    }
+    if let Some(sub) = &mut compressed_sub {
+        poll.registry().register(sub, Token(0), Interest::READABLE)?;
+    }
     poll.registry().register(&mut info_sub, Token(1), Interest::READABLE)?;
     poll.registry().register(&mut depth_sub, Token(2), Interest::READABLE)?;
     poll.registry().register(&mut right_sub, Token(3), Interest::READABLE)?;
@@ -224,8 +238,11 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
             side_dropped += side_tx.try_send(Side::Right(right)).is_err() as u64;
         }
         // The newest frame wins; older ones waiting are counted as dropped.
-        while let Some(image) = take(&image_sub, "image") {
-            frame_tx.offer(Incoming { image, received: Instant::now() });
+        while let Some(image) = image_sub.as_ref().and_then(|sub| take(sub, "image")) {
+            frame_tx.offer(Incoming { image: InputImage::Raw(image), received: Instant::now() });
+        }
+        while let Some(image) = compressed_sub.as_ref().and_then(|sub| take(sub, "image/compressed")) {
+            frame_tx.offer(Incoming { image: InputImage::Compressed(image), received: Instant::now() });
         }
     }
     if side_dropped > 0 {
@@ -336,10 +353,10 @@ fn process_loop(
                 drain_side(&mut processor, &side);
                 let wanted = processor.wanted_topics(|t| publishers.has_subscribers(t));
                 if wanted.iter().any(|t| t.needs_depth()) {
-                    let stamp = incoming.image.header.stamp;
+                    let stamp = incoming.image.stamp();
                     wait_for_depth_input(&mut processor, &side, stamp, incoming.received + DEPTH_WAIT);
                 }
-                let outcome = processor.process(incoming.image, incoming.received, wanted);
+                let outcome = processor.process_input(incoming.image, incoming.received, wanted);
                 if let FrameOutcome::Published(msgs) = outcome {
                     for msg in msgs {
                         failed_publishes += !publishers.publish(msg) as u64;

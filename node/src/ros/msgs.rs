@@ -99,6 +99,24 @@ ros_type!(Image, "sensor_msgs", "Image", concat!(
     header_deps!()
 ));
 
+/// sensor_msgs/CompressedImage: what image_transport's `compressed` transport sends (`format`
+/// such as "bgr8; jpeg compressed bgr8", `data` a whole JPEG or PNG file).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompressedImage {
+    pub header: Header,
+    pub format: String,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for CompressedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CompressedImage '{}' ({} bytes)", self.format, self.data.len())
+    }
+}
+
+ros_type!(CompressedImage, "sensor_msgs", "CompressedImage", concat!("std_msgs/Header header\nstring format\nuint8[] data\n", header_deps!()));
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegionOfInterest {
     pub x_offset: u32,

@@ -48,6 +48,7 @@ pub const DEPTH_MODES: &[&str] = &["none", "rgbd", "ground", "stereo", "model"];
 pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
 pub const DEPTH_REGISTRATIONS: &[&str] = &["none", "extrinsics", "tf"];
+pub const IMAGE_TRANSPORTS: &[&str] = &["raw", "compressed"];
 
 /// Every parameter the node declares, in the order `--help` and `ros2 param list` show them.
 pub static SPECS: &[ParamSpec] = &[
@@ -217,6 +218,13 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("image_qos", "QoS of the image, camera_info, depth and right camera subscriptions.")
     },
     ParamSpec {
+        choices: IMAGE_TRANSPORTS,
+        read_only: true,
+        constraints: "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (JPEG or PNG) on `image`/compressed, \
+                      as image_transport's compressed publisher sends it",
+        ..spec("image_transport", "How colour frames arrive: raw or compressed.")
+    },
+    ParamSpec {
         range: Range::Int(1, 100),
         read_only: true,
         ..spec("queue_depth", "History depth of the subscriptions and publishers (keep last N).")
@@ -285,6 +293,7 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("depth_sync_tolerance", Double(0.02));
     put("points_stride", Integer(4));
     put("image_qos", String("sensor_data".into()));
+    put("image_transport", String("raw".into()));
     put("queue_depth", Integer(2));
     for toggle in PUBLISH_TOGGLES {
         put(toggle, Boolean(true));
@@ -473,6 +482,8 @@ pub struct Settings {
     pub tensorrt: TensorRtSettings,
     pub threads: usize,
     pub image_qos: String,
+    /// Whether frames come as sensor_msgs/CompressedImage on `image`/compressed.
+    pub compressed_images: bool,
     pub queue_depth: usize,
     pub output: OutputSettings,
     pub use_sim_time: bool,
@@ -605,6 +616,7 @@ impl Settings {
             },
             threads: int("threads").max(0) as usize,
             image_qos: string("image_qos"),
+            compressed_images: string("image_transport") == "compressed",
             queue_depth: int("queue_depth").max(1) as usize,
             output: OutputSettings {
                 overlay_alpha: double("overlay_alpha") as f32,

@@ -10,7 +10,7 @@ use engine::scoring::{PaintRequest, Painted};
 use engine::{Frame, LabelMap, LabelSet, Pipeline, PixelFormat, SegmentOptions};
 
 use super::decode::{self, RejectCounter, Rejected};
-use super::msgs::{CameraInfo, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
+use super::msgs::{CameraInfo, CompressedImage, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, Time};
 use super::outputs::{self, OutMsg, Topic};
 use super::params::{DepthMode, OutputSettings, PoseParam, PoseSource};
 use super::tf::{self, SharedTree};
@@ -80,6 +80,21 @@ struct RegistrationCache {
 struct GroundFit {
     fit: DepthGroundFit,
     filled: usize,
+}
+
+/// A colour frame as it arrived: raw, or compressed (image_transport's `compressed`).
+pub enum InputImage {
+    Raw(Image),
+    Compressed(CompressedImage),
+}
+
+impl InputImage {
+    pub fn stamp(&self) -> Time {
+        match self {
+            InputImage::Raw(image) => image.header.stamp,
+            InputImage::Compressed(compressed) => compressed.header.stamp,
+        }
+    }
 }
 
 /// What happened to one frame.
@@ -221,6 +236,22 @@ impl Processor {
     /// toggle is on.
     pub fn wanted_topics(&self, wants: impl Fn(Topic) -> bool) -> Vec<Topic> {
         Topic::ALL.into_iter().filter(|t| self.settings.publishes(t.toggle()) && wants(*t)).collect()
+    }
+
+    /// [`Self::process`] for a frame as it arrived; a compressed one is decoded first (here, on
+    /// the processing thread, never on the one taking messages off DDS).
+    pub fn process_input(&mut self, input: InputImage, received: Instant, wanted: Vec<Topic>) -> FrameOutcome {
+        let image = match input {
+            InputImage::Raw(image) => image,
+            InputImage::Compressed(compressed) => {
+                let _s = tracing::debug_span!("decompress").entered();
+                match decode::decompress(compressed, "image/compressed") {
+                    Ok(image) => image,
+                    Err(r) => return self.skip(r),
+                }
+            }
+        };
+        self.process(image, received, wanted)
     }
 
     /// Segments `image` and builds the `wanted` outputs (see [`Self::wanted_topics`]). Bad input
