@@ -35,7 +35,8 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "/camera_info")]
     pub camera_info_topic: String,
     /// Depth topic (used when the depth_mode parameter is rgbd): registered depth, or the depth
-    /// camera's own image when depth_registration is extrinsics or tf.
+    /// camera's own image when depth_registration is extrinsics or tf; sensor_msgs/Image, or
+    /// CompressedImage as recorded from `.../compressedDepth` (png).
     #[arg(long, default_value = "/depth_registered")]
     pub depth_topic: String,
     /// camera_info of the depth camera (used when depth_registration is extrinsics or tf).
@@ -118,6 +119,11 @@ fn check_out(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether a bag message is a sensor_msgs/CompressedImage (else an Image is expected).
+fn is_compressed(message: &mcap::Message<'_>) -> bool {
+    message.channel.schema.as_ref().is_some_and(|s| s.name == CompressedImage::schema_name())
+}
+
 fn out_topic(namespace: &str, name: &str) -> String {
     format!("{}/{name}", namespace.trim_end_matches('/'))
 }
@@ -135,8 +141,15 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     for message in mcap::MessageStream::new(&bytes).with_context(reading)? {
         let message = message.with_context(reading)?;
         if message.channel.topic == args.depth_topic {
-            let depth: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
-            depth_images.push(depth);
+            if !is_compressed(&message) {
+                depth_images.push(msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?);
+                continue;
+            }
+            let compressed = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
+            match crate::ros::decode::decompress_depth(compressed, &args.depth_topic) {
+                Ok(depth) => depth_images.push(depth),
+                Err(r) => tracing::warn!("{}; depth image skipped", r.message),
+            }
         } else if message.channel.topic == args.right_topic {
             let right: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.right_topic))?;
             right_images.push(right);
@@ -203,8 +216,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
             }
         } else if topic == args.image_topic {
             // Raw or compressed (image_transport's `compressed`), as the channel's schema says.
-            let compressed = message.channel.schema.as_ref().is_some_and(|s| s.name == CompressedImage::schema_name());
-            let image = match compressed {
+            let image = match is_compressed(&message) {
                 true => msgs::from_cdr::<CompressedImage>(&message.data).map(InputImage::Compressed),
                 false => msgs::from_cdr::<Image>(&message.data).map(InputImage::Raw),
             };

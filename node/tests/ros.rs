@@ -300,6 +300,45 @@ fn compressed_frames_over_dds_give_the_masks_segment_gives_for_the_same_files() 
 }
 
 #[test]
+fn compressed_depth_over_dds_is_the_millimetres_it_was_made_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let domain = domain_id();
+    let pngs = test_pngs(tmp.path(), &["coffee.jpg"], SIZE);
+    let args = [
+        "-p", "labels:=[person, cup, table, wall]", "-p", "depth_mode:=rgbd", "-p", "depth_transport:=compressedDepth",
+        "-p", "depth_filter_radius:=0", "-p", "depth_fill_radius:=0", "-p", "depth_invalid_labels:=[]",
+    ];
+    let mut node = NodeProcess::start(domain, &args, tmp.path());
+    let out = tmp.path().join("received");
+    let png = pngs[0].display().to_string();
+    let peer_args = [
+        "pubsub", "--images", &png, "--depth-mm", "--compressed-depth", "--repeat", "6", "--rate-hz", "4", "--expect", "1", "--timeout", "90",
+        "--collect", "mask", "depth", "--out", out.to_str().unwrap(),
+    ];
+    let result = ok(peer(domain, &peer_args));
+    node.assert_running();
+    let sec = published_stems(&result)
+        .into_keys()
+        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
+        .unwrap_or_else(|| panic!("no depth received: {result}\n{}", node.log()));
+    let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    let w = SIZE.0 as usize;
+    let mut valid = 0;
+    for (i, &m) in depth.iter().enumerate() {
+        let (row, col) = (i / w, i % w);
+        // The peer's synthetic millimetres: 0 (no measurement) on every 17th column.
+        if col % 17 == 0 || mask[i] == 255 {
+            assert!(m.is_nan(), "({col},{row}): no measurement or unknown, but depth {m}");
+        } else {
+            assert_eq!(m, (1000 + 4 * row + col % 7) as f32 / 1000.0, "depth at ({col},{row})");
+            valid += 1;
+        }
+    }
+    assert!(valid > depth.len() / 2, "{valid} pixels with depth");
+}
+
+#[test]
 fn stereo_mode_depth_over_dds_equals_ovseg_stereo_on_the_same_pair() {
     let tmp = tempfile::tempdir().unwrap();
     let domain = domain_id();

@@ -34,6 +34,7 @@ below mirror the ROS 2 message layout and DDS type names.
 
 import argparse
 import array
+import io
 import json
 import os
 import struct
@@ -278,6 +279,16 @@ def ground_plane_depth_m(h, w, height, pitch):
 
 def depth_fields(header, h, w):
     return image_fields(header, h, w, "16UC1", 2 * w, synthetic_depth_mm(h, w).tobytes())
+
+
+def compressed_depth_fields(header, h, w):
+    """The synthetic 16UC1 depth as compressed_depth_image_transport sends it: a 12-byte
+    header (format, two float quantization parameters, unused for 16UC1), then a 16-bit PNG."""
+    import io
+    png = io.BytesIO()
+    PILImage.fromarray(synthetic_depth_mm(h, w).astype(np.uint16)).save(png, format="PNG")
+    data = struct.pack("<iff", 0, 0.0, 0.0) + png.getvalue()
+    return {"header": header, "format": "16UC1; compressedDepth png", "data": data}
 
 
 def camera_info_fields(header, h, w, distortion=None):
@@ -596,7 +607,10 @@ def cmd_pubsub(a):
         pubs = {"image": node.create_publisher(Image, "image", input_qos())}
     if a.camera_info:
         pubs["camera_info"] = node.create_publisher(CameraInfo, "camera_info", input_qos())
-    if a.depth_mm or a.depth_plane:
+    if a.depth_mm and a.compressed_depth:
+        pubs["depth_registered"] = node.create_publisher(
+            CompressedImage, "depth_registered/compressedDepth", input_qos())
+    elif a.depth_mm or a.depth_plane:
         pubs["depth_registered"] = node.create_publisher(Image, "depth_registered", input_qos())
     if a.depth_camera:
         pubs["depth/camera_info"] = node.create_publisher(CameraInfo, "depth/camera_info", input_qos())
@@ -744,6 +758,9 @@ def cmd_pubsub(a):
                 z = ground_plane_depth_m(frame.height, frame.width, *a.depth_plane)
                 depth = image_fields(header, frame.height, frame.width, "32FC1", 4 * frame.width, z.tobytes())
                 pubs["depth_registered"].publish(fill(Image(), depth))
+            elif a.compressed_depth:
+                pubs["depth_registered"].publish(
+                    fill(CompressedImage(), compressed_depth_fields(header, frame.height, frame.width)))
             elif "depth_registered" in pubs:
                 pubs["depth_registered"].publish(fill(Image(), frame.depth(header)))
             if a.depth_camera:
@@ -1259,6 +1276,9 @@ def build_parser():
     s.add_argument("--compressed", action="store_true",
                    help="publish each --images file as it is (JPEG or PNG) as sensor_msgs/CompressedImage "
                         "on image/compressed instead of a raw image on image")
+    s.add_argument("--compressed-depth", action="store_true",
+                   help="with --depth-mm: publish it on depth_registered/compressedDepth as "
+                        "compressed_depth_image_transport does (16UC1, png)")
     s.add_argument("--tf-static", nargs=9, action="append", default=[],
                    metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="a transform to publish on /tf_static (repeat for more)")

@@ -58,6 +58,48 @@ pub fn decompress(msg: CompressedImage, topic: &str) -> Result<Image, Rejected> 
     Ok(Image { header: msg.header, height, width, encoding: encoding.into(), is_bigendian: 0, step: width * channels, data })
 }
 
+/// Bytes before the PNG in a compressedDepth message: the format (i32) and two f32
+/// quantization parameters (for 32FC1: depth = a / (stored - b)).
+const DEPTH_HEADER_BYTES: usize = 12;
+
+/// A depth image as compressed_depth_image_transport sends it (`format` "16UC1; compressedDepth
+/// png" or "32FC1; compressedDepth png": a 12-byte header, then a 16-bit gray PNG holding
+/// millimetres, or for 32FC1 quantized inverse depth with 0 for none) as a 16UC1 or 32FC1 image.
+pub fn decompress_depth(msg: CompressedImage, topic: &str) -> Result<Image, Rejected> {
+    let fail = |e: &dyn std::fmt::Display| reject("compressed_depth", format!("{topic}: `format` '{}', {} bytes of `data`: {e}", msg.format, msg.data.len()));
+    let mut parts = msg.format.split(';').map(str::trim);
+    let (encoding, scheme) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if scheme.contains("rvl") {
+        return Err(fail(&"RVL is not supported; set the publisher's compressedDepth format to png"));
+    }
+    if msg.data.len() < DEPTH_HEADER_BYTES {
+        return Err(fail(&format!("shorter than the {DEPTH_HEADER_BYTES}-byte compressedDepth header")));
+    }
+    let param = |at: usize| f32::from_le_bytes([msg.data[at], msg.data[at + 1], msg.data[at + 2], msg.data[at + 3]]);
+    let (a, b) = (param(4), param(8));
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&msg.data[DEPTH_HEADER_BYTES..]), image::ImageFormat::Png);
+    let mut limits = image::Limits::default();
+    (limits.max_image_width, limits.max_image_height) = (Some(MAX_COMPRESSED_SIDE), Some(MAX_COMPRESSED_SIDE));
+    reader.limits(limits);
+    let image::DynamicImage::ImageLuma16(stored) = reader.decode().map_err(|e| fail(&e))? else {
+        return Err(fail(&"the PNG is not 16-bit gray"));
+    };
+    let (width, height) = stored.dimensions();
+    let (step, data) = match encoding {
+        "16UC1" | "mono16" => (2 * width, stored.into_raw().iter().flat_map(|v| v.to_le_bytes()).collect()),
+        "32FC1" => {
+            if !(a.is_finite() && b.is_finite() && a != 0.0) {
+                return Err(fail(&format!("quantization parameters {a}, {b} in the header are not usable")));
+            }
+            let metres = |v: u16| if v == 0 { f32::NAN } else { a / (v as f32 - b) };
+            (4 * width, stored.into_raw().into_iter().flat_map(|v| metres(v).to_le_bytes()).collect())
+        }
+        other => return Err(fail(&format!("depth encoding '{other}' (before ';'): expected 16UC1 or 32FC1"))),
+    };
+    let encoding = if encoding == "32FC1" { "32FC1" } else { "16UC1" };
+    Ok(Image { header: msg.header, height, width, encoding: encoding.into(), is_bigendian: 0, step, data })
+}
+
 /// Whether `info` (as published, see [`super::outputs::as_published`]) describes a
 /// `width` x `height` image from `topic`.
 pub fn check_info_size(info: &CameraInfo, info_topic: &str, topic: &str, width: u32, height: u32) -> Result<(), Rejected> {
@@ -209,6 +251,41 @@ mod tests {
         let wide = compressed(image::GrayImage::new(MAX_COMPRESSED_SIDE + 1, 1).into(), image::ImageFormat::Png);
         let e = decompress(wide, "image/compressed").unwrap_err();
         assert!(e.message.contains("limit"), "{e:?}");
+    }
+
+    /// A compressedDepth message as compressed_depth_image_transport writes it.
+    fn compressed_depth(format: &str, params: [f32; 2], stored: image::ImageBuffer<image::Luma<u16>, Vec<u16>>) -> CompressedImage {
+        let mut data = 0i32.to_le_bytes().to_vec();
+        data.extend(params.iter().flat_map(|p| p.to_le_bytes()));
+        let mut png = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageLuma16(stored).write_to(&mut png, image::ImageFormat::Png).unwrap();
+        data.extend(png.into_inner());
+        CompressedImage { format: format.into(), data, ..Default::default() }
+    }
+
+    #[test]
+    fn compressed_depth_decodes_millimetres_and_inverse_depth() {
+        let mm = image::ImageBuffer::from_fn(4, 2, |x, y| image::Luma([if x == 0 { 0 } else { 1000 + 10 * x as u16 + y as u16 }]));
+        let back = decompress_depth(compressed_depth("16UC1; compressedDepth png", [0.0; 2], mm.clone()), "depth_registered/compressedDepth").unwrap();
+        assert_eq!((back.encoding.as_str(), back.width, back.height, back.step), ("16UC1", 4, 2, 8));
+        let values: Vec<u16> = back.data.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        assert_eq!(values, mm.into_raw());
+        // 32FC1 as the publisher quantizes it by default (z0 = 100, 10 m): a = z0 (z0 + 1), b = 1 - a / 10.
+        let (a, b) = (100.0f32 * 101.0, 1.0 - 100.0 * 101.0 / 10.0);
+        // Stored: a / depth + b, so 1 m is 9091 and 10 m is 1 (0 is kept for no depth).
+        let inverse = image::ImageBuffer::from_fn(3, 1, |x, _| image::Luma([[0u16, 9091, 1][x as usize]]));
+        let back = decompress_depth(compressed_depth("32FC1; compressedDepth png", [a, b], inverse), "d").unwrap();
+        let metres: Vec<f32> = back.data.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!((back.encoding.as_str(), back.step), ("32FC1", 12));
+        assert!(metres[0].is_nan(), "0 stands for no depth");
+        assert_eq!(metres[1..], [1.0, 10.0]);
+
+        let e = decompress_depth(CompressedImage { format: "16UC1; compressedDepth rvl".into(), data: vec![0; 40], ..Default::default() }, "d").unwrap_err();
+        assert!(e.kind == "compressed_depth" && e.message.contains("RVL"), "{e:?}");
+        let e = decompress_depth(CompressedImage { format: "16UC1; compressedDepth png".into(), data: vec![0; 5], ..Default::default() }, "d").unwrap_err();
+        assert!(e.message.contains("'16UC1; compressedDepth png', 5 bytes") && e.message.contains("12-byte"), "{e:?}");
+        let e = decompress_depth(compressed_depth("bgr8; compressedDepth png", [0.0; 2], image::ImageBuffer::new(2, 2)), "d").unwrap_err();
+        assert!(e.message.contains("depth encoding 'bgr8'"), "{e:?}");
     }
 
     fn image(w: u32, h: u32, encoding: &str, step: u32, len: usize) -> Image {

@@ -46,10 +46,44 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 enum Side {
     CameraInfo(Box<CameraInfo>),
     /// From `depth_registered` (`registered`) or `depth/image`.
-    Depth { image: Image, registered: bool },
+    Depth { image: InputImage, registered: bool },
     DepthCameraInfo(Box<CameraInfo>),
     RightCameraInfo(Box<CameraInfo>),
     Right(Image),
+}
+
+/// A camera stream taken raw, or compressed under image_transport's name for it
+/// (`<topic>/compressed`, `<topic>/compressedDepth`; remaps apply to the base topic).
+enum CameraSub {
+    Raw(Subscription<Image>),
+    Compressed(Subscription<CompressedImage>, String),
+}
+
+impl CameraSub {
+    fn new(node: &mut Node, base: Name, compressed: Option<&str>, qos: &QosProfile) -> Result<Self> {
+        Ok(match compressed {
+            None => CameraSub::Raw(subscribe::<Image>(node, base, qos)?),
+            Some(transport) => {
+                let full = format!("{base}/{transport}");
+                let name = Name::parse(&full).map_err(|e| anyhow!("topic {full}: {e:?}"))?;
+                CameraSub::Compressed(subscribe::<CompressedImage>(node, name, qos)?, full)
+            }
+        })
+    }
+
+    fn take(&self, what: &str) -> Option<InputImage> {
+        match self {
+            CameraSub::Raw(sub) => take(sub, what).map(InputImage::Raw),
+            CameraSub::Compressed(sub, name) => take(sub, name).map(InputImage::Compressed),
+        }
+    }
+
+    fn register(&mut self, poll: &Poll, token: Token) -> std::io::Result<()> {
+        match self {
+            CameraSub::Raw(sub) => poll.registry().register(sub, token, Interest::READABLE),
+            CameraSub::Compressed(sub, _) => poll.registry().register(sub, token, Interest::READABLE),
+        }
+    }
 }
 
 struct Incoming {
@@ -105,19 +139,12 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let latched_qos = QosProfile::publisher_default().durability(Durability::TransientLocal).history(History::KeepLast { depth: 1 });
     let diagnostics_qos = QosProfile::publisher_default().history(History::KeepLast { depth: 10 });
 
-    // image_transport's naming: the compressed stream of `image` is `image`/compressed, remaps
-    // applied to the base name.
-    let (mut image_sub, mut compressed_sub) = match settings.compressed_images {
-        false => (Some(subscribe::<Image>(&mut node, resolve("image")?, &input_qos)?), None),
-        true => {
-            let base = resolve("image")?;
-            let name = Name::parse(&format!("{base}/compressed")).map_err(|e| anyhow!("topic {base}/compressed: {e:?}"))?;
-            (None, Some(subscribe::<CompressedImage>(&mut node, name, &input_qos)?))
-        }
-    };
+    let image_transport = settings.compressed_images.then_some("compressed");
+    let depth_transport = settings.compressed_depth.then_some("compressedDepth");
+    let mut image_sub = CameraSub::new(&mut node, resolve("image")?, image_transport, &input_qos)?;
     let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
-    let mut depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth_registered")?, &input_qos)?;
-    let mut raw_depth_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("depth/image")?, &input_qos)?;
+    let mut depth_sub = CameraSub::new(&mut node, resolve("depth_registered")?, depth_transport, &input_qos)?;
+    let mut raw_depth_sub = CameraSub::new(&mut node, resolve("depth/image")?, depth_transport, &input_qos)?;
     let mut depth_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("depth/camera_info")?, &input_qos)?;
     let mut right_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("right/image")?, &input_qos)?;
     let mut right_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("right/camera_info")?, &input_qos)?;
@@ -182,17 +209,12 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     eprintln!("{fqn} running on ROS domain {} (loopback only: {}); Ctrl-C to stop", env.domain_id, env.localhost_only);
 
     let mut poll = Poll::new()?;
-    if let Some(sub) = &mut image_sub {
-        poll.registry().register(sub, Token(0), Interest::READABLE)?;
-    }
-    if let Some(sub) = &mut compressed_sub {
-        poll.registry().register(sub, Token(0), Interest::READABLE)?;
-    }
+    image_sub.register(&poll, Token(0))?;
     poll.registry().register(&mut info_sub, Token(1), Interest::READABLE)?;
-    poll.registry().register(&mut depth_sub, Token(2), Interest::READABLE)?;
+    depth_sub.register(&poll, Token(2))?;
     poll.registry().register(&mut right_sub, Token(3), Interest::READABLE)?;
     poll.registry().register(&mut right_info_sub, Token(4), Interest::READABLE)?;
-    poll.registry().register(&mut raw_depth_sub, Token(5), Interest::READABLE)?;
+    raw_depth_sub.register(&poll, Token(5))?;
     poll.registry().register(&mut depth_info_sub, Token(6), Interest::READABLE)?;
     if let Some(sub) = &mut clock_sub {
         poll.registry().register(sub, Token(7), Interest::READABLE)?;
@@ -222,13 +244,13 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
         while let Some(info) = take(&info_sub, "camera_info") {
             side_dropped += side_tx.try_send(Side::CameraInfo(Box::new(info))).is_err() as u64;
         }
-        while let Some(image) = take(&depth_sub, "depth_registered") {
+        while let Some(image) = depth_sub.take("depth_registered") {
             side_dropped += side_tx.try_send(Side::Depth { image, registered: true }).is_err() as u64;
         }
         while let Some(info) = take(&depth_info_sub, "depth/camera_info") {
             side_dropped += side_tx.try_send(Side::DepthCameraInfo(Box::new(info))).is_err() as u64;
         }
-        while let Some(image) = take(&raw_depth_sub, "depth/image") {
+        while let Some(image) = raw_depth_sub.take("depth/image") {
             side_dropped += side_tx.try_send(Side::Depth { image, registered: false }).is_err() as u64;
         }
         while let Some(info) = take(&right_info_sub, "right/camera_info") {
@@ -238,11 +260,8 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
             side_dropped += side_tx.try_send(Side::Right(right)).is_err() as u64;
         }
         // The newest frame wins; older ones waiting are counted as dropped.
-        while let Some(image) = image_sub.as_ref().and_then(|sub| take(sub, "image")) {
-            frame_tx.offer(Incoming { image: InputImage::Raw(image), received: Instant::now() });
-        }
-        while let Some(image) = compressed_sub.as_ref().and_then(|sub| take(sub, "image/compressed")) {
-            frame_tx.offer(Incoming { image: InputImage::Compressed(image), received: Instant::now() });
+        while let Some(image) = image_sub.take("image") {
+            frame_tx.offer(Incoming { image, received: Instant::now() });
         }
     }
     if side_dropped > 0 {
@@ -400,7 +419,7 @@ fn apply_side(processor: &mut Processor, msg: Side) {
         // Only the depth topic the current depth_registration reads.
         Side::Depth { image, registered } => {
             if registered == processor.settings().depth_registration.is_none() {
-                processor.depth.push(image);
+                processor.push_depth(image, if registered { "depth_registered" } else { "depth/image" });
             }
         }
         Side::DepthCameraInfo(info) => processor.set_depth_camera_info(*info),

@@ -49,6 +49,7 @@ pub const BACKENDS: &[&str] = engine::BackendKind::AVAILABLE;
 pub const QOS_PROFILES: &[&str] = &["sensor_data", "reliable"];
 pub const DEPTH_REGISTRATIONS: &[&str] = &["none", "extrinsics", "tf"];
 pub const IMAGE_TRANSPORTS: &[&str] = &["raw", "compressed"];
+pub const DEPTH_TRANSPORTS: &[&str] = &["raw", "compressedDepth"];
 
 /// Every parameter the node declares, in the order `--help` and `ros2 param list` show them.
 pub static SPECS: &[ParamSpec] = &[
@@ -225,6 +226,14 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("image_transport", "How colour frames arrive: raw or compressed.")
     },
     ParamSpec {
+        choices: DEPTH_TRANSPORTS,
+        read_only: true,
+        constraints: "raw: sensor_msgs/Image on `depth_registered` and `depth/image`; compressedDepth: sensor_msgs/CompressedImage on \
+                      `depth_registered`/compressedDepth and `depth/image`/compressedDepth (16UC1 or 32FC1, png), as \
+                      compressed_depth_image_transport sends it",
+        ..spec("depth_transport", "How depth images arrive: raw or compressedDepth.")
+    },
+    ParamSpec {
         range: Range::Int(1, 100),
         read_only: true,
         ..spec("queue_depth", "History depth of the subscriptions and publishers (keep last N).")
@@ -294,6 +303,7 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("points_stride", Integer(4));
     put("image_qos", String("sensor_data".into()));
     put("image_transport", String("raw".into()));
+    put("depth_transport", String("raw".into()));
     put("queue_depth", Integer(2));
     for toggle in PUBLISH_TOGGLES {
         put(toggle, Boolean(true));
@@ -484,6 +494,8 @@ pub struct Settings {
     pub image_qos: String,
     /// Whether frames come as sensor_msgs/CompressedImage on `image`/compressed.
     pub compressed_images: bool,
+    /// Whether depth images come compressed (`depth_transport` compressedDepth).
+    pub compressed_depth: bool,
     pub queue_depth: usize,
     pub output: OutputSettings,
     pub use_sim_time: bool,
@@ -617,6 +629,7 @@ impl Settings {
             threads: int("threads").max(0) as usize,
             image_qos: string("image_qos"),
             compressed_images: string("image_transport") == "compressed",
+            compressed_depth: string("depth_transport") == "compressedDepth",
             queue_depth: int("queue_depth").max(1) as usize,
             output: OutputSettings {
                 overlay_alpha: double("overlay_alpha") as f32,

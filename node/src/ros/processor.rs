@@ -238,6 +238,18 @@ impl Processor {
         Topic::ALL.into_iter().filter(|t| self.settings.publishes(t.toggle()) && wants(*t)).collect()
     }
 
+    /// Keeps a depth image (from `topic`) for the frames to come; a compressed one is decoded
+    /// first, and one that does not decode is counted and dropped.
+    pub fn push_depth(&mut self, depth: InputImage, topic: &str) {
+        match depth {
+            InputImage::Raw(image) => self.depth.push(image),
+            InputImage::Compressed(compressed) => match decode::decompress_depth(compressed, &format!("{topic}/compressedDepth")) {
+                Ok(image) => self.depth.push(image),
+                Err(r) => self.note(&r),
+            },
+        }
+    }
+
     /// [`Self::process`] for a frame as it arrived; a compressed one is decoded first (here, on
     /// the processing thread, never on the one taking messages off DDS).
     pub fn process_input(&mut self, input: InputImage, received: Instant, wanted: Vec<Topic>) -> FrameOutcome {
