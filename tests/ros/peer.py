@@ -323,7 +323,8 @@ class InputFrame:
         must be a JPEG or PNG of the frame's size: no --resize)."""
         data = Path(self.path).read_bytes()
         kind = "png" if data.startswith(b"\x89PNG") else "jpeg"
-        return {"header": header, "format": f"rgb8; {kind} compressed rgb8", "data": data}
+        # What image_transport's compressed publisher writes for a bgr8 camera.
+        return {"header": header, "format": f"bgr8; {kind} compressed bgr8", "data": data}
 
     def depth(self, header):
         return depth_fields(header, self.height, self.width)
@@ -593,6 +594,8 @@ def message_meta(topic, msg):
 
 
 def cmd_pubsub(a):
+    if a.compressed and (a.resize or a.encoding != "rgb8"):
+        raise PeerError("--compressed sends the files as they are: no --resize or --encoding")
     frames = [InputFrame(p, a.resize, a.encoding) for p in a.images]
     out_dir = Path(a.out) if a.out else None
     if out_dir:

@@ -831,6 +831,19 @@ mod tests {
     }
 
     #[test]
+    fn compressed_streams_follow_the_base_remap_or_their_own() {
+        // As the node names image_transport streams: `<resolved base>/compressed`, resolved again.
+        let compressed = |rules: &[Remap]| {
+            let base = resolve_topic("image", "/robot", "seg", rules).unwrap();
+            resolve_topic(&format!("{base}/compressed"), "/robot", "seg", rules).unwrap()
+        };
+        let rule = |from: &str, to: &str| Remap { node: None, from: from.into(), to: to.into() };
+        assert_eq!(compressed(&[]), "/robot/image/compressed");
+        assert_eq!(compressed(&[rule("image", "/cam/image_raw")]), "/cam/image_raw/compressed");
+        assert_eq!(compressed(&[rule("image/compressed", "/cam/image_raw/compressed")]), "/cam/image_raw/compressed");
+    }
+
+    #[test]
     fn invalid_names_are_reported() {
         let e = |name: &str, ns: &str, node: &str| resolve_topic(name, ns, node, &[]).unwrap_err().to_string();
         assert_eq!(e("", "/", "n"), "invalid topic name \"\": is empty");

@@ -34,22 +34,43 @@ pub fn frame(msg: &mut Image, topic: &str) -> Result<Frame, Rejected> {
     Ok(frame)
 }
 
-/// Largest compressed frame side accepted, checked from the file's header before decoding, so a
-/// corrupt or hostile header cannot make the node allocate gigabytes.
-const MAX_COMPRESSED_SIDE: u32 = 16384;
+/// Decodes a JPEG or PNG off the wire: sides over the engine's frame limit (16384) and anything
+/// that would take over 512 MiB decoded (the image crate's default) are refused from the header,
+/// before the pixels are allocated, and a decoder that panics on malformed data costs the frame,
+/// not the processing thread.
+fn decode_guarded(data: &[u8], format: Option<image::ImageFormat>) -> Result<image::DynamicImage, String> {
+    let mut reader = match format {
+        Some(format) => image::ImageReader::with_format(std::io::Cursor::new(data), format),
+        None => image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().map_err(|e| e.to_string())?,
+    };
+    if reader.format().is_none() {
+        return Err("neither JPEG nor PNG".into());
+    }
+    let mut limits = image::Limits::default();
+    (limits.max_image_width, limits.max_image_height) = (Some(engine::frame::MAX_FRAME_SIDE), Some(engine::frame::MAX_FRAME_SIDE));
+    reader.limits(limits);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode())) {
+        // The JPEG decoder ends its text with a line break.
+        Ok(decoded) => decoded.map_err(|e| e.to_string().trim_end().to_string()),
+        Err(_) => Err("the decoder failed on this data (it panicked)".into()),
+    }
+}
+
+/// Encodings (before the `;` of `format`) whose compressed frames are not colour or gray
+/// pictures: the raw path refuses them too.
+fn not_a_picture(encoding: &str) -> bool {
+    encoding.starts_with("bayer_") || encoding.ends_with("16") || matches!(encoding, "16UC1" | "32FC1" | "16SC1")
+}
 
 /// A compressed frame (JPEG or PNG, as image_transport's `compressed` transport sends it) from
 /// `topic` as an rgb8 image, or mono8 where the file is gray, with the message's header.
 pub fn decompress(msg: CompressedImage, topic: &str) -> Result<Image, Rejected> {
     let fail = |e: &dyn std::fmt::Display| reject("compressed", format!("{topic}: `format` '{}', {} bytes of `data`: {e}", msg.format, msg.data.len()));
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&msg.data)).with_guessed_format().map_err(|e| fail(&e))?;
-    if reader.format().is_none() {
-        return Err(fail(&"neither JPEG nor PNG"));
+    let encoding = msg.format.split(';').next().unwrap_or("").trim();
+    if not_a_picture(encoding) {
+        return Err(fail(&format!("'{encoding}' frames are not colour or gray pictures (bayer: debayer before compressing, e.g. with image_proc)")));
     }
-    let mut limits = image::Limits::default();
-    (limits.max_image_width, limits.max_image_height) = (Some(MAX_COMPRESSED_SIDE), Some(MAX_COMPRESSED_SIDE));
-    reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| fail(&e))?;
+    let decoded = decode_guarded(&msg.data, None).map_err(|e| fail(&e))?;
     let (width, height) = (decoded.width(), decoded.height());
     let (encoding, channels, data) = match decoded.color().channel_count() {
         1 | 2 => ("mono8", 1, decoded.into_luma8().into_raw()),
@@ -77,11 +98,7 @@ pub fn decompress_depth(msg: CompressedImage, topic: &str) -> Result<Image, Reje
     }
     let param = |at: usize| f32::from_le_bytes([msg.data[at], msg.data[at + 1], msg.data[at + 2], msg.data[at + 3]]);
     let (a, b) = (param(4), param(8));
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&msg.data[DEPTH_HEADER_BYTES..]), image::ImageFormat::Png);
-    let mut limits = image::Limits::default();
-    (limits.max_image_width, limits.max_image_height) = (Some(MAX_COMPRESSED_SIDE), Some(MAX_COMPRESSED_SIDE));
-    reader.limits(limits);
-    let image::DynamicImage::ImageLuma16(stored) = reader.decode().map_err(|e| fail(&e))? else {
+    let image::DynamicImage::ImageLuma16(stored) = decode_guarded(&msg.data[DEPTH_HEADER_BYTES..], Some(image::ImageFormat::Png)).map_err(|e| fail(&e))? else {
         return Err(fail(&"the PNG is not 16-bit gray"));
     };
     let (width, height) = stored.dimensions();
@@ -237,6 +254,10 @@ mod tests {
         assert_eq!((back.width, back.height, back.encoding.as_str(), back.step), (5, 3, "rgb8", 15));
         assert_eq!(back.data, rgb.into_raw(), "PNG is lossless");
         assert_eq!(back.header.frame_id, "cam");
+        // Colour order: a red JPEG stays red.
+        let red = image::RgbImage::from_pixel(16, 16, image::Rgb([230, 10, 10]));
+        let back = decompress(compressed(red.into(), image::ImageFormat::Jpeg), "image/compressed").unwrap();
+        assert!(back.data.chunks(3).all(|p| p[0] > 200 && p[1] < 50 && p[2] < 50), "{:?}", &back.data[..3]);
         let gray = image::GrayImage::from_fn(16, 8, |x, _| image::Luma([x as u8 * 16]));
         let back = decompress(compressed(gray.into(), image::ImageFormat::Jpeg), "image/compressed").unwrap();
         assert_eq!((back.encoding.as_str(), back.step, back.data.len()), ("mono8", 16, 128));
@@ -248,9 +269,12 @@ mod tests {
         let e = decompress(CompressedImage { format: "jpeg".into(), data: b"not an image".to_vec(), ..Default::default() }, "image/compressed").unwrap_err();
         assert!(e.message.contains("neither JPEG nor PNG"), "{e:?}");
         // Refused from its header, before the pixels are decoded.
-        let wide = compressed(image::GrayImage::new(MAX_COMPRESSED_SIDE + 1, 1).into(), image::ImageFormat::Png);
+        let wide = compressed(image::GrayImage::new(engine::frame::MAX_FRAME_SIDE + 1, 1).into(), image::ImageFormat::Png);
         let e = decompress(wide, "image/compressed").unwrap_err();
-        assert!(e.message.contains("limit"), "{e:?}");
+        assert!(e.message.contains("limit") && !e.message.ends_with('\n'), "{e:?}");
+        let mosaic = CompressedImage { format: "bayer_rggb8; jpeg compressed ".into(), ..compressed(image::GrayImage::new(4, 4).into(), image::ImageFormat::Jpeg) };
+        let e = decompress(mosaic, "image/compressed").unwrap_err();
+        assert!(e.message.contains("'bayer_rggb8' frames are not colour"), "{e:?}");
     }
 
     /// A compressedDepth message as compressed_depth_image_transport writes it.

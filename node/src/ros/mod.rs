@@ -52,21 +52,20 @@ enum Side {
     Right(Image),
 }
 
-/// A camera stream taken raw, or compressed under image_transport's name for it
-/// (`<topic>/compressed`, `<topic>/compressedDepth`; remaps apply to the base topic).
+/// A camera stream taken raw, or compressed under image_transport's name for it.
 enum CameraSub {
     Raw(Subscription<Image>),
     Compressed(Subscription<CompressedImage>, String),
 }
 
 impl CameraSub {
-    fn new(node: &mut Node, base: Name, compressed: Option<&str>, qos: &QosProfile) -> Result<Self> {
+    /// `name` is the resolved base topic, or its compressed stream's name where `compressed`.
+    fn new(node: &mut Node, name: Name, compressed: bool, qos: &QosProfile) -> Result<Self> {
         Ok(match compressed {
-            None => CameraSub::Raw(subscribe::<Image>(node, base, qos)?),
-            Some(transport) => {
-                let full = format!("{base}/{transport}");
-                let name = Name::parse(&full).map_err(|e| anyhow!("topic {full}: {e:?}"))?;
-                CameraSub::Compressed(subscribe::<CompressedImage>(node, name, qos)?, full)
+            false => CameraSub::Raw(subscribe::<Image>(node, name, qos)?),
+            true => {
+                let shown = name.to_string();
+                CameraSub::Compressed(subscribe::<CompressedImage>(node, name, qos)?, shown)
             }
         })
     }
@@ -139,12 +138,22 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     let latched_qos = QosProfile::publisher_default().durability(Durability::TransientLocal).history(History::KeepLast { depth: 1 });
     let diagnostics_qos = QosProfile::publisher_default().history(History::KeepLast { depth: 10 });
 
+    // image_transport's naming: a compressed stream is `<base>/compressed` (or
+    // `/compressedDepth`), `<base>` resolved with the remaps first; a remap of the compressed
+    // name itself (`-r image/compressed:=...`, as launch files written for Humble have) applies after.
+    let transport_name = |base: &str, transport: Option<&str>| -> Result<Name> {
+        let base = resolve(base)?;
+        match transport {
+            None => Ok(base),
+            Some(transport) => resolve(&format!("{base}/{transport}")),
+        }
+    };
     let image_transport = settings.compressed_images.then_some("compressed");
     let depth_transport = settings.compressed_depth.then_some("compressedDepth");
-    let mut image_sub = CameraSub::new(&mut node, resolve("image")?, image_transport, &input_qos)?;
+    let mut image_sub = CameraSub::new(&mut node, transport_name("image", image_transport)?, settings.compressed_images, &input_qos)?;
     let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
-    let mut depth_sub = CameraSub::new(&mut node, resolve("depth_registered")?, depth_transport, &input_qos)?;
-    let mut raw_depth_sub = CameraSub::new(&mut node, resolve("depth/image")?, depth_transport, &input_qos)?;
+    let mut depth_sub = CameraSub::new(&mut node, transport_name("depth_registered", depth_transport)?, settings.compressed_depth, &input_qos)?;
+    let mut raw_depth_sub = CameraSub::new(&mut node, transport_name("depth/image", depth_transport)?, settings.compressed_depth, &input_qos)?;
     let mut depth_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("depth/camera_info")?, &input_qos)?;
     let mut right_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("right/image")?, &input_qos)?;
     let mut right_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("right/camera_info")?, &input_qos)?;
