@@ -181,6 +181,11 @@ pub static SPECS: &[ParamSpec] = &[
         ..spec("ground_frame", "depth_mode ground: take the camera's pose over the ground from tf, in this frame.")
     },
     ParamSpec {
+        range: Range::Float(0.0, 10.0),
+        constraints: "seconds; lookups are at the frame's stamp, interpolated between /tf samples",
+        ..spec("tf_tolerance", "How far past the newest (or before the oldest) /tf sample a frame's stamp may lie and still take it.")
+    },
+    ParamSpec {
         range: Range::Float(0.01, 100.0),
         ..spec("camera_height", "depth_mode ground: height (m) of the camera's optical centre above the ground.")
     },
@@ -294,6 +299,7 @@ pub fn defaults(manifest: &Manifest) -> BTreeMap<String, ParameterValue> {
     put("camera_pose", DoubleArray(vec![]));
     put("camera_pose_file", String("".into()));
     put("ground_frame", String("".into()));
+    put("tf_tolerance", Double(0.1));
     put("camera_height", Double(1.0));
     put("camera_pitch", Double(0.0));
     put("camera_roll", Double(0.0));
@@ -534,6 +540,8 @@ pub struct OutputSettings {
     pub camera_pose: Option<PoseParam>,
     /// ...or to be looked up in tf, in this frame (leading slash and blanks trimmed).
     pub ground_frame: Option<String>,
+    /// Seconds a frame's stamp may lie past the newest (or before the oldest) /tf sample.
+    pub tf_tolerance: f64,
     /// The `backend` parameter: where stereo matching runs (auto/cuda: CUDA where a device
     /// answers).
     pub backend: String,
@@ -663,6 +671,7 @@ impl Settings {
                 camera_pose: (!doubles("camera_pose").is_empty() || !string("camera_pose_file").is_empty())
                     .then(|| PoseParam { name: "camera_pose", xyz_rpy: doubles("camera_pose"), file: string("camera_pose_file") }),
                 ground_frame: Some(super::tf::frame_name(&string("ground_frame")).to_string()).filter(|f| !f.is_empty()),
+                tf_tolerance: double("tf_tolerance"),
                 backend: string("backend"),
                 stereo_max_disp: int("stereo_max_disp").max(8) as usize,
                 stereo_label_penalties: boolean("stereo_label_penalties"),

@@ -309,7 +309,7 @@ impl Processor {
         let width = frame.width as usize;
         let (mut metres, depth_confidence) = match self.settings.depth_mode {
             DepthMode::Rgbd => (measured.map(|m| self.conditioned_depth(&m, &segmentation.map.labels, width)), None),
-            DepthMode::Ground if wants_depth => match self.ground_depth(&segmentation.map) {
+            DepthMode::Ground if wants_depth => match self.ground_depth(&segmentation.map, header.stamp) {
                 Some(g) => (Some(g.depth), Some(g.confidence)),
                 None => (None, None),
             },
@@ -419,7 +419,7 @@ impl Processor {
         if !self.camera_info_fits {
             return Ok(None); // said once for the frame
         }
-        match self.register(&metres, size, &source) {
+        match self.register(&metres, size, &source, stamp) {
             Ok(m) => Ok(Some(m)),
             Err(r) => {
                 self.note(&r);
@@ -429,7 +429,7 @@ impl Processor {
     }
 
     /// `metres` from the depth camera redrawn as the colour camera's z-depth.
-    fn register(&mut self, metres: &[f32], size: (usize, usize), source: &PoseSource) -> Result<Vec<f32>, Rejected> {
+    fn register(&mut self, metres: &[f32], size: (usize, usize), source: &PoseSource, stamp: Time) -> Result<Vec<f32>, Rejected> {
         let _s = tracing::debug_span!("register_depth").entered();
         let reject = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
         let (Some(color), Some(depth)) = (&self.camera_info, &self.depth_camera_info) else {
@@ -451,7 +451,7 @@ impl Processor {
                 let frame = &color.header.frame_id;
                 return Err(reject("tf", format!("depth_registration tf: camera_info and depth/camera_info both name frame '{frame}'; the depth camera needs its own frame in tf")));
             }
-            (PoseSource::Tf, _) => tf_pose(&self.tf, ("camera_info", &color.header.frame_id), ("depth/camera_info", &depth.header.frame_id))
+            (PoseSource::Tf, _) => tf_pose(&self.tf, ("camera_info", &color.header.frame_id), ("depth/camera_info", &depth.header.frame_id), self.tf_at(stamp))
                 .map_err(|e| reject("tf", format!("depth_registration tf: {e}")))?,
         };
         let current = |c: &RegistrationCache| {
@@ -567,7 +567,7 @@ impl Processor {
 
     /// Depth from the camera's mounting over flat ground: rays of ground labels meet the plane,
     /// other labels take the ground depth where their column meets it.
-    fn ground_depth(&mut self, map: &engine::LabelMap) -> Option<calibration::GroundDepth> {
+    fn ground_depth(&mut self, map: &engine::LabelMap, stamp: Time) -> Option<calibration::GroundDepth> {
         let _s = tracing::debug_span!("ground_depth").entered();
         let rays = self.image_rays("depth and points")?;
         let (pose, mounting) = (&self.settings.camera_pose, self.settings.camera_mounting);
@@ -575,7 +575,7 @@ impl Processor {
             // Looked up every frame: the camera may move on the robot (a pan-tilt head).
             (Some(ground), _) => {
                 let camera = self.camera_info.as_ref().map_or("", |c| c.header.frame_id.as_str());
-                tf_pose(&self.tf, ("ground_frame", ground), ("camera_info", camera))
+                tf_pose(&self.tf, ("ground_frame", ground), ("camera_info", camera), self.tf_at(stamp))
                     .and_then(|p| calibration::GroundPlane::from_camera_pose(&p).map_err(|e| format!("the camera's pose in ground_frame '{ground}' from tf: {e}")))
             }
             (None, Some((p, m, plane))) if p == pose && *m == mounting => Ok(*plane),
@@ -653,6 +653,11 @@ impl Processor {
         self.frames_skipped += 1;
         self.last_skipped = true;
         FrameOutcome::Skipped
+    }
+
+    /// A tf lookup at the frame stamped `stamp`.
+    fn tf_at(&self, stamp: Time) -> tf::At {
+        tf::At { stamp, tolerance_ns: (self.settings.tf_tolerance * 1e9) as i64 }
     }
 
     /// Counts a problem in /diagnostics and logs it the first time its kind comes up, then
@@ -737,14 +742,17 @@ impl Processor {
 
 /// The pose of `source`'s frame in `target`'s from tf; each side is (where the frame name came
 /// from, the name), so that errors say which message or parameter to fix.
-fn tf_pose(tf: &SharedTree, target: (&str, &str), source: (&str, &str)) -> Result<calibration::Extrinsics, String> {
+fn tf_pose(tf: &SharedTree, target: (&str, &str), source: (&str, &str), at: tf::At) -> Result<calibration::Extrinsics, String> {
     if let Some((what, _)) = [target, source].into_iter().find(|(_, frame)| tf::frame_name(frame).is_empty()) {
         return Err(format!("{what} names no frame (empty frame_id), so tf cannot place it"));
     }
     let ((target_what, target_frame), (source_what, source_frame)) = (target, source);
     tf.lock()
-        .lookup(target_frame, source_frame)
-        .map_err(|e| format!("no transform from {source_what} frame '{source_frame}' to {target_what} frame '{target_frame}': {e}"))
+        .lookup(target_frame, source_frame, Some(at))
+        .map_err(|e| {
+            let stamp = format!("{}.{:09}", at.stamp.sec, at.stamp.nanosec);
+            format!("no transform from {source_what} frame '{source_frame}' to {target_what} frame '{target_frame}' at {stamp}: {e}")
+        })
 }
 
 /// 8-bit gray of a frame: mono8 as it is, colour as BT.601 luma (integer, rounded).
