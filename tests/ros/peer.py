@@ -476,15 +476,16 @@ class LabelInfo(IdlStruct, typename="vision_msgs::msg::dds_::LabelInfo_"):
     threshold: idl_types.float32
 
 
-def latched_endpoint(kind, topic_name, data_type):
-    """A Cyclone DDS DataReader or DataWriter (`kind`) on a ROS topic, reliable, transient
-    local, keep last 1: a latched topic such as label_info or /tf_static."""
+def latched_endpoint(kind, topic_name, data_type, latched=True):
+    """A Cyclone DDS DataReader or DataWriter (`kind`) on a ROS topic, reliable; latched:
+    transient local, keep last 1 (label_info, /tf_static), else volatile, keep last 100 (/tf)."""
     domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
     domain = Domain(domain_id, cyclone_config())
     participant = DomainParticipant(domain_id)
     topic = Topic(participant, topic_name, data_type)
-    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)),
-              Policy.Durability.TransientLocal, Policy.History.KeepLast(1))
+    durability = Policy.Durability.TransientLocal if latched else Policy.Durability.Volatile
+    qos = Qos(Policy.Reliability.Reliable(duration(seconds=1)), durability,
+              Policy.History.KeepLast(1 if latched else 100))
     endpoint = kind(participant, topic, qos=qos)
     # The endpoint does not own the domain and participant: keep them alive.
     endpoint.keepalive = (domain, participant, topic)
@@ -544,21 +545,22 @@ class TfMessage(IdlStruct, typename="tf2_msgs::msg::dds_::TFMessage_"):
     transforms: idl_types.sequence[TfTransformStamped]
 
 
-def tf_static_writer(transforms):
-    """Publishes --tf-static transforms (PARENT CHILD X Y Z QX QY QZ QW each) once on
-    rt/tf_static, reliable and transient local as tf2's static broadcaster does, so a
-    node that matches later still gets them; keep the writer alive meanwhile."""
-    writer = latched_endpoint(DataWriter, "rt/tf_static", TfMessage)
-    message = TfMessage(transforms=[
+def tf_message(transforms, sec=0, nanosec=0):
+    """A TFMessage of --tf-static / --tf entries (PARENT CHILD X Y Z QX QY QZ QW each)."""
+    return TfMessage(transforms=[
         TfTransformStamped(
-            header=Header(stamp=Time(sec=0, nanosec=0), frame_id=parent),
+            header=Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=parent),
             child_frame_id=child,
             transform=TfTransform(
                 translation=TfVector3(*map(float, (x, y, z))),
                 rotation=TfQuaternion(*map(float, (qx, qy, qz, qw)))))
         for parent, child, x, y, z, qx, qy, qz, qw in transforms])
-    writer.write(message)
-    return writer
+
+
+def make_tf_writer(static):
+    """A writer on rt/tf_static (reliable, transient local, as tf2's static broadcaster: a
+    node that matches later still gets the transforms) or rt/tf (reliable, volatile)."""
+    return latched_endpoint(DataWriter, "rt/tf_static" if static else "rt/tf", TfMessage, latched=static)
 
 
 # ---------------------------------------------------------------------------
@@ -624,6 +626,8 @@ def cmd_pubsub(a):
         pubs["right/image"] = node.create_publisher(Image, "right/image", input_qos())
     if a.sim_clock is not None:
         pubs["/clock"] = node.create_publisher(Clock, "/clock", 10)
+    if a.tf_static and a.tf:
+        raise PeerError("--tf-static or --tf, not both (one Cyclone DDS participant per peer)")
     tf_writer = None
 
     def tick_clock():
@@ -701,7 +705,7 @@ def cmd_pubsub(a):
         if label_reader is not None and \
                 label_reader.get_subscription_matched_status().current_count == 0:
             missing.append("publisher on label_info")
-        if tf_writer is not None and (topics is None or "/tf_static" in topics) and \
+        if tf_writer is not None and (topics is None or "tf" in topics) and \
                 tf_writer.get_publication_matched_status().current_count == 0:
             missing.append("subscriber on /tf_static")
         return missing
@@ -717,12 +721,14 @@ def cmd_pubsub(a):
     try:
         log("waiting for endpoints to match")
         wait_until(executor, lambda: not unmatched(["image"]), deadline, "matching endpoints")
-        if a.tf_static:
+        if a.tf_static or a.tf:
             # A second participant (Cyclone DDS) in this process, made only once the node
             # has matched the first: made before, the node at times received none of the
             # frames (3 runs in 16), made here in none of 28.
-            tf_writer = tf_static_writer(a.tf_static)
-            wait_until(executor, lambda: not unmatched(["/tf_static"]), deadline, "the node's /tf_static reader")
+            tf_writer = make_tf_writer(static=bool(a.tf_static))
+            wait_until(executor, lambda: not unmatched(["tf"]), deadline, "the node's tf reader")
+            if a.tf_static:
+                tf_writer.write(tf_message(a.tf_static))
         # camera_info / depth_registered subscribers are optional (a node may
         # not use them): a short grace, then go on and report them.
         grace = min(deadline, time.monotonic() + INPUT_MATCH_GRACE_S)
@@ -772,6 +778,8 @@ def cmd_pubsub(a):
                 info = camera_info_fields(depth_header, dh, dw, a.distortion)
                 pubs["depth/camera_info"].publish(fill(CameraInfo(), info))
                 pubs["depth/image"].publish(fill(Image(), depth_fields(depth_header, dh, dw)))
+            if a.tf:
+                tf_writer.write(tf_message(a.tf, sec, nanosec))
             if rights:
                 right = rights[index % len(rights)]
                 pubs["right/camera_info"].publish(fill(CameraInfo(), right.camera_info(header, a.baseline)))
@@ -1285,6 +1293,9 @@ def build_parser():
     s.add_argument("--tf-static", nargs=9, action="append", default=[],
                    metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                    help="a transform to publish on /tf_static (repeat for more)")
+    s.add_argument("--tf", nargs=9, action="append", default=[],
+                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                   help="a transform to publish on /tf with each frame's stamp, before the frame (repeat for more)")
     s.add_argument("--depth-plane", type=parse_floats(2), metavar="HEIGHT,PITCH",
                    help="publish depth_registered as 32FC1 flat ground seen from HEIGHT m, "
                         "pitched down PITCH rad, with holes on every 17th column")
