@@ -119,9 +119,13 @@ fn check_out(args: &ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether a bag message is a sensor_msgs/CompressedImage (else an Image is expected).
-fn is_compressed(message: &mcap::Message<'_>) -> bool {
-    message.channel.schema.as_ref().is_some_and(|s| s.name == CompressedImage::schema_name())
+/// A camera message of the bag: sensor_msgs/CompressedImage where the channel's schema says
+/// so (image_transport's `compressed` or `compressedDepth`), else sensor_msgs/Image.
+fn camera_message(message: &mcap::Message<'_>) -> Result<InputImage, String> {
+    match message.channel.schema.as_ref().is_some_and(|s| s.name == CompressedImage::schema_name()) {
+        true => msgs::from_cdr::<CompressedImage>(&message.data).map(InputImage::Compressed),
+        false => msgs::from_cdr::<Image>(&message.data).map(InputImage::Raw),
+    }
 }
 
 fn out_topic(namespace: &str, name: &str) -> String {
@@ -141,14 +145,12 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     for message in mcap::MessageStream::new(&bytes).with_context(reading)? {
         let message = message.with_context(reading)?;
         if message.channel.topic == args.depth_topic {
-            if !is_compressed(&message) {
-                depth_images.push(msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?);
-                continue;
-            }
-            let compressed = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?;
-            match crate::ros::decode::decompress_depth(compressed, &args.depth_topic) {
-                Ok(depth) => depth_images.push(depth),
-                Err(r) => tracing::warn!("{}; depth image skipped", r.message),
+            match camera_message(&message).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))? {
+                InputImage::Raw(depth) => depth_images.push(depth),
+                InputImage::Compressed(compressed) => match crate::ros::decode::decompress_depth(compressed, &args.depth_topic) {
+                    Ok(depth) => depth_images.push(depth),
+                    Err(r) => tracing::warn!("{}; depth image skipped", r.message),
+                },
             }
         } else if message.channel.topic == args.right_topic {
             let right: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.right_topic))?;
@@ -215,12 +217,7 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
                 Err(e) => tracing::warn!("{topic}: unreadable message skipped: {e}"),
             }
         } else if topic == args.image_topic {
-            // Raw or compressed (image_transport's `compressed`), as the channel's schema says.
-            let image = match is_compressed(&message) {
-                true => msgs::from_cdr::<CompressedImage>(&message.data).map(InputImage::Compressed),
-                false => msgs::from_cdr::<Image>(&message.data).map(InputImage::Raw),
-            };
-            let image = match image {
+            let image = match camera_message(&message) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!("{topic}: unreadable message skipped: {e}");

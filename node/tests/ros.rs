@@ -169,6 +169,16 @@ fn published_stems(result: &Value) -> BTreeMap<i64, String> {
         .collect()
 }
 
+/// The depth (32FC1) and mask the peer received for the first published stamp that has both.
+fn depth_and_mask(out: &Path, result: &Value, node_log: &str) -> (Vec<f32>, Vec<u8>) {
+    let sec = published_stems(result)
+        .into_keys()
+        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
+        .unwrap_or_else(|| panic!("no depth received: {result}\n{node_log}"));
+    let depth = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    (depth, std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap())
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
@@ -317,12 +327,7 @@ fn compressed_depth_over_dds_is_the_millimetres_it_was_made_from() {
     ];
     let result = ok(peer(domain, &peer_args));
     node.assert_running();
-    let sec = published_stems(&result)
-        .into_keys()
-        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
-        .unwrap_or_else(|| panic!("no depth received: {result}\n{}", node.log()));
-    let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    let (depth, mask) = depth_and_mask(&out, &result, &node.log());
     let w = SIZE.0 as usize;
     let mut valid = 0;
     for (i, &m) in depth.iter().enumerate() {
@@ -588,12 +593,7 @@ fn raw_depth_camera_images_are_registered_to_the_distorted_colour_camera() {
         ];
         let result = ok(peer(domain, &[&peer_args[..], &peer_extra].concat()));
         node.assert_running();
-        let sec = published_stems(&result)
-            .into_keys()
-            .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
-            .unwrap_or_else(|| panic!("no depth received: {result}\n{}", node.log()));
-        let got: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+        let (got, mask) = depth_and_mask(&out, &result, &node.log());
 
         // The same registration through the calibration crate, whose geometry its own tests
         // check against ray-cast scenes.
@@ -647,12 +647,7 @@ fn ground_fit_recovers_the_mounting_and_fills_ground_holes_from_the_plane() {
     assert!(value("ground_fit.camera_roll").abs() < 2e-3, "{diagnostics}");
     assert!(value("ground_fit.filled_pixels") > 100.0, "{diagnostics}");
 
-    let sec = published_stems(&result)
-        .into_keys()
-        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
-        .unwrap_or_else(|| panic!("no depth received: {result}"));
-    let depth: Vec<f32> = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let mask = std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap();
+    let (depth, mask) = depth_and_mask(&out, &result, &node.log());
     let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
     let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);
     let mut filled = 0;

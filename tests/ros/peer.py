@@ -1256,6 +1256,15 @@ class JsonArgumentParser(argparse.ArgumentParser):
         emit({"ok": False, "error": f"usage: {message}"}, 2)
 
 
+def add_transform_args(s, verb, static_where, dynamic_when):
+    """--tf-static and --tf, each PARENT CHILD X Y Z QX QY QZ QW, repeatable."""
+    metavar = ("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW")
+    s.add_argument("--tf-static", nargs=9, action="append", default=[], metavar=metavar,
+                   help=f"a transform to {verb} on {static_where} (repeat for more)")
+    s.add_argument("--tf", nargs=9, action="append", default=[], metavar=metavar,
+                   help=f"a transform to {verb} on /tf with each frame's stamp, {dynamic_when} (repeat for more)")
+
+
 def build_parser():
     p = JsonArgumentParser(description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1290,12 +1299,7 @@ def build_parser():
     s.add_argument("--compressed-depth", action="store_true",
                    help="with --depth-mm: publish it on depth_registered/compressedDepth as "
                         "compressed_depth_image_transport does (16UC1, png)")
-    s.add_argument("--tf-static", nargs=9, action="append", default=[],
-                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
-                   help="a transform to publish on /tf_static (repeat for more)")
-    s.add_argument("--tf", nargs=9, action="append", default=[],
-                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
-                   help="a transform to publish on /tf with each frame's stamp, before the frame (repeat for more)")
+    add_transform_args(s, "publish", "/tf_static", "before the frame")
     s.add_argument("--depth-plane", type=parse_floats(2), metavar="HEIGHT,PITCH",
                    help="publish depth_registered as 32FC1 flat ground seen from HEIGHT m, "
                         "pitched down PITCH rad, with holes on every 17th column")
@@ -1363,14 +1367,9 @@ def build_parser():
                    help="right images of rectified pairs (/right/image, /right/camera_info)")
     s.add_argument("--baseline", type=float, default=0.1, help="stereo baseline (m) in /right/camera_info")
     s.add_argument("--camera-info", action="store_true")
-    s.add_argument("--tf-static", nargs=9, action="append", default=[],
-                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
-                   help="a transform to write on /tf_static, after the frames (repeat for more)")
     s.add_argument("--compressed", action="store_true",
                    help="write each --images file as it is as sensor_msgs/CompressedImage on /image/compressed")
-    s.add_argument("--tf", nargs=9, action="append", default=[],
-                   metavar=("PARENT", "CHILD", "X", "Y", "Z", "QX", "QY", "QZ", "QW"),
-                   help="a transform to write on /tf with each frame's stamp, before it (repeat for more)")
+    add_transform_args(s, "write", "/tf_static, after the frames", "before it")
     return p
 
 

@@ -59,7 +59,8 @@ enum CameraSub {
 }
 
 impl CameraSub {
-    /// `name` is the resolved base topic, or its compressed stream's name where `compressed`.
+    /// `name` is the resolved topic: the base topic's, or with `compressed` its compressed
+    /// stream's.
     fn new(node: &mut Node, name: Name, compressed: bool, qos: &QosProfile) -> Result<Self> {
         Ok(match compressed {
             false => CameraSub::Raw(subscribe::<Image>(node, name, qos)?),
@@ -141,19 +142,19 @@ pub fn run(common: &CommonArgs, threads: usize, ros: RosArgs) -> Result<()> {
     // image_transport's naming: a compressed stream is `<base>/compressed` (or
     // `/compressedDepth`), `<base>` resolved with the remaps first; a remap of the compressed
     // name itself (`-r image/compressed:=...`, as launch files written for Humble have) applies after.
-    let transport_name = |base: &str, transport: Option<&str>| -> Result<Name> {
+    let camera = |node: &mut Node, base: &str, transport: Option<&str>| -> Result<CameraSub> {
         let base = resolve(base)?;
         match transport {
-            None => Ok(base),
-            Some(transport) => resolve(&format!("{base}/{transport}")),
+            None => CameraSub::new(node, base, false, &input_qos),
+            Some(transport) => CameraSub::new(node, resolve(&format!("{base}/{transport}"))?, true, &input_qos),
         }
     };
     let image_transport = settings.compressed_images.then_some("compressed");
     let depth_transport = settings.compressed_depth.then_some("compressedDepth");
-    let mut image_sub = CameraSub::new(&mut node, transport_name("image", image_transport)?, settings.compressed_images, &input_qos)?;
+    let mut image_sub = camera(&mut node, "image", image_transport)?;
     let mut info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("camera_info")?, &input_qos)?;
-    let mut depth_sub = CameraSub::new(&mut node, transport_name("depth_registered", depth_transport)?, settings.compressed_depth, &input_qos)?;
-    let mut raw_depth_sub = CameraSub::new(&mut node, transport_name("depth/image", depth_transport)?, settings.compressed_depth, &input_qos)?;
+    let mut depth_sub = camera(&mut node, "depth_registered", depth_transport)?;
+    let mut raw_depth_sub = camera(&mut node, "depth/image", depth_transport)?;
     let mut depth_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("depth/camera_info")?, &input_qos)?;
     let mut right_sub: Subscription<Image> = subscribe::<Image>(&mut node, resolve("right/image")?, &input_qos)?;
     let mut right_info_sub: Subscription<CameraInfo> = subscribe::<CameraInfo>(&mut node, resolve("right/camera_info")?, &input_qos)?;
