@@ -75,7 +75,12 @@ fn motorcycle() -> (usize, usize, Vec<u8>, Vec<u8>) {
     let built = ovseg_tests::data_dir().join("stereo");
     let dir = if built.is_dir() { built } else { std::path::PathBuf::from("tests/data/stereo") };
     let load = |name: &str| image::open(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).to_luma8();
-    let (l, r) = (load("motorcycle_left.png"), load("motorcycle_right.png"));
+    let (mut l, mut r) = (load("motorcycle_left.png"), load("motorcycle_right.png"));
+    if emulated() {
+        // The emulator runs a block's threads one at a time: a central crop keeps it quick.
+        let crop = |img: &image::GrayImage| image::imageops::crop_imm(img, 110, 75, 160, 96).to_image();
+        (l, r) = (crop(&l), crop(&r));
+    }
     (l.width() as usize, l.height() as usize, l.into_raw(), r.into_raw())
 }
 
@@ -535,4 +540,156 @@ fn frames_that_stay_on_the_device_segment_as_the_cpu_does_bit_for_bit() {
         let distinct = want.map.labels.iter().collect::<std::collections::BTreeSet<_>>().len();
         eprintln!("{case}: {distinct} labels in the map; device path {:?}", got.timings);
     }
+}
+
+/// Set in the child process that runs the parity tests on the CUDA emulator: the folder where the
+/// emulator's NVRTC puts the kernels it builds.
+const EMULATOR_ENV: &str = "OVSEG_CUDA_EMULATOR_DIR";
+
+fn emulated() -> bool {
+    std::env::var_os(EMULATOR_ENV).is_some()
+}
+
+/// The tests that need a device, each with the name its "running on" line prints.
+const DEVICE_TESTS: &[(&str, &str)] = &[
+    ("cuda_stereo_matches_the_cpu_bit_for_bit", "stereo parity"),
+    ("cuda_matches_cpu_bit_for_bit_on_random_embeddings", "random parity"),
+    ("gpu_painting_matches_the_cpu_bit_for_bit", "paint parity"),
+    ("cuda_matches_cpu_bit_for_bit_on_real_image_embeddings", "real-image parity"),
+    ("auto_backend_takes_cuda_exactly_when_it_starts", "auto backend"),
+    ("gpu_preprocessing_matches_the_cpu_bit_for_bit_for_every_pixel_format", "preprocessing parity"),
+    ("encoder_outputs_on_the_device_become_the_cpus_levels_bit_for_bit", "encoder output parity"),
+    ("frames_that_stay_on_the_device_segment_as_the_cpu_does_bit_for_bit", "device-resident frames"),
+    ("the_emulator_reports_overruns_barrier_mismatches_and_missing_barriers", "emulator checks"),
+];
+
+/// What the emulator claims to catch, caught: a write one byte past a buffer, a barrier that only
+/// part of a warp reaches, and a shared read that lacks its barrier (seen stale in some launch,
+/// as the threads' order changes). Runs only in the emulator's child process.
+#[test]
+fn the_emulator_reports_overruns_barrier_mismatches_and_missing_barriers() {
+    if !emulated() {
+        eprintln!("emulator checks: skipped, this runs under the CUDA emulator only");
+        return;
+    }
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    eprintln!("emulator checks: running on {}", cuda::device_identity().unwrap().0);
+    const SOURCE: &str = r#"
+extern "C" __global__ void one_past_the_end(unsigned char* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) out[i] = 1;
+}
+extern "C" __global__ void split_barrier(int* out) {
+    if (threadIdx.x < 16) __syncthreads(); else __syncwarp();
+    out[threadIdx.x] = 1;
+}
+extern "C" __global__ void no_barrier(int tag, int* out) {
+    __shared__ int value;
+    if (threadIdx.x == 0) value = tag;
+    out[threadIdx.x] = value;
+}
+"#;
+    let ctx = CudaContext::new(0).unwrap();
+    let module = ctx.load_module(cuda::compile_source(SOURCE, None).unwrap()).unwrap();
+    let stream = ctx.default_stream();
+    let one_block = |threads: u32| LaunchConfig { grid_dim: (1, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+
+    let mut bytes = stream.alloc_zeros::<u8>(100).unwrap();
+    let f = module.load_function("one_past_the_end").unwrap();
+    let mut l = stream.launch_builder(&f);
+    l.arg(&mut bytes).arg(&100i32);
+    // SAFETY: the emulator runs it on host memory and reports the overrun instead of writing elsewhere.
+    assert!(unsafe { l.launch(one_block(128)) }.is_err(), "a write one past the end went unnoticed");
+
+    let mut ints = stream.alloc_zeros::<i32>(32).unwrap();
+    let f = module.load_function("split_barrier").unwrap();
+    let mut l = stream.launch_builder(&f);
+    l.arg(&mut ints);
+    // SAFETY: as above; the launch is refused, not hung.
+    assert!(unsafe { l.launch(one_block(32)) }.is_err(), "a barrier half a warp reaches went unnoticed");
+
+    let f = module.load_function("no_barrier").unwrap();
+    let stale = (1..=8).any(|tag: i32| {
+        let mut l = stream.launch_builder(&f);
+        l.arg(&tag).arg(&mut ints);
+        // SAFETY: 32 threads write the 32 ints allocated above.
+        unsafe { l.launch(one_block(32)) }.unwrap();
+        stream.clone_dtoh(&ints).unwrap().iter().any(|&v| v != tag)
+    });
+    assert!(stale, "a shared read without its barrier saw the new value in every launch");
+}
+
+/// Builds the stand-in libcuda/libnvrtc of tests/cuda-emulator with the host C++ compiler (`CXX`,
+/// else `c++`) into the target directory; `None`, with the reason, where there is no compiler.
+fn build_emulator() -> Option<std::path::PathBuf> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda-emulator");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = File::create(dir.join("build.lock")).unwrap();
+    lock.lock().expect("locking the emulator folder");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let built = dir.join("libcuda.so.tmp");
+    let status = Command::new(&cxx)
+        .args(["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Werror"])
+        .arg(format!("-DEMU_SOURCE_DIR=\"{}\"", source.display()))
+        .arg("-o")
+        .arg(&built)
+        .arg(source.join("driver.cpp"))
+        .status();
+    match status {
+        Err(e) => {
+            eprintln!("no C++ compiler ({cxx}: {e})");
+            return None;
+        }
+        Ok(s) => assert!(s.success(), "{cxx} could not build tests/cuda-emulator/driver.cpp"),
+    }
+    std::fs::copy(&built, dir.join("libnvrtc.so")).unwrap();
+    std::fs::rename(&built, dir.join("libcuda.so")).unwrap();
+    Some(dir)
+}
+
+/// Runs every device test above, unchanged, in a child process whose libcuda and libnvrtc are the
+/// emulator: the host code (allocation sizes, copies, launch geometry, argument order) and the
+/// kernels' arithmetic against the CPU reference, bit for bit, where no GPU exists. It says
+/// nothing of the device's speed, its races or its float library; the GPU machine runs the same
+/// tests on the real driver.
+#[test]
+fn device_tests_pass_on_the_cuda_emulator() {
+    if emulated() {
+        return; // this is the child
+    }
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        eprintln!("CUDA emulator: skipped, its fibers are written for x86-64 Linux");
+        return;
+    }
+    let Some(dir) = build_emulator() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have a C++ compiler for the CUDA emulator");
+        eprintln!("CUDA emulator: skipped, no C++ compiler");
+        return;
+    };
+    let kernels = dir.join(format!("kernels-{}", std::process::id()));
+    std::fs::create_dir_all(&kernels).unwrap();
+    let mut library_path = std::ffi::OsString::from(&dir);
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        library_path.push(":");
+        library_path.push(old);
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(DEVICE_TESTS.iter().map(|(name, _)| name))
+        .args(["--exact", "--test-threads", "1", "--nocapture"])
+        .env("LD_LIBRARY_PATH", library_path)
+        .env(EMULATOR_ENV, &kernels)
+        .env_remove(cuda::NVRTC_DIR_ENV)
+        .output()
+        .expect("running the device tests on the emulator");
+    let _ = std::fs::remove_dir_all(&kernels);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let log = format!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "device tests on the emulator failed:\n{log}");
+    // Each must have run on the emulator, not skipped.
+    for (name, label) in DEVICE_TESTS {
+        assert!(log.contains(&format!("{label}: running on CUDA emulator on the CPU")), "{name} did not run on the emulator:\n{log}");
+    }
+    assert!(stdout.contains(&format!("test result: ok. {} passed", DEVICE_TESTS.len())), "{stdout}");
+    eprintln!("{stderr}");
 }

@@ -1,0 +1,95 @@
+// Included ahead of a kernel file when the stand-in driver compiles it with the host C++
+// compiler: CUDA's built-in variables, qualifiers and intrinsics as plain C++ over the thread the
+// driver is running. Only what the project's kernels use.
+#pragma once
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "abi.h"
+
+extern "C" {
+EmuThread* __emu_current = nullptr;
+EmuHooks __emu_hooks = {nullptr, nullptr};
+}
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// Blocks run one after another, so a function-level static is the running block's shared memory.
+#define __shared__ static
+
+#define threadIdx (__emu_current->thread_idx)
+#define blockIdx (__emu_current->block_idx)
+#define blockDim (__emu_current->block_dim)
+#define gridDim (__emu_current->grid_dim)
+#define warpSize 32
+
+inline void __syncthreads() { __emu_hooks.sync_block(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { __emu_hooks.sync_warp(); }
+
+// Every lane of the warp writes its value, then reads its partner's; lanes whose partner lies
+// beyond the warp keep their own, as on the device.
+template <typename T>
+inline T __shfl_down_sync(unsigned, T value, unsigned delta) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a type wider than 64 bits");
+    EmuThread* me = __emu_current;
+    unsigned lane = me->linear % 32;
+    std::memcpy(&me->shuffle[me->linear], &value, sizeof(T));
+    __syncwarp();
+    T out = value;
+    if (lane + delta < 32) std::memcpy(&out, &__emu_current->shuffle[__emu_current->linear + delta], sizeof(T));
+    __syncwarp();
+    return out;
+}
+
+// One block runs at a time, and its threads only switch at barriers: a plain add is atomic here.
+template <typename T>
+inline T atomicAdd(T* at, T value) {
+    T old = *at;
+    *at = old + value;
+    return old;
+}
+
+inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+inline float __int_as_float(int v) {
+    float f;
+    std::memcpy(&f, &v, sizeof f);
+    return f;
+}
+inline int __float_as_int(float f) {
+    int v;
+    std::memcpy(&v, &f, sizeof v);
+    return v;
+}
+
+// CUDA's min/max: integer arguments of mixed types compare in their common type; floats follow
+// fminf/fmaxf (a NaN loses).
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) {
+    using C = std::common_type_t<A, B>;
+    if constexpr (std::is_floating_point_v<C>) return std::fmin((C)a, (C)b);
+    else return (C)a < (C)b ? (C)a : (C)b;
+}
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) {
+    using C = std::common_type_t<A, B>;
+    if constexpr (std::is_floating_point_v<C>) return std::fmax((C)a, (C)b);
+    else return (C)a < (C)b ? (C)b : (C)a;
+}
+
+using std::isnan;
+
+// The driver calls `__emu_entry_<kernel>(args)` on each emulated thread: the argument array of
+// cuLaunchKernel (one pointer per parameter) unpacked by the kernel's own parameter types.
+template <typename... P, std::size_t... I>
+inline void __emu_call(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
+    kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<P>>*>(args[I])...);
+}
+template <typename... P>
+inline void __emu_invoke(void (*kernel)(P...), void** args) {
+    __emu_call(kernel, args, std::index_sequence_for<P...>{});
+}
