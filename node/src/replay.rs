@@ -267,6 +267,8 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
         "frames_rejected": processor.rejects.by_kind(),
         "transforms_rejected": processor.tf.lock().rejected().map_or(0, |(n, _)| n),
         "outputs": outputs,
+        // What /diagnostics would show at the end: where scoring and stereo ran, and any fallback.
+        "status": processor.diagnostics("replay", 0).values.into_iter().map(|kv| (kv.key, kv.value)).collect::<BTreeMap<_, _>>(),
         "ms_per_frame": if processed > 0 { elapsed * 1000.0 / processed as f64 } else { 0.0 },
     });
     crate::render::emit_json(&report, None)

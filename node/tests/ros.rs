@@ -948,6 +948,74 @@ fn replay_takes_the_camera_pose_from_the_bags_tf_static() {
     assert_eq!(bag_messages(&unknown, "/depth").len(), 0);
 }
 
+/// The node's GPU path on the CUDA emulator (tests/cuda-emulator, a stand-in libcuda that runs
+/// the kernels on the CPU): with `backend:=cuda`, scoring, painting and stereo give the CPU's
+/// outputs byte for byte; a device that fails mid-run (injected at the fifth stereo path
+/// launch, in the second frame) costs that frame its depth, and the frames after it run on the
+/// CPU with the same outputs, the reasons in the status.
+#[test]
+fn replay_on_the_cuda_emulator_equals_the_cpu_and_survives_a_device_failure() {
+    use ovseg_tests::cuda_emulator::{CudaEmulator, DEVICE_NAME, FAIL_ENV};
+    let Some(emulator) = CudaEmulator::build(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator")) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // A crop of the pair: the emulator runs a block's threads one at a time.
+    let crop = |name: &str| {
+        let pair = image::open(repo().join("tests/data/stereo").join(name)).unwrap().to_luma8();
+        let path = tmp.path().join(name);
+        image::imageops::crop_imm(&pair, 110, 75, 160, 96).to_image().save(&path).unwrap();
+        path.display().to_string()
+    };
+    let (l, r) = (crop("motorcycle_left.png"), crop("motorcycle_right.png"));
+    let bag = tmp.path().join("stereo.mcap");
+    let bag_arg = bag.display().to_string();
+    ok(peer(0, &["mcap-make", "--out", &bag_arg, "--camera-info", "--encoding", "mono8", "--images", &l, &l, &l, "--right-images", &r, &r, &r]));
+    let replay = |name: &str, backend: &str, fail: Option<&str>| {
+        let out = tmp.path().join(format!("{name}.mcap"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovseg"));
+        cmd.args(["replay", &bag_arg, "--out", out.to_str().unwrap(), "--outputs-only", "--ros-args"])
+            .args(["-p", &format!("backend:={backend}"), "-p", "depth_mode:=stereo", "-p", "stereo_max_disp:=32", "-p", "stereo_paths:=4"])
+            .args(["-p", "labels:=[motorcycle, wall, floor]"]);
+        emulator.apply(&mut cmd, &tmp.path().join("kernels"));
+        if let Some(fail) = fail {
+            cmd.env(FAIL_ENV, fail);
+        }
+        let o = cmd.output().unwrap();
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "replay on {backend} failed:\n{log}");
+        (out, serde_json::from_slice::<Value>(&o.stdout).unwrap(), log)
+    };
+    let (cpu, report, _) = replay("cpu", "cpu", None);
+    assert_eq!(report["status"]["scorer"], "cpu", "{report:#}");
+    let (gpu, report, log) = replay("cuda", "cuda", None);
+    let status = &report["status"];
+    assert_eq!(status["scorer"], "cuda", "{report:#}\n{log}");
+    assert!(status["stereo"].as_str().is_some_and(|s| s.contains(DEVICE_NAME)), "{report:#}");
+    assert!(status.get("scorer_fallback").is_none() && status.get("stereo_fallback").is_none(), "{report:#}");
+    let topics = ["/mask", "/mask_color", "/overlay", "/confidence", "/depth", "/points"];
+    for topic in topics {
+        let (want, got) = (bag_messages(&cpu, topic), bag_messages(&gpu, topic));
+        assert_eq!(want.len(), 3, "{topic}");
+        assert!(got == want, "{topic} on the emulated GPU differs from the CPU's");
+    }
+
+    let (failed, report, log) = replay("failed", "cuda", Some("aggregate_path:5"));
+    let status = &report["status"];
+    assert_eq!(status["scorer"], "cpu", "{report:#}\n{log}");
+    for key in ["scorer_fallback", "stereo_fallback"] {
+        assert!(status[key].as_str().is_some_and(|s| s.contains("CUDA_ERROR_ILLEGAL_ADDRESS")), "{key}: {report:#}");
+    }
+    assert_eq!(report["frames_rejected"]["stereo"], 1, "{report:#}");
+    for topic in topics {
+        let (want, got) = (bag_messages(&cpu, topic), bag_messages(&failed, topic));
+        if topic == "/depth" || topic == "/points" {
+            // The frame whose matching failed goes without depth; the others have the CPU's.
+            assert!(got.len() == 2 && got[0] == want[0] && got[1] == want[2], "{topic}: {} messages", got.len());
+        } else {
+            assert!(got == want, "{topic} after the device failed differs from the CPU's");
+        }
+    }
+}
+
 #[test]
 fn launch_profiles_start_the_node_and_every_parameter_is_in_help() {
     let o = Command::new(env!("CARGO_BIN_EXE_ovseg")).args(["node", "--help"]).output().unwrap();

@@ -41,6 +41,7 @@ enum : int {
     CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_ILLEGAL_ADDRESS = 700,
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
@@ -293,6 +294,26 @@ struct Function {
 };
 
 std::mutex g_launch_lock; // one launch at a time: fibers and the kernels' globals are shared
+
+// A device that fails mid-run, for testing the fallbacks: OVSEG_CUDA_EMULATOR_FAIL=kernel:n makes
+// the n-th launch of that kernel fail with CUDA_ERROR_ILLEGAL_ADDRESS, and, as a real device's
+// error is sticky, every launch and copy after it.
+bool g_device_lost = false;
+
+CUresult injected_failure(const std::string& kernel) {
+    static std::mutex lock;
+    static unsigned launches = 0;
+    std::lock_guard<std::mutex> guard(lock);
+    if (!g_device_lost && !kernel.empty()) {
+        const char* spec = std::getenv("OVSEG_CUDA_EMULATOR_FAIL");
+        std::string s = spec ? spec : "";
+        size_t colon = s.rfind(':');
+        if (colon != std::string::npos && s.substr(0, colon) == kernel && ++launches == std::strtoul(s.c_str() + colon + 1, nullptr, 10))
+            g_device_lost = true;
+    }
+    if (!g_device_lost) return CUDA_SUCCESS;
+    return fail(CUDA_ERROR_ILLEGAL_ADDRESS, "the device has failed (OVSEG_CUDA_EMULATOR_FAIL=" + std::string(std::getenv("OVSEG_CUDA_EMULATOR_FAIL")) + ")");
+}
 int g_context_token;
 int g_stream_token;
 
@@ -442,11 +463,13 @@ CUresult cuMemFreeHost(void* ptr) {
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    if (CUresult r = injected_failure("")) return r;
     if (CUresult r = check_range(dst, bytes, "host-to-device copy")) return r;
     std::memcpy((void*)(uintptr_t)dst, src, bytes);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    if (CUresult r = injected_failure("")) return r;
     if (CUresult r = check_range(src, bytes, "device-to-host copy")) return r;
     std::memcpy(dst, (const void*)(uintptr_t)src, bytes);
     return CUDA_SUCCESS;
@@ -510,6 +533,7 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
         return fail(CUDA_ERROR_INVALID_VALUE, msg);
     }
     if (threads > kMaxThreads) return fail(CUDA_ERROR_INVALID_VALUE, f->name + ": more than 1024 threads per block");
+    if (CUresult r = injected_failure(f->name)) return r;
     if ((int)shared_bytes > f->max_dynamic_shared) {
         std::snprintf(msg, sizeof msg, "%s: %u bytes of dynamic shared memory, above the function's limit of %d", f->name.c_str(), shared_bytes, f->max_dynamic_shared);
         return fail(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, msg);
@@ -557,6 +581,7 @@ const char* emu_error_text(CUresult r) {
     case CUDA_ERROR_INVALID_IMAGE: return "CUDA_ERROR_INVALID_IMAGE";
     case CUDA_ERROR_INVALID_HANDLE: return "CUDA_ERROR_INVALID_HANDLE";
     case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
+    case CUDA_ERROR_ILLEGAL_ADDRESS: return "CUDA_ERROR_ILLEGAL_ADDRESS";
     case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES";
     case CUDA_ERROR_LAUNCH_FAILED: return "CUDA_ERROR_LAUNCH_FAILED";
     case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";

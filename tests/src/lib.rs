@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod cuda_emulator;
+
 use engine::labels::LabelSpec;
 use engine::{BackendKind, Frame, LabelBank, LabelSet, Model, Pipeline, SegmentOptions, Segmentation, UNKNOWN};
 

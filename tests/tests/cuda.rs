@@ -12,6 +12,7 @@ use engine::labels::LabelSet;
 use engine::preprocess::ContentRect;
 use engine::scoring::{CpuScorer, PaintRequest, Scorer, ScoringPlan, fused_probabilities};
 use engine::{BackendKind, EngineError};
+use ovseg_tests::cuda_emulator::{self, CudaEmulator};
 
 /// NVRTC from the pinned wheel, installed once under the target directory (file-locked), unless
 /// it is already on the library path.
@@ -301,8 +302,9 @@ fn auto_backend_takes_cuda_exactly_when_it_starts() {
     }
 }
 
-/// Stands in for a GPU that fails mid-run (device lost, out of memory): no such failure can be
-/// provoked on purpose, so this scorer returns the error a failed launch produces.
+/// Stands in for a GPU that fails mid-run (device lost, out of memory): this scorer returns the
+/// error a failed launch produces. (The same with a real driver error from the CUDA emulator, in
+/// the node: `replay_on_the_cuda_emulator_...` in node/tests/ros.rs.)
 struct FailingGpu;
 
 impl Scorer for FailingGpu {
@@ -542,12 +544,10 @@ fn frames_that_stay_on_the_device_segment_as_the_cpu_does_bit_for_bit() {
     }
 }
 
-/// Set in the child process that runs the parity tests on the CUDA emulator: the folder where the
-/// emulator's NVRTC puts the kernels it builds.
-const EMULATOR_ENV: &str = "OVSEG_CUDA_EMULATOR_DIR";
 
+/// Whether this is the child process that runs the device tests on the CUDA emulator.
 fn emulated() -> bool {
-    std::env::var_os(EMULATOR_ENV).is_some()
+    std::env::var_os(cuda_emulator::KERNELS_ENV).is_some()
 }
 
 /// The tests that need a device, each with the name its "running on" line prints.
@@ -619,35 +619,6 @@ extern "C" __global__ void no_barrier(int tag, int* out) {
     assert!(stale, "a shared read without its barrier saw the new value in every launch");
 }
 
-/// Builds the stand-in libcuda/libnvrtc of tests/cuda-emulator with the host C++ compiler (`CXX`,
-/// else `c++`) into the target directory; `None`, with the reason, where there is no compiler.
-fn build_emulator() -> Option<std::path::PathBuf> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda-emulator");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = File::create(dir.join("build.lock")).unwrap();
-    lock.lock().expect("locking the emulator folder");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let built = dir.join("libcuda.so.tmp");
-    let status = Command::new(&cxx)
-        .args(["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Werror"])
-        .arg(format!("-DEMU_SOURCE_DIR=\"{}\"", source.display()))
-        .arg("-o")
-        .arg(&built)
-        .arg(source.join("driver.cpp"))
-        .status();
-    match status {
-        Err(e) => {
-            eprintln!("no C++ compiler ({cxx}: {e})");
-            return None;
-        }
-        Ok(s) => assert!(s.success(), "{cxx} could not build tests/cuda-emulator/driver.cpp"),
-    }
-    std::fs::copy(&built, dir.join("libnvrtc.so")).unwrap();
-    std::fs::rename(&built, dir.join("libcuda.so")).unwrap();
-    Some(dir)
-}
-
 /// Runs every device test above, unchanged, in a child process whose libcuda and libnvrtc are the
 /// emulator: the host code (allocation sizes, copies, launch geometry, argument order) and the
 /// kernels' arithmetic against the CPU reference, bit for bit, where no GPU exists. It says
@@ -658,37 +629,17 @@ fn device_tests_pass_on_the_cuda_emulator() {
     if emulated() {
         return; // this is the child
     }
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        eprintln!("CUDA emulator: skipped, its fibers are written for x86-64 Linux");
-        return;
-    }
-    let Some(dir) = build_emulator() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have a C++ compiler for the CUDA emulator");
-        eprintln!("CUDA emulator: skipped, no C++ compiler");
-        return;
-    };
-    let kernels = dir.join(format!("kernels-{}", std::process::id()));
-    std::fs::create_dir_all(&kernels).unwrap();
-    let mut library_path = std::ffi::OsString::from(&dir);
-    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
-        library_path.push(":");
-        library_path.push(old);
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(DEVICE_TESTS.iter().map(|(name, _)| name))
-        .args(["--exact", "--test-threads", "1", "--nocapture"])
-        .env("LD_LIBRARY_PATH", library_path)
-        .env(EMULATOR_ENV, &kernels)
-        .env_remove(cuda::NVRTC_DIR_ENV)
-        .output()
-        .expect("running the device tests on the emulator");
-    let _ = std::fs::remove_dir_all(&kernels);
+    let Some(emulator) = CudaEmulator::build(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator")) else { return };
+    let kernels = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child.args(DEVICE_TESTS.iter().map(|(name, _)| name)).args(["--exact", "--test-threads", "1", "--nocapture"]);
+    let out = emulator.apply(&mut child, kernels.path()).output().expect("running the device tests on the emulator");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let log = format!("{stdout}\n{stderr}");
     assert!(out.status.success(), "device tests on the emulator failed:\n{log}");
     // Each must have run on the emulator, not skipped.
     for (name, label) in DEVICE_TESTS {
-        assert!(log.contains(&format!("{label}: running on CUDA emulator on the CPU")), "{name} did not run on the emulator:\n{log}");
+        assert!(log.contains(&format!("{label}: running on {}", cuda_emulator::DEVICE_NAME)), "{name} did not run on the emulator:\n{log}");
     }
     assert!(stdout.contains(&format!("test result: ok. {} passed", DEVICE_TESTS.len())), "{stdout}");
     eprintln!("{stderr}");
