@@ -10,8 +10,11 @@
 // device's own float library and rounding (host libm and SSE here), races between blocks, memory
 // ordering, and speed.
 //
-// Built by tests/tests/cuda.rs as libcuda.so and libnvrtc.so (the same file under both names).
+// OVSEG_CUDA_EMULATOR_FAIL=kernel:n makes the device fail mid-run, for testing the fallbacks.
+//
+// Built by tests/src/cuda_emulator.rs as libcuda.so and libnvrtc.so (the same file, both names).
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -257,28 +260,34 @@ bool run_block(std::vector<Fiber>& fibers, unsigned count) {
     }
 }
 
-// A kernel that touches memory outside its buffers hits a guard page: name it before dying.
-const char* g_kernel_name = "";
-void on_fault(int) {
+// A kernel that touches memory outside its buffers hits a guard page: name it before dying. A
+// fault anywhere else (outside a launch, or on another thread) goes to the handler that was
+// installed before, by letting the instruction fault again under it.
+const char* g_kernel_name = nullptr; // while a launch runs
+pthread_t g_launch_thread;
+struct sigaction g_previous_segv, g_previous_bus;
+
+void on_fault(int sig, siginfo_t*, void*) {
+    if (!g_kernel_name || !pthread_equal(pthread_self(), g_launch_thread)) {
+        sigaction(sig, sig == SIGSEGV ? &g_previous_segv : &g_previous_bus, nullptr);
+        return;
+    }
     const char* parts[] = {"cuda emulator: kernel ", g_kernel_name, " touched memory outside its buffers (the device reports CUDA_ERROR_ILLEGAL_ADDRESS)\n"};
     for (const char* p : parts) (void)!write(2, p, std::strlen(p));
     _exit(70);
 }
+
+// Runs on the thread's alternate signal stack (Rust gives every thread one), since the fault may
+// come on a fiber's small stack.
 void catch_faults() {
     static bool installed = false;
     if (installed) return;
     installed = true;
-    // The fault may come on a fiber's small stack: the handler runs on its own.
-    static std::vector<unsigned char> handler_stack(64 * 1024);
-    stack_t st{};
-    st.ss_sp = handler_stack.data();
-    st.ss_size = handler_stack.size();
-    sigaltstack(&st, nullptr);
     struct sigaction sa{};
-    sa.sa_handler = on_fault;
-    sa.sa_flags = SA_ONSTACK;
-    sigaction(SIGSEGV, &sa, nullptr);
-    sigaction(SIGBUS, &sa, nullptr);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, &g_previous_segv);
+    sigaction(SIGBUS, &sa, &g_previous_bus);
 }
 
 // ---- modules -----------------------------------------------------------------------------------
@@ -544,8 +553,9 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
     unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes, 4) : nullptr;
     std::vector<unsigned long long> shuffle(threads);
     g_launch = Launch{f->entry, args, f->current};
-    g_kernel_name = f->name.c_str();
     catch_faults();
+    g_launch_thread = pthread_self();
+    g_kernel_name = f->name.c_str();
     CUresult result = CUDA_SUCCESS;
     for (unsigned z = 0; z < gz; ++z)
         for (unsigned y = 0; y < gy; ++y)
@@ -565,6 +575,7 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
                 if (result == CUDA_SUCCESS && !run_block(fibers, threads))
                     result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + ": barrier mismatch");
             }
+    g_kernel_name = nullptr;
     if (result == CUDA_SUCCESS) {
         std::string hit = overrun_buffer();
         if (!hit.empty()) result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + " wrote " + hit);

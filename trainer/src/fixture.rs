@@ -244,9 +244,9 @@ pub fn compare(fixture: &Fixture, steps: usize) -> Result<serde_json::Value> {
 /// Ok(Err(reason)) where CUDA cannot run here.
 #[cfg(feature = "cuda")]
 fn cuda_run(fixture: &Fixture, steps: usize) -> Result<std::result::Result<HeadRun, String>> {
-    // burn's CUDA runtime panics when libcuda is missing: ask the driver first.
-    if !engine::cuda::driver_present() {
-        return Ok(Err("no CUDA driver (libcuda) answers on this machine".into()));
+    // burn's CUDA runtime panics without a driver, NVRTC or the CUDA headers: ask first.
+    if let Err(e) = engine::cuda::burn_cuda_ready() {
+        return Ok(Err(e.to_string()));
     }
     Ok(Ok(run::<burn::backend::Autodiff<burn::backend::Cuda>>(fixture, steps, Default::default(), "cuda")?))
 }

@@ -143,15 +143,18 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
 
 #[cfg(feature = "cuda")]
 fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
-    // burn's CUDA runtime panics when libcuda is missing: ask the driver first.
-    if engine::cuda::driver_present() {
-        tracing::info!("training on CUDA");
-        return train_on::<Autodiff<burn::backend::Cuda>>(config, out, options, Default::default(), "cuda");
-    }
+    // burn's CUDA runtime panics without a driver, NVRTC or the CUDA headers: ask first.
+    let why = match engine::cuda::burn_cuda_ready() {
+        Ok(()) => {
+            tracing::info!("training on CUDA");
+            return train_on::<Autodiff<burn::backend::Cuda>>(config, out, options, Default::default(), "cuda");
+        }
+        Err(e) => e.to_string(),
+    };
     if options.device == TrainDevice::Cuda {
-        bail!("device cuda: no CUDA driver (libcuda) answers on this machine");
+        bail!("device cuda: {why}");
     }
-    tracing::info!("training on the CPU: no CUDA driver (libcuda) answers on this machine");
+    tracing::info!("training on the CPU: {why}");
     train_on::<Autodiff<Flex>>(config, out, options, Default::default(), "cpu")
 }
 

@@ -222,10 +222,8 @@ mod cuda {
     }
 
     pub fn open(model: &Model) -> Result<Guarded> {
-        // burn panics when libcuda cannot be loaded, so ask the driver first.
-        if !crate::cuda::driver_present() {
-            return Err(EngineError::Gpu("no CUDA driver (libcuda) on this machine".into()));
-        }
+        // burn panics without a driver, NVRTC or the CUDA headers, so ask first.
+        crate::cuda::burn_cuda_ready()?;
         let device = burn::backend::cuda::CudaDevice::default();
         catch_unwind(AssertUnwindSafe(|| BurnBackend::<Cuda>::open(&model.dir, &model.manifest, device, "burn-cuda")))
             .map_err(|p| EngineError::Gpu(format!("burn's CUDA backend: {}", panic_message(p))))?

@@ -139,6 +139,44 @@ impl Device {
     }
 }
 
+/// What burn's CUDA backend needs before it is started, which would otherwise panic deep inside
+/// it: a driver, NVRTC (found as for the project's kernels, `OVSEG_NVRTC_DIR` included), and the
+/// CUDA headers it compiles every kernel with (see [`cuda_headers`]).
+pub fn burn_cuda_ready() -> Result<()> {
+    if !driver_present() {
+        return Err(EngineError::Gpu("no CUDA driver (libcuda) on this machine".into()));
+    }
+    ensure_nvrtc(None)?;
+    cuda_headers(std::env::var_os("CUDA_PATH").map(PathBuf::from)).map(|_| ())
+}
+
+/// The CUDA root whose `include/` holds `cuda_runtime.h`, looked up as burn's CUDA runtime
+/// (cubecl) does: `cuda_path` (the `CUDA_PATH` variable) if given, else the first of
+/// /usr/local/cuda and /opt/cuda that exists, else /usr where /usr/bin/nvcc exists.
+pub fn cuda_headers(cuda_path: Option<PathBuf>) -> Result<PathBuf> {
+    const HINT: &str = "install the CUDA toolkit's headers, or set CUDA_PATH to a folder whose include/ holds them \
+                        (the nvidia/cu13 folder of the nvidia-cuda-runtime, nvidia-cuda-crt and nvidia-cuda-cccl wheels)";
+    let from_env = cuda_path.is_some();
+    let root = cuda_path
+        .or_else(|| ["/usr/local/cuda", "/opt/cuda"].into_iter().map(PathBuf::from).find(|p| p.exists()))
+        .or_else(|| Path::new("/usr/bin/nvcc").exists().then(|| PathBuf::from("/usr")));
+    let Some(root) = root else {
+        return Err(EngineError::Gpu(format!(
+            "burn's CUDA backend compiles its kernels with the CUDA headers, and there are none (CUDA_PATH is not set, and there is no /usr/local/cuda, /opt/cuda or /usr/bin/nvcc): {HINT}"
+        )));
+    };
+    let header = root.join("include/cuda_runtime.h");
+    if !header.is_file() {
+        let source = if from_env { " (CUDA_PATH)" } else { "" };
+        return Err(EngineError::Gpu(format!(
+            "burn's CUDA backend compiles its kernels with the CUDA headers, and {}{source} has no {}: {HINT}",
+            root.display(),
+            header.display()
+        )));
+    }
+    Ok(root)
+}
+
 /// Name and compute capability of device 0, without compiling anything.
 pub fn device_identity() -> Result<(String, (i32, i32))> {
     use cudarc::driver::CudaContext;
@@ -162,5 +200,20 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     match status {
         cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS => Ok((major, minor)),
         other => Err(gpu("NVRTC version", format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_headers_come_from_cuda_path_or_are_refused_naming_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = cuda_headers(Some(dir.path().into())).unwrap_err().to_string();
+        assert!(err.contains("(CUDA_PATH) has no") && err.contains("include/cuda_runtime.h") && err.contains("nvidia-cuda-crt"), "{err}");
+        std::fs::create_dir_all(dir.path().join("include")).unwrap();
+        std::fs::write(dir.path().join("include/cuda_runtime.h"), "").unwrap();
+        assert_eq!(cuda_headers(Some(dir.path().into())).unwrap(), dir.path());
     }
 }
