@@ -953,16 +953,18 @@ fn replay_takes_the_camera_pose_from_the_bags_tf_static() {
 /// outputs byte for byte; a device that fails mid-run (injected at the fifth stereo path
 /// launch, in the second frame) costs that frame its depth, and the frames after it run on the
 /// CPU with the same outputs, the reasons in the status.
+#[cfg(feature = "cuda")]
 #[test]
 fn replay_on_the_cuda_emulator_equals_the_cpu_and_survives_a_device_failure() {
-    use ovseg_tests::cuda_emulator::{CudaEmulator, DEVICE_NAME, FAIL_ENV};
-    let Some(emulator) = CudaEmulator::build(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator")) else { return };
+    use ovseg_tests::cuda_emulator::{CudaEmulator, DEVICE_NAME, FAIL_ENV, STEREO_CROP};
+    let Some(emulator) = CudaEmulator::build(Path::new(env!("CARGO_TARGET_TMPDIR"))) else { return };
     let tmp = tempfile::tempdir().unwrap();
     // A crop of the pair: the emulator runs a block's threads one at a time.
     let crop = |name: &str| {
         let pair = image::open(repo().join("tests/data/stereo").join(name)).unwrap().to_luma8();
         let path = tmp.path().join(name);
-        image::imageops::crop_imm(&pair, 110, 75, 160, 96).to_image().save(&path).unwrap();
+        let (x, y, w, h) = STEREO_CROP;
+        image::imageops::crop_imm(&pair, x, y, w, h).to_image().save(&path).unwrap();
         path.display().to_string()
     };
     let (l, r) = (crop("motorcycle_left.png"), crop("motorcycle_right.png"));

@@ -33,22 +33,29 @@ inline void __syncwarp(unsigned = 0xffffffffu) { __emu_hooks.sync_warp(); }
 
 // Every lane of the warp writes its value, then reads its partner's; lanes whose partner lies
 // beyond the warp keep their own, as on the device.
+// (The full warp width only; the mask is not checked.)
 template <typename T>
 inline T __shfl_down_sync(unsigned, T value, unsigned delta) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a type wider than 64 bits");
     EmuThread* me = __emu_current;
-    unsigned lane = me->linear % 32;
+    unsigned threads = me->block_dim.x * me->block_dim.y * me->block_dim.z;
     std::memcpy(&me->shuffle[me->linear], &value, sizeof(T));
     __syncwarp();
     T out = value;
-    if (lane + delta < 32) std::memcpy(&out, &__emu_current->shuffle[__emu_current->linear + delta], sizeof(T));
+    if (me->linear % 32 + delta < 32 && me->linear + delta < threads) std::memcpy(&out, &me->shuffle[me->linear + delta], sizeof(T));
     __syncwarp();
     return out;
 }
 
-// One block runs at a time, and its threads only switch at barriers: a plain add is atomic here.
 template <typename T>
-inline T atomicAdd(T* at, T value) {
+struct EmuSame {
+    using type = T;
+};
+
+// One block runs at a time, and its threads only switch at barriers: a plain add is atomic here.
+// The value takes the pointer's type, so `atomicAdd(&unsigned_counter, 1)` compiles as in CUDA.
+template <typename T>
+inline T atomicAdd(T* at, typename EmuSame<T>::type value) {
     T old = *at;
     *at = old + value;
     return old;

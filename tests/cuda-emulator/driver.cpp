@@ -14,11 +14,14 @@
 //
 // Built by tests/src/cuda_emulator.rs as libcuda.so and libnvrtc.so (the same file, both names).
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -78,8 +81,8 @@ std::map<uintptr_t, Allocation> g_allocations; // by start address
 const size_t kPage = (size_t)sysconf(_SC_PAGESIZE);
 constexpr unsigned char kCanary = 0xCB;
 
-// `align` is the device's 256 bytes for global memory; a block's shared memory takes 4, so that
-// even one 32-bit slot too many reaches the guard page.
+// `align` is the device's 256 bytes for global memory, 16 for a block's shared memory; between
+// the end and the guard page lies a canary that `overrun_buffer` checks.
 void* allocate(size_t bytes, size_t align) {
     size_t rounded = (bytes + align - 1) / align * align;
     size_t pages = (rounded + kPage - 1) / kPage + 1;
@@ -168,7 +171,7 @@ struct Fiber {
     EmuThread thread;
     State state = State::Done;
     void* sp = nullptr;
-    std::vector<unsigned char> stack;
+    unsigned char* stack = nullptr; // kStackBytes, above an inaccessible page
 };
 
 struct Launch {
@@ -192,15 +195,21 @@ void fiber_main() {
 void park(State state) {
     Fiber* f = g_running;
     f->state = state;
-    emu_switch(&f->sp, g_scheduler_sp);
-    *g_launch.current = &g_running->thread; // resumed: the kernel sees this thread again
+    emu_switch(&f->sp, g_scheduler_sp); // the scheduler points the kernel at this thread again
 }
 void sync_block() { park(State::AtBlockBarrier); }
 void sync_warp() { park(State::AtWarpBarrier); }
 
 void start_fiber(Fiber& f) {
-    if (f.stack.empty()) f.stack.resize(kStackBytes);
-    uintptr_t top = ((uintptr_t)f.stack.data() + f.stack.size()) & ~(uintptr_t)15;
+    if (!f.stack) {
+        // A guard page below, so that a kernel overflowing its stack faults instead of writing
+        // over another fiber's.
+        void* map = mmap(nullptr, kStackBytes + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (map == MAP_FAILED) fatal("no memory for a fiber stack");
+        mprotect(map, kPage, PROT_NONE);
+        f.stack = (unsigned char*)map + kPage;
+    }
+    uintptr_t top = ((uintptr_t)f.stack + kStackBytes) & ~(uintptr_t)15;
     // emu_switch's frame: six registers, then the "return" into fiber_main, which must find the
     // stack as a call leaves it (8 below a 16-byte boundary).
     uint64_t* sp = (uint64_t*)(top - 64);
@@ -261,18 +270,26 @@ bool run_block(std::vector<Fiber>& fibers, unsigned count) {
 }
 
 // A kernel that touches memory outside its buffers hits a guard page: name it before dying. A
-// fault anywhere else (outside a launch, or on another thread) goes to the handler that was
-// installed before, by letting the instruction fault again under it.
-const char* g_kernel_name = nullptr; // while a launch runs
-pthread_t g_launch_thread;
+// fault anywhere else (outside a launch, or on another thread) goes to the handler installed
+// before this one.
+std::atomic<const char*> g_kernel_name{nullptr}; // while a launch runs
+std::atomic<pthread_t> g_launch_thread{};
 struct sigaction g_previous_segv, g_previous_bus;
 
-void on_fault(int sig, siginfo_t*, void*) {
-    if (!g_kernel_name || !pthread_equal(pthread_self(), g_launch_thread)) {
-        sigaction(sig, sig == SIGSEGV ? &g_previous_segv : &g_previous_bus, nullptr);
+void on_fault(int sig, siginfo_t* info, void* context) {
+    const char* kernel = g_kernel_name.load();
+    if (!kernel || !pthread_equal(pthread_self(), g_launch_thread.load())) {
+        const struct sigaction& previous = sig == SIGSEGV ? g_previous_segv : g_previous_bus;
+        if (previous.sa_flags & SA_SIGINFO) {
+            previous.sa_sigaction(sig, info, context);
+        } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+            previous.sa_handler(sig);
+        } else {
+            signal(sig, SIG_DFL); // the instruction faults again, and the process ends as it would have
+        }
         return;
     }
-    const char* parts[] = {"cuda emulator: kernel ", g_kernel_name, " touched memory outside its buffers (the device reports CUDA_ERROR_ILLEGAL_ADDRESS)\n"};
+    const char* parts[] = {"cuda emulator: kernel ", kernel, " touched memory outside its buffers (the device reports CUDA_ERROR_ILLEGAL_ADDRESS)\n"};
     for (const char* p : parts) (void)!write(2, p, std::strlen(p));
     _exit(70);
 }
@@ -305,26 +322,31 @@ struct Function {
 std::mutex g_launch_lock; // one launch at a time: fibers and the kernels' globals are shared
 
 // A device that fails mid-run, for testing the fallbacks: OVSEG_CUDA_EMULATOR_FAIL=kernel:n makes
-// the n-th launch of that kernel fail with CUDA_ERROR_ILLEGAL_ADDRESS, and, as a real device's
-// error is sticky, every launch and copy after it.
-bool g_device_lost = false;
+// the n-th launch of that kernel fail. As on a device, the launch itself is accepted and the
+// error (CUDA_ERROR_ILLEGAL_ADDRESS) comes from the next synchronisation or copy, and from every
+// call after it: a device's error is sticky.
+std::atomic<bool> g_device_lost{false};
+int g_context_token; // the one context and stream handed out
+int g_stream_token;
 
-CUresult injected_failure(const std::string& kernel) {
+// Whether this launch is the one that fails (it is then skipped, and the device lost).
+bool injected_launch_failure(const std::string& kernel) {
     static std::mutex lock;
     static unsigned launches = 0;
     std::lock_guard<std::mutex> guard(lock);
-    if (!g_device_lost && !kernel.empty()) {
-        const char* spec = std::getenv("OVSEG_CUDA_EMULATOR_FAIL");
-        std::string s = spec ? spec : "";
-        size_t colon = s.rfind(':');
-        if (colon != std::string::npos && s.substr(0, colon) == kernel && ++launches == std::strtoul(s.c_str() + colon + 1, nullptr, 10))
-            g_device_lost = true;
-    }
-    if (!g_device_lost) return CUDA_SUCCESS;
-    return fail(CUDA_ERROR_ILLEGAL_ADDRESS, "the device has failed (OVSEG_CUDA_EMULATOR_FAIL=" + std::string(std::getenv("OVSEG_CUDA_EMULATOR_FAIL")) + ")");
+    const char* spec = std::getenv("OVSEG_CUDA_EMULATOR_FAIL");
+    std::string s = spec ? spec : "";
+    size_t colon = s.rfind(':');
+    if (g_device_lost || colon == std::string::npos || s.substr(0, colon) != kernel) return false;
+    if (++launches != std::strtoul(s.c_str() + colon + 1, nullptr, 10)) return false;
+    g_device_lost = true;
+    return true;
 }
-int g_context_token;
-int g_stream_token;
+
+CUresult device_state() {
+    if (!g_device_lost) return CUDA_SUCCESS;
+    return fail(CUDA_ERROR_ILLEGAL_ADDRESS, std::string("the device has failed (OVSEG_CUDA_EMULATOR_FAIL=") + std::getenv("OVSEG_CUDA_EMULATOR_FAIL") + ")");
+}
 
 // ---- NVRTC -------------------------------------------------------------------------------------
 // The "PTX" the emulator's NVRTC returns: this tag and the path of the kernel library.
@@ -334,21 +356,40 @@ struct Program {
     std::string source, name, log, library;
 };
 
-std::string temp_dir() {
+// Where kernel libraries go: OVSEG_CUDA_EMULATOR_DIR, else a folder of this user's under /tmp.
+std::string kernels_dir() {
     const char* dir = std::getenv("OVSEG_CUDA_EMULATOR_DIR");
-    return dir && *dir ? dir : "/tmp";
+    if (dir && *dir) return dir;
+    std::string own = "/tmp/ovseg-cuda-emulator-" + std::to_string(getuid());
+    mkdir(own.c_str(), 0700);
+    return own;
+}
+
+std::string read_file(const std::string& path) {
+    std::string text;
+    if (FILE* in = std::fopen(path.c_str(), "r")) {
+        char buf[4096];
+        for (size_t n; (n = std::fread(buf, 1, sizeof buf, in)) > 0;) text.append(buf, n);
+        std::fclose(in);
+    }
+    return text;
 }
 
 // The kernel source as host C++: dynamic shared memory becomes the block's buffer, and each
-// `extern "C" __global__` kernel gets an entry point taking the launch's argument array.
-std::string host_source(const std::string& src, std::vector<std::string>& kernels) {
+// `extern "C" __global__` kernel gets an entry point taking the launch's argument array. Only
+// the forms the project's kernels use are understood; another is refused with `error` set.
+std::string host_source(const std::string& src, std::vector<std::string>& kernels, std::string& error) {
     std::string out;
     size_t at = 0;
     const std::string dynamic = "extern __shared__";
     for (size_t hit; (hit = src.find(dynamic, at)) != std::string::npos;) {
         size_t end = src.find(';', hit);
-        std::string decl = src.substr(hit + dynamic.size(), end - hit - dynamic.size()); // " float smem[]"
-        size_t bracket = decl.find('[');
+        std::string decl = src.substr(hit + dynamic.size(), end == std::string::npos ? std::string::npos : end - hit - dynamic.size());
+        size_t bracket = decl.find("[]");
+        if (end == std::string::npos || bracket == std::string::npos) {
+            error = "emulator: cannot read the declaration `" + dynamic + decl.substr(0, 60) + "` (expected `extern __shared__ T name[];`)";
+            return "";
+        }
         size_t name_start = decl.find_last_of(" *", bracket) + 1;
         std::string type = decl.substr(0, name_start), name = decl.substr(name_start, bracket - name_start);
         out += src.substr(at, hit - at) + type + "* " + name + " = (" + type + "*)__emu_current->dynamic_shared";
@@ -358,8 +399,8 @@ std::string host_source(const std::string& src, std::vector<std::string>& kernel
     const std::string global = "extern \"C\" __global__ void ";
     for (size_t hit = 0; (hit = src.find(global, hit)) != std::string::npos; hit += global.size()) {
         size_t start = hit + global.size();
-        size_t end = src.find_first_of(" (", start);
-        kernels.push_back(src.substr(start, end - start));
+        std::string name = src.substr(start, src.find_first_of(" (", start) - start);
+        if (std::find(kernels.begin(), kernels.end(), name) == kernels.end()) kernels.push_back(name); // declared, then defined
     }
     out += "\n";
     for (const auto& k : kernels) out += "extern \"C\" void __emu_entry_" + k + "(void** args) { __emu_invoke(" + k + ", args); }\n";
@@ -426,7 +467,7 @@ CUresult cuCtxGetCurrent(void** ctx) {
     *ctx = &g_context_token;
     return CUDA_SUCCESS;
 }
-CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+CUresult cuCtxSynchronize() { return device_state(); }
 
 // ---- streams and events: every operation completes before it returns ---------------------------
 CUresult cuStreamCreate(void** stream, unsigned) {
@@ -434,7 +475,7 @@ CUresult cuStreamCreate(void** stream, unsigned) {
     return CUDA_SUCCESS;
 }
 CUresult cuStreamDestroy_v2(void*) { return CUDA_SUCCESS; }
-CUresult cuStreamSynchronize(void*) { return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(void*) { return device_state(); }
 CUresult cuStreamWaitEvent(void*, void*, unsigned) { return CUDA_SUCCESS; }
 CUresult cuEventCreate(void** event, unsigned) {
     *event = new int(0);
@@ -445,7 +486,7 @@ CUresult cuEventDestroy_v2(void* event) {
     return CUDA_SUCCESS;
 }
 CUresult cuEventRecord(void*, void*) { return CUDA_SUCCESS; }
-CUresult cuEventSynchronize(void*) { return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(void*) { return device_state(); }
 CUresult cuEventQuery(void*) { return CUDA_SUCCESS; }
 
 // ---- memory ------------------------------------------------------------------------------------
@@ -472,24 +513,26 @@ CUresult cuMemFreeHost(void* ptr) {
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
-    if (CUresult r = injected_failure("")) return r;
+    if (CUresult r = device_state()) return r;
     if (CUresult r = check_range(dst, bytes, "host-to-device copy")) return r;
     std::memcpy((void*)(uintptr_t)dst, src, bytes);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
-    if (CUresult r = injected_failure("")) return r;
+    if (CUresult r = device_state()) return r;
     if (CUresult r = check_range(src, bytes, "device-to-host copy")) return r;
     std::memcpy(dst, (const void*)(uintptr_t)src, bytes);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+    if (CUresult r = device_state()) return r;
     if (CUresult r = check_range(src, bytes, "device-to-device copy (source)")) return r;
     if (CUresult r = check_range(dst, bytes, "device-to-device copy (destination)")) return r;
     std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, bytes);
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t bytes) {
+    if (CUresult r = device_state()) return r;
     if (CUresult r = check_range(dst, bytes, "memset")) return r;
     std::memset((void*)(uintptr_t)dst, value, bytes);
     return CUDA_SUCCESS;
@@ -534,23 +577,27 @@ CUresult cuFuncSetAttribute(void* function, int attribute, int value) {
 CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared_bytes, void*, void** args, void** extra) {
     auto f = (Function*)function;
-    unsigned threads = bx * by * bz;
+    unsigned long long threads64 = (unsigned long long)bx * by * bz;
     char msg[200];
     if (extra) return fail(CUDA_ERROR_NOT_SUPPORTED, f->name + ": launch arguments through `extra` are not emulated");
-    if (threads == 0 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || bz > 64) {
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || gx > 0x7fffffffu || gy > 65535 || gz > 65535 ||
+        bx > 1024 || by > 1024 || bz > 64) {
         std::snprintf(msg, sizeof msg, "%s: invalid launch grid (%u,%u,%u) block (%u,%u,%u)", f->name.c_str(), gx, gy, gz, bx, by, bz);
         return fail(CUDA_ERROR_INVALID_VALUE, msg);
     }
-    if (threads > kMaxThreads) return fail(CUDA_ERROR_INVALID_VALUE, f->name + ": more than 1024 threads per block");
-    if (CUresult r = injected_failure(f->name)) return r;
-    if ((int)shared_bytes > f->max_dynamic_shared) {
+    if (threads64 > kMaxThreads) return fail(CUDA_ERROR_INVALID_VALUE, f->name + ": more than 1024 threads per block");
+    unsigned threads = (unsigned)threads64;
+    if (shared_bytes > (unsigned)f->max_dynamic_shared) {
         std::snprintf(msg, sizeof msg, "%s: %u bytes of dynamic shared memory, above the function's limit of %d", f->name.c_str(), shared_bytes, f->max_dynamic_shared);
         return fail(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, msg);
     }
+    if (CUresult r = device_state()) return r;
+    if (injected_launch_failure(f->name)) return CUDA_SUCCESS;
     std::lock_guard<std::mutex> lock(g_launch_lock);
     static std::vector<Fiber> fibers(kMaxThreads);
-    // Ends at a guard page too, so a kernel that overruns what the launch asked for faults.
-    unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes, 4) : nullptr;
+    // Guarded as device memory is (16-byte aligned, as on the device), so a kernel that overruns
+    // what the launch asked for is caught.
+    unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes, 16) : nullptr;
     std::vector<unsigned long long> shuffle(threads);
     g_launch = Launch{f->entry, args, f->current};
     catch_faults();
@@ -576,10 +623,8 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
                     result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + ": barrier mismatch");
             }
     g_kernel_name = nullptr;
-    if (result == CUDA_SUCCESS) {
-        std::string hit = overrun_buffer();
-        if (!hit.empty()) result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + " wrote " + hit);
-    }
+    std::string hit = overrun_buffer(); // also after a failed launch, so the next is not blamed
+    if (!hit.empty() && result == CUDA_SUCCESS) result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + " wrote " + hit);
     if (shared) cuMemFree_v2((CUdeviceptr)(uintptr_t)shared);
     return result;
 }
@@ -630,32 +675,29 @@ int nvrtcDestroyProgram(void** program) {
 int nvrtcCompileProgram(void* program, int, const char* const*) {
     auto p = (Program*)program;
     std::vector<std::string> kernels;
-    std::string source = host_source(p->source, kernels);
-    std::string base = temp_dir() + "/kernels-" + std::to_string(std::hash<std::string>{}(source));
+    std::string source = host_source(p->source, kernels, p->log);
+    if (source.empty()) return 6;
+    // The key covers what the library is built from: the source, the headers and the command.
+    const char* cxx = std::getenv("CXX");
+    std::string compiler = std::string(cxx && *cxx ? cxx : "c++") + " -std=c++17 -O2 -fPIC -shared -ffp-contract=off -fno-fast-math" +
+                           " -Wno-unknown-pragmas -include '" EMU_SOURCE_DIR "/device.h' -I '" EMU_SOURCE_DIR "'";
+    std::string key = source + read_file(EMU_SOURCE_DIR "/device.h") + read_file(EMU_SOURCE_DIR "/abi.h") + compiler;
+    std::string base = kernels_dir() + "/kernels-" + std::to_string(std::hash<std::string>{}(key));
     p->library = base + ".so";
     if (access(p->library.c_str(), R_OK) == 0) return 0;
     std::string cpp = base + "." + std::to_string(getpid()) + ".cpp", log = cpp + ".log", tmp = cpp + ".so";
     FILE* out = std::fopen(cpp.c_str(), "w");
     if (!out) {
-        p->log = "cannot write " + cpp;
+        p->log = "emulator: cannot write " + cpp;
         return 6;
     }
     std::fwrite(source.data(), 1, source.size(), out);
     std::fclose(out);
-    const char* cxx = std::getenv("CXX");
-    std::string command = std::string(cxx && *cxx ? cxx : "c++") + " -std=c++17 -O2 -fPIC -shared -ffp-contract=off -fno-fast-math" +
-                          " -Wno-unknown-pragmas -include " EMU_SOURCE_DIR "/device.h -I " EMU_SOURCE_DIR " -o '" + tmp + "' '" + cpp +
-                          "' > '" + log + "' 2>&1";
-    int status = std::system(command.c_str());
-    FILE* in = std::fopen(log.c_str(), "r");
-    if (in) {
-        char buf[4096];
-        for (size_t n; (n = std::fread(buf, 1, sizeof buf, in)) > 0;) p->log.append(buf, n);
-        std::fclose(in);
-    }
+    int status = std::system((compiler + " -o '" + tmp + "' '" + cpp + "' > '" + log + "' 2>&1").c_str());
+    p->log = read_file(log);
     if (status != 0) return 6;
     if (std::rename(tmp.c_str(), p->library.c_str()) != 0) { // atomic: a concurrent compile may win
-        p->log += "cannot move " + tmp + " into place";
+        p->log += "emulator: cannot move " + tmp + " into place";
         return 6;
     }
     std::remove(cpp.c_str());

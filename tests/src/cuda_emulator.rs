@@ -11,17 +11,22 @@ pub const KERNELS_ENV: &str = "OVSEG_CUDA_EMULATOR_DIR";
 pub const FAIL_ENV: &str = "OVSEG_CUDA_EMULATOR_FAIL";
 /// Its device name, as cudarc reports it.
 pub const DEVICE_NAME: &str = "CUDA emulator on the CPU";
+/// The part of the Motorcycle pair (x, y, width, height) stereo tests use on the emulator, which
+/// runs a block's threads one at a time.
+pub const STEREO_CROP: (u32, u32, u32, u32) = (110, 75, 160, 96);
 
 pub struct CudaEmulator {
     dir: PathBuf,
 }
 
 impl CudaEmulator {
-    /// Builds the emulator into `dir` (file-locked, so parallel tests share one build). `None`,
+    /// Builds the emulator into `cuda-emulator` under `target_tmp` (a test's
+    /// `CARGO_TARGET_TMPDIR`; file-locked, so parallel tests share one build). `None`,
     /// with the reason printed, where it cannot run: not x86-64 Linux (its fibers switch stacks in
     /// x86-64 assembly), or no C++ compiler (`CXX`, else `c++`) outside CI; under CI a missing
     /// compiler fails the test.
-    pub fn build(dir: &Path) -> Option<CudaEmulator> {
+    pub fn build(target_tmp: &Path) -> Option<CudaEmulator> {
+        let dir = &target_tmp.join("cuda-emulator");
         if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
             eprintln!("CUDA emulator: skipped, its fibers are written for x86-64 Linux");
             return None;
@@ -30,9 +35,12 @@ impl CudaEmulator {
         std::fs::create_dir_all(dir).expect("creating the emulator folder");
         let lock = File::create(dir.join("build.lock")).expect("creating the emulator's lock file");
         lock.lock().expect("locking the emulator folder");
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        // CXX may carry arguments ("ccache g++"), as the emulator's NVRTC allows too.
+        let cxx = std::env::var("CXX").ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "c++".into());
+        let mut words = cxx.split_whitespace();
         let built = dir.join(format!("libcuda.so.{}", std::process::id()));
-        let status = Command::new(&cxx)
+        let status = Command::new(words.next().unwrap_or("c++"))
+            .args(words)
             .args(["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Werror"])
             .arg(format!("-DEMU_SOURCE_DIR=\"{}\"", source.display()))
             .arg("-o")
@@ -47,15 +55,18 @@ impl CudaEmulator {
             }
             Ok(s) => assert!(s.success(), "{cxx} could not build tests/cuda-emulator/driver.cpp"),
         }
-        // The same library answers both names; renamed into place, so a program that has the old
-        // one loaded keeps it.
-        std::fs::copy(&built, dir.join("libnvrtc.so")).expect("installing libnvrtc.so");
+        // The same library answers both names; each renamed into place, so a program that has
+        // the old one loaded keeps it.
+        let copy = dir.join(format!("libnvrtc.so.{}", std::process::id()));
+        std::fs::copy(&built, &copy).expect("copying the emulator library");
+        std::fs::rename(&copy, dir.join("libnvrtc.so")).expect("installing libnvrtc.so");
         std::fs::rename(&built, dir.join("libcuda.so")).expect("installing libcuda.so");
-        Some(CudaEmulator { dir: dir.to_path_buf() })
+        Some(CudaEmulator { dir: dir.clone() })
     }
 
     /// Makes `cmd` run on the emulator (its libraries first on the library path, no NVRTC folder
-    /// of the real one), building kernels under `kernels`.
+    /// of the real one, no failure injected unless the caller adds one), building kernels under
+    /// `kernels`.
     pub fn apply<'a>(&self, cmd: &'a mut Command, kernels: &Path) -> &'a mut Command {
         std::fs::create_dir_all(kernels).expect("creating the kernels folder");
         let mut library_path = OsString::from(&self.dir);
@@ -63,6 +74,6 @@ impl CudaEmulator {
             library_path.push(":");
             library_path.push(old);
         }
-        cmd.env("LD_LIBRARY_PATH", library_path).env(KERNELS_ENV, kernels).env_remove(engine::cuda::NVRTC_DIR_ENV)
+        cmd.env("LD_LIBRARY_PATH", library_path).env(KERNELS_ENV, kernels).env_remove(engine::cuda::NVRTC_DIR_ENV).env_remove(FAIL_ENV)
     }
 }

@@ -79,7 +79,8 @@ fn motorcycle() -> (usize, usize, Vec<u8>, Vec<u8>) {
     let (mut l, mut r) = (load("motorcycle_left.png"), load("motorcycle_right.png"));
     if emulated() {
         // The emulator runs a block's threads one at a time: a central crop keeps it quick.
-        let crop = |img: &image::GrayImage| image::imageops::crop_imm(img, 110, 75, 160, 96).to_image();
+        let (x, y, w, h) = cuda_emulator::STEREO_CROP;
+        let crop = |img: &image::GrayImage| image::imageops::crop_imm(img, x, y, w, h).to_image();
         (l, r) = (crop(&l), crop(&r));
     }
     (l.width() as usize, l.height() as usize, l.into_raw(), r.into_raw())
@@ -544,7 +545,6 @@ fn frames_that_stay_on_the_device_segment_as_the_cpu_does_bit_for_bit() {
     }
 }
 
-
 /// Whether this is the child process that runs the device tests on the CUDA emulator.
 fn emulated() -> bool {
     std::env::var_os(cuda_emulator::KERNELS_ENV).is_some()
@@ -629,7 +629,7 @@ fn device_tests_pass_on_the_cuda_emulator() {
     if emulated() {
         return; // this is the child
     }
-    let Some(emulator) = CudaEmulator::build(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator")) else { return };
+    let Some(emulator) = CudaEmulator::build(Path::new(env!("CARGO_TARGET_TMPDIR"))) else { return };
     let kernels = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap());
     child.args(DEVICE_TESTS.iter().map(|(name, _)| name)).args(["--exact", "--test-threads", "1", "--nocapture"]);

@@ -150,9 +150,10 @@ pub fn burn_cuda_ready() -> Result<()> {
     cuda_headers(std::env::var_os("CUDA_PATH").map(PathBuf::from)).map(|_| ())
 }
 
-/// The CUDA root whose `include/` holds `cuda_runtime.h`, looked up as burn's CUDA runtime
-/// (cubecl) does: `cuda_path` (the `CUDA_PATH` variable) if given, else the first of
-/// /usr/local/cuda and /opt/cuda that exists, else /usr where /usr/bin/nvcc exists.
+/// The CUDA root whose `include/` holds `cuda_runtime.h` and `crt/mma.h` (burn's matrix kernels
+/// include `mma.h`, which needs it), looked up as burn's CUDA runtime (cubecl) does: `cuda_path`
+/// (the `CUDA_PATH` variable) if given, else the first of /usr/local/cuda and /opt/cuda that
+/// exists, else /usr where /usr/bin/nvcc exists.
 pub fn cuda_headers(cuda_path: Option<PathBuf>) -> Result<PathBuf> {
     const HINT: &str = "install the CUDA toolkit's headers, or set CUDA_PATH to a folder whose include/ holds them \
                         (the nvidia/cu13 folder of the nvidia-cuda-runtime, nvidia-cuda-crt and nvidia-cuda-cccl wheels)";
@@ -165,14 +166,15 @@ pub fn cuda_headers(cuda_path: Option<PathBuf>) -> Result<PathBuf> {
             "burn's CUDA backend compiles its kernels with the CUDA headers, and there are none (CUDA_PATH is not set, and there is no /usr/local/cuda, /opt/cuda or /usr/bin/nvcc): {HINT}"
         )));
     };
-    let header = root.join("include/cuda_runtime.h");
-    if !header.is_file() {
-        let source = if from_env { " (CUDA_PATH)" } else { "" };
-        return Err(EngineError::Gpu(format!(
-            "burn's CUDA backend compiles its kernels with the CUDA headers, and {}{source} has no {}: {HINT}",
-            root.display(),
-            header.display()
-        )));
+    for header in ["include/cuda_runtime.h", "include/crt/mma.h"].map(|h| root.join(h)) {
+        if !header.is_file() {
+            let source = if from_env { " (CUDA_PATH)" } else { "" };
+            return Err(EngineError::Gpu(format!(
+                "burn's CUDA backend compiles its kernels with the CUDA headers, and {}{source} has no {}: {HINT}",
+                root.display(),
+                header.display()
+            )));
+        }
     }
     Ok(root)
 }
@@ -212,8 +214,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = cuda_headers(Some(dir.path().into())).unwrap_err().to_string();
         assert!(err.contains("(CUDA_PATH) has no") && err.contains("include/cuda_runtime.h") && err.contains("nvidia-cuda-crt"), "{err}");
-        std::fs::create_dir_all(dir.path().join("include")).unwrap();
+        std::fs::create_dir_all(dir.path().join("include/crt")).unwrap();
         std::fs::write(dir.path().join("include/cuda_runtime.h"), "").unwrap();
+        // The runtime headers alone (as the nvidia-cuda-runtime wheel has them) are not enough.
+        let err = cuda_headers(Some(dir.path().into())).unwrap_err().to_string();
+        assert!(err.contains("include/crt/mma.h"), "{err}");
+        std::fs::write(dir.path().join("include/crt/mma.h"), "").unwrap();
         assert_eq!(cuda_headers(Some(dir.path().into())).unwrap(), dir.path());
     }
 }
