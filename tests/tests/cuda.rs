@@ -1,7 +1,8 @@
 //! CUDA scorer: the kernels compile with the real NVRTC everywhere (the `nvidia-cuda-nvrtc`
 //! wheel, no GPU needed), and on a machine with a CUDA device they reproduce the CPU scorer bit
 //! for bit. Without a device the parity tests print why and return; with one, a part that does not
-//! start fails them.
+//! start fails them. Where there is none, `device_tests_pass_on_the_cuda_emulator` runs them again
+//! in a child process on the CUDA emulator (tests/cuda-emulator).
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
