@@ -6,6 +6,7 @@ mod bench_encoder;
 #[cfg(feature = "tensorrt")]
 mod engine_cmd;
 mod bench_ros;
+mod devices;
 mod eval;
 mod model;
 mod render;
@@ -93,6 +94,10 @@ enum Command {
     /// writes <left stem>.disparity.pfm (Middlebury PFM, +inf = invalid) and
     /// <left stem>.disparity.png (colour-coded, invalid black) and prints JSON with timings.
     Stereo(stereo::StereoArgs),
+    /// What the accelerated backends find on this machine (CUDA device, NVRTC, the kernels
+    /// compiled for the device, burn's CUDA backend, libnvinfer, ONNX Runtime's providers) and
+    /// what `--backend auto` takes, as JSON, with the reason for each part that is missing.
+    Devices,
 }
 
 #[cfg(feature = "tensorrt")]
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
         Command::Node => ros::run(&cli.common, threads, ros_args).map(|_| ExitCode::SUCCESS),
         Command::Replay(args) => replay::run(&cli.common, threads, args, ros_args).map(|_| ExitCode::SUCCESS),
         Command::Stereo(args) => stereo::run(&cli.common.backend, threads, args).map(|_| ExitCode::SUCCESS),
+        Command::Devices => devices::run().map(|_| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

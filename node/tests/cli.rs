@@ -755,3 +755,41 @@ fn replay_never_replaces_its_input_bag_and_names_what_is_wrong() {
     assert!(stderr(&o).contains(&format!("reading the input bag {}", bag.display())), "{}", stderr(&o));
     assert_eq!(files_in(dir.path()), BTreeSet::from(["in.mcap".to_string(), "rp".to_string()]));
 }
+
+/// `ovseg devices` says what each accelerated backend finds and what `--backend auto` takes: on
+/// this machine as it is, and on the CUDA emulator (a stand-in libcuda, tests/cuda-emulator),
+/// where a device, NVRTC and both kernel sets are found and `auto` takes them.
+#[cfg(feature = "cuda")]
+#[test]
+fn devices_reports_what_each_backend_finds_and_what_auto_takes() {
+    use ovseg_tests::cuda_emulator::{CudaEmulator, DEVICE_NAME};
+    let devices = |cmd: &mut Command| {
+        let o = cmd.arg("devices").output().expect("running ovseg devices");
+        assert!(o.status.success(), "ovseg devices failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["report"], "devices");
+        report
+    };
+    let here = devices(&mut Command::new(env!("CARGO_BIN_EXE_ovseg")));
+    let device = &here["cuda"]["device"];
+    if device["ok"] == true {
+        assert_eq!(here["auto"]["scoring"], "cuda", "{here:#}");
+    } else {
+        assert!(device["why"].as_str().is_some_and(|w| !w.is_empty()), "{here:#}");
+        assert_eq!(here["auto"]["scoring"], "cpu", "{here:#}");
+    }
+    let libnvinfer = &here["tensorrt"]["libnvinfer"];
+    assert!(libnvinfer["ok"] == true || libnvinfer["why"].as_str().is_some_and(|w| w.contains("libnvinfer")), "{here:#}");
+
+    let Some(emulator) = CudaEmulator::build(Path::new(env!("CARGO_TARGET_TMPDIR"))) else { return };
+    let kernels = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ovseg"));
+    let emulated = devices(emulator.apply(&mut cmd, kernels.path()));
+    let cuda = &emulated["cuda"];
+    assert!(cuda["device"]["found"].as_str().is_some_and(|d| d.contains(DEVICE_NAME)), "{emulated:#}");
+    for part in ["nvrtc", "scoring_kernels", "stereo_kernels"] {
+        assert_eq!(cuda[part]["ok"], true, "{part}: {emulated:#}");
+    }
+    assert_eq!(emulated["auto"]["scoring"], "cuda", "{emulated:#}");
+    assert!(emulated["auto"]["stereo"].as_str().is_some_and(|s| s.contains(DEVICE_NAME)), "{emulated:#}");
+}

@@ -356,13 +356,13 @@ struct Program {
     std::string source, name, log, library;
 };
 
-// Where kernel libraries go: OVSEG_CUDA_EMULATOR_DIR, else a folder of this user's under /tmp.
+// Where kernel libraries go, made if missing: OVSEG_CUDA_EMULATOR_DIR, else a folder of this
+// user's under /tmp.
 std::string kernels_dir() {
     const char* dir = std::getenv("OVSEG_CUDA_EMULATOR_DIR");
-    if (dir && *dir) return dir;
-    std::string own = "/tmp/ovseg-cuda-emulator-" + std::to_string(getuid());
-    mkdir(own.c_str(), 0700);
-    return own;
+    std::string path = dir && *dir ? dir : "/tmp/ovseg-cuda-emulator-" + std::to_string(getuid());
+    mkdir(path.c_str(), 0700); // an existing folder stays as it is
+    return path;
 }
 
 std::string read_file(const std::string& path) {

@@ -108,6 +108,13 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
+/// The ONNX Runtime library this process loads, and whether it has the TensorRT and the CUDA
+/// execution providers.
+pub fn onnxruntime_providers() -> Result<(PathBuf, bool, bool)> {
+    let path = runtime::init(None)?;
+    Ok((path, ort::ep::TensorRT::is_available()?, ort::ep::CUDA::is_available()?))
+}
+
 /// The key of the engine `options` would build for `model` on this machine; errors say which
 /// piece is missing (an ONNX Runtime without the TensorRT provider, libnvinfer, a GPU).
 pub fn engine_key(model: &Model, options: &TensorRtOptions) -> Result<EngineKey> {
