@@ -145,12 +145,9 @@ pub fn run(common: &CommonArgs, threads: usize, args: ReplayArgs, ros: RosArgs) 
     for message in mcap::MessageStream::new(&bytes).with_context(reading)? {
         let message = message.with_context(reading)?;
         if message.channel.topic == args.depth_topic {
-            match camera_message(&message).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))? {
-                InputImage::Raw(depth) => depth_images.push(depth),
-                InputImage::Compressed(compressed) => match crate::ros::decode::decompress_depth(compressed, &args.depth_topic) {
-                    Ok(depth) => depth_images.push(depth),
-                    Err(r) => tracing::warn!("{}; depth image skipped", r.message),
-                },
+            match camera_message(&message).map_err(|e| anyhow::anyhow!("{}: {e}", args.depth_topic))?.into_depth(&args.depth_topic) {
+                Ok(depth) => depth_images.push(depth),
+                Err(r) => tracing::warn!("{}; depth image skipped", r.message),
             }
         } else if message.channel.topic == args.right_topic {
             let right: Image = msgs::from_cdr(&message.data).map_err(|e| anyhow::anyhow!("{}: {e}", args.right_topic))?;

@@ -53,6 +53,13 @@ pub struct Time {
     pub nanosec: u32,
 }
 
+/// As a log shows a stamp: seconds, then the nanoseconds in nine digits.
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:09}", self.sec, self.nanosec)
+    }
+}
+
 impl Time {
     pub fn as_nanos(self) -> i64 {
         self.sec as i64 * 1_000_000_000 + self.nanosec as i64

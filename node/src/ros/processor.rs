@@ -95,6 +95,14 @@ impl InputImage {
             InputImage::Compressed(compressed) => compressed.header.stamp,
         }
     }
+
+    /// As a depth image: raw as it is, compressed (compressedDepth, from `topic`) decoded.
+    pub fn into_depth(self, topic: &str) -> Result<Image, Rejected> {
+        match self {
+            InputImage::Raw(image) => Ok(image),
+            InputImage::Compressed(compressed) => decode::decompress_depth(compressed, topic),
+        }
+    }
 }
 
 /// What happened to one frame.
@@ -241,12 +249,9 @@ impl Processor {
     /// Keeps a depth image (from `topic`) for the frames to come; a compressed one is decoded
     /// first, and one that does not decode is counted and dropped.
     pub fn push_depth(&mut self, depth: InputImage, topic: &str) {
-        match depth {
-            InputImage::Raw(image) => self.depth.push(image),
-            InputImage::Compressed(compressed) => match decode::decompress_depth(compressed, &format!("{topic}/compressedDepth")) {
-                Ok(image) => self.depth.push(image),
-                Err(r) => self.note(&r),
-            },
+        match depth.into_depth(&format!("{topic}/compressedDepth")) {
+            Ok(image) => self.depth.push(image),
+            Err(r) => self.note(&r),
         }
     }
 
@@ -407,7 +412,7 @@ impl Processor {
         let tolerance = self.settings.depth_sync_tolerance;
         let topic = if self.settings.depth_registration.is_some() { "depth/image" } else { "depth_registered" };
         let Some(depth) = self.depth.closest(stamp, tolerance) else {
-            let message = format!("no {topic} image within {tolerance} s of image stamp {}.{:09}; depth and points skipped", stamp.sec, stamp.nanosec);
+            let message = format!("no {topic} image within {tolerance} s of image stamp {stamp}; depth and points skipped");
             self.note(&Rejected { kind: "no_depth", message });
             return Ok(None);
         };
@@ -495,7 +500,7 @@ impl Processor {
         let skip = |kind: &'static str, message: String| Rejected { kind, message: format!("{message}; depth and points skipped") };
         let Some(mut right) = self.right.closest(stamp, self.settings.depth_sync_tolerance).cloned() else {
             let tolerance = self.settings.depth_sync_tolerance;
-            self.note(&skip("no_right_image", format!("no right/image within {tolerance} s of image stamp {}.{:09}", stamp.sec, stamp.nanosec)));
+            self.note(&skip("no_right_image", format!("no right/image within {tolerance} s of image stamp {stamp}")));
             return None;
         };
         let (Some(left_info), Some(right_info)) = (&self.camera_info, &self.right_camera_info) else {
@@ -749,10 +754,7 @@ fn tf_pose(tf: &SharedTree, target: (&str, &str), source: (&str, &str), at: tf::
     let ((target_what, target_frame), (source_what, source_frame)) = (target, source);
     tf.lock()
         .lookup(target_frame, source_frame, Some(at))
-        .map_err(|e| {
-            let stamp = format!("{}.{:09}", at.stamp.sec, at.stamp.nanosec);
-            format!("no transform from {source_what} frame '{source_frame}' to {target_what} frame '{target_frame}' at {stamp}: {e}")
-        })
+        .map_err(|e| format!("no transform from {source_what} frame '{source_frame}' to {target_what} frame '{target_frame}' at {}: {e}", at.stamp))
 }
 
 /// 8-bit gray of a frame: mono8 as it is, colour as BT.601 luma (integer, rounded).
