@@ -47,6 +47,24 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// A driver library that loads, or the error that says there is none.
+fn require_driver() -> Result<()> {
+    match driver_present() {
+        true => Ok(()),
+        false => Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into())),
+    }
+}
+
+/// The primary context of device 0, or why there is none (no driver, no device).
+fn device_zero() -> Result<std::sync::Arc<cudarc::driver::CudaContext>> {
+    use cudarc::driver::CudaContext;
+    require_driver()?;
+    if CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))? < 1 {
+        return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
+    }
+    CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))
+}
+
 /// Makes NVRTC loadable: already on the library path, or preloaded from `dir` (or
 /// `OVSEG_NVRTC_DIR`) so that cudarc's later load by name finds it by its soname.
 pub fn ensure_nvrtc(dir: Option<&Path>) -> Result<()> {
@@ -118,15 +136,7 @@ impl Device {
 
     /// A context on device 0 with `source` compiled for it.
     pub fn open_with(source: &str) -> Result<Device> {
-        use cudarc::driver::CudaContext;
-        if !driver_present() {
-            return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
-        }
-        let devices = CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))?;
-        if devices < 1 {
-            return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
-        }
-        let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
+        let ctx = device_zero()?;
         let (major, minor) = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
         let ptx = compile_source(source, Some(&format!("compute_{major}{minor}")))?;
         let module = ctx.load_module(ptx).map_err(|e| gpu("loading the kernels", e))?;
@@ -143,9 +153,7 @@ impl Device {
 /// it: a driver, NVRTC (found as for the project's kernels, `OVSEG_NVRTC_DIR` included), and the
 /// CUDA headers it compiles every kernel with (see [`cuda_headers`]).
 pub fn burn_cuda_ready() -> Result<()> {
-    if !driver_present() {
-        return Err(EngineError::Gpu("no CUDA driver (libcuda) on this machine".into()));
-    }
+    require_driver()?;
     ensure_nvrtc(None)?;
     cuda_headers(std::env::var_os("CUDA_PATH").map(PathBuf::from)).map(|_| ())
 }
@@ -181,14 +189,7 @@ pub fn cuda_headers(cuda_path: Option<PathBuf>) -> Result<PathBuf> {
 
 /// Name and compute capability of device 0, without compiling anything.
 pub fn device_identity() -> Result<(String, (i32, i32))> {
-    use cudarc::driver::CudaContext;
-    if !driver_present() {
-        return Err(EngineError::Gpu("no CUDA driver (libcuda.so.1 not found)".into()));
-    }
-    if CudaContext::device_count().map_err(|e| gpu("initialising the driver", e))? < 1 {
-        return Err(EngineError::Gpu("the CUDA driver reports no device".into()));
-    }
-    let ctx = CudaContext::new(0).map_err(|e| gpu("creating a context on device 0", e))?;
+    let ctx = device_zero()?;
     let capability = ctx.compute_capability().map_err(|e| gpu("compute capability", e))?;
     Ok((ctx.name().map_err(|e| gpu("device name", e))?, capability))
 }
