@@ -1,6 +1,6 @@
 // Included ahead of a kernel file when the stand-in driver compiles it with the host C++
 // compiler: CUDA's built-in variables, qualifiers and intrinsics as plain C++ over the thread the
-// driver is running. Only what the project's kernels use.
+// driver is running. Only what the project's kernels and burn's generated ones use.
 #pragma once
 #include <cmath>
 #include <cstdlib>
@@ -19,6 +19,9 @@ EmuHooks __emu_hooks = {nullptr, nullptr};
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __grid_constant__
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // Blocks run one after another, so a function-level static is the running block's shared memory.
 #define __shared__ static
 
@@ -61,6 +64,7 @@ inline T atomicAdd(T* at, typename EmuSame<T>::type value) {
     return old;
 }
 
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
 inline float __int_as_float(int v) {
     float f;
@@ -88,7 +92,23 @@ inline std::common_type_t<A, B> max(A a, B b) {
     else return (C)a < (C)b ? (C)b : (C)a;
 }
 
+// CUDA's math functions have float overloads in the global namespace; without these, `abs(x)` on
+// a float would call C's integer abs.
+using std::abs;
+using std::ceil;
+using std::cos;
+using std::erf;
+using std::exp;
+using std::floor;
+using std::isinf;
 using std::isnan;
+using std::log;
+using std::pow;
+using std::round;
+using std::sin;
+using std::sqrt;
+using std::tanh;
+using std::trunc;
 
 // The driver calls `__emu_entry_<kernel>(args)` on each emulated thread: the argument array of
 // cuLaunchKernel (one pointer per parameter) unpacked by the kernel's own parameter types.

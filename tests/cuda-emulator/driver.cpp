@@ -1,8 +1,9 @@
-// A stand-in for the CUDA driver (libcuda) and NVRTC that runs the project's kernels on the CPU,
-// so the host code, launch geometry and kernels can be tested where no GPU exists. NVRTC's
-// "compile" builds the kernel source with the host C++ compiler (device.h supplies CUDA's
-// built-ins) into a shared library, the "PTX" names that library, and a launch runs every block
-// in turn, each of its threads as a fiber that switches only at barriers and shuffles.
+// A stand-in for the CUDA driver (libcuda) and NVRTC that runs the project's kernels, and those
+// burn's CUDA backend generates, on the CPU, so the host code, launch geometry and kernels can be
+// tested where no GPU exists. NVRTC's "compile" builds the kernel source with the host C++
+// compiler (device.h supplies CUDA's built-ins, include/ the headers burn's kernels include) into
+// a shared library, the "PTX" names that library, and a launch runs every block in turn, each of
+// its threads as a fiber that switches only at barriers and shuffles.
 //
 // What it checks: argument order and types, grid and block sizes, buffer sizes (each allocation
 // ends at a guard page; copies are bounds-checked), shared-memory limits, barrier use (a barrier
@@ -392,6 +393,8 @@ std::string host_source(const std::string& src, std::vector<std::string>& kernel
         }
         size_t name_start = decl.find_last_of(" *", bracket) + 1;
         std::string type = decl.substr(0, name_start), name = decl.substr(name_start, bracket - name_start);
+        // An alignment (`__align__(128) uint8 smem[]`, as burn's kernels write it) has no place in the cast.
+        for (size_t a; (a = type.find("__align__(")) != std::string::npos;) type.erase(a, type.find(')', a) + 1 - a);
         out += src.substr(at, hit - at) + type + "* " + name + " = (" + type + "*)__emu_current->dynamic_shared";
         at = end;
     }
@@ -399,6 +402,8 @@ std::string host_source(const std::string& src, std::vector<std::string>& kernel
     const std::string global = "extern \"C\" __global__ void ";
     for (size_t hit = 0; (hit = src.find(global, hit)) != std::string::npos; hit += global.size()) {
         size_t start = hit + global.size();
+        const std::string bounds = "__launch_bounds__(";
+        if (src.compare(start, bounds.size(), bounds) == 0) start = src.find_first_not_of(" \n", src.find(')', start) + 1);
         std::string name = src.substr(start, src.find_first_of(" (", start) - start);
         if (std::find(kernels.begin(), kernels.end(), name) == kernels.end()) kernels.push_back(name); // declared, then defined
     }
@@ -535,6 +540,46 @@ CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t bytes) {
     if (CUresult r = device_state()) return r;
     if (CUresult r = check_range(dst, bytes, "memset")) return r;
     std::memset((void*)(uintptr_t)dst, value, bytes);
+    return CUDA_SUCCESS;
+}
+// Memory pools are not offered (attribute 115), but burn's CUDA runtime allocates this way anyway.
+CUresult cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void*) { return cuMemAlloc_v2(ptr, bytes); }
+CUresult cuMemFreeAsync(CUdeviceptr ptr, void*) { return cuMemFree_v2(ptr); }
+CUresult cuMemAllocHost_v2(void** ptr, size_t bytes) { return cuMemHostAlloc(ptr, bytes, 0); }
+
+// CUDA_MEMCPY2D, between host and device memory (arrays are not emulated).
+struct Memcpy2D {
+    size_t src_x, src_y;
+    int src_type;
+    const void* src_host;
+    CUdeviceptr src_device;
+    void* src_array;
+    size_t src_pitch, dst_x, dst_y;
+    int dst_type;
+    void* dst_host;
+    CUdeviceptr dst_device;
+    void* dst_array;
+    size_t dst_pitch, width, height;
+};
+enum : int { MEMORY_HOST = 1, MEMORY_DEVICE = 2 };
+
+// The first byte of one side of a 2D copy; a device side must lie inside one allocation.
+CUresult copy_side(int type, const void* host, CUdeviceptr device, size_t x, size_t y, size_t pitch, const Memcpy2D& c,
+                   const char* what, char** at) {
+    if (type != MEMORY_HOST && type != MEMORY_DEVICE) return fail(CUDA_ERROR_NOT_SUPPORTED, std::string(what) + ": memory type " + std::to_string(type) + " is not emulated");
+    char* first = (type == MEMORY_HOST ? (char*)host : (char*)(uintptr_t)device) + y * pitch + x;
+    if (type == MEMORY_DEVICE && c.height > 0) {
+        if (CUresult r = check_range((CUdeviceptr)(uintptr_t)first, (c.height - 1) * pitch + c.width, what)) return r;
+    }
+    *at = first;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemcpy2DAsync_v2(const Memcpy2D* c, void*) {
+    if (CUresult r = device_state()) return r;
+    char *src, *dst;
+    if (CUresult r = copy_side(c->src_type, c->src_host, c->src_device, c->src_x, c->src_y, c->src_pitch, *c, "2D copy (source)", &src)) return r;
+    if (CUresult r = copy_side(c->dst_type, c->dst_host, c->dst_device, c->dst_x, c->dst_y, c->dst_pitch, *c, "2D copy (destination)", &dst)) return r;
+    for (size_t row = 0; row < c->height; ++row) std::memmove(dst + row * c->dst_pitch, src + row * c->src_pitch, c->width);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void*) { return cuMemcpyHtoD_v2(dst, src, bytes); }
@@ -680,8 +725,9 @@ int nvrtcCompileProgram(void* program, int, const char* const*) {
     // The key covers what the library is built from: the source, the headers and the command.
     const char* cxx = std::getenv("CXX");
     std::string compiler = std::string(cxx && *cxx ? cxx : "c++") + " -std=c++17 -O2 -fPIC -shared -ffp-contract=off -fno-fast-math" +
-                           " -Wno-unknown-pragmas -include '" EMU_SOURCE_DIR "/device.h' -I '" EMU_SOURCE_DIR "'";
-    std::string key = source + read_file(EMU_SOURCE_DIR "/device.h") + read_file(EMU_SOURCE_DIR "/abi.h") + compiler;
+                           " -Wno-unknown-pragmas -include '" EMU_SOURCE_DIR "/device.h' -I '" EMU_SOURCE_DIR "' -I '" EMU_SOURCE_DIR "/include'";
+    std::string key = source + compiler;
+    for (const char* header : {"device.h", "abi.h", "include/cuda_runtime.h", "include/crt/mma.h"}) key += read_file(std::string(EMU_SOURCE_DIR "/") + header);
     std::string base = kernels_dir() + "/kernels-" + std::to_string(std::hash<std::string>{}(key));
     p->library = base + ".so";
     if (access(p->library.c_str(), R_OK) == 0) return 0;

@@ -65,8 +65,8 @@ impl CudaEmulator {
     }
 
     /// Makes `cmd` run on the emulator (its libraries first on the library path, no NVRTC folder
-    /// of the real one, no failure injected unless the caller adds one), building kernels under
-    /// `kernels`.
+    /// of the real one, its headers as `CUDA_PATH` for burn's CUDA backend, no failure injected
+    /// unless the caller adds one), building kernels under `kernels`.
     pub fn apply<'a>(&self, cmd: &'a mut Command, kernels: &Path) -> &'a mut Command {
         std::fs::create_dir_all(kernels).expect("creating the kernels folder");
         let mut library_path = OsString::from(&self.dir);
@@ -74,6 +74,10 @@ impl CudaEmulator {
             library_path.push(":");
             library_path.push(old);
         }
-        cmd.env("LD_LIBRARY_PATH", library_path).env(KERNELS_ENV, kernels).env_remove(engine::cuda::NVRTC_DIR_ENV).env_remove(FAIL_ENV)
+        cmd.env("LD_LIBRARY_PATH", library_path)
+            .env(KERNELS_ENV, kernels)
+            .env("CUDA_PATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda-emulator"))
+            .env_remove(engine::cuda::NVRTC_DIR_ENV)
+            .env_remove(FAIL_ENV)
     }
 }
