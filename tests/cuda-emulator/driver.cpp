@@ -82,9 +82,12 @@ std::map<uintptr_t, Allocation> g_allocations; // by start address
 const size_t kPage = (size_t)sysconf(_SC_PAGESIZE);
 constexpr unsigned char kCanary = 0xCB;
 
-// `align` is the device's 256 bytes for global memory, 16 for a block's shared memory; between
+// The buffer ends as close to the guard page as a 16-byte alignment allows (the widest load the
+// kernels make), so that reading even one element past the end of most buffers faults (the
+// device aligns to 256 bytes; the kernels here need no more than 16). Between
 // the end and the guard page lies a canary that `overrun_buffer` checks.
-void* allocate(size_t bytes, size_t align) {
+void* allocate(size_t bytes) {
+    constexpr size_t align = 16;
     size_t rounded = (bytes + align - 1) / align * align;
     size_t pages = (rounded + kPage - 1) / kPage + 1;
     void* map = mmap(nullptr, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -496,7 +499,7 @@ CUresult cuEventQuery(void*) { return CUDA_SUCCESS; }
 
 // ---- memory ------------------------------------------------------------------------------------
 CUresult cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) {
-    void* at = allocate(bytes == 0 ? 1 : bytes, 256);
+    void* at = allocate(bytes == 0 ? 1 : bytes);
     if (!at) return fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory for " + std::to_string(bytes) + " bytes");
     *ptr = (CUdeviceptr)(uintptr_t)at;
     return CUDA_SUCCESS;
@@ -642,7 +645,7 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
     static std::vector<Fiber> fibers(kMaxThreads);
     // Guarded as device memory is (16-byte aligned, as on the device), so a kernel that overruns
     // what the launch asked for is caught.
-    unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes, 16) : nullptr;
+    unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes) : nullptr;
     std::vector<unsigned long long> shuffle(threads);
     g_launch = Launch{f->entry, args, f->current};
     catch_faults();
