@@ -23,7 +23,15 @@ EmuHooks __emu_hooks = {nullptr, nullptr};
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // Blocks run one after another, so a function-level static is the running block's shared memory.
-#define __shared__ static
+// All of them sit in one section, which the driver fills with a pattern before each block: shared
+// memory does not start at zero, nor keep what the block before left there.
+#define __shared__ static __attribute__((section("emu_shared")))
+static char __emu_shared_anchor __attribute__((section("emu_shared"), used)); // the section exists
+extern "C" char __start_emu_shared[], __stop_emu_shared[];                      // placed by the linker
+extern "C" void __emu_static_shared(char** start, unsigned long* bytes) {
+    *start = __start_emu_shared;
+    *bytes = (unsigned long)(__stop_emu_shared - __start_emu_shared);
+}
 
 #define threadIdx (__emu_current->thread_idx)
 #define blockIdx (__emu_current->block_idx)

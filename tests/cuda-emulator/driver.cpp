@@ -7,9 +7,10 @@
 //
 // What it checks: argument order and types, grid and block sizes, buffer sizes (each allocation
 // ends at a guard page; copies are bounds-checked), shared-memory limits, barrier use (a barrier
-// not every live thread reaches is reported), and the kernels' arithmetic. What it cannot: the
-// device's own float library and rounding (host libm and SSE here), races between blocks, memory
-// ordering, and speed.
+// not every live thread reaches is reported), shared memory read before it is written, blocks
+// that count on running in index order, and the kernels' arithmetic. What it cannot: the
+// device's own float library and rounding (host libm and SSE here), races between blocks that
+// run at once, memory ordering, and speed.
 //
 // OVSEG_CUDA_EMULATOR_FAIL=kernel:n makes the device fail mid-run, for testing the fallbacks.
 //
@@ -30,6 +31,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -273,6 +275,25 @@ bool run_block(std::vector<Fiber>& fibers, unsigned count) {
     }
 }
 
+// The order a launch runs its blocks in: k -> (a k + c) mod n, with a and c drawn anew for each
+// launch (a coprime to n, so every block runs once). The device promises no order; a kernel that
+// reads what another block of the same launch writes then sees it in some launches and not in
+// others.
+class BlockOrder {
+public:
+    explicit BlockOrder(unsigned long long n) : n_(n) {
+        static uint64_t state = 0x2545F4914F6CDD1Dull;
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        a_ = n_ > 1 ? (state >> 17) % n_ : 1;
+        while (std::gcd(a_, n_) != 1) ++a_;
+        c_ = n_ > 0 ? (state >> 5) % n_ : 0;
+    }
+    unsigned long long at(unsigned long long k) const { return (unsigned long long)(((unsigned __int128)a_ * k + c_) % n_); }
+
+private:
+    unsigned long long n_, a_, c_;
+};
+
 // A kernel that touches memory outside its buffers hits a guard page: name it before dying. A
 // fault anywhere else (outside a launch, or on another thread) goes to the handler installed
 // before this one.
@@ -312,13 +333,20 @@ void catch_faults() {
 }
 
 // ---- modules -----------------------------------------------------------------------------------
+// A library's static `__shared__` variables (see device.h).
+struct StaticShared {
+    char* start;
+    unsigned long bytes;
+};
 struct Module {
     void* library;
     EmuThread** current;
+    StaticShared shared;
 };
 struct Function {
     void (*entry)(void**);
     EmuThread** current;
+    StaticShared shared;
     int max_dynamic_shared = kDefaultDynamicShared;
     std::string name;
 };
@@ -600,9 +628,12 @@ CUresult cuModuleLoadData(void** module, const void* image) {
     if (!library) return fail(CUDA_ERROR_INVALID_IMAGE, std::string("loading ") + path + ": " + dlerror());
     auto current = (EmuThread**)dlsym(library, "__emu_current");
     auto hooks = (EmuHooks*)dlsym(library, "__emu_hooks");
-    if (!current || !hooks) return fail(CUDA_ERROR_INVALID_IMAGE, path + " lacks the emulator's hooks");
+    auto static_shared = (void (*)(char**, unsigned long*))dlsym(library, "__emu_static_shared");
+    if (!current || !hooks || !static_shared) return fail(CUDA_ERROR_INVALID_IMAGE, path + " lacks the emulator's hooks");
     *hooks = EmuHooks{sync_block, sync_warp};
-    *module = new Module{library, current};
+    StaticShared shared;
+    static_shared(&shared.start, &shared.bytes);
+    *module = new Module{library, current, shared};
     return CUDA_SUCCESS;
 }
 CUresult cuModuleUnload(void* module) {
@@ -613,7 +644,7 @@ CUresult cuModuleGetFunction(void** function, void* module, const char* name) {
     auto m = (Module*)module;
     auto entry = (void (*)(void**))dlsym(m->library, (std::string("__emu_entry_") + name).c_str());
     if (!entry) return fail(CUDA_ERROR_NOT_FOUND, std::string("no kernel named ") + name);
-    *function = new Function{entry, m->current, kDefaultDynamicShared, name};
+    *function = new Function{entry, m->current, m->shared, kDefaultDynamicShared, name};
     return CUDA_SUCCESS;
 }
 CUresult cuFuncSetAttribute(void* function, int attribute, int value) {
@@ -652,24 +683,26 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
     g_launch_thread = pthread_self();
     g_kernel_name = f->name.c_str();
     CUresult result = CUDA_SUCCESS;
-    for (unsigned z = 0; z < gz; ++z)
-        for (unsigned y = 0; y < gy; ++y)
-            for (unsigned x = 0; x < gx; ++x) {
-                if (shared) std::memset(shared, 0xA5, shared_bytes); // not zero, as on the device
-                for (unsigned i = 0; i < threads; ++i) {
-                    EmuThread& t = fibers[i].thread;
-                    t.thread_idx = EmuDim{i % bx, (i / bx) % by, i / (bx * by)};
-                    t.block_idx = EmuDim{x, y, z};
-                    t.block_dim = EmuDim{bx, by, bz};
-                    t.grid_dim = EmuDim{gx, gy, gz};
-                    t.linear = i;
-                    t.dynamic_shared = shared;
-                    t.shuffle = shuffle.data();
-                    start_fiber(fibers[i]);
-                }
-                if (result == CUDA_SUCCESS && !run_block(fibers, threads))
-                    result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + ": barrier mismatch");
-            }
+    const unsigned long long blocks = (unsigned long long)gx * gy * gz;
+    const BlockOrder order(blocks);
+    for (unsigned long long k = 0; k < blocks; ++k) {
+        unsigned long long b = order.at(k);
+        EmuDim block{(unsigned)(b % gx), (unsigned)(b / gx % gy), (unsigned)(b / ((unsigned long long)gx * gy))};
+        if (shared) std::memset(shared, 0xA5, shared_bytes); // not zero, as on the device
+        std::memset(f->shared.start, 0xA5, f->shared.bytes);  // nor what the last block left
+        for (unsigned i = 0; i < threads; ++i) {
+            EmuThread& t = fibers[i].thread;
+            t.thread_idx = EmuDim{i % bx, (i / bx) % by, i / (bx * by)};
+            t.block_idx = block;
+            t.block_dim = EmuDim{bx, by, bz};
+            t.grid_dim = EmuDim{gx, gy, gz};
+            t.linear = i;
+            t.dynamic_shared = shared;
+            t.shuffle = shuffle.data();
+            start_fiber(fibers[i]);
+        }
+        if (result == CUDA_SUCCESS && !run_block(fibers, threads)) result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + ": barrier mismatch");
+    }
     g_kernel_name = nullptr;
     std::string hit = overrun_buffer(); // also after a failed launch, so the next is not blamed
     if (!hit.empty() && result == CUDA_SUCCESS) result = fail(CUDA_ERROR_LAUNCH_FAILED, f->name + " wrote " + hit);

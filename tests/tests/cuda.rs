@@ -561,14 +561,16 @@ const DEVICE_TESTS: &[(&str, &str)] = &[
     ("gpu_preprocessing_matches_the_cpu_bit_for_bit_for_every_pixel_format", "preprocessing parity"),
     ("encoder_outputs_on_the_device_become_the_cpus_levels_bit_for_bit", "encoder output parity"),
     ("frames_that_stay_on_the_device_segment_as_the_cpu_does_bit_for_bit", "device-resident frames"),
-    ("the_emulator_reports_overruns_barrier_mismatches_and_missing_barriers", "emulator checks"),
+    ("the_emulator_catches_overruns_barrier_misuse_and_block_assumptions", "emulator checks"),
 ];
 
 /// What the emulator claims to catch, caught: a write one byte past a buffer, a barrier that only
-/// part of a warp reaches, and a shared read that lacks its barrier (seen stale in some launch,
-/// as the threads' order changes). Runs only in the emulator's child process.
+/// part of a warp reaches, a shared read that lacks its barrier (seen stale in some launch, as
+/// the threads' order changes), shared memory read before it is written (neither zero nor the
+/// last block's), and blocks that count on running in index order. Runs only in the emulator's
+/// child process.
 #[test]
-fn the_emulator_reports_overruns_barrier_mismatches_and_missing_barriers() {
+fn the_emulator_catches_overruns_barrier_misuse_and_block_assumptions() {
     if !emulated() {
         eprintln!("emulator checks: skipped, this runs under the CUDA emulator only");
         return;
@@ -588,6 +590,14 @@ extern "C" __global__ void no_barrier(int tag, int* out) {
     __shared__ int value;
     if (threadIdx.x == 0) value = tag;
     out[threadIdx.x] = value;
+}
+extern "C" __global__ void unwritten_shared(int* out) {
+    __shared__ int value;
+    out[blockIdx.x] = value;
+    value = 7;
+}
+extern "C" __global__ void block_order(int* position, int* counter) {
+    position[blockIdx.x] = atomicAdd(counter, 1);
 }
 "#;
     let ctx = CudaContext::new(0).unwrap();
@@ -618,6 +628,32 @@ extern "C" __global__ void no_barrier(int tag, int* out) {
         stream.clone_dtoh(&ints).unwrap().iter().any(|&v| v != tag)
     });
     assert!(stale, "a shared read without its barrier saw the new value in every launch");
+
+    // Shared memory starts with neither zeros nor what the block before left.
+    let f = module.load_function("unwritten_shared").unwrap();
+    let mut l = stream.launch_builder(&f);
+    l.arg(&mut ints);
+    let blocks = LaunchConfig { grid_dim: (32, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: 32 blocks write the 32 ints allocated above.
+    unsafe { l.launch(blocks) }.unwrap();
+    let seen = stream.clone_dtoh(&ints).unwrap();
+    assert!(seen.iter().all(|&v| v != 0 && v != 7), "unwritten shared memory read as zero or as the last block left it: {seen:?}");
+
+    // Blocks run in an order that changes from launch to launch, not by their index.
+    let f = module.load_function("block_order").unwrap();
+    let orders: Vec<Vec<i32>> = (0..4)
+        .map(|_| {
+            let (mut position, mut counter) = (stream.alloc_zeros::<i32>(32).unwrap(), stream.alloc_zeros::<i32>(1).unwrap());
+            let mut l = stream.launch_builder(&f);
+            l.arg(&mut position).arg(&mut counter);
+            // SAFETY: 32 blocks write their own int of the 32.
+            unsafe { l.launch(blocks) }.unwrap();
+            stream.clone_dtoh(&position).unwrap()
+        })
+        .collect();
+    let in_index_order: Vec<i32> = (0..32).collect();
+    assert!(orders.iter().any(|o| o != &in_index_order), "blocks always ran in index order: {orders:?}");
+    assert!(orders.windows(2).any(|w| w[0] != w[1]), "every launch ran its blocks in one order: {orders:?}");
 }
 
 /// Runs every device test above, unchanged, in a child process whose libcuda and libnvrtc are the
