@@ -3,6 +3,7 @@
 // driver is running. Only what the project's kernels and burn's generated ones use.
 #pragma once
 #include <cmath>
+#include <math.h> // CUDA's float overloads in the global namespace: `abs` of a float must not be C's integer abs
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -21,10 +22,12 @@ EmuHooks __emu_hooks = {nullptr, nullptr};
 #define __forceinline__ inline
 #define __grid_constant__
 #define __launch_bounds__(...)
+#define __cluster_dims__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // Blocks run one after another, so a function-level static is the running block's shared memory.
 // All of them sit in one section, which the driver fills with a pattern before each block: shared
-// memory does not start at zero, nor keep what the block before left there.
+// memory does not start at zero, nor keep what the block before left there. (Not for `__shared__`
+// in an inline or template function: its variable would need a section of its own.)
 #define __shared__ static __attribute__((section("emu_shared")))
 static char __emu_shared_anchor __attribute__((section("emu_shared"), used)); // the section exists
 extern "C" char __start_emu_shared[], __stop_emu_shared[];                      // placed by the linker
@@ -100,23 +103,8 @@ inline std::common_type_t<A, B> max(A a, B b) {
     else return (C)a < (C)b ? (C)b : (C)a;
 }
 
-// CUDA's math functions have float overloads in the global namespace; without these, `abs(x)` on
-// a float would call C's integer abs.
-using std::abs;
-using std::ceil;
-using std::cos;
-using std::erf;
-using std::exp;
-using std::floor;
 using std::isinf;
 using std::isnan;
-using std::log;
-using std::pow;
-using std::round;
-using std::sin;
-using std::sqrt;
-using std::tanh;
-using std::trunc;
 
 // The driver calls `__emu_entry_<kernel>(args)` on each emulated thread: the argument array of
 // cuLaunchKernel (one pointer per parameter) unpacked by the kernel's own parameter types.

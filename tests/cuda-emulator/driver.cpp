@@ -7,8 +7,9 @@
 //
 // What it checks: argument order and types, grid and block sizes, buffer sizes (each allocation
 // ends at a guard page; copies are bounds-checked), shared-memory limits, barrier use (a barrier
-// not every live thread reaches is reported), shared memory read before it is written, blocks
-// that count on running in index order, and the kernels' arithmetic. What it cannot: the
+// not every live thread reaches is reported), and the kernels' arithmetic; it exposes shared
+// memory read before it is written and blocks that count on running in index order (their
+// results change). What it cannot: the
 // device's own float library and rounding (host libm and SSE here), races between blocks that
 // run at once, memory ordering, and speed.
 //
@@ -28,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -84,12 +86,12 @@ std::map<uintptr_t, Allocation> g_allocations; // by start address
 const size_t kPage = (size_t)sysconf(_SC_PAGESIZE);
 constexpr unsigned char kCanary = 0xCB;
 
-// The buffer ends as close to the guard page as a 16-byte alignment allows (the widest load the
-// kernels make), so that reading even one element past the end of most buffers faults (the
-// device aligns to 256 bytes; the kernels here need no more than 16). Between
-// the end and the guard page lies a canary that `overrun_buffer` checks.
-void* allocate(size_t bytes) {
-    constexpr size_t align = 16;
+// The buffer ends as close to the guard page as `align` allows: 16 bytes (the widest load the
+// kernels make) for device memory, so that reading even one element past the end of most buffers
+// faults (the device aligns to 256 bytes; the kernels here need no more than 16), and what the
+// kernel declares for its dynamic shared memory. Between the end and the guard page lies a canary
+// that `overrun_buffer` checks.
+void* allocate(size_t bytes, size_t align) {
     size_t rounded = (bytes + align - 1) / align * align;
     size_t pages = (rounded + kPage - 1) / kPage + 1;
     void* map = mmap(nullptr, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -187,6 +189,7 @@ struct Launch {
 };
 
 void* g_scheduler_sp = nullptr;
+std::vector<uintptr_t> g_stack_guards; // the inaccessible page below each fiber's stack
 Fiber* g_running = nullptr;
 Launch g_launch;
 
@@ -213,6 +216,7 @@ void start_fiber(Fiber& f) {
         void* map = mmap(nullptr, kStackBytes + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (map == MAP_FAILED) fatal("no memory for a fiber stack");
         mprotect(map, kPage, PROT_NONE);
+        g_stack_guards.push_back((uintptr_t)map);
         f.stack = (unsigned char*)map + kPage;
     }
     uintptr_t top = ((uintptr_t)f.stack + kStackBytes) & ~(uintptr_t)15;
@@ -314,7 +318,11 @@ void on_fault(int sig, siginfo_t* info, void* context) {
         }
         return;
     }
-    const char* parts[] = {"cuda emulator: kernel ", kernel, " touched memory outside its buffers (the device reports CUDA_ERROR_ILLEGAL_ADDRESS)\n"};
+    uintptr_t at = (uintptr_t)info->si_addr;
+    bool stack = std::any_of(g_stack_guards.begin(), g_stack_guards.end(), [at](uintptr_t g) { return at >= g && at < g + kPage; });
+    const char* what = stack ? " overflowed a thread's stack (64 KB here; a larger local array or deeper calls than the emulator allows)\n"
+                             : " touched memory outside its buffers (the device reports CUDA_ERROR_ILLEGAL_ADDRESS)\n";
+    const char* parts[] = {"cuda emulator: kernel ", kernel, what};
     for (const char* p : parts) (void)!write(2, p, std::strlen(p));
     _exit(70);
 }
@@ -342,11 +350,13 @@ struct Module {
     void* library;
     EmuThread** current;
     StaticShared shared;
+    unsigned shared_align; // of its dynamic shared memory
 };
 struct Function {
     void (*entry)(void**);
     EmuThread** current;
     StaticShared shared;
+    unsigned shared_align;
     int max_dynamic_shared = kDefaultDynamicShared;
     std::string name;
 };
@@ -412,7 +422,7 @@ std::string read_file(const std::string& path) {
 // the forms the project's kernels use are understood; another is refused with `error` set.
 std::string host_source(const std::string& src, std::vector<std::string>& kernels, std::string& error) {
     std::string out;
-    size_t at = 0;
+    size_t at = 0, shared_align = 16;
     const std::string dynamic = "extern __shared__";
     for (size_t hit; (hit = src.find(dynamic, at)) != std::string::npos;) {
         size_t end = src.find(';', hit);
@@ -424,8 +434,12 @@ std::string host_source(const std::string& src, std::vector<std::string>& kernel
         }
         size_t name_start = decl.find_last_of(" *", bracket) + 1;
         std::string type = decl.substr(0, name_start), name = decl.substr(name_start, bracket - name_start);
-        // An alignment (`__align__(128) uint8 smem[]`, as burn's kernels write it) has no place in the cast.
-        for (size_t a; (a = type.find("__align__(")) != std::string::npos;) type.erase(a, type.find(')', a) + 1 - a);
+        // An alignment (`__align__(128) uint8 smem[]`, as burn's kernels write it) goes to the
+        // allocation; it has no place in the cast.
+        for (size_t a; (a = type.find("__align__(")) != std::string::npos;) {
+            shared_align = std::max(shared_align, (size_t)std::strtoul(type.c_str() + a + 10, nullptr, 10));
+            type.erase(a, type.find(')', a) + 1 - a);
+        }
         out += src.substr(at, hit - at) + type + "* " + name + " = (" + type + "*)__emu_current->dynamic_shared";
         at = end;
     }
@@ -433,12 +447,14 @@ std::string host_source(const std::string& src, std::vector<std::string>& kernel
     const std::string global = "extern \"C\" __global__ void ";
     for (size_t hit = 0; (hit = src.find(global, hit)) != std::string::npos; hit += global.size()) {
         size_t start = hit + global.size();
-        const std::string bounds = "__launch_bounds__(";
-        if (src.compare(start, bounds.size(), bounds) == 0) start = src.find_first_not_of(" \n", src.find(')', start) + 1);
+        // Attributes before the name: `__launch_bounds__(256)`, `__cluster_dims__(2, 1, 1)`.
+        for (size_t open; src.compare(start, 2, "__") == 0 && (open = src.find('(', start)) < src.find_first_of(" \n", start) &&
+                          src.compare(open - 2, 2, "__") == 0;)
+            start = src.find_first_not_of(" \n", src.find(')', open) + 1);
         std::string name = src.substr(start, src.find_first_of(" (", start) - start);
         if (std::find(kernels.begin(), kernels.end(), name) == kernels.end()) kernels.push_back(name); // declared, then defined
     }
-    out += "\n";
+    out += "\nextern \"C\" const unsigned __emu_shared_align = " + std::to_string(shared_align) + ";\n";
     for (const auto& k : kernels) out += "extern \"C\" void __emu_entry_" + k + "(void** args) { __emu_invoke(" + k + ", args); }\n";
     return out;
 }
@@ -485,8 +501,8 @@ CUresult cuDeviceGetAttribute(int* value, int attribute, int) {
     case 10: *value = 32; break;                   // warp size
     case 13: *value = 1000000; break;              // clock rate, kHz
     case 16: *value = 1; break;                    // multiprocessors
-    case 75: *value = 9; break;                    // compute capability major
-    case 76: *value = 0; break;                    //                    minor
+    case 75: *value = 8; break;                    // compute capability 8.7, Jetson Orin's: burn
+    case 76: *value = 7; break;                    // then uses its tensor cores (TF32) as there
     case 97: *value = kOptInShared; break;         // opt-in shared memory per block
     case 115: *value = 0; break;                   // memory pools: no, so allocations are synchronous
     default: return fail(CUDA_ERROR_INVALID_VALUE, "device attribute " + std::to_string(attribute) + " is not emulated");
@@ -527,7 +543,7 @@ CUresult cuEventQuery(void*) { return CUDA_SUCCESS; }
 
 // ---- memory ------------------------------------------------------------------------------------
 CUresult cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) {
-    void* at = allocate(bytes == 0 ? 1 : bytes);
+    void* at = allocate(bytes == 0 ? 1 : bytes, 16);
     if (!at) return fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory for " + std::to_string(bytes) + " bytes");
     *ptr = (CUdeviceptr)(uintptr_t)at;
     return CUDA_SUCCESS;
@@ -607,6 +623,8 @@ CUresult copy_side(int type, const void* host, CUdeviceptr device, size_t x, siz
 }
 CUresult cuMemcpy2DAsync_v2(const Memcpy2D* c, void*) {
     if (CUresult r = device_state()) return r;
+    if (c->height > 1 && (c->width > c->src_pitch || c->width > c->dst_pitch))
+        return fail(CUDA_ERROR_INVALID_VALUE, "2D copy: rows of " + std::to_string(c->width) + " bytes are wider than the pitch");
     char *src, *dst;
     if (CUresult r = copy_side(c->src_type, c->src_host, c->src_device, c->src_x, c->src_y, c->src_pitch, *c, "2D copy (source)", &src)) return r;
     if (CUresult r = copy_side(c->dst_type, c->dst_host, c->dst_device, c->dst_x, c->dst_y, c->dst_pitch, *c, "2D copy (destination)", &dst)) return r;
@@ -629,11 +647,12 @@ CUresult cuModuleLoadData(void** module, const void* image) {
     auto current = (EmuThread**)dlsym(library, "__emu_current");
     auto hooks = (EmuHooks*)dlsym(library, "__emu_hooks");
     auto static_shared = (void (*)(char**, unsigned long*))dlsym(library, "__emu_static_shared");
-    if (!current || !hooks || !static_shared) return fail(CUDA_ERROR_INVALID_IMAGE, path + " lacks the emulator's hooks");
+    auto shared_align = (const unsigned*)dlsym(library, "__emu_shared_align");
+    if (!current || !hooks || !static_shared || !shared_align) return fail(CUDA_ERROR_INVALID_IMAGE, path + " lacks the emulator's hooks");
     *hooks = EmuHooks{sync_block, sync_warp};
     StaticShared shared;
     static_shared(&shared.start, &shared.bytes);
-    *module = new Module{library, current, shared};
+    *module = new Module{library, current, shared, *shared_align};
     return CUDA_SUCCESS;
 }
 CUresult cuModuleUnload(void* module) {
@@ -644,7 +663,7 @@ CUresult cuModuleGetFunction(void** function, void* module, const char* name) {
     auto m = (Module*)module;
     auto entry = (void (*)(void**))dlsym(m->library, (std::string("__emu_entry_") + name).c_str());
     if (!entry) return fail(CUDA_ERROR_NOT_FOUND, std::string("no kernel named ") + name);
-    *function = new Function{entry, m->current, m->shared, kDefaultDynamicShared, name};
+    *function = new Function{entry, m->current, m->shared, m->shared_align, kDefaultDynamicShared, name};
     return CUDA_SUCCESS;
 }
 CUresult cuFuncSetAttribute(void* function, int attribute, int value) {
@@ -676,7 +695,7 @@ CUresult cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, u
     static std::vector<Fiber> fibers(kMaxThreads);
     // Guarded as device memory is (16-byte aligned, as on the device), so a kernel that overruns
     // what the launch asked for is caught.
-    unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes) : nullptr;
+    unsigned char* shared = shared_bytes ? (unsigned char*)allocate(shared_bytes, f->shared_align) : nullptr;
     std::vector<unsigned long long> shuffle(threads);
     g_launch = Launch{f->entry, args, f->current};
     catch_faults();
@@ -762,8 +781,12 @@ int nvrtcCompileProgram(void* program, int, const char* const*) {
     const char* cxx = std::getenv("CXX");
     std::string compiler = std::string(cxx && *cxx ? cxx : "c++") + " -std=c++17 -O2 -fPIC -shared -ffp-contract=off -fno-fast-math" +
                            " -Wno-unknown-pragmas -include '" EMU_SOURCE_DIR "/device.h' -I '" EMU_SOURCE_DIR "' -I '" EMU_SOURCE_DIR "/include'";
-    std::string key = source + compiler;
-    for (const char* header : {"device.h", "abi.h", "include/cuda_runtime.h", "include/crt/mma.h"}) key += read_file(std::string(EMU_SOURCE_DIR "/") + header);
+    std::string key = source + compiler + read_file(EMU_SOURCE_DIR "/device.h") + read_file(EMU_SOURCE_DIR "/abi.h");
+    std::vector<std::string> headers;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(EMU_SOURCE_DIR "/include"))
+        if (entry.is_regular_file()) headers.push_back(entry.path().string());
+    std::sort(headers.begin(), headers.end());
+    for (const auto& header : headers) key += header + read_file(header);
     std::string base = kernels_dir() + "/kernels-" + std::to_string(std::hash<std::string>{}(key));
     p->library = base + ".so";
     if (access(p->library.c_str(), R_OK) == 0) return 0;

@@ -17,13 +17,13 @@ use trainer::train::{TrainConfig, TrainOptions, train};
 const WORK_ENV: &str = "OVSEG_TRAINER_EMULATOR_WORK";
 
 /// burn multiplies f32 matrices on tensor cores in TF32 (10 mantissa bits) on devices of compute
-/// capability 8.0 and above, which the emulator reports and whose rounding it reproduces: the
+/// capability 8.0 and above (the emulator reports 8.7 and reproduces TF32's rounding): the
 /// encoder's outputs differ from the CPU's by up to about 7e-4 here, and the first loss (before
-/// any step) by about 3e-5 (1e-6 and 3e-7 with the rounding taken out, measured).
+/// any step) by about 3e-5 (1.7e-6 and 3e-7 with the rounding taken out, measured).
 const EMBEDDING_TOLERANCE: f32 = 2e-3;
 const FIRST_LOSS_TOLERANCE: f64 = 1e-3;
 /// The first Adam steps move every weight of the zero-initialised output layer by the step size,
-/// which amplifies those differences: 0.5% by the third step here. A wrong kernel is off by far
+/// which amplifies those differences: 0.5% by the third loss (after two steps) here. A wrong kernel is off by far
 /// more (a float `abs` that truncated to an integer gave depth losses 4x too small).
 const CURVE_TOLERANCE: f64 = 2e-2;
 
@@ -58,6 +58,7 @@ fn burn_cuda_encodes_and_trains_on_the_cuda_emulator_as_on_the_cpu() {
 fn on_the_emulator() {
     let Some(work) = std::env::var_os(WORK_ENV).map(PathBuf::from) else { return };
     engine::cuda::burn_cuda_ready().expect("burn's CUDA backend has what it needs on the emulator");
+    assert_eq!(engine::cuda::device_identity().unwrap().0, cuda_emulator::DEVICE_NAME);
 
     let model = Model::open(&work.join("model")).unwrap();
     let mut encoder = engine::burn::encoder::fallback_chain(&model, 2).unwrap();
@@ -68,13 +69,16 @@ fn on_the_emulator() {
     let on_cuda = encoder.encode(&input).unwrap();
     assert_eq!(encoder.name(), "burn-cuda", "fell back mid-run: {:?}", encoder.fallback_reason());
     let on_cpu = engine::burn::encoder::cpu(&model.dir, &model.manifest).unwrap().encode(&input).unwrap();
+    for encoded in [&on_cuda, &on_cpu] {
+        assert_eq!(encoded.levels.len(), 2);
+        assert!(encoded.depth.is_some(), "the trained model has a depth head");
+    }
     let mut worst = 0.0f32;
     for (a, b) in on_cuda.levels.iter().zip(&on_cpu.levels).chain(on_cuda.depth.iter().zip(&on_cpu.depth)) {
         assert_eq!((a.width, a.height, a.dim, a.data.len()), (b.width, b.height, b.dim, b.data.len()));
+        assert!(a.data.iter().chain(&b.data).all(|v| v.is_finite()), "a non-finite output");
         worst = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
     }
-    assert_eq!(on_cuda.levels.len(), 2);
-    assert!(on_cuda.depth.is_some(), "the trained model has a depth head");
     assert!(worst < EMBEDDING_TOLERANCE, "burn-cuda differs from burn-cpu by {worst}");
     eprintln!("encoder on burn-cuda ({}): largest difference from burn-cpu {worst:.2e}", cuda_emulator::DEVICE_NAME);
 
@@ -83,6 +87,11 @@ fn on_the_emulator() {
     assert!(report["cuda_unavailable"].is_null(), "{report}");
     assert_eq!(report["cuda"]["device"], "cuda", "{report}");
     for curve in ["loss", "depth_loss"] {
+        for device in ["cpu", "cuda"] {
+            // A NaN loss would be written as null.
+            let values = report[device][curve].as_array().unwrap();
+            assert!(values.len() == 3 && values.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)), "{device} {curve}: {report}");
+        }
         let difference = report[format!("{curve}_max_relative_difference")].as_f64().unwrap();
         assert!(difference < CURVE_TOLERANCE, "{curve}: {difference}: {report}");
         let first = |device: &str| report[device][curve][0].as_f64().unwrap();

@@ -2,11 +2,12 @@
 // for the emulator's NVRTC: vector types and their make_ functions.
 #pragma once
 
+// Aligned as CUDA aligns them (8 bytes for two 4-byte members, 16 for four).
 #define EMU_VECTOR_TYPES(T, N)                                                                       \
     struct N##1 { T x; };                                                                             \
-    struct N##2 { T x, y; };                                                                          \
+    struct __attribute__((aligned(8))) N##2 { T x, y; };                                              \
     struct N##3 { T x, y, z; };                                                                       \
-    struct N##4 { T x, y, z, w; };                                                                    \
+    struct __attribute__((aligned(16))) N##4 { T x, y, z, w; };                                       \
     inline N##1 make_##N##1(T x) { return N##1{x}; }                                                  \
     inline N##2 make_##N##2(T x, T y) { return N##2{x, y}; }                                          \
     inline N##3 make_##N##3(T x, T y, T z) { return N##3{x, y, z}; }                                  \

@@ -1,10 +1,15 @@
 // Warp matrix operations (nvcuda::wmma) for the emulator. On the device a fragment is spread over
 // the 32 lanes of a warp in an unspecified layout; here every lane holds the whole tile, so each
-// lane's load, multiply and store do the warp's work (lanes store the same values). Code that
-// relies only on the documented contract (whole-fragment operations, and element-wise maps
-// between fragments of one shape) behaves as on the device.
+// lane's load, multiply and store do the warp's work (lanes store the same values). Each
+// operation waits for the whole warp, as the device requires, and checks the pointer's 32-byte
+// alignment and that the leading dimension is a multiple of 16 bytes. Whole-fragment operations
+// and element-wise maps between fragments of one shape behave as on the device; a missing
+// `__syncwarp` between a lane's store and another lane's read goes unnoticed, since each lane
+// stores every element.
 #pragma once
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace nvcuda {
@@ -46,12 +51,22 @@ struct fragment {
     element_type x[num_elements];
 };
 
+// The device's requirements on a load or store; a breach ends the process with the reason.
+template <typename P> inline void check_tile_access(const P* ptr, unsigned ldm, const char* what) {
+    __syncwarp();
+    if ((uintptr_t)ptr % 32 != 0 || (ldm * sizeof(P)) % 16 != 0) {
+        std::fprintf(stderr, "cuda emulator: wmma::%s at %p with ldm %u: the pointer must be 32-byte aligned and ldm a multiple of 16 bytes\n", what, (const void*)ptr, ldm);
+        std::_Exit(70);
+    }
+}
+
 template <typename F, typename V> inline void fill_fragment(F& f, const V& value) {
     for (int i = 0; i < F::num_elements; ++i) f.x[i] = value;
 }
 
 template <typename F, typename P>
 inline void load_tile(F& f, const P* ptr, unsigned ldm, bool row_major_memory) {
+    check_tile_access(ptr, ldm, "load_matrix_sync");
     for (int r = 0; r < F::rows; ++r)
         for (int c = 0; c < F::cols; ++c)
             f.x[r * F::cols + c] = ptr[row_major_memory ? r * ldm + c : c * ldm + r];
@@ -68,6 +83,7 @@ inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const P* ptr,
 
 template <int M, int N, int K, typename T, typename P>
 inline void store_matrix_sync(P* ptr, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+    check_tile_access(ptr, ldm, "store_matrix_sync");
     for (int r = 0; r < M; ++r)
         for (int c = 0; c < N; ++c) ptr[layout == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[r * N + c];
 }
@@ -85,6 +101,7 @@ template <> inline float operand<precision::tf32>(float v) {
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB, typename TC>
 inline void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
+    __syncwarp();
     typename fragment<accumulator, M, N, K, TC>::element_type out[M * N];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
