@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 /// `{"ok": true, "found": ...}`, or `{"ok": false, "why": ...}`.
+#[cfg(any(feature = "cuda", feature = "burn-cuda", feature = "tensorrt"))]
 fn probe<T>(result: engine::Result<T>, found: impl FnOnce(T) -> Value) -> Value {
     match result {
         Ok(v) => json!({ "ok": true, "found": found(v) }),
