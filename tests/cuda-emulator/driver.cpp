@@ -9,9 +9,8 @@
 // ends at a guard page; copies are bounds-checked), shared-memory limits, barrier use (a barrier
 // not every live thread reaches is reported), and the kernels' arithmetic; it exposes shared
 // memory read before it is written and blocks that count on running in index order (their
-// results change). What it cannot: the
-// device's own float library and rounding (host libm and SSE here), races between blocks that
-// run at once, memory ordering, and speed.
+// results change). What it cannot: the device's own float library and rounding (host libm and
+// SSE here), races between blocks that run at once, memory ordering, and speed.
 //
 // OVSEG_CUDA_EMULATOR_FAIL=kernel:n makes the device fail mid-run, for testing the fallbacks.
 //
@@ -419,7 +418,8 @@ std::string read_file(const std::string& path) {
 
 // The kernel source as host C++: dynamic shared memory becomes the block's buffer, and each
 // `extern "C" __global__` kernel gets an entry point taking the launch's argument array. Only
-// the forms the project's kernels use are understood; another is refused with `error` set.
+// the forms the project's kernels and burn's use are understood; another is refused with
+// `error` set.
 std::string host_source(const std::string& src, std::vector<std::string>& kernels, std::string& error) {
     std::string out;
     size_t at = 0, shared_align = 16;
