@@ -35,8 +35,7 @@ fn cuda() -> Value {
 
 #[cfg(feature = "burn-cuda")]
 fn burn_cuda() -> Value {
-    let ready = engine::cuda::burn_cuda_ready().and_then(|()| engine::cuda::cuda_headers(std::env::var_os("CUDA_PATH").map(Into::into)));
-    probe(ready, |headers| json!({ "cuda_headers": headers }))
+    probe(engine::cuda::burn_cuda_ready(), |headers| json!({ "cuda_headers": headers }))
 }
 
 #[cfg(not(feature = "burn-cuda"))]

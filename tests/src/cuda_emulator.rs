@@ -80,4 +80,17 @@ impl CudaEmulator {
             .env_remove(engine::cuda::NVRTC_DIR_ENV)
             .env_remove(FAIL_ENV)
     }
+
+    /// Runs `tests` of the running test binary again in a child process on the emulator (see
+    /// [`Self::apply`]), one at a time with their output shown and `env` set; panics unless every
+    /// one passes. Returns what the child printed: standard output, standard error.
+    pub fn run_tests(&self, tests: &[&str], kernels: &Path, env: &[(&str, &Path)]) -> (String, String) {
+        let mut child = Command::new(std::env::current_exe().expect("the test binary's path"));
+        child.args(tests).args(["--exact", "--test-threads", "1", "--nocapture"]).envs(env.iter().copied());
+        let out = self.apply(&mut child, kernels).output().expect("running tests on the CUDA emulator");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(out.status.success(), "tests on the CUDA emulator failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains(&format!("test result: ok. {} passed", tests.len())), "{stdout}");
+        (stdout, stderr)
+    }
 }

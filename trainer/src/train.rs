@@ -145,7 +145,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result
 fn cuda_or_cpu(config: &TrainConfig, out: &Path, options: &TrainOptions) -> Result<TrainReport> {
     // burn's CUDA runtime panics without a driver, NVRTC or the CUDA headers: ask first.
     let why = match engine::cuda::burn_cuda_ready() {
-        Ok(()) => {
+        Ok(_) => {
             tracing::info!("training on CUDA");
             return train_on::<Autodiff<burn::backend::Cuda>>(config, out, options, Default::default(), "cuda");
         }

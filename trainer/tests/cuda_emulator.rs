@@ -7,7 +7,6 @@
 #![cfg(feature = "cuda")]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use engine::{Frame, ImageBackend, Model};
 use ovseg_tests::cuda_emulator::{self, CudaEmulator};
@@ -23,8 +22,9 @@ const WORK_ENV: &str = "OVSEG_TRAINER_EMULATOR_WORK";
 const EMBEDDING_TOLERANCE: f32 = 2e-3;
 const FIRST_LOSS_TOLERANCE: f64 = 1e-3;
 /// The first Adam steps move every weight of the zero-initialised output layer by the step size,
-/// which amplifies those differences: 0.5% by the third loss (after two steps) here. A wrong kernel is off by far
-/// more (a float `abs` that truncated to an integer gave depth losses 4x too small).
+/// which amplifies those differences: 0.5% by the third loss (after two steps) here. A wrong
+/// kernel is off by far more (a float `abs` that truncated to an integer gave depth losses 4x
+/// too small).
 const CURVE_TOLERANCE: f64 = 2e-2;
 
 #[test]
@@ -41,12 +41,7 @@ fn burn_cuda_encodes_and_trains_on_the_cuda_emulator_as_on_the_cpu() {
 
     // burn's kernels compile once per source; kept between runs.
     let kernels = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator-burn-kernels");
-    let mut child = Command::new(std::env::current_exe().unwrap());
-    child.args(["on_the_emulator", "--exact", "--nocapture"]).env(WORK_ENV, work.path());
-    let out = emulator.apply(&mut child, &kernels).output().expect("running burn on the emulator");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "burn on the emulator failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+    let (_, stderr) = emulator.run_tests(&["on_the_emulator"], &kernels, &[(WORK_ENV, work.path())]);
     for line in ["encoder on burn-cuda", "training on cuda"] {
         assert!(stderr.contains(line), "the child did not report `{line}`:\n{stderr}");
     }

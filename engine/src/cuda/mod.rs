@@ -151,11 +151,12 @@ impl Device {
 
 /// What burn's CUDA backend needs before it is started, which would otherwise panic deep inside
 /// it: a driver, NVRTC (found as for the project's kernels, `OVSEG_NVRTC_DIR` included), and the
-/// CUDA headers it compiles every kernel with (see [`cuda_headers`]).
-pub fn burn_cuda_ready() -> Result<()> {
+/// CUDA headers it compiles every kernel with (see [`cuda_headers`]). Returns the CUDA root
+/// whose headers it will use.
+pub fn burn_cuda_ready() -> Result<PathBuf> {
     require_driver()?;
     ensure_nvrtc(None)?;
-    cuda_headers(std::env::var_os("CUDA_PATH").map(PathBuf::from)).map(|_| ())
+    cuda_headers(std::env::var_os("CUDA_PATH").map(PathBuf::from))
 }
 
 /// The CUDA root whose `include/` holds `cuda_runtime.h` and `crt/mma.h` (burn's matrix kernels
