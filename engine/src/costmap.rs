@@ -53,6 +53,11 @@ pub struct ScoreField {
     pub count: Vec<u32>,
     pub label: Vec<u32>,
     pub score: Vec<f32>,
+    /// Per cell, the labels early rejection left out, as one pseudo-label: the log of the sum of
+    /// their estimated `e^score` (see [`fuse_level`]), `-inf` where none. Empty when no cell
+    /// left any out. It keeps the softmax over a cell's candidates a share of all labels, as
+    /// without rejection, instead of a share of the candidates only.
+    pub rest: Vec<f32>,
 }
 
 impl ScoreField {
@@ -72,6 +77,7 @@ impl ScoreField {
             count: vec![num_labels as u32; cells],
             label: (0..cells).flat_map(|_| 0..num_labels as u32).collect(),
             score,
+            rest: Vec::new(),
         }
     }
 
@@ -86,6 +92,11 @@ impl ScoreField {
         let n = self.count[i] as usize;
         let at = i * self.capacity;
         (&self.label[at..at + n], &self.score[at..at + n])
+    }
+
+    /// Cell `i`'s left-out labels as one score (`-inf` where none).
+    pub fn rest(&self, i: usize) -> f32 {
+        self.rest.get(i).copied().unwrap_or(f32::NEG_INFINITY)
     }
 }
 
@@ -146,14 +157,75 @@ fn label_cost_isa(isa: Isa, pixel: &[f32], labels: &LabelSet, k: usize, scale: f
     }
 }
 
+/// `lanes[j % WARP] += softmax_exp(gain * scores[j] - m)` in ascending `j`, skipping NaN
+/// scores (absent labels), vectorised where the CPU allows (same bits).
+#[inline]
+fn exp_sums(isa: Isa, scores: &[f32], gain: f32, m: f32, lanes: &mut [f32; WARP]) {
+    match isa {
+        // SAFETY: as in `label_costs`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::exp_sums(scores, gain, m, lanes) },
+        Isa::Portable => exp_sums_portable(scores, gain, m, lanes),
+    }
+}
+
+// Adding 0 for a NaN equals skipping it: the lanes start at +0 and the terms are positive.
+fn exp_sums_portable(scores: &[f32], gain: f32, m: f32, lanes: &mut [f32; WARP]) {
+    for (j, &s) in scores.iter().enumerate() {
+        lanes[j % WARP] += exp_term(s, gain, m);
+    }
+}
+
 /// The dot products with each vector's eight lanes in one AVX register: separate multiplies
 /// and adds, lane for lane the sums of [`dot`], so the results are identical.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::label_cost;
+    use super::{WARP, label_cost};
     use crate::labels::LabelSet;
+
+    /// [`super::softmax_exp`] on eight lanes: the same IEEE operations in the same order.
+    /// (Written out because the compiler keeps the scalar function's saturating `as i32`
+    /// scalar.) `n` is a whole number in -126..=0 after the clamp, or NaN, whose lane stays NaN.
+    #[target_feature(enable = "avx2")]
+    fn exp8(x: __m256) -> __m256 {
+        // max/min return the second operand when either is NaN: a NaN passes, as in f32::clamp.
+        let x = _mm256_min_ps(_mm256_set1_ps(0.0), _mm256_max_ps(_mm256_set1_ps(-87.0), x));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(super::LN2_HI))), _mm256_mul_ps(n, _mm256_set1_ps(super::LN2_LO)));
+        let mut p = _mm256_set1_ps(super::EXP_POLY[5]);
+        for &c in super::EXP_POLY[..5].iter().rev() {
+            p = _mm256_add_ps(_mm256_set1_ps(c), _mm256_mul_ps(r, p));
+        }
+        p = _mm256_add_ps(_mm256_set1_ps(1.0), _mm256_mul_ps(r, p));
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+    }
+
+    /// [`super::exp_sums`] eight lanes at a time (bit for bit the portable sums).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn exp_sums(scores: &[f32], gain: f32, m: f32, lanes: &mut [f32; WARP]) {
+        let chunks = scores.chunks_exact(8);
+        let tail = chunks.remainder();
+        let (g, m8) = (_mm256_set1_ps(gain), _mm256_set1_ps(m));
+        let mut base = 0;
+        // Chunk c's eight scores go to lanes 8c .. 8c + 8 (mod WARP), as `j % WARP` puts them.
+        for chunk in chunks {
+            // SAFETY: chunk and lanes[base..base + 8] hold eight floats (base is 0, 8, 16 or 24).
+            unsafe {
+                let s = _mm256_loadu_ps(chunk.as_ptr());
+                let present = _mm256_cmp_ps::<_CMP_ORD_Q>(s, s);
+                let term = _mm256_and_ps(present, exp8(_mm256_sub_ps(_mm256_mul_ps(g, s), m8)));
+                let at = lanes.as_mut_ptr().add(base);
+                _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), term));
+            }
+            base = (base + 8) % WARP;
+        }
+        for (lane, &s) in lanes[base..].iter_mut().zip(tail) {
+            *lane += super::exp_term(s, gain, m);
+        }
+    }
 
     /// Adds the tail (`whole..a.len()`) into the lanes and sums them as [`super::dot`] does.
     #[target_feature(enable = "avx2")]
@@ -267,7 +339,7 @@ pub fn keep_top_k(field: &ScoreField, k: usize) -> ScoreField {
             *n = m as u32;
         },
     );
-    ScoreField { capacity: cap, count, label, score, ..*field }
+    ScoreField { capacity: cap, count, label, score, rest: Vec::new(), ..*field }
 }
 
 /// Per position along one axis, its two grid neighbours and the weight of the second
@@ -302,6 +374,11 @@ pub fn corners(row: (usize, usize, f32), col: (usize, usize, f32), width: usize)
 /// `kept` is `None`), in ascending label id, as `w_coarse * upsampled coarse + w_fine * fine`.
 /// The coarse term reads `coarse`; a label it lacks at a corner (a finer level after rejection)
 /// contributes that corner's lowest score, a bound, so rejected labels are never favoured.
+///
+/// The labels a fine cell does not score go into its `rest` (see [`ScoreField::rest`]), each
+/// estimated as `rest_gain * its coarse score` ([`rest_gain`]), bilinearly interpolated as
+/// `e^score` between the four corners; at a corner, `coarse`'s own rest stands for the labels
+/// it holds no score for.
 #[allow(clippy::too_many_arguments)]
 pub fn fuse_level(
     coarse: &ScoreField,
@@ -311,6 +388,7 @@ pub fn fuse_level(
     scale: f32,
     w_coarse: f32,
     w_fine: f32,
+    rest_gain: f32,
 ) -> ScoreField {
     let k = labels.len();
     let coarse_dense = coarse.is_dense(k);
@@ -321,20 +399,25 @@ pub fn fuse_level(
     let cells = fine.width * fine.height;
     let cap = (source.capacity * 4).min(k).max(1);
     let (rows, cols) = fusion_axes(coarse.grid(), fine.grid());
+    let mass = cell_mass(coarse, rest_gain);
+    // Candidates' coarse scores per corner, padded with NaN (skipped) to whole vectors.
+    let padded = cap.next_multiple_of(8);
     let isa = Isa::detect();
     let mut count = vec![0u32; cells];
     let mut label = vec![0u32; cells * cap];
     let mut score = vec![0.0f32; cells * cap];
+    let mut rest = vec![0.0f32; cells];
     count
         .par_iter_mut()
-        .zip(label.par_chunks_mut(cap))
-        .zip(score.par_chunks_mut(cap))
+        .zip(rest.par_iter_mut())
+        .zip(label.par_chunks_mut(cap).zip(score.par_chunks_mut(cap)))
         .enumerate()
-        // Per-thread scratch for sparse coarse fields: each corner's scores by label id (NaN =
-        // absent there), and the candidate list before de-duplication.
+        // Per-thread scratch: for sparse coarse fields, where each label sits in each corner's
+        // list, by label id (u32::MAX = absent there); the candidate list before
+        // de-duplication; each candidate's coarse score per corner (NaN = absent there).
         .for_each_init(
-            || (if coarse_dense { Vec::new() } else { vec![f32::NAN; 4 * k] }, Vec::with_capacity(4 * source.capacity)),
-            |(scratch, all), (i, ((n, lab), sc))| {
+            || (if coarse_dense { Vec::new() } else { vec![u32::MAX; 4 * k] }, Vec::with_capacity(4 * source.capacity), vec![f32::NAN; 4 * padded]),
+            |(scratch, all, at_corner), (i, ((n, rest), (lab, sc)))| {
                 let corners = corners(rows[i / fine.width], cols[i % fine.width], coarse.width);
                 all.clear();
                 for &(cell, _) in &corners {
@@ -347,8 +430,8 @@ pub fn fuse_level(
                     for (c, &(cell, _)) in corners.iter().enumerate() {
                         let (ls, ss) = coarse.cell(cell);
                         floor[c] = ss.iter().copied().fold(f32::INFINITY, f32::min);
-                        for (&l, &s) in ls.iter().zip(ss) {
-                            scratch[c * k + l as usize] = s;
+                        for (e, &l) in ls.iter().enumerate() {
+                            scratch[c * k + l as usize] = e as u32;
                         }
                     }
                 }
@@ -357,23 +440,117 @@ pub fn fuse_level(
                     let l = l as usize;
                     let mut up = 0.0f32;
                     for (c, &(cell, w)) in corners.iter().enumerate() {
-                        let v = if coarse_dense { coarse.score[cell * k + l] } else { scratch[c * k + l] };
+                        let e = if coarse_dense { l } else { scratch[c * k + l] as usize };
+                        let at = cell * coarse.capacity + e;
+                        let v = if e < coarse.capacity { coarse.score[at] } else { f32::NAN };
+                        at_corner[c * padded + j] = v;
+                        // Absent, or NaN (which the CUDA kernel treats alike).
                         up += w * if v.is_nan() { floor[c] } else { v };
                     }
                     lab[j] = l as u32;
                     sc[j] = w_coarse * up + w_fine * label_cost_isa(isa, p, labels, l, scale);
                 }
+                let mut scored = [[0.0f32; WARP]; 4];
+                let used = all.len().next_multiple_of(8);
+                for (c, &(cell, _)) in corners.iter().enumerate() {
+                    let row = &mut at_corner[c * padded..c * padded + used];
+                    row[all.len()..].fill(f32::NAN);
+                    exp_sums(isa, row, rest_gain, mass[cell][0], &mut scored[c]);
+                }
+                *rest = rest_of_cell(&corners, &mass, &mut scored);
                 if !coarse_dense {
                     for (c, &(cell, _)) in corners.iter().enumerate() {
                         for &l in coarse.cell(cell).0 {
-                            scratch[c * k + l as usize] = f32::NAN;
+                            scratch[c * k + l as usize] = u32::MAX;
                         }
                     }
                 }
                 *n = all.len() as u32;
             },
         );
-    ScoreField { stride: fine.stride, offset: fine.offset, width: fine.width, height: fine.height, capacity: cap, count, label, score }
+    ScoreField { stride: fine.stride, offset: fine.offset, width: fine.width, height: fine.height, capacity: cap, count, label, score, rest }
+}
+
+/// Lanes of the CUDA fusion kernel's warp: [`fuse_level`] sums per-candidate terms in this many
+/// partial sums (candidate `j` into `j % WARP`) and adds them as the warp's shuffle tree does.
+const WARP: usize = 32;
+
+/// The factor [`fuse_level`] applies to a left-out label's coarse score to estimate its fused
+/// score, for the fusion into level `level` (1 = the second) with these per-level weights:
+/// the fine cost is taken to be the coarse cost's, which carries the weights of the levels
+/// before, so `w_coarse + w_fine / (weights before)`.
+pub fn rest_gain(fusion_weights: &[f32], level: usize, w_coarse: f32) -> f32 {
+    let before: f32 = fusion_weights[..level].iter().sum();
+    let w_fine = fusion_weights.get(level).copied().unwrap_or(0.0);
+    if before > 0.0 { w_coarse + w_fine / before } else { w_coarse }
+}
+
+/// Per cell `[m, t]` of `field` with its scores times `gain`: `m` the largest `gain * score`
+/// over its labels and its rest, `t` the sum of `e^(gain * score - m)` over them, the labels'
+/// terms in [`WARP`] partial sums (label `j` into `j % WARP`, added as a shuffle tree, as the
+/// CUDA kernel's lanes do), the rest's term last.
+pub fn cell_mass(field: &ScoreField, gain: f32) -> Vec<[f32; 2]> {
+    let isa = Isa::detect();
+    (0..field.width * field.height)
+        .into_par_iter()
+        .map(|i| {
+            let (_, scores) = field.cell(i);
+            let rest = field.rest(i);
+            let m = scores.iter().fold(if rest == f32::NEG_INFINITY { f32::NEG_INFINITY } else { gain * rest }, |m, &s| m.max(gain * s));
+            let mut lanes = [0.0f32; WARP];
+            exp_sums(isa, scores, gain, m, &mut lanes);
+            let mut t = warp_sum(&mut lanes);
+            if rest != f32::NEG_INFINITY {
+                t += softmax_exp(gain * rest - m);
+            }
+            [m, t]
+        })
+        .collect()
+}
+
+/// Adds lane `l + width` into lane `l` for width 16, 8, 4, 2, 1, as a warp's `__shfl_down_sync`
+/// tree does, and returns lane 0.
+fn warp_sum(lanes: &mut [f32; WARP]) -> f32 {
+    let mut width = WARP / 2;
+    while width > 0 {
+        for lane in 0..width {
+            lanes[lane] += lanes[lane + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// A fine cell's rest from its corners' masses and, per corner, the `e^` terms of the
+/// candidates it scored (in [`WARP`] partial sums): what each corner holds beyond the
+/// candidates, interpolated with the corners' weights.
+fn rest_of_cell(corners: &[(usize, f32); 4], mass: &[[f32; 2]], scored: &mut [[f32; WARP]; 4]) -> f32 {
+    let top = corners.iter().fold(f32::NEG_INFINITY, |m, &(cell, _)| m.max(mass[cell][0]));
+    let mut z = 0.0f32;
+    for (c, &(cell, w)) in corners.iter().enumerate() {
+        let left = (mass[cell][1] - warp_sum(&mut scored[c])).max(0.0);
+        z += w * left * softmax_exp(mass[cell][0] - top);
+    }
+    if z >= f32::MIN_POSITIVE { top + ln_positive(z) } else { f32::NEG_INFINITY }
+}
+
+/// Natural log of a positive normal float: exponent and a series in `(m - 1) / (m + 1)` for the
+/// mantissa `m` in `[sqrt(1/2), sqrt(2))`, in plain multiplies and adds (as [`softmax_exp`],
+/// so the CUDA kernel computes the same bits). Relative error below 1e-6.
+#[inline]
+pub fn ln_positive(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    if m > std::f32::consts::SQRT_2 {
+        m *= 0.5;
+        e += 1;
+    }
+    let s = (m - 1.0) / (m + 1.0);
+    let s2 = s * s;
+    // 2 * atanh(s) = 2 (s + s^3/3 + s^5/5 + s^7/7 + s^9/9 + ...), |s| <= 0.172.
+    let series = 2.0 * s * (1.0 + s2 * (0.333_333_34 + s2 * (0.2 + s2 * (0.142_857_15 + s2 * 0.111_111_11))));
+    e as f32 * std::f32::consts::LN_2 + series
 }
 
 /// [`fuse_level`] when the coarse field kept every label (no rejection): the same sums, without
@@ -403,27 +580,43 @@ fn fuse_dense(coarse: &ScoreField, fine: &EmbeddingMap, labels: &LabelSet, scale
 /// fused multiply-add, computes the same bits. Relative error below 3e-7 on `[-87, 0]`.
 #[inline]
 pub fn softmax_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // 0x3f318000: few mantissa bits, so n * LN2_HI is exact
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 0.0); // e^-87 ~ 1.6e-38, the smallest normal power of two reached
-    let n = (x * LOG2E).round_ties_even();
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = x - n * LN2_HI - n * LN2_LO;
-    // 1/2!, ..., 1/6! as decimal literals, which Rust and CUDA both round to the same f32.
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_888_9)))));
+    let c = EXP_POLY;
+    let p = 1.0 + r * (c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * c[5])))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Turns each cell's logits into probabilities over its candidates (rejected labels get 0).
+/// ln 2 in two parts for [`softmax_exp`]'s reduction: the high part has few mantissa bits
+/// (0x3f318000), so `n * LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1/1!, ..., 1/6! as decimal literals, which Rust and CUDA both round to the same f32.
+const EXP_POLY: [f32; 6] = [1.0, 0.5, 0.166_666_67, 0.041_666_668, 0.008_333_334, 0.001_388_888_9];
+
+/// `softmax_exp(gain * score - m)`, or 0 for a NaN score (an absent label).
+#[inline(always)]
+fn exp_term(score: f32, gain: f32, m: f32) -> f32 {
+    if score.is_nan() { 0.0 } else { softmax_exp(gain * score - m) }
+}
+
+/// Turns each cell's logits into probabilities: of all labels, the cell's rest standing for
+/// those it does not hold (which get no probability of their own).
 pub fn softmax_in_place(field: &mut ScoreField) {
     let cap = field.capacity;
-    field.score.par_chunks_mut(cap).zip(field.count.par_iter()).for_each(|(s, &n)| {
+    let rest = std::mem::take(&mut field.rest);
+    field.score.par_chunks_mut(cap).zip(field.count.par_iter()).enumerate().for_each(|(i, (s, &n))| {
         let s = &mut s[..n as usize];
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let r = rest.get(i).copied().unwrap_or(f32::NEG_INFINITY);
+        let max = s.iter().copied().fold(r, f32::max);
         let mut sum = 0.0f32;
         for x in s.iter_mut() {
             *x = softmax_exp(*x - max);
             sum += *x;
+        }
+        if r != f32::NEG_INFINITY {
+            sum += softmax_exp(r - max);
         }
         s.iter_mut().for_each(|x| *x /= sum);
     });
@@ -513,7 +706,7 @@ mod tests {
         let raw = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
         let labels = label_set(&raw, 3);
         let coarse = dense_cost(&coarse_map, &labels, 5.0);
-        let fused = fuse_level(&coarse, None, &fine_map, &labels, 5.0, 0.5, 2.0);
+        let fused = fuse_level(&coarse, None, &fine_map, &labels, 5.0, 0.5, 2.0, 2.5);
         for i in 0..16 {
             let centre = |j: usize| 8.0 + 16.0 * j as f32;
             let (y0, y1, fy) = bilinear_axis(centre(i / 4), 16.0, 32, 2);
@@ -537,13 +730,83 @@ mod tests {
         let labels = label_set(&[1.0, 0.0, 0.0, 1.0, 0.7, 0.7], 2);
         let coarse = dense_cost(&coarse_map, &labels, 1.0);
         let kept = keep_top_k(&coarse, 2);
-        let fused = fuse_level(&coarse, Some(&kept), &fine_map, &labels, 1.0, 1.0, 1.0);
-        let full = fuse_level(&coarse, None, &fine_map, &labels, 1.0, 1.0, 1.0);
+        let fused = fuse_level(&coarse, Some(&kept), &fine_map, &labels, 1.0, 1.0, 1.0, 2.0);
+        let full = fuse_level(&coarse, None, &fine_map, &labels, 1.0, 1.0, 1.0, 2.0);
         for i in 0..4 {
             assert_eq!(fused.cell(i).0, &[0, 2]);
             // The candidates' scores are exactly those of the full computation.
             assert_eq!(fused.cell(i).1, &[full.cell(i).1[0], full.cell(i).1[2]]);
         }
+    }
+
+    #[test]
+    fn where_the_fine_level_repeats_the_coarse_one_rejection_keeps_the_full_probabilities() {
+        // The same embedding everywhere at both levels: a left-out label's fine cost is its
+        // coarse cost, as the rest's estimate assumes, and interpolation changes nothing.
+        let raw: Vec<f32> = (0..9 * 3).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4).collect();
+        let mut labels = label_set(&raw, 3);
+        labels.gain = (0..9).map(|k| 1.0 + k as f32 * 0.05).collect();
+        let coarse_map = map(32, 2, 2, 3, |_| vec![0.3, 1.0, -0.2]);
+        let fine_map = map(16, 4, 4, 3, |_| vec![0.3, 1.0, -0.2]);
+        let (scale, weights) = (4.0, [0.8f32, 1.5]);
+        let coarse = dense_cost(&coarse_map, &labels, scale * weights[0]);
+        let gain = rest_gain(&weights, 1, 1.0);
+        assert!((gain - (1.0 + 1.5 / 0.8)).abs() < 1e-6);
+        let mut full = fuse_level(&coarse, None, &fine_map, &labels, scale, 1.0, weights[1], gain);
+        let mut early = fuse_level(&coarse, Some(&keep_top_k(&coarse, 3)), &fine_map, &labels, scale, 1.0, weights[1], gain);
+        assert!(full.rest.is_empty() && early.rest.iter().all(|r| r.is_finite()));
+        softmax_in_place(&mut full);
+        softmax_in_place(&mut early);
+        for i in 0..16 {
+            let (ls, ps) = early.cell(i);
+            assert_eq!(ls.len(), 3);
+            for (&l, &p) in ls.iter().zip(ps) {
+                let want = full.cell(i).1[l as usize];
+                assert!((p - want).abs() < 2e-6 * want.max(1e-3), "cell {i} label {l}: {p} vs {want}");
+            }
+            assert!(ps.iter().sum::<f32>() < 0.999, "the left-out labels keep their share");
+        }
+        // Without a rest the candidates would share all the probability.
+        let mut no_rest = fuse_level(&coarse, Some(&keep_top_k(&coarse, 3)), &fine_map, &labels, scale, 1.0, weights[1], gain);
+        no_rest.rest.clear();
+        softmax_in_place(&mut no_rest);
+        assert!((no_rest.cell(0).1.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn exp_sums_are_the_same_bits_on_every_instruction_set() {
+        // Scores around the clamp bounds, both zeros, NaN (absent: skipped), and lengths that
+        // leave tails and wrap the lanes.
+        let mut scores: Vec<f32> = (0..203).map(|i| ((i * 7919) % 1999) as f32 / 1999.0 * 120.0 - 100.0).collect();
+        scores.extend([0.0, -0.0, f32::NAN, 43.5, -43.5, 1e-30, f32::NAN, 50.0]);
+        for len in [0, 1, 7, 8, 9, 31, 32, 33, 64, 100, scores.len()] {
+            for (gain, m) in [(1.0, 0.0), (2.0, 1.5), (0.75, -3.0)] {
+                let bits = |isa| {
+                    let mut lanes = [0.0f32; WARP];
+                    exp_sums(isa, &scores[..len], gain, m, &mut lanes);
+                    lanes.map(f32::to_bits)
+                };
+                for isa in Isa::available() {
+                    assert_eq!(bits(Isa::Portable), bits(isa), "{len} scores, gain {gain}, m {m}, {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ln_positive_tracks_libm() {
+        let mut worst = 0.0f64;
+        let mut x = f32::MIN_POSITIVE;
+        while x < 3e38 {
+            for t in [1.0f32, 1.1, 1.3, 1.4142, 1.4143, 1.6, 1.9] {
+                let v = x * t;
+                let want = (v as f64).ln();
+                worst = worst.max((ln_positive(v) as f64 - want).abs() / want.abs().max(1.0));
+            }
+            x *= 2.0;
+        }
+        assert!(worst < 1e-6, "worst error {worst:e}");
+        assert_eq!(ln_positive(1.0), 0.0);
     }
 
     #[test]
@@ -589,7 +852,7 @@ mod tests {
         let raw: Vec<f32> = (0..12).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
         let labels = label_set(&raw, 2);
         let coarse = dense_cost(&coarse_map, &labels, 2.0);
-        let fused = fuse_level(&coarse, Some(&keep_top_k(&coarse, 2)), &fine_map, &labels, 2.0, 1.0, 1.0);
+        let fused = fuse_level(&coarse, Some(&keep_top_k(&coarse, 2)), &fine_map, &labels, 2.0, 1.0, 1.0, 2.0);
         for i in 0..16 {
             let ls = fused.cell(i).0;
             assert!(ls.windows(2).all(|w| w[0] < w[1]), "cell {i}: {ls:?}");

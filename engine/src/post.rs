@@ -255,6 +255,7 @@ mod tests {
             count: vec![3, 2],
             label: vec![0, 1, 2, 2, 1, 0],
             score: vec![0.7, 0.2, 0.1, 0.6, 0.4, 0.0],
+            rest: Vec::new(),
         }
     }
 
@@ -300,6 +301,7 @@ mod tests {
             count: vec![3; cells],
             label: vec![0, 2, 4, 1, 2, 3, 5, 0, 1, 4, 3, 2],
             score: (0..cells * 3).map(|_| next()).collect(),
+            rest: Vec::new(),
         };
         let dense = ScoreField { capacity: 6, count: vec![6; cells], label: (0..cells).flat_map(|_| 0..6).collect(), score: (0..cells * 6).map(|_| next() / 3.0).collect(), ..sparse.clone() };
         for (field, is_dense) in [(&sparse, false), (&dense, true)] {

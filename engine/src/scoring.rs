@@ -2,7 +2,7 @@
 //! level, coarse-to-fine fusion with category early rejection, softmax, and interpolation to a
 //! label map. One trait, a CPU implementation (also the reference) and, with feature `cuda`, a
 //! CUDA one that reproduces it bit for bit.
-use crate::costmap::{EmbeddingMap, ScoreField, dense_cost, fuse_level, keep_top_k, softmax_in_place};
+use crate::costmap::{EmbeddingMap, ScoreField, dense_cost, fuse_level, keep_top_k, rest_gain, softmax_in_place};
 use crate::backend::BackendKind;
 use crate::error::{EngineError, Result};
 use crate::labels::LabelSet;
@@ -133,9 +133,9 @@ pub fn fused_probabilities(levels: &[EmbeddingMap], plan: &ScoringPlan) -> Resul
     let (first, rest) = levels.split_first().ok_or_else(|| EngineError::Runtime("no levels".into()))?;
     let scale = plan.logit_scale;
     let mut field = dense_cost(first, plan.labels, scale * plan.fusion_weights[0]);
-    for (level, &weight) in rest.iter().zip(&plan.fusion_weights[1..]) {
+    for (i, (level, &weight)) in rest.iter().zip(&plan.fusion_weights[1..]).enumerate() {
         let kept = plan.rejection().map(|k| keep_top_k(&field, k));
-        field = fuse_level(&field, kept.as_ref(), level, plan.labels, scale, 1.0, weight);
+        field = fuse_level(&field, kept.as_ref(), level, plan.labels, scale, 1.0, weight, rest_gain(plan.fusion_weights, i + 1, 1.0));
     }
     softmax_in_place(&mut field);
     Ok(field)

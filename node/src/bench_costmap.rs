@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use engine::costmap::{EmbeddingMap, l2_normalize};
 use engine::labels::LabelSet;
+use engine::post::LabelMap;
 use engine::preprocess::{ContentRect, preprocess};
 use engine::scoring::{CpuScorer, Scorer, ScoringPlan};
 use engine::{BackendKind, Frame};
@@ -228,8 +229,8 @@ fn first_labels(all: &LabelSet, k: usize) -> LabelSet {
 /// One place to score: the CPU, or the GPU with the levels already in device memory.
 trait Timed {
     fn device(&self) -> String;
-    /// Milliseconds and the label ids at cell resolution.
-    fn run(&mut self, frame: usize, plan: &ScoringPlan) -> Result<(f64, Vec<u16>)>;
+    /// Milliseconds and the label map.
+    fn run(&mut self, frame: usize, plan: &ScoringPlan) -> Result<(f64, LabelMap)>;
 }
 
 struct OnCpu<'a> {
@@ -241,10 +242,10 @@ impl Timed for OnCpu<'_> {
     fn device(&self) -> String {
         format!("cpu ({} threads)", self.threads)
     }
-    fn run(&mut self, frame: usize, plan: &ScoringPlan) -> Result<(f64, Vec<u16>)> {
+    fn run(&mut self, frame: usize, plan: &ScoringPlan) -> Result<(f64, LabelMap)> {
         let t = Instant::now();
         let scored = CpuScorer.score(&self.frames[frame].1, plan)?;
-        Ok((t.elapsed().as_secs_f64() * 1e3, scored.map.labels))
+        Ok((t.elapsed().as_secs_f64() * 1e3, scored.map))
     }
 }
 
@@ -259,10 +260,10 @@ impl Timed for OnGpu {
     fn device(&self) -> String {
         format!("cuda: {}", self.scorer.device_name())
     }
-    fn run(&mut self, frame: usize, plan: &ScoringPlan) -> Result<(f64, Vec<u16>)> {
+    fn run(&mut self, frame: usize, plan: &ScoringPlan) -> Result<(f64, LabelMap)> {
         let t = Instant::now();
         let scored = self.scorer.score_resident(&self.frames[frame], plan)?;
-        Ok((t.elapsed().as_secs_f64() * 1e3, scored.map.labels))
+        Ok((t.elapsed().as_secs_f64() * 1e3, scored.map))
     }
 }
 
@@ -307,10 +308,12 @@ fn full_vs_early(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, top_k: 
         }
     }
     let (full_between, early_between) = (cell_plan(inputs, labels, 0, true)?, cell_plan(inputs, labels, top_k, true)?);
-    let (mut agree, mut agree_between) = (Vec::new(), Vec::new());
+    let (mut agree, mut agree_between, mut confidence) = (Vec::new(), Vec::new(), ConfidenceGap::default());
     for f in 0..inputs.frames.len() {
-        agree.push(agreement(&on.run(f, &full)?.1, &on.run(f, &early)?.1));
-        agree_between.push(agreement(&on.run(f, &full_between)?.1, &on.run(f, &early_between)?.1));
+        agree.push(agreement(&on.run(f, &full)?.1.labels, &on.run(f, &early)?.1.labels));
+        let (a, b) = (on.run(f, &full_between)?.1, on.run(f, &early_between)?.1);
+        agree_between.push(agreement(&a.labels, &b.labels));
+        confidence.add(&a.confidence, &b.confidence);
     }
     let (full_us, early_us) = (median(&mut t_full) * 1e3, median(&mut t_early) * 1e3);
     Ok(json!({
@@ -322,7 +325,35 @@ fn full_vs_early(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, top_k: 
         "agreement": agree.iter().sum::<f64>() / agree.len().max(1) as f64,
         "agreement_per_frame": agree,
         "agreement_between_cells": agree_between.iter().sum::<f64>() / agree_between.len().max(1) as f64,
+        "confidence_between_cells": confidence.report(),
     }))
+}
+
+/// How far early rejection moves the confidence (the probability of the winning label, which
+/// the unknown threshold is compared with) from the full computation's.
+#[derive(Default)]
+struct ConfidenceGap {
+    full: Vec<f64>,
+    early: Vec<f64>,
+}
+
+impl ConfidenceGap {
+    fn add(&mut self, full: &[f32], early: &[f32]) {
+        self.full.extend(full.iter().map(|&c| c as f64));
+        self.early.extend(early.iter().map(|&c| c as f64));
+    }
+
+    fn report(&self) -> Value {
+        let mut gap: Vec<f64> = self.full.iter().zip(&self.early).map(|(a, b)| (b - a).abs()).collect();
+        let (mut full, mut early) = (self.full.clone(), self.early.clone());
+        json!({
+            "full_median": median(&mut full),
+            "early_median": median(&mut early),
+            "abs_difference_median": median(&mut gap),
+            "abs_difference_p99": gap.get(gap.len() * 99 / 100).copied().unwrap_or(f64::NAN),
+            "abs_difference_max": gap.last().copied().unwrap_or(f64::NAN),
+        })
+    }
 }
 
 fn sweep(on: &mut dyn Timed, inputs: &Inputs, labels: &LabelSet, runs: usize) -> Result<Sweep> {
@@ -402,7 +433,8 @@ fn on_gpu(
             identical &= cpu.run(f, p)?.1 == gpu.run(f, p)?.1;
         }
     }
-    g["labels_identical_to_cpu"] = json!(identical);
+    // Labels and confidences, bit for bit.
+    g["maps_identical_to_cpu"] = json!(identical);
     g["gpu_speedup_over_cpu_full"] = json!(cpu_full_us / full_us);
     eprintln!("{}: full {full_us:.0} us, early {:.0} us", g["device"], g["early_us"].as_f64().unwrap_or(0.0));
     let sweep = if args.sweep {

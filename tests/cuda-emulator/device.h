@@ -61,6 +61,21 @@ inline T __shfl_down_sync(unsigned, T value, unsigned delta) {
     return out;
 }
 
+// The same exchange with lane (lane ^ mask); a partner beyond the block keeps the lane's own.
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T value, int lane_mask) {
+    static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a type wider than 64 bits");
+    EmuThread* me = __emu_current;
+    unsigned threads = me->block_dim.x * me->block_dim.y * me->block_dim.z;
+    std::memcpy(&me->shuffle[me->linear], &value, sizeof(T));
+    __syncwarp();
+    T out = value;
+    unsigned partner = me->linear - me->linear % 32 + ((me->linear % 32) ^ ((unsigned)lane_mask & 31u));
+    if (partner < threads) std::memcpy(&out, &me->shuffle[partner], sizeof(T));
+    __syncwarp();
+    return out;
+}
+
 template <typename T>
 struct EmuSame {
     using type = T;
@@ -84,6 +99,16 @@ inline float __int_as_float(int v) {
 }
 inline int __float_as_int(float f) {
     int v;
+    std::memcpy(&v, &f, sizeof v);
+    return v;
+}
+inline float __uint_as_float(unsigned v) {
+    float f;
+    std::memcpy(&f, &v, sizeof f);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned v;
     std::memcpy(&v, &f, sizeof v);
     return v;
 }

@@ -49,6 +49,23 @@ __device__ __forceinline__ float softmax_exp(float x) {
     return p * __int_as_float(((int)n + 127) << 23);
 }
 
+// costmap::ln_positive, same constants, same operations (x positive and normal).
+__device__ __forceinline__ float ln_positive(float x) {
+    unsigned bits = __float_as_uint(x);
+    int e = (int)((bits >> 23) & 0xffu) - 127;
+    float m = __uint_as_float((bits & 0x007fffffu) | 0x3f800000u);
+    if (m > 1.41421356237309504880f) {
+        m *= 0.5f;
+        e += 1;
+    }
+    float s = (m - 1.0f) / (m + 1.0f);
+    float s2 = s * s;
+    float series = 2.0f * s * (1.0f + s2 * (0.33333334f + s2 * (0.2f + s2 * (0.14285715f + s2 * 0.11111111f))));
+    return (float)e * 0.693147180559945309417f + series;
+}
+
+#define NEG_INF __int_as_float(0xff800000)
+
 // ---------------------------------------------------------------------------------------------
 // Dense cost: every label at every cell. A block computes 16 cells x 64 labels; each thread one
 // cell and four labels, with the embedding dimension staged through shared memory in chunks of
@@ -189,17 +206,48 @@ extern "C" __global__ void keep_top_k(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Per cell [m, t] (costmap::cell_mass): m the largest gain * score over its labels and its rest,
+// t the sum of e^(gain * score - m) over them. One warp per cell: lane l sums labels l, l + 32,
+// ... in order, a shuffle tree adds the lanes' sums, the rest's term comes last.
+#define CM_WARPS 4
+extern "C" __global__ void cell_mass(
+    const u32* __restrict__ count, const float* __restrict__ score, int cap,
+    const float* __restrict__ rest, int has_rest, int cells, float gain, float* __restrict__ mass)
+{
+    const int lane = threadIdx.x % 32;
+    const int i = blockIdx.x * CM_WARPS + threadIdx.x / 32;
+    if (i >= cells) return; // the whole warp leaves together
+    int n = (int)count[i];
+    const float* s = score + (size_t)i * cap;
+    float r = has_rest ? rest[i] : NEG_INF;
+    float m = r == NEG_INF ? NEG_INF : gain * r;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, gain * s[j]);
+    for (int width = 16; width > 0; width /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, width));
+    float t = 0.0f;
+    for (int j = lane; j < n; j += 32) t += softmax_exp(gain * s[j] - m);
+    for (int width = 16; width > 0; width /= 2) t += __shfl_down_sync(0xffffffffu, t, width);
+    if (lane == 0) {
+        if (r != NEG_INF) t += softmax_exp(gain * r - m);
+        mass[2 * (size_t)i] = m;
+        mass[2 * (size_t)i + 1] = t;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Top-down fusion after rejection (costmap::fuse_level with `kept`): one warp per fine cell.
 // Lane 0 builds the sorted union of the labels the four coarse corners kept; the lanes then
 // score one candidate each. The coarse term reads the coarse field: directly when it is dense,
-// else by search, with the corner's lowest score for a label it lacks.
+// else by search, with the corner's lowest score for a label it lacks. Each lane sums, per
+// corner, e^(rest_gain * coarse score - m) of its candidates (m from cell_mass); a shuffle tree
+// adds the lanes' sums, and lane 0 turns what the corners hold beyond them into the cell's rest.
 #define FS_WARPS 4
 #define FS_MAX_CANDIDATES 256
 
-__device__ __forceinline__ float corner_score(const u32* ls, const float* ss, int n, u32 l, float fallback) {
+// Where label l sits in a corner's list, or -1.
+__device__ __forceinline__ int corner_slot(const u32* ls, int n, u32 l) {
     for (int e = 0; e < n; ++e)
-        if (ls[e] == l) return ss[e];
-    return fallback;
+        if (ls[e] == l) return e;
+    return -1;
 }
 
 extern "C" __global__ void fuse_sparse(
@@ -211,7 +259,9 @@ extern "C" __global__ void fuse_sparse(
     const float* __restrict__ pix, int dim,
     const float* __restrict__ emb, const float* __restrict__ gain, const float* __restrict__ bias,
     float scale, float w_coarse, float w_fine, int out_cap,
-    u32* __restrict__ out_count, u32* __restrict__ out_label, float* __restrict__ out_score)
+    const float* __restrict__ mass, float rest_gain,
+    u32* __restrict__ out_count, u32* __restrict__ out_label, float* __restrict__ out_score,
+    float* __restrict__ out_rest)
 {
     __shared__ u32 candidates[FS_WARPS][FS_MAX_CANDIDATES];
     __shared__ int used_by_warp[FS_WARPS];
@@ -256,36 +306,61 @@ extern "C" __global__ void fuse_sparse(
         }
     }
     const float* p = pix + (size_t)i * dim;
+    float scored[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int j = lane; j < used; j += 32) {
         u32 l = candidates[warp][j];
         float up = 0.0f;
         for (int c = 0; c < 4; ++c) {
-            const u32* ls = c_label + (size_t)cell[c] * c_cap;
             const float* ss = c_score + (size_t)cell[c] * c_cap;
-            float v = c_dense ? ss[l] : corner_score(ls, ss, (int)c_count[cell[c]], l, floor_[c]);
-            up += w[c] * v;
+            int e = c_dense ? (int)l : corner_slot(c_label + (size_t)cell[c] * c_cap, (int)c_count[cell[c]], l);
+            float v = e < 0 ? __int_as_float(0x7fc00000) : ss[e];
+            if (v != v) { // absent, or NaN: as the CPU, which marks absent labels with NaN
+                up += w[c] * floor_[c];
+            } else {
+                up += w[c] * v;
+                scored[c] += softmax_exp(rest_gain * v - mass[2 * (size_t)cell[c]]);
+            }
         }
         float cost = scale * (gain[l] * dot8(p, emb + (size_t)l * dim, dim) + bias[l]);
         out_label[(size_t)i * out_cap + j] = l;
         out_score[(size_t)i * out_cap + j] = w_coarse * up + w_fine * cost;
     }
-    if (lane == 0) out_count[i] = (u32)used;
+    for (int c = 0; c < 4; ++c)
+        for (int width = 16; width > 0; width /= 2) scored[c] += __shfl_down_sync(0xffffffffu, scored[c], width);
+    if (lane == 0) {
+        out_count[i] = (u32)used;
+        // costmap::rest_of_cell
+        float top = NEG_INF;
+        for (int c = 0; c < 4; ++c) top = fmaxf(top, mass[2 * (size_t)cell[c]]);
+        float z = 0.0f;
+        for (int c = 0; c < 4; ++c) {
+            float left = fmaxf(mass[2 * (size_t)cell[c] + 1] - scored[c], 0.0f);
+            z += w[c] * left * softmax_exp(mass[2 * (size_t)cell[c]] - top);
+        }
+        out_rest[i] = z >= 1.17549435e-38f ? top + ln_positive(z) : NEG_INF;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Softmax over each cell's candidates (costmap::softmax_in_place). One thread per cell.
-extern "C" __global__ void softmax_cells(const u32* __restrict__ count, float* __restrict__ score, int cap, int cells) {
+// Softmax over each cell's candidates and its rest (costmap::softmax_in_place). One thread per
+// cell.
+extern "C" __global__ void softmax_cells(
+    const u32* __restrict__ count, float* __restrict__ score, int cap, const float* __restrict__ rest, int has_rest,
+    int cells)
+{
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= cells) return;
     int n = (int)count[i];
     float* s = score + (size_t)i * cap;
-    float m = __int_as_float(0xff800000); // -inf
+    float r = has_rest ? rest[i] : NEG_INF;
+    float m = r;
     for (int j = 0; j < n; ++j) m = fmaxf(m, s[j]);
     float sum = 0.0f;
     for (int j = 0; j < n; ++j) {
         s[j] = softmax_exp(s[j] - m);
         sum += s[j];
     }
+    if (r != NEG_INF) sum += softmax_exp(r - m);
     for (int j = 0; j < n; ++j) s[j] = s[j] / sum;
 }
 

@@ -25,6 +25,7 @@ pub const KERNELS: &str = include_str!("kernels.cu");
 pub const ENTRY_POINTS: &[&str] = &[
     "cost_dense",
     "keep_top_k",
+    "cell_mass",
     "fuse_sparse",
     "softmax_cells",
     "upsample_argmax",

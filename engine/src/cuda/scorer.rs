@@ -8,7 +8,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConf
 
 use super::gpu;
 use crate::backend::DeviceTensor;
-use crate::costmap::{Axis, EmbeddingMap, Grid, ScoreField, fusion_axes};
+use crate::costmap::{Axis, EmbeddingMap, Grid, ScoreField, fusion_axes, rest_gain};
 use crate::manifest::EmbeddingOutput;
 use crate::error::{EngineError, Result};
 use crate::labels::LabelSet;
@@ -23,6 +23,7 @@ pub const MAX_FUSED_CANDIDATES: usize = 256;
 struct Kernels {
     cost_dense: CudaFunction,
     keep_top_k: CudaFunction,
+    cell_mass: CudaFunction,
     fuse_sparse: CudaFunction,
     softmax_cells: CudaFunction,
     upsample_argmax: CudaFunction,
@@ -47,6 +48,8 @@ struct DeviceField {
     count: CudaSlice<u32>,
     label: CudaSlice<u32>,
     score: CudaSlice<f32>,
+    /// Per cell, the labels left out as one score ([`ScoreField::rest`]); `None` where none are.
+    rest: Option<CudaSlice<f32>>,
 }
 
 /// One level of pixel embeddings in device memory (pixel-major, L2-normalised).
@@ -91,6 +94,7 @@ impl CudaScorer {
         let kernels = Kernels {
             cost_dense: device.function("cost_dense")?,
             keep_top_k: device.function("keep_top_k")?,
+            cell_mass: device.function("cell_mass")?,
             fuse_sparse: device.function("fuse_sparse")?,
             softmax_cells: device.function("softmax_cells")?,
             upsample_argmax: device.function("upsample_argmax")?,
@@ -144,6 +148,7 @@ impl CudaScorer {
             count: self.alloc::<u32>(cells)?,
             label: self.alloc::<u32>(cells * capacity)?,
             score: self.alloc::<f32>(cells * capacity)?,
+            rest: None,
         })
     }
 
@@ -234,6 +239,21 @@ impl CudaScorer {
         Ok(out)
     }
 
+    /// [`crate::costmap::cell_mass`] of `field`: per cell `[m, t]`, interleaved.
+    fn cell_mass(&self, field: &DeviceField, gain: f32) -> Result<CudaSlice<f32>> {
+        let cells = field.grid.width * field.grid.height;
+        let mut mass = self.alloc::<f32>(2 * cells)?;
+        let (cap_i, cells_i, has_rest) = (field.capacity as i32, cells as i32, field.rest.is_some() as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.cell_mass);
+        b.arg(&field.count).arg(&field.score).arg(&cap_i).arg(field.rest.as_ref().unwrap_or(&self.unused_f32)).arg(&has_rest);
+        b.arg(&cells_i).arg(&gain).arg(&mut mass);
+        let cfg = LaunchConfig { grid_dim: (blocks(cells, 4), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches cell_mass in kernels.cu (four warps a block, one cell each); `rest`
+        // holds `cells` floats when has_rest, and `mass` 2 x cells.
+        unsafe { b.launch(cfg) }.map_err(|e| gpu("cell_mass", e))?;
+        Ok(mass)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn fuse_sparse(
         &self,
@@ -242,15 +262,16 @@ impl CudaScorer {
         level: &DeviceLevel,
         num_labels: usize,
         scale: f32,
-        w_coarse: f32,
-        w_fine: f32,
+        (w_coarse, w_fine, rest_gain): (f32, f32, f32),
     ) -> Result<DeviceField> {
         let labels = self.device_labels()?;
         let cap = (kept.capacity * 4).min(num_labels).max(1);
         let cells = level.grid.width * level.grid.height;
         let (rows, cols) = fusion_axes(coarse.grid, level.grid);
         let (rows, cols) = (self.axis(&rows)?, self.axis(&cols)?);
+        let mass = self.cell_mass(coarse, rest_gain)?;
         let mut out = self.new_field(level.grid, cap, false)?;
+        let mut rest = self.alloc::<f32>(cells)?;
         let (k_cap, c_cap, c_dense, c_width) = (kept.capacity as i32, coarse.capacity as i32, coarse.dense as i32, coarse.grid.width as i32);
         let (width_i, cells_i, dim_i, cap_i) = (level.grid.width as i32, cells as i32, level.dim as i32, cap as i32);
         let mut b = self.stream.launch_builder(&self.kernels.fuse_sparse);
@@ -258,20 +279,22 @@ impl CudaScorer {
         b.arg(&coarse.count).arg(&coarse.label).arg(&coarse.score).arg(&c_cap).arg(&c_dense).arg(&c_width);
         b.arg(&rows.index).arg(&rows.frac).arg(&cols.index).arg(&cols.frac).arg(&width_i).arg(&cells_i);
         b.arg(&level.data).arg(&dim_i).arg(&labels.embeddings).arg(&labels.gain).arg(&labels.bias);
-        b.arg(&scale).arg(&w_coarse).arg(&w_fine).arg(&cap_i);
-        b.arg(&mut out.count).arg(&mut out.label).arg(&mut out.score);
+        b.arg(&scale).arg(&w_coarse).arg(&w_fine).arg(&cap_i).arg(&mass).arg(&rest_gain);
+        b.arg(&mut out.count).arg(&mut out.label).arg(&mut out.score).arg(&mut rest);
         let cfg = LaunchConfig { grid_dim: (blocks(cells, 4), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches fuse_sparse in kernels.cu; cap <= MAX_FUSED_CANDIDATES (checked by
-        // `within_limits`), outputs hold cells x cap.
+        // `within_limits`), outputs hold cells x cap, `rest` cells; `mass` is cell_mass's of `coarse`.
         unsafe { b.launch(cfg) }.map_err(|e| gpu("fuse_sparse", e))?;
+        out.rest = Some(rest);
         Ok(out)
     }
 
     fn softmax(&self, field: &mut DeviceField) -> Result<()> {
         let cells = field.grid.width * field.grid.height;
-        let (cap_i, cells_i) = (field.capacity as i32, cells as i32);
+        let (cap_i, cells_i, has_rest) = (field.capacity as i32, cells as i32, field.rest.is_some() as i32);
         let mut b = self.stream.launch_builder(&self.kernels.softmax_cells);
-        b.arg(&field.count).arg(&mut field.score).arg(&cap_i).arg(&cells_i);
+        b.arg(&field.count).arg(&mut field.score).arg(&cap_i);
+        b.arg(field.rest.as_ref().unwrap_or(&self.unused_f32)).arg(&has_rest).arg(&cells_i);
         // SAFETY: matches softmax_cells in kernels.cu.
         unsafe { b.launch(linear(cells)) }.map_err(|e| gpu("softmax_cells", e))?;
         Ok(())
@@ -321,11 +344,12 @@ impl CudaScorer {
         let k = plan.labels.len();
         let scale = plan.logit_scale;
         let mut field = self.cost_dense(&levels[0], k, scale * plan.fusion_weights[0], None)?;
-        for (level, &weight) in levels[1..].iter().zip(&plan.fusion_weights[1..]) {
+        for (i, (level, &weight)) in levels[1..].iter().zip(&plan.fusion_weights[1..]).enumerate() {
             field = match plan.rejection() {
                 Some(top_k) => {
                     let kept = self.keep_top_k(&field, top_k)?;
-                    self.fuse_sparse(&field, &kept, level, k, scale, 1.0, weight)?
+                    let weights = (1.0, weight, rest_gain(plan.fusion_weights, i + 1, 1.0));
+                    self.fuse_sparse(&field, &kept, level, k, scale, weights)?
                 }
                 None => self.cost_dense(level, k, scale, Some((&field, 1.0, weight)))?,
             };
@@ -358,6 +382,8 @@ impl CudaScorer {
             count: self.download(&field.count)?,
             label: self.download(&field.label)?,
             score: self.download(&field.score)?,
+            // The softmax has taken the rest in, as the CPU's does.
+            rest: Vec::new(),
         })
     }
 
