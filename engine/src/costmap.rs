@@ -489,7 +489,7 @@ pub fn rest_gain(fusion_weights: &[f32], level: usize, w_coarse: f32) -> f32 {
 /// over its labels and its rest, `t` the sum of `e^(gain * score - m)` over them, the labels'
 /// terms in [`WARP`] partial sums (label `j` into `j % WARP`, added as a shuffle tree, as the
 /// CUDA kernel's lanes do), the rest's term last.
-pub fn cell_mass(field: &ScoreField, gain: f32) -> Vec<[f32; 2]> {
+pub(crate) fn cell_mass(field: &ScoreField, gain: f32) -> Vec<[f32; 2]> {
     let isa = Isa::detect();
     (0..field.width * field.height)
         .into_par_iter()
