@@ -54,9 +54,9 @@ pub struct ScoreField {
     pub label: Vec<u32>,
     pub score: Vec<f32>,
     /// Per cell, the labels early rejection left out, as one pseudo-label: the log of the sum of
-    /// their estimated `e^score` (see [`fuse_level`]), `-inf` where none. Empty when no cell
-    /// left any out. It keeps the softmax over a cell's candidates a share of all labels, as
-    /// without rejection, instead of a share of the candidates only.
+    /// their estimated `e^score` (see [`fuse_level`]), `-inf` where none. Empty in fields made
+    /// without rejection. It keeps the softmax over a cell's candidates a share of all labels,
+    /// as without rejection, instead of a share of the candidates only.
     pub rest: Vec<f32>,
 }
 
@@ -378,7 +378,7 @@ pub fn corners(row: (usize, usize, f32), col: (usize, usize, f32), width: usize)
 /// The labels a fine cell does not score go into its `rest` (see [`ScoreField::rest`]), each
 /// estimated as `rest_gain * its coarse score` ([`rest_gain`]), bilinearly interpolated as
 /// `e^score` between the four corners; at a corner, `coarse`'s own rest stands for the labels
-/// it holds no score for.
+/// it holds no score for, as if they all scored alike ([`cell_mass`]).
 #[allow(clippy::too_many_arguments)]
 pub fn fuse_level(
     coarse: &ScoreField,
@@ -399,7 +399,7 @@ pub fn fuse_level(
     let cells = fine.width * fine.height;
     let cap = (source.capacity * 4).min(k).max(1);
     let (rows, cols) = fusion_axes(coarse.grid(), fine.grid());
-    let mass = cell_mass(coarse, rest_gain);
+    let mass = cell_mass(coarse, k, rest_gain);
     // Candidates' coarse scores per corner, padded with NaN (skipped) to whole vectors.
     let padded = cap.next_multiple_of(8);
     let isa = Isa::detect();
@@ -441,11 +441,11 @@ pub fn fuse_level(
                     let mut up = 0.0f32;
                     for (c, &(cell, w)) in corners.iter().enumerate() {
                         let e = if coarse_dense { l } else { scratch[c * k + l] as usize };
-                        let at = cell * coarse.capacity + e;
-                        let v = if e < coarse.capacity { coarse.score[at] } else { f32::NAN };
-                        at_corner[c * padded + j] = v;
-                        // Absent, or NaN (which the CUDA kernel treats alike).
-                        up += w * if v.is_nan() { floor[c] } else { v };
+                        // Absent at this corner: its floor in the coarse term, and in the sums
+                        // one of the corner's left-out labels, whose share of its rest is `a`.
+                        let v = if e < coarse.capacity { Some(coarse.score[cell * coarse.capacity + e]) } else { None };
+                        at_corner[c * padded + j] = v.unwrap_or(mass[cell][2]);
+                        up += w * v.unwrap_or(floor[c]);
                     }
                     lab[j] = l as u32;
                     sc[j] = w_coarse * up + w_fine * label_cost_isa(isa, p, labels, l, scale);
@@ -476,34 +476,45 @@ pub fn fuse_level(
 const WARP: usize = 32;
 
 /// The factor [`fuse_level`] applies to a left-out label's coarse score to estimate its fused
-/// score, for the fusion into level `level` (1 = the second) with these per-level weights:
-/// the fine cost is taken to be the coarse cost's, which carries the weights of the levels
-/// before, so `w_coarse + w_fine / (weights before)`.
-pub fn rest_gain(fusion_weights: &[f32], level: usize, w_coarse: f32) -> f32 {
+/// score, for the fusion into level `level` (1 = the second) with these per-level weights and
+/// the coarse term's weight 1 (as [`crate::scoring::fused_probabilities`] fuses): the fine cost
+/// is taken to be the coarse cost's, which carries the weights of the levels before, so
+/// `1 + w_fine / (weights before)`.
+pub fn rest_gain(fusion_weights: &[f32], level: usize) -> f32 {
     let before: f32 = fusion_weights[..level].iter().sum();
     let w_fine = fusion_weights.get(level).copied().unwrap_or(0.0);
-    if before > 0.0 { w_coarse + w_fine / before } else { w_coarse }
+    if before > 0.0 { 1.0 + w_fine / before } else { 1.0 }
 }
 
-/// Per cell `[m, t]` of `field` with its scores times `gain`: `m` the largest `gain * score`
-/// over its labels and its rest, `t` the sum of `e^(gain * score - m)` over them, the labels'
-/// terms in [`WARP`] partial sums (label `j` into `j % WARP`, added as a shuffle tree, as the
-/// CUDA kernel's lanes do), the rest's term last.
-pub(crate) fn cell_mass(field: &ScoreField, gain: f32) -> Vec<[f32; 2]> {
+/// Per cell `[m, t, a]` of `field` (of `num_labels` labels) with its scores times `gain`.
+/// A cell's rest stands for its `n` left-out labels as if each scored `a = rest - ln n` (NaN
+/// where the cell has no rest), so that together they weigh `e^(gain * a + ln n)`. `m` is the
+/// largest of that and `gain * score` over the cell's labels, `t` the sum of
+/// `e^(gain * score - m)` over the labels and the rest's weight `e^(gain * a + ln n - m)`: the
+/// labels' terms in [`WARP`] partial sums (label `j` into `j % WARP`, added as a shuffle tree,
+/// as the CUDA kernel's lanes do), the rest's last.
+pub(crate) fn cell_mass(field: &ScoreField, num_labels: usize, gain: f32) -> Vec<[f32; 3]> {
     let isa = Isa::detect();
     (0..field.width * field.height)
         .into_par_iter()
         .map(|i| {
             let (_, scores) = field.cell(i);
             let rest = field.rest(i);
-            let m = scores.iter().fold(if rest == f32::NEG_INFINITY { f32::NEG_INFINITY } else { gain * rest }, |m, &s| m.max(gain * s));
+            let (a, rest_weight) = if rest == f32::NEG_INFINITY {
+                (f32::NAN, f32::NEG_INFINITY)
+            } else {
+                let ln_n = ln_positive(num_labels.saturating_sub(scores.len()).max(1) as f32);
+                let a = rest - ln_n;
+                (a, gain * a + ln_n)
+            };
+            let m = scores.iter().fold(rest_weight, |m, &s| m.max(gain * s));
             let mut lanes = [0.0f32; WARP];
             exp_sums(isa, scores, gain, m, &mut lanes);
             let mut t = warp_sum(&mut lanes);
             if rest != f32::NEG_INFINITY {
-                t += softmax_exp(gain * rest - m);
+                t += softmax_exp(rest_weight - m);
             }
-            [m, t]
+            [m, t, a]
         })
         .collect()
 }
@@ -524,7 +535,7 @@ fn warp_sum(lanes: &mut [f32; WARP]) -> f32 {
 /// A fine cell's rest from its corners' masses and, per corner, the `e^` terms of the
 /// candidates it scored (in [`WARP`] partial sums): what each corner holds beyond the
 /// candidates, interpolated with the corners' weights.
-fn rest_of_cell(corners: &[(usize, f32); 4], mass: &[[f32; 2]], scored: &mut [[f32; WARP]; 4]) -> f32 {
+fn rest_of_cell(corners: &[(usize, f32); 4], mass: &[[f32; 3]], scored: &mut [[f32; WARP]; 4]) -> f32 {
     let top = corners.iter().fold(f32::NEG_INFINITY, |m, &(cell, _)| m.max(mass[cell][0]));
     let mut z = 0.0f32;
     for (c, &(cell, w)) in corners.iter().enumerate() {
@@ -536,7 +547,8 @@ fn rest_of_cell(corners: &[(usize, f32); 4], mass: &[[f32; 2]], scored: &mut [[f
 
 /// Natural log of a positive normal float: exponent and a series in `(m - 1) / (m + 1)` for the
 /// mantissa `m` in `[sqrt(1/2), sqrt(2))`, in plain multiplies and adds (as [`softmax_exp`],
-/// so the CUDA kernel computes the same bits). Relative error below 1e-6.
+/// so the CUDA kernel computes the same bits). Error below 1e-6, absolute where `|ln x| < 1`,
+/// relative elsewhere.
 #[inline]
 pub fn ln_positive(x: f32) -> f32 {
     let bits = x.to_bits();
@@ -750,7 +762,7 @@ mod tests {
         let fine_map = map(16, 4, 4, 3, |_| vec![0.3, 1.0, -0.2]);
         let (scale, weights) = (4.0, [0.8f32, 1.5]);
         let coarse = dense_cost(&coarse_map, &labels, scale * weights[0]);
-        let gain = rest_gain(&weights, 1, 1.0);
+        let gain = rest_gain(&weights, 1);
         assert!((gain - (1.0 + 1.5 / 0.8)).abs() < 1e-6);
         let mut full = fuse_level(&coarse, None, &fine_map, &labels, scale, 1.0, weights[1], gain);
         let mut early = fuse_level(&coarse, Some(&keep_top_k(&coarse, 3)), &fine_map, &labels, scale, 1.0, weights[1], gain);
@@ -771,6 +783,35 @@ mod tests {
         no_rest.rest.clear();
         softmax_in_place(&mut no_rest);
         assert!((no_rest.cell(0).1.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn with_three_levels_the_rest_passed_down_keeps_probabilities_near_the_full_ones() {
+        // Three levels, the same embedding everywhere: the middle level's rest (56 of 60 labels)
+        // passes down as labels that all score alike, the only approximation left.
+        let k = 60;
+        let raw: Vec<f32> = (0..k * 3).map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5).collect();
+        let labels = label_set(&raw, 3);
+        let same = |_| vec![0.3, 1.0, -0.2];
+        let levels = [map(32, 2, 2, 3, same), map(16, 4, 4, 3, same), map(8, 8, 8, 3, same)];
+        let w = [0.5f32, 1.0, 2.0];
+        for scale in [1.0f32, 4.0, 10.0] {
+            let coarse = dense_cost(&levels[0], &labels, scale * w[0]);
+            let fuse = |coarse: &ScoreField, top_k: usize, level: usize| {
+                let kept = (top_k > 0).then(|| keep_top_k(coarse, top_k));
+                fuse_level(coarse, kept.as_ref(), &levels[level], &labels, scale, 1.0, w[level], rest_gain(&w, level))
+            };
+            let mut full = fuse(&fuse(&coarse, 0, 1), 0, 2);
+            let mut early = fuse(&fuse(&coarse, 4, 1), 4, 2);
+            softmax_in_place(&mut full);
+            softmax_in_place(&mut early);
+            let (ls, ps) = early.cell(27);
+            for (&l, &p) in ls.iter().zip(ps) {
+                let ratio = p / full.cell(27).1[l as usize];
+                // Counting the passed-down rest as (its sum)^gain instead made this 0.06.
+                assert!((0.7..1.5).contains(&ratio), "scale {scale}, label {l}: early / full = {ratio}");
+            }
+        }
     }
 
     #[test]
@@ -798,7 +839,8 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = f32::MIN_POSITIVE;
         while x < 3e38 {
-            for t in [1.0f32, 1.1, 1.3, 1.4142, 1.4143, 1.6, 1.9] {
+            // Either side of the mantissa's switch at sqrt(2).
+            for t in [1.0f32, 1.1, 1.3, std::f32::consts::SQRT_2 - 1e-4, std::f32::consts::SQRT_2 + 1e-4, 1.6, 1.9] {
                 let v = x * t;
                 let want = (v as f64).ln();
                 worst = worst.max((ln_positive(v) as f64 - want).abs() / want.abs().max(1.0));

@@ -135,7 +135,7 @@ pub fn fused_probabilities(levels: &[EmbeddingMap], plan: &ScoringPlan) -> Resul
     let mut field = dense_cost(first, plan.labels, scale * plan.fusion_weights[0]);
     for (i, (level, &weight)) in rest.iter().zip(&plan.fusion_weights[1..]).enumerate() {
         let kept = plan.rejection().map(|k| keep_top_k(&field, k));
-        field = fuse_level(&field, kept.as_ref(), level, plan.labels, scale, 1.0, weight, rest_gain(plan.fusion_weights, i + 1, 1.0));
+        field = fuse_level(&field, kept.as_ref(), level, plan.labels, scale, 1.0, weight, rest_gain(plan.fusion_weights, i + 1));
     }
     softmax_in_place(&mut field);
     Ok(field)

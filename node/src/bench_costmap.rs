@@ -345,6 +345,7 @@ impl ConfidenceGap {
 
     fn report(&self) -> Value {
         let mut gap: Vec<f64> = self.full.iter().zip(&self.early).map(|(a, b)| (b - a).abs()).collect();
+        gap.sort_by(f64::total_cmp);
         let (mut full, mut early) = (self.full.clone(), self.early.clone());
         json!({
             "full_median": median(&mut full),
@@ -427,13 +428,14 @@ fn on_gpu(
     g["level_upload_ms_per_frame"] = json!(upload_ms);
     // Same inputs and labels on both sides: the label maps must be identical.
     let (full, early) = (cell_plan(inputs, labels, 0, false)?, cell_plan(inputs, labels, args.top_k, false)?);
+    let bits = |map: &LabelMap| (map.labels.clone(), map.confidence.iter().map(|c| c.to_bits()).collect::<Vec<_>>());
     let mut identical = true;
     for f in 0..inputs.frames.len() {
         for p in [&full, &early] {
-            identical &= cpu.run(f, p)?.1 == gpu.run(f, p)?.1;
+            identical &= bits(&cpu.run(f, p)?.1) == bits(&gpu.run(f, p)?.1);
         }
     }
-    // Labels and confidences, bit for bit.
+    // Labels, and confidences bit for bit.
     g["maps_identical_to_cpu"] = json!(identical);
     g["gpu_speedup_over_cpu_full"] = json!(cpu_full_us / full_us);
     eprintln!("{}: full {full_us:.0} us, early {:.0} us", g["device"], g["early_us"].as_f64().unwrap_or(0.0));

@@ -206,13 +206,15 @@ extern "C" __global__ void keep_top_k(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per cell [m, t] (costmap::cell_mass): m the largest gain * score over its labels and its rest,
-// t the sum of e^(gain * score - m) over them. One warp per cell: lane l sums labels l, l + 32,
-// ... in order, a shuffle tree adds the lanes' sums, the rest's term comes last.
+// Per cell [m, t, a] (costmap::cell_mass): a = rest - ln(left-out labels), the score each
+// left-out label is taken to have (NaN without a rest); m the largest of the rest's weight
+// gain * a + ln(left-out) and gain * score over the labels; t the sum of e^(... - m) over them.
+// One warp per cell: lane l sums labels l, l + 32, ... in order, a shuffle tree adds the lanes'
+// sums, the rest's term comes last.
 #define CM_WARPS 4
 extern "C" __global__ void cell_mass(
     const u32* __restrict__ count, const float* __restrict__ score, int cap,
-    const float* __restrict__ rest, int has_rest, int cells, float gain, float* __restrict__ mass)
+    const float* __restrict__ rest, int has_rest, int cells, int num_labels, float gain, float* __restrict__ mass)
 {
     const int lane = threadIdx.x % 32;
     const int i = blockIdx.x * CM_WARPS + threadIdx.x / 32;
@@ -220,16 +222,24 @@ extern "C" __global__ void cell_mass(
     int n = (int)count[i];
     const float* s = score + (size_t)i * cap;
     float r = has_rest ? rest[i] : NEG_INF;
-    float m = r == NEG_INF ? NEG_INF : gain * r;
+    float a = __int_as_float(0x7fc00000), rest_weight = NEG_INF;
+    if (r != NEG_INF) {
+        float ln_n = ln_positive((float)max(num_labels - n, 1));
+        a = r - ln_n;
+        rest_weight = gain * a + ln_n;
+    }
+    float m = rest_weight;
     for (int j = lane; j < n; j += 32) m = fmaxf(m, gain * s[j]);
     for (int width = 16; width > 0; width /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, width));
     float t = 0.0f;
-    for (int j = lane; j < n; j += 32) t += softmax_exp(gain * s[j] - m);
+    for (int j = lane; j < n; j += 32)
+        if (s[j] == s[j]) t += softmax_exp(gain * s[j] - m); // a NaN score adds nothing, as on the CPU
     for (int width = 16; width > 0; width /= 2) t += __shfl_down_sync(0xffffffffu, t, width);
     if (lane == 0) {
-        if (r != NEG_INF) t += softmax_exp(gain * r - m);
-        mass[2 * (size_t)i] = m;
-        mass[2 * (size_t)i + 1] = t;
+        if (r != NEG_INF) t += softmax_exp(rest_weight - m);
+        mass[3 * (size_t)i] = m;
+        mass[3 * (size_t)i + 1] = t;
+        mass[3 * (size_t)i + 2] = a;
     }
 }
 
@@ -238,7 +248,8 @@ extern "C" __global__ void cell_mass(
 // Lane 0 builds the sorted union of the labels the four coarse corners kept; the lanes then
 // score one candidate each. The coarse term reads the coarse field: directly when it is dense,
 // else by search, with the corner's lowest score for a label it lacks. Each lane sums, per
-// corner, e^(rest_gain * coarse score - m) of its candidates (m from cell_mass); a shuffle tree
+// corner, e^(rest_gain * coarse score - m) of its candidates (m, and the score of a label a
+// sparse corner lacks, from cell_mass); a shuffle tree
 // adds the lanes' sums, and lane 0 turns what the corners hold beyond them into the cell's rest.
 #define FS_WARPS 4
 #define FS_MAX_CANDIDATES 256
@@ -313,13 +324,11 @@ extern "C" __global__ void fuse_sparse(
         for (int c = 0; c < 4; ++c) {
             const float* ss = c_score + (size_t)cell[c] * c_cap;
             int e = c_dense ? (int)l : corner_slot(c_label + (size_t)cell[c] * c_cap, (int)c_count[cell[c]], l);
-            float v = e < 0 ? __int_as_float(0x7fc00000) : ss[e];
-            if (v != v) { // absent, or NaN: as the CPU, which marks absent labels with NaN
-                up += w[c] * floor_[c];
-            } else {
-                up += w[c] * v;
-                scored[c] += softmax_exp(rest_gain * v - mass[2 * (size_t)cell[c]]);
-            }
+            // Absent at this corner: its floor in the coarse term, and in the sums one of the
+            // corner's left-out labels, scored a (cell_mass).
+            float v = e < 0 ? mass[3 * (size_t)cell[c] + 2] : ss[e];
+            up += w[c] * (e < 0 ? floor_[c] : v);
+            if (v == v) scored[c] += softmax_exp(rest_gain * v - mass[3 * (size_t)cell[c]]);
         }
         float cost = scale * (gain[l] * dot8(p, emb + (size_t)l * dim, dim) + bias[l]);
         out_label[(size_t)i * out_cap + j] = l;
@@ -331,11 +340,11 @@ extern "C" __global__ void fuse_sparse(
         out_count[i] = (u32)used;
         // costmap::rest_of_cell
         float top = NEG_INF;
-        for (int c = 0; c < 4; ++c) top = fmaxf(top, mass[2 * (size_t)cell[c]]);
+        for (int c = 0; c < 4; ++c) top = fmaxf(top, mass[3 * (size_t)cell[c]]);
         float z = 0.0f;
         for (int c = 0; c < 4; ++c) {
-            float left = fmaxf(mass[2 * (size_t)cell[c] + 1] - scored[c], 0.0f);
-            z += w[c] * left * softmax_exp(mass[2 * (size_t)cell[c]] - top);
+            float left = fmaxf(mass[3 * (size_t)cell[c] + 1] - scored[c], 0.0f);
+            z += w[c] * left * softmax_exp(mass[3 * (size_t)cell[c]] - top);
         }
         out_rest[i] = z >= 1.17549435e-38f ? top + ln_positive(z) : NEG_INF;
     }

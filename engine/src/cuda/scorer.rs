@@ -239,17 +239,17 @@ impl CudaScorer {
         Ok(out)
     }
 
-    /// [`crate::costmap::cell_mass`] of `field`: per cell `[m, t]`, interleaved.
-    fn cell_mass(&self, field: &DeviceField, gain: f32) -> Result<CudaSlice<f32>> {
+    /// [`crate::costmap::cell_mass`] of `field`: per cell `[m, t, a]`, interleaved.
+    fn cell_mass(&self, field: &DeviceField, num_labels: usize, gain: f32) -> Result<CudaSlice<f32>> {
         let cells = field.grid.width * field.grid.height;
-        let mut mass = self.alloc::<f32>(2 * cells)?;
-        let (cap_i, cells_i, has_rest) = (field.capacity as i32, cells as i32, field.rest.is_some() as i32);
+        let mut mass = self.alloc::<f32>(3 * cells)?;
+        let (cap_i, cells_i, has_rest, k_i) = (field.capacity as i32, cells as i32, field.rest.is_some() as i32, num_labels as i32);
         let mut b = self.stream.launch_builder(&self.kernels.cell_mass);
         b.arg(&field.count).arg(&field.score).arg(&cap_i).arg(field.rest.as_ref().unwrap_or(&self.unused_f32)).arg(&has_rest);
-        b.arg(&cells_i).arg(&gain).arg(&mut mass);
+        b.arg(&cells_i).arg(&k_i).arg(&gain).arg(&mut mass);
         let cfg = LaunchConfig { grid_dim: (blocks(cells, 4), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: matches cell_mass in kernels.cu (four warps a block, one cell each); `rest`
-        // holds `cells` floats when has_rest, and `mass` 2 x cells.
+        // holds `cells` floats when has_rest, and `mass` 3 x cells.
         unsafe { b.launch(cfg) }.map_err(|e| gpu("cell_mass", e))?;
         Ok(mass)
     }
@@ -269,7 +269,7 @@ impl CudaScorer {
         let cells = level.grid.width * level.grid.height;
         let (rows, cols) = fusion_axes(coarse.grid, level.grid);
         let (rows, cols) = (self.axis(&rows)?, self.axis(&cols)?);
-        let mass = self.cell_mass(coarse, rest_gain)?;
+        let mass = self.cell_mass(coarse, num_labels, rest_gain)?;
         let mut out = self.new_field(level.grid, cap, false)?;
         let mut rest = self.alloc::<f32>(cells)?;
         let (k_cap, c_cap, c_dense, c_width) = (kept.capacity as i32, coarse.capacity as i32, coarse.dense as i32, coarse.grid.width as i32);
@@ -348,7 +348,7 @@ impl CudaScorer {
             field = match plan.rejection() {
                 Some(top_k) => {
                     let kept = self.keep_top_k(&field, top_k)?;
-                    let weights = (1.0, weight, rest_gain(plan.fusion_weights, i + 1, 1.0));
+                    let weights = (1.0, weight, rest_gain(plan.fusion_weights, i + 1));
                     self.fuse_sparse(&field, &kept, level, k, scale, weights)?
                 }
                 None => self.cost_dense(level, k, scale, Some((&field, 1.0, weight)))?,
