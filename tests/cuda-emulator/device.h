@@ -45,35 +45,31 @@ extern "C" void __emu_static_shared(char** start, unsigned long* bytes) {
 inline void __syncthreads() { __emu_hooks.sync_block(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { __emu_hooks.sync_warp(); }
 
-// Every lane of the warp writes its value, then reads its partner's; lanes whose partner lies
-// beyond the warp keep their own, as on the device.
+// Every lane of the warp writes its value, then reads lane `partner`'s; a lane whose partner
+// lies beyond its warp or the block keeps its own, as on the device.
 // (The full warp width only; the mask is not checked.)
 template <typename T>
-inline T __shfl_down_sync(unsigned, T value, unsigned delta) {
+inline T __emu_shuffle(T value, unsigned partner) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a type wider than 64 bits");
     EmuThread* me = __emu_current;
     unsigned threads = me->block_dim.x * me->block_dim.y * me->block_dim.z;
     std::memcpy(&me->shuffle[me->linear], &value, sizeof(T));
     __syncwarp();
     T out = value;
-    if (me->linear % 32 + delta < 32 && me->linear + delta < threads) std::memcpy(&out, &me->shuffle[me->linear + delta], sizeof(T));
+    if (partner / 32 == me->linear / 32 && partner < threads) std::memcpy(&out, &me->shuffle[partner], sizeof(T));
     __syncwarp();
     return out;
 }
 
-// The same exchange with lane (lane ^ mask); a partner beyond the block keeps the lane's own.
+template <typename T>
+inline T __shfl_down_sync(unsigned, T value, unsigned delta) {
+    return __emu_shuffle(value, __emu_current->linear + delta);
+}
+
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T value, int lane_mask) {
-    static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a type wider than 64 bits");
-    EmuThread* me = __emu_current;
-    unsigned threads = me->block_dim.x * me->block_dim.y * me->block_dim.z;
-    std::memcpy(&me->shuffle[me->linear], &value, sizeof(T));
-    __syncwarp();
-    T out = value;
-    unsigned partner = me->linear - me->linear % 32 + ((me->linear % 32) ^ ((unsigned)lane_mask & 31u));
-    if (partner < threads) std::memcpy(&out, &me->shuffle[partner], sizeof(T));
-    __syncwarp();
-    return out;
+    unsigned me = __emu_current->linear;
+    return __emu_shuffle(value, me - me % 32 + ((me % 32) ^ ((unsigned)lane_mask & 31u)));
 }
 
 template <typename T>
@@ -92,26 +88,18 @@ inline T atomicAdd(T* at, typename EmuSame<T>::type value) {
 
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
-inline float __int_as_float(int v) {
-    float f;
-    std::memcpy(&f, &v, sizeof f);
-    return f;
+// Reinterprets the bits of a value of the same size.
+template <typename To, typename From>
+inline To __emu_bits(From v) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between types of different sizes");
+    To out;
+    std::memcpy(&out, &v, sizeof out);
+    return out;
 }
-inline int __float_as_int(float f) {
-    int v;
-    std::memcpy(&v, &f, sizeof v);
-    return v;
-}
-inline float __uint_as_float(unsigned v) {
-    float f;
-    std::memcpy(&f, &v, sizeof f);
-    return f;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned v;
-    std::memcpy(&v, &f, sizeof v);
-    return v;
-}
+inline float __int_as_float(int v) { return __emu_bits<float>(v); }
+inline int __float_as_int(float f) { return __emu_bits<int>(f); }
+inline float __uint_as_float(unsigned v) { return __emu_bits<float>(v); }
+inline unsigned __float_as_uint(float f) { return __emu_bits<unsigned>(f); }
 
 // CUDA's min/max: integer arguments of mixed types compare in their common type; floats follow
 // fminf/fmaxf (a NaN loses).
