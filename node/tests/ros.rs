@@ -171,10 +171,14 @@ fn published_stems(result: &Value) -> BTreeMap<i64, String> {
 
 /// The depth (32FC1) and mask the peer received for the first published stamp that has both.
 fn depth_and_mask(out: &Path, result: &Value, node_log: &str) -> (Vec<f32>, Vec<u8>) {
-    let sec = published_stems(result)
-        .into_keys()
-        .find(|sec| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists())
-        .unwrap_or_else(|| panic!("no depth received: {result}\n{node_log}"));
+    depth_and_mask_of(out, result, node_log, false)
+}
+
+/// [`depth_and_mask`] for the first or the last stamp that has both.
+fn depth_and_mask_of(out: &Path, result: &Value, node_log: &str, last: bool) -> (Vec<f32>, Vec<u8>) {
+    let both = |sec: &i64| out.join(format!("depth_{sec}_0.bin")).exists() && out.join(format!("mask_{sec}_0.bin")).exists();
+    let mut secs = published_stems(result).into_keys();
+    let sec = if last { secs.rfind(both) } else { secs.find(both) }.unwrap_or_else(|| panic!("no depth received: {result}\n{node_log}"));
     let depth = std::fs::read(out.join(format!("depth_{sec}_0.bin"))).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     (depth, std::fs::read(out.join(format!("mask_{sec}_0.bin"))).unwrap())
 }
@@ -647,7 +651,9 @@ fn ground_fit_recovers_the_mounting_and_fills_ground_holes_from_the_plane() {
     assert!(value("ground_fit.camera_roll").abs() < 2e-3, "{diagnostics}");
     assert!(value("ground_fit.filled_pixels") > 100.0, "{diagnostics}");
 
-    let (depth, mask) = depth_and_mask(&out, &result, &node.log());
+    // The last frame: the first may come before camera_info has (no rays, so no fit; the node
+    // says so on /diagnostics and publishes the depth unfilled).
+    let (depth, mask) = depth_and_mask_of(&out, &result, &node.log(), true);
     let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
     let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);
     let mut filled = 0;
