@@ -651,8 +651,8 @@ fn ground_fit_recovers_the_mounting_and_fills_ground_holes_from_the_plane() {
     assert!(value("ground_fit.camera_roll").abs() < 2e-3, "{diagnostics}");
     assert!(value("ground_fit.filled_pixels") > 100.0, "{diagnostics}");
 
-    // The last frame: the first may come before camera_info has (no rays, so no fit; the node
-    // says so on /diagnostics and publishes the depth unfilled).
+    // The last frame: the first may come before camera_info has arrived (no rays, so no fit;
+    // the node says so on /diagnostics and publishes the depth unfilled).
     let (depth, mask) = depth_and_mask_of(&out, &result, &node.log(), true);
     let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
     let (f, cy) = (w as f64, (h as f64 - 1.0) / 2.0);

@@ -249,8 +249,8 @@ extern "C" __global__ void cell_mass(
 // score one candidate each. The coarse term reads the coarse field: directly when it is dense,
 // else by search, with the corner's lowest score for a label it lacks. Each lane sums, per
 // corner, e^(rest_gain * coarse score - m) of its candidates (m, and the score of a label a
-// sparse corner lacks, from cell_mass); a shuffle tree
-// adds the lanes' sums, and lane 0 turns what the corners hold beyond them into the cell's rest.
+// sparse corner lacks, from cell_mass); a shuffle tree adds the lanes' sums, and lane 0 turns
+// what the corners hold beyond them into the cell's rest.
 #define FS_WARPS 4
 #define FS_MAX_CANDIDATES 256
 
